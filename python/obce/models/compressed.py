@@ -1,0 +1,438 @@
+"""Compressed encoders: unequal attention heads and per-layer widths, loadable with the Auto classes.
+
+A compressed model is the base family's own model (BERT, RoBERTa, ELECTRA, XLM-RoBERTa) whose encoder layers
+were narrowed: every layer has its own per-head query/key size, per-head value size and intermediate size. The
+sizes live in the config (``obce_layers``, one entry per layer), so ``save_pretrained`` writes ordinary
+safetensors plus a ``config.json`` that describes every shape, and after ``import obce.models.compressed``::
+
+    AutoModel.from_pretrained(folder)
+    AutoModelForSequenceClassification.from_pretrained(folder)
+
+rebuild the same model. Each family gets a config type ``obce_<family>`` (``obce_bert``, ``obce_roberta``,
+``obce_electra``, ``obce_xlm-roberta``) that subclasses the family's config, and model classes that subclass the
+family's classes (``ObceBertModel(BertModel)``, ``ObceBertForSequenceClassification(...)``, ...): parameter names,
+heads, losses and attention masks are the family's own; only the narrowed layers' modules change.
+
+Attention with unequal heads
+----------------------------
+Head ``h`` keeps ``d_h`` query/key dimensions and ``e_h`` value dimensions. Scores keep the original scale
+``1 / sqrt(hidden_size / num_attention_heads)``, so a head whose kept dimensions are untouched computes exactly the
+scores it did before. A head with ``d_h = 0`` and ``e_h > 0`` has constant scores: its softmax is uniform over the
+tokens the mask lets through, and it returns the mean of its values over those tokens (that is what the original
+head computes when all its query/key dimensions are constant, not a removed head). A head with ``e_h = 0``
+contributes nothing and is not computed at all (its query/key sizes must then be 0 too).
+
+Two ways to compute the heads (``config.obce_attention``):
+
+``"padded"`` (default)
+    One ``scaled_dot_product_attention`` call for all heads. Only the activations are padded: the narrow
+    projections run at their real size, then one gather lays q/k (and v) out as ``(batch, heads, tokens,
+    max size)`` with zeros in the unused slots, which changes no score. Weights are never padded.
+``"loop"``
+    One attention call per head on its own slice. No padding, but one kernel launch per head.
+
+On CPU with batch 32 x 128 tokens the padded form is faster (see ``benchmarks/results/inference_speed.md``):
+the projections and the feed-forward block dominate the cost, the padded score FLOPs are a few percent of it,
+and one call per layer avoids the per-head overhead.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from huggingface_hub.dataclasses import strict
+from torch import nn
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForMaskedLM,
+    AutoModelForQuestionAnswering,
+    AutoModelForSequenceClassification,
+    AutoModelForTokenClassification,
+)
+
+__all__ = [
+    "ATTENTION_MODES",
+    "LayerSizes",
+    "UnequalHeadSelfAttention",
+    "compressed_class_for",
+    "compressed_config",
+    "is_compressed",
+    "layer_sizes",
+]
+
+ATTENTION_MODES = ("padded", "loop")
+
+
+@dataclass(frozen=True)
+class LayerSizes:
+    """Widths of one compressed encoder layer.
+
+    Parameters
+    ----------
+    qk_head_sizes : tuple of int
+        Query/key dimensions kept in each original head (0 allowed: uniform attention).
+    v_head_sizes : tuple of int
+        Value dimensions kept in each original head (0: the head is removed).
+    intermediate_size : int
+        Neurons kept in the feed-forward block.
+    """
+
+    qk_head_sizes: tuple[int, ...]
+    v_head_sizes: tuple[int, ...]
+    intermediate_size: int
+
+    def __post_init__(self) -> None:
+        qk, v = tuple(self.qk_head_sizes), tuple(self.v_head_sizes)
+        object.__setattr__(self, "qk_head_sizes", qk)
+        object.__setattr__(self, "v_head_sizes", v)
+        if len(qk) != len(v):
+            raise ValueError(f"qk_head_sizes and v_head_sizes must have one entry per head, got {qk} and {v}")
+        if any(not isinstance(s, int) or s < 0 for s in qk + v + (self.intermediate_size,)):
+            raise ValueError(f"sizes must be non-negative integers, got {qk}, {v}, {self.intermediate_size!r}")
+        if any(e == 0 and d > 0 for d, e in zip(qk, v)):
+            raise ValueError(f"a head without value dimensions must have no query/key dimensions, got {qk}, {v}")
+        if sum(v) == 0 or self.intermediate_size == 0:
+            raise ValueError(f"a layer needs at least one value dimension and one intermediate neuron, got {self}")
+
+    @classmethod
+    def full(cls, num_heads: int, head_size: int, intermediate_size: int) -> LayerSizes:
+        """Sizes of an unpruned layer."""
+        return cls((head_size,) * num_heads, (head_size,) * num_heads, intermediate_size)
+
+    def to_dict(self) -> dict:
+        return {
+            "qk_head_sizes": list(self.qk_head_sizes),
+            "v_head_sizes": list(self.v_head_sizes),
+            "intermediate_size": self.intermediate_size,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> LayerSizes:
+        if not isinstance(data, dict) or set(data) != {"qk_head_sizes", "v_head_sizes", "intermediate_size"}:
+            raise ValueError(
+                f"a layer entry needs exactly qk_head_sizes, v_head_sizes and intermediate_size, got {data!r}"
+            )
+        return cls(tuple(data["qk_head_sizes"]), tuple(data["v_head_sizes"]), data["intermediate_size"])
+
+
+def _pad_index(sizes: Sequence[int], width: int) -> list[int] | None:
+    """Gather index that lays the concatenated head slices out as heads x ``width``.
+
+    Slot ``j`` of head ``h`` reads column ``offset_h + j`` when ``j < size_h`` and the extra zero column (index
+    ``sum(sizes)``) otherwise. ``None`` when every head already has ``width`` columns (a plain view suffices).
+    """
+    if all(s == width for s in sizes):
+        return None
+    total, offset, index = sum(sizes), 0, []
+    for s in sizes:
+        index.extend(range(offset, offset + s))
+        index.extend([total] * (width - s))
+        offset += s
+    return index
+
+
+def _unpad_index(sizes: Sequence[int], width: int) -> list[int] | None:
+    """Columns of a heads x ``width`` layout that hold real values, in head order."""
+    if all(s == width for s in sizes):
+        return None
+    return [h * width + j for h, s in enumerate(sizes) for j in range(s)]
+
+
+class UnequalHeadSelfAttention(nn.Module):
+    """Self-attention whose heads have their own query/key and value sizes.
+
+    Drop-in for the family's self-attention module inside its attention block: same call signature and the same
+    ``(context, attention_weights)`` return, with ``context`` of width ``sum(v_head_sizes)``. Per-family subclasses
+    (see :func:`compressed_class_for`) also inherit from the family's self-attention class so that
+    ``output_attentions=True`` collects their weights like the original's.
+
+    Parameters
+    ----------
+    config : PretrainedConfig
+        The compressed model's config (``hidden_size``, ``num_attention_heads``, dropout, ``obce_attention``).
+    sizes : LayerSizes
+        This layer's widths.
+    layer_idx : int, optional
+        Index of the layer (0-based), kept for the family's conventions.
+
+    Notes
+    -----
+    Attention weights (when requested, or with ``attn_implementation="eager"``) have one row per computed head:
+    heads with no value dimension are absent.
+    """
+
+    def __init__(self, config, sizes: LayerSizes, layer_idx: int | None = None):
+        nn.Module.__init__(self)
+        if getattr(config, "is_decoder", False):
+            raise ValueError("compressed models are encoders only, got a config with is_decoder=True")
+        mode = getattr(config, "obce_attention", "padded")
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"obce_attention must be one of {ATTENTION_MODES}, got {mode!r}")
+        self.config = config
+        self.layer_idx = layer_idx
+        self.mode = mode
+        active = [h for h, e in enumerate(sizes.v_head_sizes) if e > 0]
+        self.qk_sizes = [sizes.qk_head_sizes[h] for h in active]
+        self.v_sizes = [sizes.v_head_sizes[h] for h in active]
+        self.num_attention_heads = len(active)
+        # The original scale, so kept score terms are unchanged.
+        self.scaling = (config.hidden_size // config.num_attention_heads) ** -0.5
+        self.is_causal = False
+        self.query = nn.Linear(config.hidden_size, sum(self.qk_sizes))
+        self.key = nn.Linear(config.hidden_size, sum(self.qk_sizes))
+        self.value = nn.Linear(config.hidden_size, sum(self.v_sizes))
+        self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
+        self.qk_width, self.v_width = max(self.qk_sizes), max(self.v_sizes)
+        # Not buffers: they derive from the sizes, and a model loaded on the meta device would leave buffers
+        # uninitialized. Tensors are made on the activations' device on first use.
+        self._index_lists = {
+            "qk": _pad_index(self.qk_sizes, self.qk_width),
+            "v": _pad_index(self.v_sizes, self.v_width),
+            "v_unpad": _unpad_index(self.v_sizes, self.v_width),
+        }
+        self._index_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+
+    def _index(self, name: str, device: torch.device) -> torch.Tensor | None:
+        if self._index_lists[name] is None:
+            return None
+        key = (name, device)
+        if key not in self._index_cache:
+            self._index_cache[key] = torch.tensor(self._index_lists[name], dtype=torch.long, device=device)
+        return self._index_cache[key]
+
+    def _split(self, x: torch.Tensor, name: str, width: int) -> torch.Tensor:
+        """(batch, tokens, sum of sizes) -> (batch, heads, tokens, width), zero-padded."""
+        index = self._index(name, x.device)
+        if index is not None:
+            x = F.pad(x, (0, 1)).index_select(-1, index)
+        return x.view(*x.shape[:-1], self.num_attention_heads, width).transpose(1, 2)
+
+    def _attend(self, q, k, v, attention_mask, want_weights):
+        dropout = self.dropout.p if self.training else 0.0
+        if not want_weights and q.shape[-1] > 0:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling)
+            return out, None
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
+        if attention_mask is not None:
+            if attention_mask.dtype == torch.bool:
+                scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+            else:
+                scores = scores + attention_mask
+        weights = F.dropout(torch.softmax(scores, dim=-1), p=dropout, training=self.training)
+        return torch.matmul(weights, v), weights
+
+    def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
+        want_weights = bool(kwargs.get("output_attentions")) or self.config._attn_implementation == "eager"
+        q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
+        if self.mode == "padded":
+            out, weights = self._attend(
+                self._split(q, "qk", self.qk_width),
+                self._split(k, "qk", self.qk_width),
+                self._split(v, "v", self.v_width),
+                attention_mask,
+                want_weights,
+            )
+            out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
+            unpad = self._index("v_unpad", out.device)
+            if unpad is not None:
+                out = out.index_select(-1, unpad)
+            return out, weights
+        outs, all_weights = [], []
+        qk_parts = torch.split(q.unsqueeze(1), self.qk_sizes, dim=-1), torch.split(k.unsqueeze(1), self.qk_sizes, dim=-1)
+        for q_h, k_h, v_h in zip(*qk_parts, torch.split(v.unsqueeze(1), self.v_sizes, dim=-1)):
+            out, weights = self._attend(q_h, k_h, v_h, attention_mask, want_weights)
+            outs.append(out)
+            all_weights.append(weights)
+        out = torch.cat(outs, dim=-1).squeeze(1)
+        return out, (torch.cat(all_weights, dim=1) if want_weights else None)
+
+
+# family -> (modeling module, class-name prefix, config class name)
+_FAMILIES = {
+    "bert": ("transformers.models.bert.modeling_bert", "Bert", "BertConfig"),
+    "roberta": ("transformers.models.roberta.modeling_roberta", "Roberta", "RobertaConfig"),
+    "electra": ("transformers.models.electra.modeling_electra", "Electra", "ElectraConfig"),
+    "xlm-roberta": ("transformers.models.xlm_roberta.modeling_xlm_roberta", "XLMRoberta", "XLMRobertaConfig"),
+}
+# class-name suffix -> Auto class it is registered with
+_HEADS = {
+    "Model": AutoModel,
+    "ForSequenceClassification": AutoModelForSequenceClassification,
+    "ForTokenClassification": AutoModelForTokenClassification,
+    "ForQuestionAnswering": AutoModelForQuestionAnswering,
+    "ForMaskedLM": AutoModelForMaskedLM,
+}
+
+_CONFIGS: dict[str, type] = {}  # family -> compressed config class
+_ATTENTIONS: dict[str, type] = {}  # family -> compressed self-attention class
+_COMPRESSED: dict[type, type] = {}  # original model class -> compressed model class
+
+
+def layer_sizes(config) -> list[LayerSizes]:
+    """Per-layer sizes of a compressed config (validated against the config's layer count)."""
+    raw = getattr(config, "obce_layers", None)
+    if not isinstance(raw, list) or len(raw) != config.num_hidden_layers:
+        raise ValueError(
+            f"obce_layers must list {config.num_hidden_layers} layers (num_hidden_layers), got {raw!r:.200}"
+        )
+    sizes = [LayerSizes.from_dict(entry) for entry in raw]
+    for i, s in enumerate(sizes):
+        if len(s.qk_head_sizes) != config.num_attention_heads:
+            raise ValueError(
+                f"layer {i + 1} lists {len(s.qk_head_sizes)} heads, the config has {config.num_attention_heads}"
+            )
+    return sizes
+
+
+def _shape_encoder(model: nn.Module, config) -> None:
+    """Narrow every encoder layer of a freshly built family model to the sizes in ``config``."""
+    family = config.model_type.removeprefix("obce_")
+    head_size = config.hidden_size // config.num_attention_heads
+    full = LayerSizes.full(config.num_attention_heads, head_size, config.intermediate_size)
+    for i, (layer, sizes) in enumerate(zip(model.base_model.encoder.layer, layer_sizes(config))):
+        if sizes.qk_head_sizes != full.qk_head_sizes or sizes.v_head_sizes != full.v_head_sizes:
+            layer.attention.self = _ATTENTIONS[family](config, sizes, layer_idx=i)
+            layer.attention.output.dense = nn.Linear(sum(sizes.v_head_sizes), config.hidden_size)
+        if sizes.intermediate_size != config.intermediate_size:
+            layer.intermediate.dense = nn.Linear(config.hidden_size, sizes.intermediate_size)
+            layer.output.dense = nn.Linear(sizes.intermediate_size, config.hidden_size)
+
+
+def _make_family(family: str) -> None:
+    module_name, prefix, config_name = _FAMILIES[family]
+    modeling = importlib.import_module(module_name)
+    base_config = getattr(modeling, config_name)
+    model_type = f"obce_{family}"
+
+    config_cls = strict(
+        type(
+            f"Obce{prefix}Config",
+            (base_config,),
+            {
+                "__module__": __name__,
+                "__doc__": (
+                    f"{config_name} of a compressed model: adds ``obce_layers`` (one dict per layer with "
+                    "``qk_head_sizes``, ``v_head_sizes``, ``intermediate_size``) and ``obce_attention`` "
+                    f"(one of {ATTENTION_MODES})."
+                ),
+                "__annotations__": {"obce_layers": list | None, "obce_attention": str},
+                "model_type": model_type,
+                "obce_layers": None,
+                "obce_attention": "padded",
+            },
+        )
+    )
+    _CONFIGS[family] = config_cls
+    globals()[config_cls.__name__] = config_cls
+    AutoConfig.register(model_type, config_cls, exist_ok=True)
+
+    attention_cls = type(
+        f"Obce{prefix}SelfAttention",
+        (UnequalHeadSelfAttention, getattr(modeling, f"{prefix}SelfAttention")),
+        {"__module__": __name__, "forward": UnequalHeadSelfAttention.forward},
+    )
+    _ATTENTIONS[family] = attention_cls
+    globals()[attention_cls.__name__] = attention_cls
+
+    for suffix, auto_cls in _HEADS.items():
+        original = getattr(modeling, f"{prefix}{suffix}", None)
+        if original is None:
+            continue
+
+        def __init__(self, config, *args, _original=original, **kwargs):
+            _original.__init__(self, config, *args, **kwargs)
+            _shape_encoder(self, config)
+            self.post_init()  # initializes only the modules that were just replaced
+
+        model_cls = type(
+            f"Obce{prefix}{suffix}",
+            (original,),
+            {
+                "__module__": __name__,
+                "__doc__": f"{original.__name__} with narrowed encoder layers (see :mod:`{__name__}`).",
+                "__init__": __init__,
+                "config_class": config_cls,
+                # The unequal-head module implements eager and SDPA attention only.
+                "_supports_flash_attn": False,
+                "_supports_flex_attn": False,
+                "_supports_attention_backend": False,
+            },
+        )
+        _COMPRESSED[original] = model_cls
+        globals()[model_cls.__name__] = model_cls
+        auto_cls.register(config_cls, model_cls, exist_ok=True)
+
+
+for _family in _FAMILIES:
+    _make_family(_family)
+
+
+def _family_of(config) -> str:
+    family = config.model_type.removeprefix("obce_")
+    if family not in _FAMILIES:
+        raise ValueError(f"model_type {config.model_type!r} is not supported; supported: {sorted(_FAMILIES)}")
+    return family
+
+
+def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "padded"):
+    """Config of a compressed model built from the original model's config.
+
+    Parameters
+    ----------
+    config : PretrainedConfig
+        The original (uncompressed) model's config: BERT, RoBERTa, ELECTRA or XLM-RoBERTa.
+    sizes : sequence of LayerSizes
+        One entry per encoder layer.
+    attention : {"padded", "loop"}
+        How unequal heads are computed (see the module docstring).
+
+    Returns
+    -------
+    PretrainedConfig
+        An ``obce_<family>`` config: the original's settings (labels, dropout, attention implementation, ...) plus
+        ``obce_layers``.
+
+    Raises
+    ------
+    ValueError
+        Unsupported family, a compressed config given, or sizes that do not fit the config.
+    """
+    if config.model_type.startswith("obce_"):
+        raise ValueError(f"expected the original model's config, got a compressed one ({config.model_type!r})")
+    family = _family_of(config)
+    if attention not in ATTENTION_MODES:
+        raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
+    values = config.to_dict()
+    for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
+        values.pop(key, None)
+    new = _CONFIGS[family](**values, obce_layers=[s.to_dict() for s in sizes], obce_attention=attention)
+    new._attn_implementation = config._attn_implementation
+    layer_sizes(new)
+    return new
+
+
+def compressed_class_for(model_or_class) -> type:
+    """Compressed counterpart of a model class (``BertForSequenceClassification`` -> ``ObceBertFor...``).
+
+    Raises
+    ------
+    ValueError
+        The class has no compressed counterpart; the message lists the supported ones.
+    """
+    cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
+    if cls not in _COMPRESSED:
+        supported = sorted(c.__name__ for c in _COMPRESSED)
+        raise ValueError(f"no compressed counterpart for {cls.__name__}; supported: {supported}")
+    return _COMPRESSED[cls]
+
+
+def is_compressed(model) -> bool:
+    """Whether ``model`` (or its config) is a compressed model."""
+    config = getattr(model, "config", model)
+    return str(getattr(config, "model_type", "")).startswith("obce_")
+
