@@ -166,7 +166,7 @@ class Task(TaskInfo):
         """
         if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
             raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
-        chosen = set(self.data) if splits is None else {self._check_split(s) for s in splits}
+        chosen = set(self.data) if splits is None else {self.check_split(s) for s in splits}
         rng = np.random.default_rng(seed)
         data = {}
         for split, rows in self.data.items():
@@ -176,13 +176,14 @@ class Task(TaskInfo):
             data[split] = rows
         return _make_task(self.info, data, self.source)
 
-    def _check_split(self, split: str) -> str:
+    def check_split(self, split: str) -> str:
+        """Return ``split`` if the task holds it; raise ValueError naming the splits it has otherwise."""
         if split not in self.data:
             raise ValueError(f"task {self.name!r} has no split {split!r}; it has {sorted(self.data)}")
         return split
 
     def _split(self, split: str) -> list[dict]:
-        return self.data[self._check_split(split)]
+        return self.data[self.check_split(split)]
 
     def __repr__(self) -> str:
         sizes = ", ".join(f"{k}={len(v)}" for k, v in self.data.items())
