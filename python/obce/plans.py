@@ -1,0 +1,827 @@
+"""Pruning plans: which percentile of λ each layer and component keeps above.
+
+A plan maps a layer (numbered from 1) and a prunable component to a level ``p`` in ``[0, 100]``: the neurons
+kept are those whose λ exceeds the ``p``-th percentile of λ within that layer and component (``numpy.percentile``,
+linear interpolation; a neuron equal to the threshold is dropped). A layer/component the plan does not name is
+left untouched. ``attention_output`` and ``output`` are never pruned: their neurons are the residual stream's
+coordinates. ``query`` and ``key`` are pruned together, on the same dimensions, so they must share a level.
+
+Built-in plans
+--------------
+:func:`paper_plan` reproduces the paper's tables for BERT-base and BERT-large (levels P30/P50/P70, or the
+quartile variant P25/P50/P75 of the method's later version). :func:`uniform_plan` applies one level from layer 3
+on, :func:`target_plan` picks levels from the λ medians to land on a parameter budget, and
+:meth:`PruningPlan.load` reads a JSON (or, with pyyaml, YAML) file::
+
+    {"name": "my plan",
+     "levels": {"3": {"query": 30, "key": 30, "value": 50, "intermediate": 30},
+                "4": {"value": 70}}}
+
+Which neurons a plan keeps
+--------------------------
+:func:`select_neurons` turns a plan and an importance table into the kept indices of every layer, and
+:func:`dry_run` counts the parameters that result, before any weight is touched. Query/key dimensions are
+ranked jointly (see :func:`select_neurons`); a head left with no value dimension is removed entirely, its
+query/key dimensions included, since it no longer contributes anything.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import numbers
+import os
+import tempfile
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .models.adapters import COMPONENTS, encoder_layers, to_user_layer
+from .models.compressed import LayerSizes, is_compressed
+
+__all__ = [
+    "LEVEL_SETS",
+    "NEVER_PRUNED",
+    "PRUNABLE",
+    "EncoderShape",
+    "LayerSelection",
+    "PlanReport",
+    "PruningPlan",
+    "dry_run",
+    "paper_plan",
+    "select_neurons",
+    "target_plan",
+    "uniform_plan",
+]
+
+PRUNABLE: tuple[str, ...] = ("query", "key", "value", "intermediate")
+"""Components a plan may name."""
+NEVER_PRUNED: tuple[str, ...] = ("attention_output", "output")
+"""Components kept whole: their neurons are the coordinates of the residual stream."""
+LEVEL_SETS: dict[str, tuple[float, float, float]] = {"paper": (30, 50, 70), "quartiles": (25, 50, 75)}
+"""Named level sets: the paper's P30/P50/P70 and the later quartile variant P25/P50/P75."""
+
+# The tables in the order query/key, value, intermediate: level index (0, 1, 2 -> low, middle, high level
+# of a level set) -> user layers. Layers 1-2 are untouched in both.
+_PAPER_TABLES: dict[str, dict[str, dict[int, list[int | tuple[int, int]]]]] = {
+    "bert-base": {
+        "query_key": {0: [3, 4, 11, 12], 1: [(8, 10)], 2: [(5, 7)]},
+        "value": {0: [4], 1: [3, 11, 12], 2: [(5, 10)]},
+        "intermediate": {0: [3, 4, (10, 12)], 1: [(5, 9)]},
+    },
+    "bert-large": {
+        # Layer 13 is listed under both P30 and P70 for query/key; the stricter P70 is used.
+        "query_key": {0: [(11, 17)], 1: [(4, 10), 18], 2: [3, 13, (19, 24)]},
+        "value": {1: [4, (9, 12), (14, 17)], 2: [3, (5, 8), 13, (18, 24)]},
+        "intermediate": {0: [3, 4, (8, 16), 18], 1: [(5, 7), 17, (19, 24)]},
+    },
+}
+_PAPER_LAYERS = {"bert-base": 12, "bert-large": 24}
+
+
+def _check_level(value, where: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+        raise ValueError(f"{where}: level must be a number in 0..100, got {value!r}")
+    if not 0 <= value <= 100:
+        raise ValueError(f"{where}: level must be in 0..100, got {value!r}")
+    return float(value)
+
+
+def _check_component(component, where: str) -> str:
+    if component in NEVER_PRUNED:
+        raise ValueError(f"{where}: {component!r} is never pruned; a plan may name {', '.join(PRUNABLE)}")
+    if component not in PRUNABLE:
+        raise ValueError(f"{where}: unknown component {component!r}; a plan may name {', '.join(PRUNABLE)}")
+    return component
+
+
+def _check_layer(layer, where: str) -> int:
+    if isinstance(layer, str) and layer.strip().isdigit():
+        layer = int(layer)
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 1:
+        raise ValueError(f"{where}: layers are numbered from 1, got {layer!r}")
+    return int(layer)
+
+
+def _format_level(level: float | None) -> str:
+    if level is None:
+        return "-"
+    return f"P{level:g}" if level == round(level) else f"P{level:.2f}"
+
+
+@dataclass(frozen=True)
+class PruningPlan:
+    """Per layer (from 1) and component, the percentile of λ to keep above.
+
+    Parameters
+    ----------
+    levels : mapping of int to mapping of str to float
+        ``{layer: {component: level}}`` with layers numbered from 1, components among :data:`PRUNABLE` and
+        levels in ``[0, 100]``. ``query`` and ``key`` must appear together with the same level. Layers or
+        components left out are not pruned.
+    name : str
+        Short name shown in summaries.
+    notes : str
+        Free text kept with the plan (e.g. how it was chosen).
+
+    Raises
+    ------
+    ValueError
+        Unknown or never-pruned component, a layer below 1, a level outside 0..100, or query and key on
+        different levels. The message quotes what was received.
+
+    Examples
+    --------
+    >>> plan = PruningPlan({3: {"query": 30, "key": 30, "intermediate": 50}}, name="small")
+    >>> plan.level(3, "key"), plan.level(4, "value")
+    (30.0, None)
+    """
+
+    levels: Mapping[int, Mapping[str, float]]
+    name: str = "custom"
+    notes: str = ""
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.levels, Mapping):
+            raise TypeError(f"levels must map layers to {{component: level}}, got {type(self.levels).__name__}")
+        clean: dict[int, dict[str, float]] = {}
+        for raw_layer, row in self.levels.items():
+            layer = _check_layer(raw_layer, "plan")
+            if layer in clean:
+                raise ValueError(f"plan: layer {layer} is given twice")
+            if not isinstance(row, Mapping):
+                raise TypeError(f"plan layer {layer}: expected {{component: level}}, got {row!r}")
+            entries = {
+                _check_component(c, f"plan layer {layer}"): _check_level(v, f"plan layer {layer} {c}")
+                for c, v in row.items()
+            }
+            if entries.get("query") != entries.get("key"):
+                raise ValueError(
+                    f"plan layer {layer}: query and key are pruned together and need the same level, got "
+                    f"query={entries.get('query')!r}, key={entries.get('key')!r}"
+                )
+            if entries:
+                clean[layer] = {c: entries[c] for c in PRUNABLE if c in entries}
+        object.__setattr__(self, "levels", dict(sorted(clean.items())))
+        if not isinstance(self.name, str) or not isinstance(self.notes, str):
+            raise TypeError(f"name and notes must be strings, got {self.name!r} and {self.notes!r}")
+
+    @property
+    def layers(self) -> list[int]:
+        """Layers (from 1) the plan prunes."""
+        return list(self.levels)
+
+    def level(self, layer: int, component: str) -> float | None:
+        """The level of ``layer`` (from 1) and ``component``, or None when it is not pruned."""
+        if component not in COMPONENTS:
+            raise ValueError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
+        return self.levels.get(layer, {}).get(component)
+
+    def check(self, num_layers: int) -> None:
+        """Raise ValueError if the plan names a layer a model with ``num_layers`` layers does not have."""
+        missing = [layer for layer in self.levels if layer > num_layers]
+        if missing:
+            raise ValueError(
+                f"plan {self.name!r} names layer(s) {missing} but the model has {num_layers} layers (1..{num_layers})"
+            )
+
+    def remap(self, mapping: Mapping[float, float], *, name: str | None = None) -> PruningPlan:
+        """Same plan with every level replaced through ``mapping`` (e.g. ``{30: 25, 50: 50, 70: 75}``)."""
+        try:
+            levels = {layer: {c: mapping[v] for c, v in row.items()} for layer, row in self.levels.items()}
+        except KeyError as err:
+            raise ValueError(f"mapping {dict(mapping)} has no entry for level {err.args[0]:g}") from None
+        return PruningPlan(levels, name=name or self.name, notes=self.notes)
+
+    def to_dict(self) -> dict:
+        """JSON-ready form (layer keys as strings)."""
+        return {
+            "name": self.name,
+            "notes": self.notes,
+            "levels": {str(layer): dict(row) for layer, row in self.levels.items()},
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> PruningPlan:
+        """Inverse of :meth:`to_dict`; ``name`` and ``notes`` are optional.
+
+        Raises
+        ------
+        ValueError
+            Missing ``levels`` or unexpected keys.
+        """
+        if not isinstance(data, Mapping) or "levels" not in data:
+            raise ValueError(f"a plan needs a 'levels' mapping, got {data!r:.200}")
+        unknown = set(data) - {"name", "notes", "levels"}
+        if unknown:
+            raise ValueError(f"unexpected plan keys {sorted(unknown)}; expected name, notes, levels")
+        return cls(data["levels"], name=data.get("name", "custom"), notes=data.get("notes", ""))
+
+    def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the plan as JSON, atomically (temporary file in the same folder, then rename).
+
+        Raises
+        ------
+        FileExistsError
+            ``path`` exists and ``overwrite`` is False.
+        """
+        path = Path(path)
+        if path.exists() and not overwrite:
+            raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> PruningPlan:
+        """Read a plan from JSON, or from YAML (``.yaml``/``.yml``, needs pyyaml).
+
+        Raises
+        ------
+        ValueError
+            The file does not hold a valid plan.
+        ImportError
+            A YAML file and pyyaml is not installed.
+        """
+        path = Path(path)
+        text = path.read_text(encoding="utf-8")
+        if path.suffix.lower() in (".yaml", ".yml"):
+            try:
+                import yaml
+            except ImportError as err:
+                raise ImportError(f"reading {path} needs pyyaml (pip install pyyaml), or write the plan as JSON") from err
+            data = yaml.safe_load(text)
+        else:
+            try:
+                data = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def summary(self, num_layers: int | None = None) -> str:
+        """A table: one row per layer, the level of query/key, value and intermediate."""
+        last = max([num_layers or 0, *self.levels]) if (num_layers or self.levels) else 0
+        lines = [f"plan {self.name!r}" + (f": {self.notes}" if self.notes else ""), "layer  query/key  value  intermediate"]
+        for layer in range(1, last + 1):
+            row = self.levels.get(layer, {})
+            lines.append(
+                f"{layer:>5}  {_format_level(row.get('query')):>9}  {_format_level(row.get('value')):>5}  "
+                f"{_format_level(row.get('intermediate')):>12}"
+            )
+        if not last:
+            lines.append("(prunes nothing)")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
+
+
+def _expand(layers: Iterable[int | tuple[int, int]]) -> list[int]:
+    out: list[int] = []
+    for item in layers:
+        out.extend(range(item[0], item[1] + 1) if isinstance(item, tuple) else [item])
+    return out
+
+
+def _level_set(levels: str | Sequence[float]) -> tuple[float, ...]:
+    if isinstance(levels, str):
+        if levels not in LEVEL_SETS:
+            raise ValueError(f"unknown level set {levels!r}; expected one of {sorted(LEVEL_SETS)} or a sequence")
+        return LEVEL_SETS[levels]
+    values = tuple(_check_level(v, "level set") for v in levels)
+    if not values or list(values) != sorted(set(values)):
+        raise ValueError(f"a level set must be increasing and non-empty, got {levels!r}")
+    return values
+
+
+def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
+    """The paper's pruning plan for BERT-base (its Table 2) or BERT-large (Table 3).
+
+    Layers 1-2 are untouched; ``attention_output`` and ``output`` are never pruned; query and key share a level.
+
+    BERT-base (layers from 1): query/key P30 in 3, 4, 11, 12; P50 in 8-10; P70 in 5-7. Value P30 in 4; P50 in 3,
+    11, 12; P70 in 5-10. Intermediate P30 in 3, 4, 10-12; P50 in 5-9.
+
+    BERT-large: query/key P30 in 11-17; P50 in 4-10, 18; P70 in 3, 13, 19-24 (layer 13 is listed under both P30
+    and P70; the stricter P70 is used). Value P50 in 4, 9-12, 14-17; P70 in 3, 5-8, 13, 18-24. Intermediate P30
+    in 3, 4, 8-16, 18; P50 in 5-7, 17, 19-24.
+
+    Applied to a BERT-base-sized model the BERT-base plan keeps 70.2 % of the encoder layers' parameters (59.6
+    M of 84.9 M) and 77.3 % of the whole model with its embeddings (84.2 M of 109.5 M); it removes 25.3 M
+    parameters. The paper reports 58.47 %; see ``benchmarks/results/inference_speed.md`` for the figures and
+    why they differ (the count does not depend on λ beyond ties: a percentile level fixes how many neurons stay).
+
+    Parameters
+    ----------
+    model : {"bert-base", "bert-large"}
+    levels : {"paper", "quartiles"}
+        ``"paper"``: P30/P50/P70. ``"quartiles"``: the later variant, the same table with 30 -> 25, 50 -> 50,
+        70 -> 75.
+
+    Returns
+    -------
+    PruningPlan
+
+    Raises
+    ------
+    ValueError
+        Unknown model or level set.
+    """
+    if model not in _PAPER_TABLES:
+        raise ValueError(f"no paper plan for {model!r}; expected one of {sorted(_PAPER_TABLES)}")
+    level_values = _level_set(levels)
+    if len(level_values) != 3:
+        raise ValueError(f"the paper's tables use three levels, got {level_values}")
+    rows: dict[int, dict[str, float]] = {}
+    for group, table in _PAPER_TABLES[model].items():
+        for index in sorted(table):  # ascending: a later (stricter) listing overrides an earlier one
+            for layer in _expand(table[index]):
+                components = ("query", "key") if group == "query_key" else (group,)
+                for c in components:
+                    rows.setdefault(layer, {})[c] = level_values[index]
+    notes = f"{model} table of the paper, levels {'/'.join(f'P{v:g}' for v in level_values)}"
+    if model == "bert-large":
+        notes += "; query/key layer 13 listed twice, the stricter level kept"
+    return PruningPlan(rows, name=f"paper-{model}-{levels}", notes=notes)
+
+
+def uniform_plan(
+    num_layers: int,
+    level: float,
+    *,
+    start_layer: int = 3,
+    components: Sequence[str] = PRUNABLE,
+) -> PruningPlan:
+    """One level for the given components of every layer from ``start_layer`` (from 1) on.
+
+    Raises
+    ------
+    ValueError
+        Bad layer numbers, level, or components (query and key must be both named or both left out).
+    """
+    num_layers = _check_layer(num_layers, "uniform_plan num_layers")
+    start_layer = _check_layer(start_layer, "uniform_plan start_layer")
+    if start_layer > num_layers:
+        raise ValueError(f"start_layer {start_layer} is beyond the model's {num_layers} layers")
+    if isinstance(components, str):
+        raise TypeError(f"components must be a sequence of names, got the string {components!r}")
+    row = {_check_component(c, "uniform_plan"): level for c in components}
+    return PruningPlan(
+        {layer: row for layer in range(start_layer, num_layers + 1)},
+        name=f"uniform-P{level:g}",
+        notes=f"P{level:g} for {', '.join(row)} from layer {start_layer} on",
+    )
+
+
+@dataclass(frozen=True)
+class EncoderShape:
+    """Sizes of an (unpruned) encoder, enough to count parameters.
+
+    Attributes
+    ----------
+    num_layers, num_heads, head_size, hidden_size, intermediate_size : int
+    model_params : int
+        Every parameter of the model (embeddings, pooler and heads included; tied weights once).
+    """
+
+    num_layers: int
+    num_heads: int
+    head_size: int
+    hidden_size: int
+    intermediate_size: int
+    model_params: int
+
+    @classmethod
+    def from_model(cls, model) -> EncoderShape:
+        """Read the sizes off a model (through :func:`obce.models.encoder_layers`).
+
+        Raises
+        ------
+        ValueError
+            A compressed model (plans apply to the original), an unsupported family, or layers of unequal sizes.
+        """
+        if is_compressed(model):
+            raise ValueError(
+                f"{type(model).__name__} is already compressed; plans are applied to the original model"
+            )
+        layers = encoder_layers(model)
+        first = layers[0]
+        shape = cls(
+            num_layers=len(layers),
+            num_heads=first.num_heads,
+            head_size=first.head_size,
+            hidden_size=first.query.in_features,
+            intermediate_size=first.intermediate.out_features,
+            model_params=sum(p.numel() for p in model.parameters()),
+        )
+        for layer in layers:
+            widths = (layer.query.out_features, layer.value.out_features, layer.intermediate.out_features)
+            if widths != (shape.qk_width, shape.qk_width, shape.intermediate_size):
+                raise ValueError(f"layer {to_user_layer(layer.index)} has widths {widths}, unlike layer 1")
+        return shape
+
+    @property
+    def qk_width(self) -> int:
+        return self.num_heads * self.head_size
+
+    def layer_params(self, n_qk: int, n_v: int, n_intermediate: int) -> dict[str, int]:
+        """Parameters of one layer keeping ``n_qk`` query/key, ``n_v`` value and ``n_intermediate`` neurons."""
+        h = self.hidden_size
+        return {
+            "query": (h + 1) * n_qk,
+            "key": (h + 1) * n_qk,
+            "value": (h + 1) * n_v,
+            "attention_output": n_v * h + h,
+            "intermediate": (h + 1) * n_intermediate,
+            "output": n_intermediate * h + h,
+            "layer_norm": 4 * h,
+        }
+
+    @property
+    def encoder_params(self) -> int:
+        """Parameters of all encoder layers (embeddings and heads excluded)."""
+        full = self.layer_params(self.qk_width, self.qk_width, self.intermediate_size)
+        return self.num_layers * sum(full.values())
+
+
+@dataclass(frozen=True)
+class LayerSelection:
+    """Neurons one layer keeps, as sorted indices into the original layer's outputs.
+
+    ``qk`` indexes query and key (the same dimensions), ``value`` and ``intermediate`` their outputs. Heads are
+    contiguous blocks of ``head_size`` dimensions.
+    """
+
+    layer: int
+    qk: np.ndarray
+    value: np.ndarray
+    intermediate: np.ndarray
+    num_heads: int
+    head_size: int
+
+    def head_sizes(self, kept: np.ndarray) -> tuple[int, ...]:
+        counts = np.bincount(kept // self.head_size, minlength=self.num_heads)
+        return tuple(int(c) for c in counts)
+
+    @property
+    def sizes(self) -> LayerSizes:
+        """The layer's shape in a compressed config."""
+        return LayerSizes(self.head_sizes(self.qk), self.head_sizes(self.value), int(len(self.intermediate)))
+
+    @property
+    def removed_heads(self) -> list[int]:
+        """Heads (from 0) left without any value dimension, hence removed."""
+        return [h for h, e in enumerate(self.head_sizes(self.value)) if e == 0]
+
+
+def _lam(table, layer: int, component: str, width: int) -> np.ndarray:
+    lam = np.asarray(table.lam(layer, component), dtype=np.float64)
+    if lam.shape != (width,):
+        raise ValueError(
+            f"the importance table has {lam.shape} λ values for layer {layer} {component}; the model has {width}"
+        )
+    if not np.all(np.isfinite(lam)):
+        raise ValueError(f"the importance table has non-finite λ for layer {layer} {component}")
+    return lam
+
+
+def _keep_above(score: np.ndarray, level: float, where: str) -> np.ndarray:
+    kept = np.flatnonzero(score > np.percentile(score, level))
+    if kept.size == 0:
+        raise ValueError(
+            f"{where}: level P{level:g} keeps no neuron (all {score.size} are at or below the threshold); "
+            "a component cannot be pruned entirely"
+        )
+    return kept
+
+
+def _joint_rank(q: np.ndarray, k: np.ndarray) -> np.ndarray:
+    """Score of each query/key dimension: the product of its query and key ranks within the layer, in (0, 1]."""
+    rank_q = pd.Series(q).rank(method="average").to_numpy() / q.size
+    rank_k = pd.Series(k).rank(method="average").to_numpy() / k.size
+    return rank_q * rank_k
+
+
+def select_neurons(plan: PruningPlan, table, shape: EncoderShape) -> list[LayerSelection]:
+    """The neurons every layer keeps under ``plan``.
+
+    Value and intermediate neurons are kept when their λ exceeds the level's percentile within the layer.
+    Query and key are kept on the same dimensions, since a score is ``sum_j q_j k_j``: each dimension gets the
+    score ``rank(λ_query) * rank(λ_key)`` (ranks within the layer, divided by the width) and is kept when that
+    score exceeds the level's percentile of the layer's scores. The product of ranks (not raw λ: query and key
+    λ have different scales) demotes a dimension in which either factor barely varies, as the product
+    ``q_j k_j`` then barely varies too, yet, unlike the minimum of the two ranks, still orders dimensions by
+    the other factor instead of producing ties. The percentile is taken over all the layer's dimensions, so
+    heads end up with unequal sizes. A head that keeps no value dimension contributes nothing: it is removed,
+    query/key dimensions included.
+
+    Parameters
+    ----------
+    plan : PruningPlan
+    table : obce.importance.ImportanceTable
+        λ per neuron (``table.lam(layer, component)``, layers from 1).
+    shape : EncoderShape
+        The model's sizes (``EncoderShape.from_model(model)``).
+
+    Returns
+    -------
+    list of LayerSelection
+        One per layer, in order.
+
+    Raises
+    ------
+    ValueError
+        The plan names a layer the model lacks, the table does not match the model, or a level keeps no neuron.
+    """
+    plan.check(shape.num_layers)
+    selections = []
+    for layer in range(1, shape.num_layers + 1):
+        qk = np.arange(shape.qk_width)
+        value = np.arange(shape.qk_width)
+        intermediate = np.arange(shape.intermediate_size)
+        level = plan.level(layer, "query")
+        if level is not None:
+            score = _joint_rank(_lam(table, layer, "query", shape.qk_width), _lam(table, layer, "key", shape.qk_width))
+            qk = _keep_above(score, level, f"layer {layer} query/key")
+        level = plan.level(layer, "value")
+        if level is not None:
+            value = _keep_above(_lam(table, layer, "value", shape.qk_width), level, f"layer {layer} value")
+        level = plan.level(layer, "intermediate")
+        if level is not None:
+            lam = _lam(table, layer, "intermediate", shape.intermediate_size)
+            intermediate = _keep_above(lam, level, f"layer {layer} intermediate")
+        heads_with_values = np.unique(value // shape.head_size)
+        qk = qk[np.isin(qk // shape.head_size, heads_with_values)]
+        selections.append(LayerSelection(layer, qk, value, intermediate, shape.num_heads, shape.head_size))
+    return selections
+
+
+@dataclass(frozen=True)
+class PlanReport:
+    """What a plan does to a model's size, before anything is pruned.
+
+    Attributes
+    ----------
+    plan : PruningPlan
+    table : pandas.DataFrame
+        One row per layer (from 1) and component (the six, plus ``layer_norm``): ``neurons_before``,
+        ``neurons_after``, ``params_before``, ``params_after``, and per layer ``removed_heads``.
+    encoder_before, encoder_after : int
+        Parameters of the encoder layers.
+    model_before, model_after : int
+        Parameters of the whole model (embeddings and heads included).
+    """
+
+    plan: PruningPlan
+    table: pd.DataFrame = field(repr=False)
+    encoder_before: int
+    encoder_after: int
+    model_before: int
+    model_after: int
+
+    @property
+    def encoder_fraction(self) -> float:
+        """Fraction of the encoder layers' parameters kept."""
+        return self.encoder_after / self.encoder_before
+
+    @property
+    def model_fraction(self) -> float:
+        """Fraction of the whole model's parameters kept."""
+        return self.model_after / self.model_before
+
+    def __str__(self) -> str:
+        per_layer = self.table.pivot_table(
+            index="layer", columns="component", values="params_after", aggfunc="sum", sort=False
+        )[list(COMPONENTS)]
+        per_layer["total"] = self.table.groupby("layer")["params_after"].sum()
+        per_layer["kept"] = per_layer["total"] / self.table.groupby("layer")["params_before"].sum()
+        removed = self.table.groupby("layer")["removed_heads"].first()
+        per_layer["removed heads"] = removed.map(lambda h: ",".join(map(str, h)) or "-")
+        return "\n".join(
+            [
+                self.plan.summary(),
+                "",
+                "parameters after pruning, per layer and component:",
+                per_layer.to_string(float_format=lambda x: f"{x:.3f}"),
+                "",
+                f"encoder layers: {self.encoder_after:,} of {self.encoder_before:,} ({self.encoder_fraction:.2%})",
+                f"whole model:    {self.model_after:,} of {self.model_before:,} ({self.model_fraction:.2%})",
+            ]
+        )
+
+
+def _report(plan: PruningPlan, selections: list[LayerSelection], shape: EncoderShape) -> PlanReport:
+    full_counts = {"qk": shape.qk_width, "value": shape.qk_width, "intermediate": shape.intermediate_size}
+    before = shape.layer_params(full_counts["qk"], full_counts["value"], full_counts["intermediate"])
+    neurons_before = {
+        "query": shape.qk_width,
+        "key": shape.qk_width,
+        "value": shape.qk_width,
+        "attention_output": shape.hidden_size,
+        "intermediate": shape.intermediate_size,
+        "output": shape.hidden_size,
+        "layer_norm": 0,
+    }
+    rows = []
+    for sel in selections:
+        after = shape.layer_params(len(sel.qk), len(sel.value), len(sel.intermediate))
+        neurons_after = dict(neurons_before, query=len(sel.qk), key=len(sel.qk), value=len(sel.value))
+        neurons_after["intermediate"] = len(sel.intermediate)
+        for component in (*COMPONENTS, "layer_norm"):
+            rows.append(
+                {
+                    "layer": sel.layer,
+                    "component": component,
+                    "neurons_before": neurons_before[component],
+                    "neurons_after": neurons_after[component],
+                    "params_before": before[component],
+                    "params_after": after[component],
+                    "removed_heads": sel.removed_heads,
+                }
+            )
+    table = pd.DataFrame(rows)
+    removed = int(table["params_before"].sum() - table["params_after"].sum())
+    return PlanReport(
+        plan=plan,
+        table=table,
+        encoder_before=shape.encoder_params,
+        encoder_after=shape.encoder_params - removed,
+        model_before=shape.model_params,
+        model_after=shape.model_params - removed,
+    )
+
+
+def dry_run(model, table, plan: PruningPlan) -> PlanReport:
+    """Show what ``plan`` would keep of ``model``, without touching any weight.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The original model (base or with a head).
+    table : obce.importance.ImportanceTable
+    plan : PruningPlan
+
+    Returns
+    -------
+    PlanReport
+        ``print(report)`` shows the plan, the parameters per layer and component, and the totals as a fraction
+        of the encoder layers and of the whole model. :func:`obce.prune.prune_model` produces a model of exactly
+        ``report.model_after`` parameters.
+
+    Raises
+    ------
+    ValueError
+        As :func:`select_neurons`.
+    """
+    shape = EncoderShape.from_model(model)
+    return _report(plan, select_neurons(plan, table, shape), shape)
+
+
+def _plan_fraction(plan: PruningPlan, table, shape: EncoderShape, of: str) -> float:
+    report = _report(plan, select_neurons(plan, table, shape), shape)
+    return report.encoder_fraction if of == "encoder" else report.model_fraction
+
+
+def target_plan(
+    model,
+    table,
+    target: float,
+    *,
+    of: str = "encoder",
+    levels: str | Sequence[float] = "paper",
+    start_layer: int = 3,
+    spread: float = 40.0,
+) -> PruningPlan:
+    """A plan that keeps ``target`` of the parameters, pruning layers with low λ harder.
+
+    The rule. The units are query/key (together), value and intermediate of every layer from ``start_layer``
+    on. Each unit gets ``s`` in ``[0, 1]``: the rank of its median λ among the same component's units (for
+    query/key, the mean of the query and key ranks), 0 for the lowest median. For a strength ``a`` a unit's
+    percentile is ``a + spread * (0.5 - s)``, rounded down to the nearest level of ``levels`` (none below the
+    lowest, the highest above it): the unit with the lowest median λ is pruned ``spread`` percentile points
+    harder than the one with the highest. ``a`` is raised (bisection) until one more step would go below the
+    target. Discrete levels cannot land exactly on a budget, so the next unit in line then gets the percentile
+    between its two levels that reaches the target (to within one neuron); every other unit stays on a level
+    of ``levels``.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+        The original model.
+    table : obce.importance.ImportanceTable
+    target : float
+        Fraction of parameters to keep, in (0, 1).
+    of : {"encoder", "model"}
+        Whether ``target`` is a fraction of the encoder layers' parameters or of the whole model's.
+    levels : {"paper", "quartiles"} or sequence of float
+        The levels units are put on.
+    start_layer : int
+        First prunable layer (from 1); the paper leaves layers 1-2 untouched.
+    spread : float
+        Percentile points between the hardest- and the lightest-pruned unit at the same strength.
+
+    Returns
+    -------
+    PruningPlan
+
+    Raises
+    ------
+    ValueError
+        ``target`` outside (0, 1) or below what the highest level reaches.
+    """
+    if of not in ("encoder", "model"):
+        raise ValueError(f"of must be 'encoder' or 'model', got {of!r}")
+    if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target < 1:
+        raise ValueError(f"target must be a fraction in (0, 1), got {target!r}")
+    level_values = _level_set(levels)
+    shape = EncoderShape.from_model(model)
+    start_layer = _check_layer(start_layer, "target_plan start_layer")
+    if start_layer > shape.num_layers:
+        raise ValueError(f"start_layer {start_layer} is beyond the model's {shape.num_layers} layers")
+    units = _rank_units(table, shape, start_layer)
+
+    def build(strength: float, overrides: Mapping[tuple[int, str], float] = {}) -> PruningPlan:
+        rows: dict[int, dict[str, float]] = {}
+        for (layer, group), s in units.items():
+            below = [v for v in level_values if v <= strength + spread * (0.5 - s)]
+            level = overrides.get((layer, group), below[-1] if below else None)
+            if level is not None:
+                for c in ("query", "key") if group == "query_key" else (group,):
+                    rows.setdefault(layer, {})[c] = level
+        return PruningPlan(rows, name=f"target-{target:.1%}-{of}")
+
+    def fraction(plan: PruningPlan) -> float:
+        return _plan_fraction(plan, table, shape, of)
+
+    top = level_values[-1] + spread
+    if fraction(build(top)) > target:
+        raise ValueError(
+            f"target {target:.2%} of the {of} is out of reach: the highest level everywhere from layer "
+            f"{start_layer} keeps {fraction(build(top)):.2%}"
+        )
+    lo, hi = level_values[0] - spread, top  # fraction(build(lo)) == 1 > target >= fraction(build(hi))
+    while hi - lo > 1e-6:
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if fraction(build(mid)) > target else (lo, mid)
+    plan_lo, plan_hi = build(lo), build(hi)
+    # Units with tied ranks step together; take their steps one at a time, lowest rank first, and split the
+    # step that crosses the target.
+    overrides: dict[tuple[int, str], float] = {}
+    for unit in sorted(units, key=lambda u: units[u]):
+        step_from, step_to = plan_lo.level(unit[0], _first(unit[1])), plan_hi.level(unit[0], _first(unit[1]))
+        if step_from == step_to:
+            continue
+        if fraction(build(lo, {**overrides, unit: step_to})) > target:
+            overrides[unit] = step_to
+            continue
+        p_lo, p_hi = (0.0 if step_from is None else step_from), step_to
+        while p_hi - p_lo > 1e-3:
+            mid = (p_lo + p_hi) / 2
+            p_lo, p_hi = (mid, p_hi) if fraction(build(lo, {**overrides, unit: mid})) > target else (p_lo, mid)
+        overrides[unit] = round(p_lo, 3)
+        break
+    plan = build(lo, overrides)
+    return PruningPlan(
+        plan.levels,
+        name=plan.name,
+        notes=(
+            f"levels {'/'.join(f'P{v:g}' for v in level_values)} from the λ medians (spread {spread:g}), "
+            f"fine-adjusted to {target:.2%} of the {of} (reached {fraction(plan):.3%})"
+        ),
+    )
+
+
+def _first(group: str) -> str:
+    return "query" if group == "query_key" else group
+
+
+def _rank_units(table, shape: EncoderShape, start_layer: int) -> dict[tuple[int, str], float]:
+    """Each prunable unit's rank of median λ among its component's units, scaled to [0, 1]."""
+    layers = list(range(start_layer, shape.num_layers + 1))
+    widths = {"query": shape.qk_width, "key": shape.qk_width, "value": shape.qk_width}
+    widths["intermediate"] = shape.intermediate_size
+
+    def scaled_rank(component: str) -> np.ndarray:
+        medians = pd.Series([np.median(_lam(table, layer, component, widths[component])) for layer in layers])
+        ranks = medians.rank(method="average").to_numpy() - 1
+        return ranks / (len(layers) - 1) if len(layers) > 1 else np.full(len(layers), 0.5)
+
+    query_key = (scaled_rank("query") + scaled_rank("key")) / 2
+    value, intermediate = scaled_rank("value"), scaled_rank("intermediate")
+    units: dict[tuple[int, str], float] = {}
+    for i, layer in enumerate(layers):
+        units[(layer, "query_key")] = float(query_key[i])
+        units[(layer, "value")] = float(value[i])
+        units[(layer, "intermediate")] = float(intermediate[i])
+    return units
