@@ -65,8 +65,8 @@ class Activations:
         Number of real tokens of the corpus.
     token : str
         The token mode that made the points (see :data:`TOKEN_MODES`).
-    heads : tuple of (int, int)
-        ``(num_heads, head_size)`` of each layer's attention.
+    head_sizes : dict of str to tuple of tuple of int
+        For ``query``, ``key`` and ``value``: each layer's head sizes, in column order.
     sentences : list of str
         The corpus, in the order of the points (``cls``/``mean``: one point per sentence;
         ``tokens``: the sentences' real tokens one after the other).
@@ -78,7 +78,7 @@ class Activations:
     token_std: dict[str, torch.Tensor]
     n_tokens: int
     token: str
-    heads: tuple[tuple[int, int], ...]
+    head_sizes: dict[str, tuple[tuple[int, ...], ...]]
     sentences: list[str]
 
     @property
@@ -88,7 +88,7 @@ class Activations:
 
     @property
     def n_layers(self) -> int:
-        return len(self.heads)
+        return len(next(iter(self.offsets.values()))) - 1
 
     @property
     def n_points(self) -> int:
@@ -289,6 +289,6 @@ def compute_activations(
         token_std={c: (recorder.m2[c] / recorder.seen).sqrt() for c in components},
         n_tokens=recorder.seen,
         token=token,
-        heads=tuple((layer.num_heads, layer.head_size) for layer in layers),
+        head_sizes={c: tuple(layer.head_sizes(c) for layer in layers) for c in ("query", "key", "value")},
         sentences=sentences,
     )

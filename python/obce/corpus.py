@@ -124,8 +124,12 @@ def _wiki_article_texts(path: Path) -> Iterator[str]:
                 continue
             # gensim keeps the bold and italic quote marks; they are not part of the text.
             plain = filter_wiki(text).replace("'''", "").replace("''", "")
-            lines = (line.strip() for line in plain.splitlines())
-            yield "\n".join(line for line in lines if line and not line.startswith(_MARKUP_LINE_STARTS))
+            # One paragraph per line: a sentence never spans two, so table cells and captions
+            # (lines without a final period) cannot glue onto the next paragraph's first sentence.
+            for line in plain.splitlines():
+                line = line.strip()
+                if line and not line.startswith(_MARKUP_LINE_STARTS):
+                    yield line
 
 
 @dataclass(frozen=True)
@@ -259,7 +263,7 @@ class Corpus:
         return replace(self, **options)
 
     def texts(self) -> Iterator[str]:
-        """The raw texts, streamed: cleaned articles, lines of the file, or dataset rows."""
+        """The raw texts, streamed: cleaned article paragraphs, lines of the file, or dataset rows."""
         if self.kind == "wikipedia":
             yield from _wiki_article_texts(Path(self.location))
         elif self.kind == "text":

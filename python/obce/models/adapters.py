@@ -43,7 +43,8 @@ class ArchitectureLayout:
 
     ``layers`` is relative to the base model; every other path is relative to one layer.
     ``position_offset`` is how many position ids the family reserves before the first token
-    (RoBERTa-style models start positions after the padding index).
+    (RoBERTa-style models start positions after the padding index). Attention modules with
+    unequal heads list their sizes in ``qk_sizes_attr`` and ``v_sizes_attr``.
     """
 
     layers: str
@@ -57,6 +58,8 @@ class ArchitectureLayout:
     output: str
     num_heads_attr: str = "num_attention_heads"
     head_size_attr: str = "attention_head_size"
+    qk_sizes_attr: str = "qk_sizes"
+    v_sizes_attr: str = "v_sizes"
     position_offset: int = 0
 
 
@@ -80,7 +83,10 @@ ARCHITECTURES: dict[str, ArchitectureLayout] = {
     "xlm-roberta": _ROBERTA_LAYOUT,
     "camembert": _ROBERTA_LAYOUT,
 }
-"""``config.model_type`` -> module layout of the supported encoder families."""
+"""``config.model_type`` -> module layout of the supported encoder families.
+
+A compressed model's type is its family's with an ``obce_`` prefix and shares its layout."""
+_COMPRESSED_PREFIX = "obce_"
 
 
 def register_architecture(model_type: str, layout: ArchitectureLayout) -> None:
@@ -101,7 +107,9 @@ class LayerModules:
     """The modules of one encoder layer that produce the six components.
 
     ``intermediate`` is the linear map before the activation; the ``intermediate`` component is
-    ``intermediate_act(intermediate(x))``.
+    ``intermediate_act(intermediate(x))``. ``head_size`` is the family's head size
+    (``hidden_size / num_heads``); ``qk_head_sizes`` and ``v_head_sizes`` are the actual sizes of
+    each head's query/key and value dimensions (all ``head_size`` unless the model is compressed).
     """
 
     index: int
@@ -115,6 +123,22 @@ class LayerModules:
     output: nn.Linear
     num_heads: int
     head_size: int
+    qk_head_sizes: tuple[int, ...]
+    v_head_sizes: tuple[int, ...]
+
+    def head_sizes(self, component: str) -> tuple[int, ...]:
+        """Sizes of the heads that make up ``component`` (``query``, ``key`` or ``value``).
+
+        Raises
+        ------
+        ValueError
+            For a component that is not split into heads.
+        """
+        if component in ("query", "key"):
+            return self.qk_head_sizes
+        if component == "value":
+            return self.v_head_sizes
+        raise ValueError(f"only query, key and value are split into heads, got {component!r}")
 
     def linear(self, component: str) -> nn.Linear:
         """The linear module whose output is ``component`` (before the activation for ``intermediate``)."""
@@ -164,14 +188,15 @@ def _layout(model: nn.Module) -> tuple[nn.Module, ArchitectureLayout]:
     model_type = getattr(config, "model_type", None)
     if model_type is None:
         raise TypeError(f"expected a transformers encoder model with a config, got {type(model).__name__}")
-    if model_type not in ARCHITECTURES:
+    family = model_type if model_type in ARCHITECTURES else str(model_type).removeprefix(_COMPRESSED_PREFIX)
+    if family not in ARCHITECTURES:
         raise ValueError(
             f"unsupported architecture {model_type!r} ({type(model).__name__}); "
             f"supported encoder families: {_supported()}"
         )
     if getattr(config, "is_decoder", False):
         raise ValueError(f"{type(model).__name__} is configured as a causal decoder; expected a bidirectional encoder")
-    return getattr(model, "base_model", model), ARCHITECTURES[model_type]
+    return getattr(model, "base_model", model), ARCHITECTURES[family]
 
 
 def encoder_layers(model: nn.Module) -> list[LayerModules]:
@@ -217,13 +242,19 @@ def encoder_layers(model: nn.Module) -> list[LayerModules]:
                 c: block.get_submodule(getattr(layout, c))
                 for c in ("query", "key", "value", "attention_output", "intermediate", "output")
             }
+            num_heads = int(getattr(attention, layout.num_heads_attr))
+            head_size = int(base.config.hidden_size // base.config.num_attention_heads)
+            head_size = int(getattr(attention, layout.head_size_attr, head_size))
+            uniform = (head_size,) * num_heads
             layers.append(
                 LayerModules(
                     index=i,
                     attention=attention,
                     intermediate_act=act,
-                    num_heads=int(getattr(attention, layout.num_heads_attr)),
-                    head_size=int(getattr(attention, layout.head_size_attr)),
+                    num_heads=num_heads,
+                    head_size=head_size,
+                    qk_head_sizes=tuple(int(n) for n in getattr(attention, layout.qk_sizes_attr, uniform)),
+                    v_head_sizes=tuple(int(n) for n in getattr(attention, layout.v_sizes_attr, uniform)),
                     **modules,
                 )
             )

@@ -1,0 +1,220 @@
+"""Corpus reading and seeded sampling."""
+
+from __future__ import annotations
+
+import bz2
+import os
+import sys
+import types
+from collections import Counter
+
+import pytest
+
+from obce.corpus import (
+    Corpus,
+    builtin_dump_path,
+    load_sentences,
+    sample_sentences,
+    save_sentences,
+    split_sentences,
+)
+
+DUMP = """<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10">
+  <siteinfo><sitename>Test</sitename></siteinfo>
+  <page><title>Cats</title><ns>0</ns><id>1</id><revision><id>10</id><text>'''Cats''' are small animals \
+that many people keep at home.{{citation needed}} They sleep for most of the ''whole'' day.&lt;ref&gt;A book \
+about cats.&lt;/ref&gt;
+==History of cats==
+* A list item that should not appear in the corpus at all.
+{| class="wikitable" style="width: 100%"
+! Year !! Cats
+|-
+| 1900 || 12
+|}
+Cats were [[domestication|domesticated]] in the Near East long ago. Short one. Cats (from ) were \
+named by people living in a city near the river.
+[[Category:Animals]]</text></revision></page>
+  <page><title>Kitty</title><ns>0</ns><id>2</id><revision><id>11</id><text>#REDIRECT [[Cats]] and enough \
+words here to pass the filter.</text></revision></page>
+  <page><title>Talk:Cats</title><ns>1</ns><id>3</id><revision><id>12</id><text>This talk page sentence has \
+enough words to be kept.</text></revision></page>
+</mediawiki>
+"""
+EXPECTED = [
+    "Cats are small animals that many people keep at home.",
+    "They sleep for most of the whole day.",
+    "Cats were domesticated in the Near East long ago.",
+]
+
+
+@pytest.fixture(scope="module")
+def builtin_sentences() -> list[str]:
+    return list(Corpus.builtin_sample().sentences())
+
+
+@pytest.mark.parametrize("suffix", [".xml", ".xml.bz2"])
+def test_wikipedia_dump_is_cleaned(tmp_path, suffix):
+    path = tmp_path / f"dump{suffix}"
+    data = DUMP.encode()
+    path.write_bytes(bz2.compress(data) if suffix.endswith(".bz2") else data)
+    corpus = Corpus.resolve(path)
+    assert corpus.kind == "wikipedia"
+    assert list(corpus.sentences()) == EXPECTED
+
+
+def test_builtin_corpus_is_clean_and_large(builtin_sentences):
+    assert 11_000 <= len(builtin_sentences) <= 13_000
+    for sentence in builtin_sentences:
+        assert 6 <= len(sentence.split()) <= 25, sentence
+        assert sentence.endswith("."), sentence
+        for leftover in ("[[", "]]", "{{", "}}", "|", "'''", "==", "<ref", "#REDIRECT", "()"):
+            assert leftover not in sentence, sentence
+
+
+def test_builtin_dump_path_exists():
+    assert builtin_dump_path().is_file()
+
+
+def test_sample_is_seeded_and_in_corpus_order(builtin_sentences):
+    first = sample_sentences(None, 150, seed=0)
+    assert first == sample_sentences(None, 150, seed=0)
+    other = sample_sentences(None, 150, seed=1)
+    assert len(set(first) & set(other)) < 30
+    positions = [builtin_sentences.index(s) for s in first]
+    assert positions == sorted(positions) and len(set(positions)) == 150
+
+
+def test_sample_from_a_list_is_uniform():
+    corpus = ["zero", "one", "two"]
+    counts = Counter(sample_sentences(corpus, 1, seed=seed)[0] for seed in range(3000))
+    assert set(counts) == set(corpus)
+    assert all(850 < n < 1150 for n in counts.values()), counts
+
+
+def test_sample_whole_corpus_keeps_everything():
+    corpus = [f"sentence number {i}" for i in range(10)]
+    assert sample_sentences(corpus, 10, seed=3) == corpus
+
+
+def test_accept_filter_spans_chunks():
+    corpus = [f"text {i}" for i in range(1300)]
+    calls = []
+
+    def accept(chunk):
+        calls.append(len(chunk))
+        return [int(s.split()[1]) % 2 == 0 for s in chunk]
+
+    sample = sample_sentences(corpus, 650, seed=0, accept=accept)
+    assert sample == corpus[::2]
+    assert calls == [512, 512, 276]
+
+
+def test_limit_stops_reading():
+    corpus = [f"text {i}" for i in range(100)]
+    assert sample_sentences(corpus, 5, seed=0, limit=5) == corpus[:5]
+    sample = sample_sentences(corpus, 5, seed=0, limit=20)
+    assert set(sample) <= set(corpus[:20])
+
+
+def test_text_file_lines_are_split_at_periods(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text(
+        "One two three four five six. Seven eight nine ten eleven twelve.\n\n"
+        "Too short.\nA line   with    spaces has seven words\n",
+        encoding="utf-8",
+    )
+    corpus = Corpus.resolve(str(path))
+    assert corpus.kind == "text"
+    assert list(corpus.sentences()) == [
+        "One two three four five six.",
+        "Seven eight nine ten eleven twelve.",
+        "A line with spaces has seven words",
+    ]
+    whole = corpus.with_options(split_at_periods=False, min_words=1, max_words=None)
+    assert list(whole.sentences())[1] == "Too short."
+
+
+def test_hf_dataset_is_streamed(monkeypatch):
+    calls = {}
+
+    def load_dataset(name, config, split, streaming):
+        calls.update(name=name, config=config, split=split, streaming=streaming)
+        return iter([{"text": "The first text has six words. Tiny."}, {"text": "  "}, {"text": "Another text here with six words."}])
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    corpus = Corpus.resolve("hf:wiki_like:en")
+    assert list(corpus.sentences()) == ["The first text has six words.", "Another text here with six words."]
+    assert calls == {"name": "wiki_like", "config": "en", "split": "train", "streaming": True}
+    with pytest.raises(ValueError, match="no column 'body'"):
+        list(Corpus.hf_dataset("wiki_like", column="body").sentences())
+
+
+def test_hf_dataset_without_datasets_package(monkeypatch):
+    monkeypatch.setitem(sys.modules, "datasets", None)
+    with pytest.raises(ImportError, match="pip install datasets"):
+        list(Corpus.resolve("some_dataset").sentences())
+
+
+def test_resolve_rules(tmp_path):
+    assert Corpus.resolve(None).builtin
+    corpus = Corpus.hf_dataset("x")
+    assert Corpus.resolve(corpus) is corpus
+    assert Corpus.resolve("wikitext").kind == "hf"
+    with pytest.raises(FileNotFoundError, match="missing.txt"):
+        Corpus.resolve(str(tmp_path / "missing.txt"))
+    with pytest.raises(FileNotFoundError):
+        Corpus.resolve("missing.txt")
+    with pytest.raises(TypeError, match="int"):
+        Corpus.resolve(3)
+    with pytest.raises(ValueError, match="kind"):
+        Corpus("html", "x")
+    with pytest.raises(ValueError, match="max_words"):
+        Corpus.hf_dataset("x", min_words=5, max_words=2)
+
+
+def test_empty_corpus_is_an_error(tmp_path):
+    path = tmp_path / "empty.txt"
+    path.write_text("\n\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="no usable sentence"):
+        sample_sentences(path, 1)
+    with pytest.raises(ValueError, match="no usable sentence"):
+        sample_sentences([], 1)
+
+
+def test_sample_larger_than_corpus_is_an_error(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("One two three four five six.\nSeven eight nine ten eleven twelve.\n", encoding="utf-8")
+    with pytest.raises(ValueError, match="asked for a sample of 3 sentences .* has only 2"):
+        sample_sentences(path, 3)
+
+
+@pytest.mark.parametrize("n", [0, -1, 2.5, True])
+def test_bad_sample_size(n):
+    with pytest.raises(ValueError, match="n must be a positive int"):
+        sample_sentences(["a b"], n)
+
+
+def test_bad_seed():
+    with pytest.raises(TypeError, match="seed"):
+        sample_sentences(["a b"], 1, seed="0")
+
+
+def test_split_sentences_keeps_decimals():
+    text = "Pi is about 3.14 and e is about 2.71 in value. Next   sentence has six words here."
+    assert list(split_sentences(text)) == [
+        "Pi is about 3.14 and e is about 2.71 in value.",
+        "Next sentence has six words here.",
+    ]
+
+
+def test_save_and_load_round_trip(tmp_path):
+    sentences = ["First sentence.", "Second one, with ünïcode."]
+    path = save_sentences(sentences, tmp_path / "run" / "sentences.txt")
+    assert load_sentences(path) == sentences
+    assert os.listdir(path.parent) == ["sentences.txt"]  # no temporary file left behind
+    with pytest.raises(FileExistsError):
+        save_sentences(sentences, path)
+    save_sentences(sentences[:1], path, overwrite=True)
+    assert load_sentences(path) == sentences[:1]
+    with pytest.raises(ValueError, match="single line"):
+        save_sentences(["two\nlines"], tmp_path / "bad.txt")
