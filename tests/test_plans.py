@@ -1,0 +1,290 @@
+"""Pruning plans: the paper's tables, validation, files, neuron selection and parameter counts."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from transformers import BertConfig, BertModel
+
+from obce.importance import ImportanceTable
+from obce.models.adapters import COMPONENTS, encoder_layers
+from obce.plans import (
+    EncoderShape,
+    PruningPlan,
+    dry_run,
+    paper_plan,
+    select_neurons,
+    target_plan,
+    uniform_plan,
+)
+
+
+def random_table(model, seed: int = 0, overrides: dict | None = None) -> ImportanceTable:
+    """An importance table for ``model`` with random λ, means and standard deviations.
+
+    ``overrides`` maps ``(layer, component)`` (layer from 1) to ``{column: values}`` to set exactly.
+    """
+    rng = np.random.default_rng(seed)
+    frames = []
+    for layer in encoder_layers(model):
+        for component in COMPONENTS:
+            n = layer.width(component)
+            columns = {
+                "lam": rng.uniform(0.1, 1.0, n),
+                "mean": rng.normal(size=n),
+                "std": rng.uniform(0.1, 1.0, n),
+                "token_mean": rng.normal(size=n),
+                "token_std": rng.uniform(0.1, 1.0, n),
+            }
+            columns.update((overrides or {}).get((layer.index + 1, component), {}))
+            frames.append(
+                pd.DataFrame({"layer": layer.index + 1, "component": component, "neuron": np.arange(n), **columns})
+            )
+    return ImportanceTable(pd.concat(frames, ignore_index=True), settings={"seed": seed})
+
+
+@pytest.fixture
+def tiny3(tiny_bert_config):
+    """A seeded tiny BertModel with 3 layers (hidden 32, 4 heads of 8, intermediate 37)."""
+    torch.manual_seed(0)
+    return BertModel(tiny_bert_config(num_hidden_layers=3)).eval()
+
+
+# The paper's tables as the spec states them (layers from 1): component -> level -> layers.
+BASE_SPEC = {
+    "query_key": {30: [3, 4, 11, 12], 50: [8, 9, 10], 70: [5, 6, 7]},
+    "value": {30: [4], 50: [3, 11, 12], 70: [5, 6, 7, 8, 9, 10]},
+    "intermediate": {30: [3, 4, 10, 11, 12], 50: [5, 6, 7, 8, 9]},
+}
+LARGE_SPEC = {
+    "query_key": {30: [11, 12, 14, 15, 16, 17], 50: [4, 5, 6, 7, 8, 9, 10, 18], 70: [3, 13, *range(19, 25)]},
+    "value": {50: [4, 9, 10, 11, 12, 14, 15, 16, 17], 70: [3, 5, 6, 7, 8, 13, *range(18, 25)]},
+    "intermediate": {30: [3, 4, *range(8, 17), 18], 50: [5, 6, 7, 17, *range(19, 25)]},
+}
+
+
+def _levels_from_spec(spec):
+    levels = {}
+    for group, by_level in spec.items():
+        for level, layers in by_level.items():
+            for layer in layers:
+                for c in ("query", "key") if group == "query_key" else (group,):
+                    levels.setdefault(layer, {})[c] = float(level)
+    return levels
+
+
+@pytest.mark.parametrize(("model", "spec", "n_layers"), [("bert-base", BASE_SPEC, 12), ("bert-large", LARGE_SPEC, 24)])
+def test_paper_plans_match_the_tables(model, spec, n_layers):
+    plan = paper_plan(model)
+    assert plan.levels == _levels_from_spec(spec)
+    assert min(plan.layers) == 3 and max(plan.layers) == n_layers
+    for layer in range(1, n_layers + 1):
+        assert plan.level(layer, "attention_output") is None and plan.level(layer, "output") is None
+        assert plan.level(layer, "query") == plan.level(layer, "key")
+
+
+def test_bert_large_layer_13_takes_the_stricter_level():
+    plan = paper_plan("bert-large")
+    assert plan.level(13, "query") == 70.0
+    assert "stricter" in plan.notes
+
+
+def test_quartile_variant_maps_levels():
+    paper, quart = paper_plan("bert-base"), paper_plan("bert-base", "quartiles")
+    mapping = {30.0: 25.0, 50.0: 50.0, 70.0: 75.0}
+    assert quart.levels == {
+        layer: {c: mapping[v] for c, v in row.items()} for layer, row in paper.levels.items()
+    }
+    assert quart.levels == paper.remap(mapping).levels
+
+
+@pytest.mark.parametrize(
+    ("levels", "match"),
+    [
+        ({3: {"qkv": 30}}, "unknown component 'qkv'"),
+        ({3: {"output": 30}}, "'output' is never pruned"),
+        ({3: {"attention_output": 30}}, "never pruned"),
+        ({3: {"value": -1}}, "0..100, got -1"),
+        ({3: {"value": 100.5}}, "0..100, got 100.5"),
+        ({3: {"value": float("nan")}}, "got nan"),
+        ({3: {"value": True}}, "got True"),
+        ({3: {"value": "30"}}, "got '30'"),
+        ({0: {"value": 30}}, "numbered from 1, got 0"),
+        ({"three": {"value": 30}}, "got 'three'"),
+        ({3: {"query": 30, "key": 50}}, "query=30.0, key=50.0"),
+        ({3: {"query": 30}}, "query=30.0, key=None"),
+    ],
+)
+def test_bad_plans_are_rejected(levels, match):
+    with pytest.raises(ValueError, match=match):
+        PruningPlan(levels)
+
+
+def test_plan_naming_a_missing_layer_is_rejected(tiny3):
+    plan = PruningPlan({4: {"value": 30}})
+    with pytest.raises(ValueError, match=r"layer\(s\) \[4\] but the model has 3 layers"):
+        select_neurons(plan, random_table(tiny3), EncoderShape.from_model(tiny3))
+
+
+def test_save_load_round_trip(tmp_path):
+    plan = paper_plan("bert-large", "quartiles")
+    path = plan.save(tmp_path / "plan.json")
+    assert PruningPlan.load(path) == plan
+    assert [p.name for p in tmp_path.iterdir()] == ["plan.json"]  # no temporary file left behind
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        plan.save(path)
+    uniform_plan(4, 50).save(path, overwrite=True)
+    assert PruningPlan.load(path) == uniform_plan(4, 50)
+
+
+def test_load_small_json_and_yaml(tmp_path):
+    (tmp_path / "p.json").write_text(json.dumps({"levels": {"3": {"value": 50, "intermediate": 30}}}))
+    plan = PruningPlan.load(tmp_path / "p.json")
+    assert plan.levels == {3: {"value": 50.0, "intermediate": 30.0}}
+    pytest.importorskip("yaml")
+    (tmp_path / "p.yaml").write_text("name: mine\nlevels:\n  3:\n    query: 70\n    key: 70\n")
+    plan = PruningPlan.load(tmp_path / "p.yaml")
+    assert plan.name == "mine" and plan.levels == {3: {"query": 70.0, "key": 70.0}}
+
+
+def test_load_rejects_bad_files(tmp_path):
+    (tmp_path / "bad.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        PruningPlan.load(tmp_path / "bad.json")
+    (tmp_path / "nolevels.json").write_text(json.dumps({"name": "x"}))
+    with pytest.raises(ValueError, match="'levels'"):
+        PruningPlan.load(tmp_path / "nolevels.json")
+    (tmp_path / "extra.json").write_text(json.dumps({"levels": {}, "level": {}}))
+    with pytest.raises(ValueError, match=r"unexpected plan keys \['level'\]"):
+        PruningPlan.load(tmp_path / "extra.json")
+
+
+def test_summary_lists_every_layer():
+    text = paper_plan("bert-base").summary()
+    lines = text.splitlines()
+    assert len(lines) == 2 + 12
+    assert lines[2].split() == ["1", "-", "-", "-"]
+    assert lines[2 + 4].split() == ["5", "P70", "P70", "P50"]
+    assert str(PruningPlan({})).endswith("(prunes nothing)")
+
+
+def test_uniform_plan():
+    plan = uniform_plan(5, 40, components=("value", "intermediate"))
+    assert plan.layers == [3, 4, 5]
+    assert plan.levels[4] == {"value": 40.0, "intermediate": 40.0}
+    with pytest.raises(ValueError, match="beyond the model's 2 layers"):
+        uniform_plan(2, 30)
+    with pytest.raises(ValueError, match="never pruned"):
+        uniform_plan(4, 30, components=("output",))
+
+
+def test_selection_keeps_neurons_above_the_percentile(tiny3):
+    table = random_table(tiny3)
+    plan = PruningPlan({2: {"value": 50, "intermediate": 30}})
+    sel = select_neurons(plan, table, EncoderShape.from_model(tiny3))
+    lam_v, lam_i = table.lam(2, "value"), table.lam(2, "intermediate")
+    np.testing.assert_array_equal(sel[1].value, np.flatnonzero(lam_v > np.median(lam_v)))
+    assert len(sel[1].value) == 16
+    assert len(sel[1].intermediate) == 26  # strictly above the interpolated P30 (between 11th and 12th)
+    np.testing.assert_array_equal(sel[1].intermediate, np.flatnonzero(lam_i > np.percentile(lam_i, 30)))
+    np.testing.assert_array_equal(sel[0].qk, np.arange(32))  # layer 1 untouched
+    np.testing.assert_array_equal(sel[1].qk, np.arange(32))
+
+
+def test_query_key_ranked_by_the_product_of_ranks(tiny3):
+    q = np.arange(1, 33, dtype=float)  # ranks 1..32 in order
+    k = q[::-1].copy()  # reversed: the product of ranks peaks in the middle
+    table = random_table(tiny3, overrides={(3, "query"): {"lam": q}, (3, "key"): {"lam": k}})
+    sel = select_neurons(PruningPlan({3: {"query": 50, "key": 50}}), table, EncoderShape.from_model(tiny3))
+    product = q * k
+    np.testing.assert_array_equal(sel[2].qk, np.flatnonzero(product > np.median(product)))
+    assert sel[2].qk.min() > 0 and sel[2].qk.max() < 31  # the extremes (one low rank) go first
+
+
+def test_head_without_values_is_removed_with_its_query_key(tiny3):
+    lam = np.ones(32)
+    lam[8:16] = 0.01  # head 1's value dims are the least important
+    table = random_table(tiny3, overrides={(2, "value"): {"lam": lam + np.linspace(0, 0.001, 32)}})
+    sel = select_neurons(PruningPlan({2: {"value": 25}}), table, EncoderShape.from_model(tiny3))[1]
+    assert sel.removed_heads == [1]
+    assert sel.sizes.v_head_sizes == (8, 0, 8, 8) and sel.sizes.qk_head_sizes == (8, 0, 8, 8)
+
+
+@pytest.mark.parametrize(
+    ("plan", "overrides", "match"),
+    [
+        (PruningPlan({2: {"value": 100}}), {}, "layer 2 value: level P100 keeps no neuron"),
+        (PruningPlan({3: {"intermediate": 10}}), {(3, "intermediate"): {"lam": np.ones(37)}}, "keeps no neuron"),
+        (PruningPlan({2: {"query": 0, "key": 0}}), {(2, "key"): {"lam": np.full(32, np.nan)}}, "non-finite"),
+    ],
+)
+def test_pruning_everything_is_rejected(tiny3, plan, overrides, match):
+    with pytest.raises(ValueError, match=match):
+        select_neurons(plan, random_table(tiny3, overrides=overrides), EncoderShape.from_model(tiny3))
+
+
+def test_table_of_another_model_is_rejected(tiny3, tiny_bert_config):
+    torch.manual_seed(0)
+    other = BertModel(tiny_bert_config(num_hidden_layers=3, intermediate_size=40))
+    with pytest.raises(ValueError, match=r"\(40,\) λ values for layer 3 intermediate; the model has 37"):
+        dry_run(tiny3, random_table(other), uniform_plan(3, 30))
+
+
+def test_parameter_counts_by_hand(tiny3):
+    # hidden 32, 4 heads x 8, intermediate 37. Layer 3: value P50 keeps 16, intermediate P30 keeps 26 of 37
+    # (the interpolated P30 lies between the 11th and 12th smallest λ).
+    report = dry_run(tiny3, random_table(tiny3), PruningPlan({3: {"value": 50, "intermediate": 30}}))
+    full_layer = 3 * (32 * 32 + 32) + (32 * 32 + 32) + (32 * 37 + 37) + (37 * 32 + 32) + 4 * 32
+    assert full_layer == 6789
+    layer3 = 2 * (32 * 32 + 32) + (32 * 16 + 16) + (16 * 32 + 32) + (32 * 26 + 26) + (26 * 32 + 32) + 4 * 32
+    assert report.encoder_before == 3 * 6789
+    assert report.encoder_after == 2 * 6789 + layer3
+    rows = report.table.set_index(["layer", "component"])
+    assert rows.loc[(3, "attention_output"), "params_after"] == 16 * 32 + 32
+    assert rows.loc[(3, "intermediate"), "neurons_after"] == 26
+    embeddings = sum(p.numel() for p in tiny3.embeddings.parameters()) + sum(p.numel() for p in tiny3.pooler.parameters())
+    assert report.model_before == 3 * 6789 + embeddings
+    assert report.model_after == report.model_before - (6789 - layer3)
+    text = str(report)
+    assert "encoder layers: 18,612 of 20,367 (91.38%)" in text
+
+
+def test_paper_plan_on_bert_base_sized_model():
+    """The fraction the BERT-base table implies (the paper reports 58.47 %: see the plan's docstring)."""
+    torch.manual_seed(0)
+    model = BertModel(BertConfig())
+    report = dry_run(model, random_table(model), paper_plan("bert-base"))
+    assert report.encoder_before == 85_054_464 and report.model_before == 109_482_240
+    assert report.encoder_after == 53_416_243
+    assert report.encoder_fraction == pytest.approx(0.6280, abs=5e-5)
+    assert report.model_fraction == pytest.approx(0.7110, abs=5e-5)
+
+
+def test_target_plan_lands_on_the_budget(tiny_bert_config):
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=6)).eval()
+    # Median λ rises with depth, so deeper layers should be pruned less.
+    overrides = {
+        (layer, c): {"lam": np.random.default_rng(layer).uniform(0, 1, 37 if c == "intermediate" else 32) * layer}
+        for layer in range(1, 7)
+        for c in ("query", "key", "value", "intermediate")
+    }
+    table = random_table(model, overrides=overrides)
+    for target in (0.85, 0.7):
+        plan = target_plan(model, table, target)
+        report = dry_run(model, table, plan)
+        assert report.encoder_fraction >= target
+        assert report.encoder_fraction - target < 40 / report.encoder_before  # within one neuron's parameters
+        assert 1 not in plan.levels and 2 not in plan.levels
+        off_level = [(l, c) for l, row in plan.levels.items() for c, v in row.items() if v not in (30, 50, 70)]
+        assert len({(l, "query" if c == "key" else c) for l, c in off_level}) <= 1
+        strength = [sum(plan.level(layer, c) or 0 for c in ("query", "value", "intermediate")) for layer in range(3, 7)]
+        assert strength == sorted(strength, reverse=True) and strength[0] > strength[-1]
+    with pytest.raises(ValueError, match="out of reach"):
+        target_plan(model, table, 0.05)
+    with pytest.raises(ValueError, match=r"fraction in \(0, 1\), got 1.5"):
+        target_plan(model, table, 1.5)
