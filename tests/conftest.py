@@ -7,7 +7,7 @@ import string
 import pytest
 import torch
 
-TINY_MAX_TOKENS = 64
+TINY_MAX_TOKENS = 128
 SENTENCES = [
     "The cat sat on the mat.",
     "A very small model reads a few short sentences about nothing in particular.",
@@ -31,8 +31,7 @@ def tiny_vocab() -> dict[str, int]:
     return {w: i for i, w in enumerate(words)}
 
 
-def tiny_bert_config(**overrides):
-    """A BertConfig small enough for unit tests (hidden 32, 2 layers, 4 heads)."""
+def _tiny_bert_config(**overrides):
     from transformers import BertConfig
 
     options = dict(
@@ -50,8 +49,15 @@ def tiny_bert_config(**overrides):
 
 
 @pytest.fixture(scope="session")
+def tiny_bert_config():
+    """Factory of BertConfig small enough for unit tests (hidden 32, 2 layers, 4 heads, 128 positions);
+    keyword arguments override fields."""
+    return _tiny_bert_config
+
+
+@pytest.fixture(scope="session")
 def tiny_tokenizer():
-    """A character-level WordPiece tokenizer built offline (limit 64 tokens)."""
+    """A character-level WordPiece tokenizer built offline (limit 128 tokens)."""
     from transformers import BertTokenizer
 
     return BertTokenizer(vocab=tiny_vocab(), model_max_length=TINY_MAX_TOKENS)
@@ -63,7 +69,7 @@ def tiny_bert():
     from transformers import BertModel
 
     torch.manual_seed(0)
-    return BertModel(tiny_bert_config()).eval()
+    return BertModel(_tiny_bert_config()).eval()
 
 
 @pytest.fixture(scope="session")
@@ -73,7 +79,7 @@ def tiny_bert_dir(tmp_path_factory, tiny_tokenizer):
 
     torch.manual_seed(0)
     folder = tmp_path_factory.mktemp("tiny_bert")
-    BertModel(tiny_bert_config()).save_pretrained(folder)
+    BertModel(_tiny_bert_config()).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     return folder
 

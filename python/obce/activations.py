@@ -102,7 +102,8 @@ class Activations:
 
     def get(self, layer: int, component: str) -> torch.Tensor:
         """One layer's outputs, ``(n_points, n_neurons)`` (a view; ``layer`` counted from 1)."""
-        return self.values[component][:, self._columns(layer, component)]
+        columns = self._columns(layer, component)
+        return self.values[component][:, columns]
 
     def __getitem__(self, key: tuple[int, str]) -> torch.Tensor:
         layer, component = key

@@ -1,0 +1,152 @@
+"""Hooked activation capture against a manual forward pass through the same modules."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from obce.activations import TOKEN_MODES, compute_activations
+from obce.models.adapters import COMPONENTS
+
+
+def manual_components(model, tokenizer, sentence: str) -> list[dict[str, torch.Tensor]]:
+    """Each layer's six components for one sentence, computed step by step (no padding, no hooks)."""
+    encoded = tokenizer(sentence, return_tensors="pt")
+    with torch.no_grad():
+        hidden = model(**encoded, output_hidden_states=True).hidden_states
+        layers = []
+        for i, block in enumerate(model.encoder.layer):
+            h = hidden[i][0]
+            attention = block.attention.self
+            heads, size = attention.num_attention_heads, attention.attention_head_size
+            q, k, v = attention.query(h), attention.key(h), attention.value(h)
+
+            def split(x):
+                return x.view(-1, heads, size).transpose(0, 1)
+
+            weights = (split(q) @ split(k).transpose(-1, -2) / size**0.5).softmax(-1)
+            context = (weights @ split(v)).transpose(0, 1).reshape(-1, heads * size)
+            attention_output = block.attention.output.dense(context)
+            attended = block.attention.output.LayerNorm(attention_output + h)
+            intermediate = block.intermediate.intermediate_act_fn(block.intermediate.dense(attended))
+            output = block.output.dense(intermediate)
+            # The manual pass must reproduce the model's own next hidden state.
+            torch.testing.assert_close(block.output.LayerNorm(output + attended), hidden[i + 1][0])
+            layers.append(
+                dict(query=q, key=k, value=v, attention_output=attention_output, intermediate=intermediate, output=output)
+            )
+    return layers
+
+
+@pytest.fixture
+def manual(tiny_bert, tiny_tokenizer, sentences):
+    return [manual_components(tiny_bert, tiny_tokenizer, s) for s in sentences]
+
+
+@pytest.mark.parametrize("token", TOKEN_MODES)
+def test_hooks_equal_manual_forward(tiny_bert, tiny_tokenizer, sentences, manual, token):
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, token=token, batch_size=5, progress=False)
+    lengths = [m[0]["query"].shape[0] for m in manual]
+    assert len(set(lengths)) > 3  # batches really mix lengths, so padding is exercised
+    assert acts.n_tokens == sum(lengths)
+    assert acts.n_points == (sum(lengths) if token == "tokens" else len(sentences))
+    for layer in (1, 2):
+        for component in COMPONENTS:
+            per_sentence = [m[layer - 1][component] for m in manual]
+            if token == "cls":
+                expected = torch.stack([x[0] for x in per_sentence])
+            elif token == "mean":
+                expected = torch.stack([x.mean(0) for x in per_sentence])
+            else:
+                expected = torch.cat(per_sentence)
+            got = acts.get(layer, component)
+            assert got.dtype == torch.float32
+            torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+            every_token = torch.cat(per_sentence).double()
+            mean, std = acts.token_stats(layer, component)
+            torch.testing.assert_close(mean, every_token.mean(0), rtol=1e-6, atol=1e-6)
+            torch.testing.assert_close(std, every_token.std(0, correction=0), rtol=1e-6, atol=1e-6)
+
+
+@pytest.mark.parametrize("token", TOKEN_MODES)
+def test_batch_size_does_not_change_values(tiny_bert, tiny_tokenizer, sentences, token):
+    one = compute_activations(tiny_bert, tiny_tokenizer, sentences, token=token, batch_size=1, progress=False)
+    for batch_size in (3, 32):
+        many = compute_activations(
+            tiny_bert, tiny_tokenizer, sentences, token=token, batch_size=batch_size, progress=False
+        )
+        for component in COMPONENTS:
+            torch.testing.assert_close(many.values[component], one.values[component], rtol=1e-5, atol=1e-5)
+            torch.testing.assert_close(many.token_mean[component], one.token_mean[component])
+            torch.testing.assert_close(many.token_std[component], one.token_std[component])
+
+
+def test_layout_and_views(tiny_bert, tiny_tokenizer, sentences):
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, progress=False)
+    assert acts.components == COMPONENTS
+    assert acts.n_layers == 2
+    assert acts.offsets["intermediate"] == (0, 37, 74)
+    assert acts.values["intermediate"].shape == (len(sentences), 74)
+    view = acts[2, "intermediate"]
+    assert view.data_ptr() == acts.values["intermediate"][:, 37:].data_ptr()
+    assert acts.head_sizes["query"] == ((8, 8, 8, 8), (8, 8, 8, 8))
+    assert acts.sentences == sentences and acts.token == "cls"
+    with pytest.raises(ValueError, match="layers are counted from 1"):
+        acts.get(0, "query")
+    with pytest.raises(ValueError, match="unknown component"):
+        acts.get(1, "attention")
+
+
+def test_component_subset_and_hooks_removed(tiny_bert, tiny_tokenizer, sentences):
+    tiny_bert.train()
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, components=["value", "query"], progress=False)
+    assert acts.components == ("query", "value")
+    assert tiny_bert.training  # the caller's mode is restored
+    assert not any(m._forward_hooks for m in tiny_bert.modules())
+    with pytest.raises(ValueError, match="was not captured"):
+        acts.get(1, "output")
+
+
+def test_head_model_and_bfloat16(tiny_bert_config, tiny_tokenizer, sentences):
+    from transformers import BertForSequenceClassification
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).eval()
+    full = compute_activations(model, tiny_tokenizer, sentences, progress=False)
+    half = compute_activations(model, tiny_tokenizer, sentences, precision="bfloat16", progress=False)
+    assert half.values["output"].dtype == torch.float32
+    assert not torch.equal(half.values["output"], full.values["output"])  # autocast really ran
+    torch.testing.assert_close(half.values["output"], full.values["output"], rtol=0.1, atol=0.1)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"token": "first"}, ValueError, "unknown token mode 'first'"),
+        ({"components": ["query", "gate"]}, ValueError, "unknown component 'gate'"),
+        ({"components": []}, ValueError, "components is empty"),
+        ({"batch_size": 0}, ValueError, "batch_size must be a positive int, got 0"),
+        ({"precision": "int8"}, ValueError, "unknown precision 'int8'"),
+    ],
+)
+def test_bad_options(tiny_bert, tiny_tokenizer, sentences, options, error, match):
+    with pytest.raises(error, match=match):
+        compute_activations(tiny_bert, tiny_tokenizer, sentences, progress=False, **options)
+
+
+def test_bad_corpus(tiny_bert, tiny_tokenizer):
+    with pytest.raises(ValueError, match="sentences is empty"):
+        compute_activations(tiny_bert, tiny_tokenizer, [], progress=False)
+    with pytest.raises(TypeError, match="sequence of str"):
+        compute_activations(tiny_bert, tiny_tokenizer, "one sentence", progress=False)
+    long = "word " * 40  # 160 character-level tokens, over the limit of 128
+    with pytest.raises(ValueError, match="1 sentence.*limit of 128 tokens.*sentence 1"):
+        compute_activations(tiny_bert, tiny_tokenizer, ["Short.", long], progress=False)
+
+
+def test_not_an_encoder(tiny_tokenizer, sentences):
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64))
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
+        compute_activations(model, tiny_tokenizer, sentences, progress=False)

@@ -1,0 +1,130 @@
+"""Architecture table: the six components' modules of each supported family."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from obce.models.adapters import (
+    ARCHITECTURES,
+    COMPONENTS,
+    check_component,
+    encoder_layers,
+    from_user_layer,
+    load_model,
+    max_sequence_length,
+    to_user_layer,
+)
+
+TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100)
+
+
+def _family_models():
+    from transformers import (
+        ElectraConfig,
+        ElectraModel,
+        RobertaConfig,
+        RobertaModel,
+        XLMRobertaConfig,
+        XLMRobertaModel,
+    )
+
+    torch.manual_seed(0)
+    return {
+        "roberta": RobertaModel(RobertaConfig(**TINY, max_position_embeddings=40)),
+        "xlm-roberta": XLMRobertaModel(XLMRobertaConfig(**TINY, max_position_embeddings=40)),
+        "electra": ElectraModel(ElectraConfig(**TINY, embedding_size=16, max_position_embeddings=40)),
+    }
+
+
+def test_bert_layers(tiny_bert):
+    layers = encoder_layers(tiny_bert)
+    assert [layer.index for layer in layers] == [0, 1]
+    block = tiny_bert.encoder.layer[1]
+    assert layers[1].query is block.attention.self.query
+    assert layers[1].attention_output is block.attention.output.dense
+    assert layers[1].intermediate is block.intermediate.dense
+    assert layers[1].intermediate_act is block.intermediate.intermediate_act_fn
+    assert layers[1].output is block.output.dense
+    assert (layers[0].num_heads, layers[0].head_size) == (4, 8)
+    assert layers[0].head_sizes("key") == (8, 8, 8, 8)
+    widths = {c: layers[0].width(c) for c in COMPONENTS}
+    assert widths == {"query": 32, "key": 32, "value": 32, "attention_output": 32, "intermediate": 37, "output": 32}
+
+
+@pytest.mark.parametrize("family", ["roberta", "xlm-roberta", "electra"])
+def test_other_families(family):
+    model = _family_models()[family]
+    layers = encoder_layers(model)
+    assert len(layers) == 2
+    assert layers[1].output is model.encoder.layer[1].output.dense
+    assert max_sequence_length(model) == (38 if "roberta" in family else 40)
+
+
+def test_head_model_goes_through_base_model(tiny_bert_config):
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=3))
+    assert encoder_layers(model)[0].value is model.bert.encoder.layer[0].attention.self.value
+
+
+def test_compressed_type_uses_its_family_layout(tiny_bert):
+    tiny_bert.config.model_type = "obce_bert"
+    attention = tiny_bert.encoder.layer[0].attention.self
+    attention.qk_sizes, attention.v_sizes = [8, 2, 8, 8], [8, 8, 1, 8]
+    layers = encoder_layers(tiny_bert)
+    assert layers[0].head_sizes("query") == (8, 2, 8, 8)
+    assert layers[0].head_sizes("value") == (8, 8, 1, 8)
+    assert layers[1].head_sizes("value") == (8, 8, 8, 8)
+    with pytest.raises(ValueError, match="only query, key and value"):
+        layers[0].head_sizes("output")
+
+
+def test_decoder_is_rejected():
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=32))
+    with pytest.raises(ValueError, match=r"unsupported architecture 'gpt2'.*bert.*electra.*roberta"):
+        encoder_layers(model)
+
+
+def test_causal_bert_is_rejected(tiny_bert_config):
+    from transformers import BertModel
+
+    with pytest.raises(ValueError, match="causal decoder"):
+        encoder_layers(BertModel(tiny_bert_config(is_decoder=True)))
+
+
+def test_not_a_transformers_model():
+    with pytest.raises(TypeError, match="Linear"):
+        encoder_layers(nn.Linear(2, 2))
+
+
+def test_table_names_the_required_families():
+    assert {"bert", "roberta", "xlm-roberta", "electra"} <= set(ARCHITECTURES)
+
+
+def test_layer_numbering_round_trip():
+    assert [to_user_layer(i) for i in range(3)] == [1, 2, 3]
+    assert [from_user_layer(to_user_layer(i)) for i in range(3)] == [0, 1, 2]
+    for bad in (0, -1, "1", 1.5):
+        with pytest.raises(ValueError, match="layer"):
+            from_user_layer(bad)
+    with pytest.raises(ValueError, match=r"1\.\.2"):
+        from_user_layer(3, n_layers=2)
+
+
+def test_check_component():
+    assert check_component("value") == "value"
+    with pytest.raises(ValueError, match="'values'.*query, key, value"):
+        check_component("values")
+
+
+def test_load_model_from_local_folder(tiny_bert_dir):
+    model, tokenizer = load_model(tiny_bert_dir, device="cpu")
+    assert not model.training
+    assert len(encoder_layers(model)) == 2
+    assert max_sequence_length(model, tokenizer) == 128
+    with pytest.raises(TypeError, match="name_or_path"):
+        load_model(3)
