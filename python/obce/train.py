@@ -12,6 +12,7 @@ where it stopped when called again with the same settings.
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -52,8 +53,9 @@ _RESULTS_FILE = "results.json"
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
-def _quiet_cpu_args() -> dict:
-    """TrainingArguments that only apply with a GPU (pinned memory warns on a CPU-only machine)."""
+def _common_args() -> dict:
+    """TrainingArguments of both training and evaluation: no experiment trackers, and pinned memory
+    only with a GPU (torch warns about it on a CPU-only machine)."""
     import torch
 
     return {"dataloader_pin_memory": torch.cuda.is_available(), "report_to": "none"}
@@ -119,9 +121,7 @@ def _check_head(model, info: TaskInfo, where: str) -> None:
         )
     num_labels = model.config.num_labels
     if num_labels != info.num_labels:
-        raise ValueError(
-            f"{where} has a head with {num_labels} output(s); {info.display_name} needs {info.num_labels}"
-        )
+        raise ValueError(f"{where} has a head with {num_labels} output(s); {info.display_name} needs {info.num_labels}")
     problem = model.config.problem_type
     if problem is not None and problem != _problem_type(info):
         raise ValueError(
@@ -171,6 +171,8 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
         A model object whose tokenizer cannot be found.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    from .models import compressed  # noqa: F401  (registers the compressed model types with the Auto classes)
 
     info = task_info(task)
     if not isinstance(model, (str, os.PathLike)):
@@ -282,7 +284,7 @@ def evaluate(
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
     dataset = _encode(task, split, tokenizer, max_length)
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, **_quiet_cpu_args())
+        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args())
         trainer = Trainer(
             model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer
         )
@@ -344,15 +346,32 @@ def _model_label(model) -> str:
     return type(model).__name__
 
 
-def _run_settings(model, name, task: Task, *, preset, seed, epochs, max_steps, batch_size, lr, max_length,
-                  patience, eval_steps, fp16, bf16, training_args) -> dict:
+def _run_settings(
+    model,
+    name,
+    task: Task,
+    *,
+    preset,
+    seed,
+    epochs,
+    max_steps,
+    batch_size,
+    lr,
+    max_length,
+    patience,
+    eval_steps,
+    fp16,
+    bf16,
+    training_args,
+) -> dict:
     import transformers
 
     from ._version import __version__
 
     return {
-        "model": str(model) if isinstance(model, (str, os.PathLike)) else f"<{type(model).__name__} object: "
-        f"{getattr(model, 'name_or_path', '')}>",
+        "model": str(model)
+        if isinstance(model, (str, os.PathLike))
+        else f"<{type(model).__name__} object: {getattr(model, 'name_or_path', '')}>",
         "name": name,
         "task": task.name,
         "task_source": task.source,
@@ -383,12 +402,18 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
             f"output_dir {str(output_dir)!r} is not empty and holds no {_SETTINGS_FILE}; choose an empty or new folder"
         )
     previous = json.loads(settings_path.read_text(encoding="utf-8"))
+    # Compare as stored: JSON turns tuples into lists.
+    settings = json.loads(json.dumps(settings, default=_json_default))
     differ = sorted(k for k in set(previous) | set(settings) if k != "versions" and previous.get(k) != settings.get(k))
     if differ:
         changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
-        raise ValueError(f"output_dir {str(output_dir)!r} holds a run with other settings ({changes}); choose another folder")
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} holds a run with other settings ({changes}); choose another folder"
+        )
     if not resume:
-        raise ValueError(f"output_dir {str(output_dir)!r} already holds this run; pass resume=True or choose another folder")
+        raise ValueError(
+            f"output_dir {str(output_dir)!r} already holds this run; pass resume=True or choose another folder"
+        )
     results_path = output_dir / _RESULTS_FILE
     return json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
 
@@ -440,7 +465,8 @@ def finetune(
     Parameters
     ----------
     model : str, path-like or transformers.PreTrainedModel
-        Encoder folder (a head for the task is added), or a model object with a fitting head.
+        Encoder folder (a head for the task is added), or a model object with a fitting head
+        (trained in place).
     task : str or Task
         Task name (see :func:`obce.tasks.load_task`) or a loaded task.
     output_dir : path-like
@@ -531,9 +557,21 @@ def finetune(
     output_dir = Path(output_dir)
     name = name or _model_label(model)
     settings = _run_settings(
-        model, name, task, preset=preset, seed=seed, epochs=values["epochs"], max_steps=max_steps,
-        batch_size=values["batch_size"], lr=values["lr"], max_length=values["max_length"],
-        patience=values["patience"], eval_steps=eval_steps, fp16=fp16, bf16=bf16, training_args=training_args,
+        model,
+        name,
+        task,
+        preset=preset,
+        seed=seed,
+        epochs=values["epochs"],
+        max_steps=max_steps,
+        batch_size=values["batch_size"],
+        lr=values["lr"],
+        max_length=values["max_length"],
+        patience=values["patience"],
+        eval_steps=eval_steps,
+        fp16=fp16,
+        bf16=bf16,
+        training_args=training_args,
     )
     finished = _prepare_output_dir(output_dir, settings, resume)
     if finished is not None:
@@ -565,7 +603,7 @@ def finetune(
         "save_total_limit": 1,
         "logging_strategy": "steps",
         "logging_steps": max(1, min(50, (max_steps or 500) // 10)),
-        **_quiet_cpu_args(),
+        **_common_args(),
         "fp16": fp16,
         "bf16": bf16,
         **_eval_schedule(len(encoded["train"]), values["batch_size"], max_steps, eval_steps),
@@ -603,8 +641,9 @@ def finetune(
         model_dir=str(output_dir),
         settings=settings,
     )
+    # Every process calls save_model: sharded setups (FSDP, DeepSpeed) gather weights collectively.
+    trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        trainer.save_model(str(output_dir))
         _write_json(output_dir / _RESULTS_FILE, result.to_dict())
         _atomic_write_text(output_dir / "results.md", results_table([result]))
         if not keep_checkpoints:
@@ -643,11 +682,20 @@ def _summarize(results: Sequence[FinetuneResult]) -> list[dict]:
         for split, _ in _columns(info):
             for metric in info.metric_names:
                 mean, se = _mean_se([run.metrics[split][metric] for run in runs])
-                records.append({
-                    "model": name, "task": task, "split": split, "metric": metric, "mean": mean, "se": se,
-                    "n": len(runs), "seeds": sorted(run.seed for run in runs),
-                    "params_encoder": runs[0].params["encoder"], "params_total": runs[0].params["total"],
-                })
+                records.append(
+                    {
+                        "model": name,
+                        "task": task,
+                        "split": split,
+                        "metric": metric,
+                        "mean": mean,
+                        "se": se,
+                        "n": len(runs),
+                        "seeds": sorted(run.seed for run in runs),
+                        "params_encoder": runs[0].params["encoder"],
+                        "params_total": runs[0].params["total"],
+                    }
+                )
     return records
 
 
@@ -693,8 +741,10 @@ def results_table(results: Sequence[FinetuneResult]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     seeds = sorted({seed for r in records for seed in r["seeds"]})
     splits = sorted({f"{task_info(r['task']).display_name}: {r['split']}" for r in records})
-    lines += ["", f"Scores ×100, mean ± standard error over seeds {', '.join(map(str, seeds))}; "
-              f"splits: {'; '.join(splits)}."]
+    lines += [
+        "",
+        f"Scores ×100, mean ± standard error over seeds {', '.join(map(str, seeds))}; splits: {'; '.join(splits)}.",
+    ]
     return "\n".join(lines) + "\n"
 
 
@@ -780,10 +830,14 @@ def compare(
         for loaded in tasks:
             for seed in seeds:
                 run_dir = output_dir / label / loaded.name / f"seed-{seed}"
-                runs.append(finetune(model, loaded, run_dir, seed=seed, name=label, **finetune_kwargs))
+                # finetune() trains a model object in place: every run starts from its own copy.
+                start = model if isinstance(model, (str, os.PathLike)) else copy.deepcopy(model)
+                runs.append(finetune(start, loaded, run_dir, seed=seed, name=label, **finetune_kwargs))
     comparison = Comparison(runs=runs, summary=_summarize(runs))
     if _is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
-        _write_json(output_dir / "comparison.json", {"summary": comparison.summary, "runs": [r.to_dict() for r in runs]})
+        _write_json(
+            output_dir / "comparison.json", {"summary": comparison.summary, "runs": [r.to_dict() for r in runs]}
+        )
         _atomic_write_text(output_dir / "comparison.md", comparison.to_markdown())
     return comparison
