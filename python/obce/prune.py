@@ -50,14 +50,9 @@ STATISTICS: dict[str, tuple[str, str]] = {"token": ("token_mean", "token_std"), 
 def _fold_values(table, layer: int, component: str, removed: np.ndarray, fold: str, statistics: str) -> np.ndarray:
     """The constant ``c`` that stands in for each removed neuron."""
     mean_col, std_col = STATISTICS[statistics]
-    try:
-        c = np.asarray(table.column(mean_col, layer, component), dtype=np.float64)
-        if fold == "mean+std":
-            c = c + np.asarray(table.column(std_col, layer, component), dtype=np.float64)
-    except KeyError as err:
-        raise ValueError(
-            f"folding with statistics={statistics!r} needs the table's {mean_col!r}/{std_col!r} columns: {err}"
-        ) from None
+    c = np.asarray(table.column(mean_col, layer, component), dtype=np.float64)
+    if fold == "mean+std":
+        c = c + np.asarray(table.column(std_col, layer, component), dtype=np.float64)
     c = c[removed]
     if not np.all(np.isfinite(c)):
         raise ValueError(f"the importance table has non-finite {mean_col!r} for layer {layer} {component}")

@@ -1,0 +1,207 @@
+"""Structural pruning: exactness, bias folding, unequal heads, parameter counts and bad input."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+from test_plans import random_table
+from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
+
+from obce.models.adapters import encoder_layers
+from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons, uniform_plan
+from obce.prune import STATISTICS, prune_model
+
+
+@pytest.fixture
+def tiny3(tiny_bert_config):
+    torch.manual_seed(0)
+    return BertModel(tiny_bert_config(num_hidden_layers=3)).eval()
+
+
+@pytest.fixture
+def batch():
+    """Two sequences of 9 tokens, the second padded after 5."""
+    generator = torch.Generator().manual_seed(1)
+    ids = torch.randint(5, 100, (2, 9), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def hidden(model, batch):
+    with torch.no_grad():
+        return model(**batch).last_hidden_state
+
+
+@torch.no_grad()
+def masked_reference(model, table, plan, fold="mean", statistics="token"):
+    """The original model with pruned neurons neutralised in place instead of removed.
+
+    Query/key rows are zeroed (their score terms vanish); a removed value dimension is made the constant it is
+    folded as (zero weights, bias ``c``), which attention passes through unchanged; a removed intermediate
+    neuron's output column is zeroed after adding its constant's contribution to the output bias.
+    """
+    ref = copy.deepcopy(model)
+    mean_col, std_col = STATISTICS[statistics]
+    for layer, sel in zip(encoder_layers(ref), select_neurons(plan, table, EncoderShape.from_model(ref))):
+
+        def constants(component, removed):
+            if fold == "none":
+                return torch.zeros(len(removed))
+            c = table.column(mean_col, sel.layer, component)
+            if fold == "mean+std":
+                c = c + table.column(std_col, sel.layer, component)
+            return torch.as_tensor(c[removed], dtype=torch.float32)
+
+        gone_qk = np.setdiff1d(np.arange(32), sel.qk)
+        for lin in (layer.query, layer.key):
+            lin.weight[gone_qk] = 0
+            lin.bias[gone_qk] = 0
+        gone_v = np.setdiff1d(np.arange(32), sel.value)
+        layer.value.weight[gone_v] = 0
+        layer.value.bias[gone_v] = constants("value", gone_v)
+        gone_i = np.setdiff1d(np.arange(layer.intermediate.out_features), sel.intermediate)
+        layer.output.bias += layer.output.weight[:, gone_i] @ constants("intermediate", gone_i)
+        layer.output.weight[:, gone_i] = 0
+    return ref
+
+
+MIXED_PLAN = PruningPlan(
+    {
+        2: {"query": 70, "key": 70, "value": 30, "intermediate": 50},
+        3: {"query": 30, "key": 30, "value": 70, "intermediate": 70},
+    }
+)
+
+
+def test_pruning_nothing_changes_nothing(tiny3, batch):
+    pruned = prune_model(tiny3, random_table(tiny3), PruningPlan({}))
+    assert type(pruned).__name__ == "ObceBertModel"
+    torch.testing.assert_close(hidden(pruned, batch), hidden(tiny3, batch), atol=1e-6, rtol=0)
+
+
+def test_sequence_classifier_pruning_nothing(tiny_bert_config, batch):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=3)).eval()
+    pruned = prune_model(model, random_table(model), PruningPlan({}))
+    assert type(pruned).__name__ == "ObceBertForSequenceClassification"
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(**batch).logits, model(**batch).logits, atol=1e-6, rtol=0)
+
+
+def test_original_is_left_untouched(tiny3, batch):
+    before = {k: v.clone() for k, v in tiny3.state_dict().items()}
+    out_before = hidden(tiny3, batch)
+    pruned = prune_model(tiny3, random_table(tiny3), MIXED_PLAN)
+    assert pruned is not tiny3
+    after = tiny3.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert torch.equal(hidden(tiny3, batch), out_before)
+
+
+@pytest.mark.parametrize("attention", ["padded", "loop"])
+@pytest.mark.parametrize(("fold", "statistics"), [("mean", "token"), ("mean+std", "point"), ("none", "token")])
+def test_matches_the_masked_original(tiny3, batch, attention, fold, statistics):
+    table = random_table(tiny3)
+    pruned = prune_model(tiny3, table, MIXED_PLAN, fold=fold, statistics=statistics, attention=attention)
+    sizes = pruned.config.obce_layers
+    assert len(set(sizes[1]["qk_head_sizes"])) > 1, "heads should have unequal sizes here"
+    expected = hidden(masked_reference(tiny3, table, MIXED_PLAN, fold, statistics), batch)
+    torch.testing.assert_close(hidden(pruned, batch), expected, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(hidden(pruned, batch), hidden(tiny3, batch), atol=1e-3)
+
+
+def test_constant_neurons_are_folded_exactly(tiny3, batch):
+    """A value dim and an intermediate neuron that are constant on every input vanish without a trace."""
+    layers = encoder_layers(tiny3)
+    with torch.no_grad():
+        layers[1].value.weight[5] = 0
+        layers[1].value.bias[5] = 0.7
+        layers[2].intermediate.weight[11] = 0
+        layers[2].intermediate.bias[11] = 1.3
+    gelu = float(torch.nn.functional.gelu(torch.tensor(1.3)))
+    lam_v, lam_i = np.linspace(0.1, 1, 32), np.linspace(0.1, 1, 37)
+    lam_v[5], lam_i[11] = 0.0, 0.0
+    overrides = {
+        (2, "value"): {"lam": lam_v, "mean": np.full(32, 0.7), "token_mean": np.full(32, 0.7)},
+        (3, "intermediate"): {"lam": lam_i, "mean": np.full(37, gelu), "token_mean": np.full(37, gelu)},
+    }
+    table = random_table(tiny3, overrides=overrides)
+    plan = PruningPlan({2: {"value": 0}, 3: {"intermediate": 0}})  # P0 drops exactly the one λ = 0 neuron
+    reference = hidden(tiny3, batch)
+    for statistics in ("token", "point"):
+        pruned = prune_model(tiny3, table, plan, statistics=statistics)
+        assert pruned.config.obce_layers[1]["v_head_sizes"] == [7, 8, 8, 8]
+        assert pruned.config.obce_layers[2]["intermediate_size"] == 36
+        torch.testing.assert_close(hidden(pruned, batch), reference, atol=1e-6, rtol=0)
+    unfolded = prune_model(tiny3, table, plan, fold="none")
+    assert (hidden(unfolded, batch) - reference).abs().max() > 1e-3
+
+
+def test_head_without_query_key_attends_uniformly(tiny3, batch):
+    q = np.random.default_rng(3).uniform(1, 2, 32)
+    q[16:24] = np.linspace(0.01, 0.02, 8)  # head 2's query/key dims rank lowest on both sides
+    table = random_table(tiny3, overrides={(2, "query"): {"lam": q}, (2, "key"): {"lam": q.copy()}})
+    plan = PruningPlan({2: {"query": 25, "key": 25}})
+    pruned = prune_model(tiny3, table, plan)
+    assert pruned.config.obce_layers[1]["qk_head_sizes"] == [8, 8, 0, 8]
+    with torch.no_grad():
+        out = pruned(**batch, output_attentions=True)
+    weights = out.attentions[0][:, 2]  # layer 2, head 2: uniform over the real tokens
+    torch.testing.assert_close(weights[0], torch.full((9, 9), 1 / 9), atol=1e-6, rtol=0)
+    torch.testing.assert_close(weights[1][:, :5], torch.full((9, 5), 1 / 5), atol=1e-6, rtol=0)
+    assert torch.all(weights[1][:, 5:] == 0)
+    expected = hidden(masked_reference(tiny3, table, plan), batch)
+    torch.testing.assert_close(out.last_hidden_state, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_parameter_count_matches_the_dry_run(tiny3):
+    table = random_table(tiny3)
+    report = dry_run(tiny3, table, MIXED_PLAN)
+    pruned = prune_model(tiny3, table, MIXED_PLAN)
+    assert sum(p.numel() for p in pruned.parameters()) == report.model_after
+    assert report.model_after < report.model_before
+    layer = encoder_layers(pruned)[2]
+    assert layer.value.out_features == 32 - round(0.7 * 32) + 0  # P70 of 32 distinct λ keeps 9
+    assert layer.attention_output.in_features == layer.value.out_features
+    assert layer.output.in_features == layer.intermediate.out_features
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"plan": PruningPlan({4: {"value": 30}})}, r"names layer\(s\) \[4\] but the model has 3 layers"),
+        ({"plan": PruningPlan({3: {"intermediate": 100}})}, "keeps no neuron"),
+        ({"plan": {3: {"value": 30}}}, "plan must be a PruningPlan"),
+        ({"fold": "median"}, "fold must be one of .* got 'median'"),
+        ({"statistics": "cls"}, "statistics must be one of .* got 'cls'"),
+        ({"attention": "dense"}, "attention must be one of .* got 'dense'"),
+    ],
+)
+def test_bad_input_is_rejected_before_any_weight_is_touched(tiny3, kwargs, match):
+    before = {k: v.clone() for k, v in tiny3.state_dict().items()}
+    options = {"plan": uniform_plan(3, 30), **kwargs}
+    with pytest.raises((ValueError, TypeError), match=match):
+        prune_model(tiny3, random_table(tiny3), options.pop("plan"), **options)
+    assert all(torch.equal(before[k], v) for k, v in tiny3.state_dict().items())
+
+
+def test_unsupported_class_is_rejected(tiny_bert_config):
+    torch.manual_seed(0)
+    model = BertForPreTraining(tiny_bert_config())
+    with pytest.raises(ValueError, match="no compressed counterpart for BertForPreTraining"):
+        prune_model(model, random_table(model), PruningPlan({}))
+
+
+def test_dtype_device_and_mode_follow_the_original(tiny3):
+    model = tiny3.double().train()
+    pruned = prune_model(model, random_table(model), MIXED_PLAN)
+    assert pruned.training
+    assert {p.dtype for p in pruned.parameters()} == {torch.float64}
+    ids = torch.randint(5, 100, (2, 6))
+    loss = pruned(input_ids=ids).last_hidden_state.pow(2).mean()
+    loss.backward()
+    assert encoder_layers(pruned)[1].query.weight.grad is not None
