@@ -1,0 +1,477 @@
+"""Neuron importance λ: the largest finite 0-dimensional persistence death of each neuron's outputs.
+
+A neuron's outputs over the corpus form a 1-D point cloud; λ is the longest edge of its Euclidean
+minimum spanning tree, i.e. the largest finite H0 death of the Vietoris-Rips filtration (a death is
+an edge length, as in ripser). All neurons of all layers of a component are one matrix, so the
+kernel runs once per component. The optional head view treats each attention head's query, key or
+value output as a cloud in ``head_size`` dimensions.
+
+:class:`ImportanceTable` holds one row per neuron and is what the pruning code reads; it saves to
+and loads from a run folder (CSV + JSON settings).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from ._version import __version__
+from .activations import Activations, check_token_mode, compute_activations
+from .corpus import Corpus, atomic_write_text, load_sentences, sample_sentences, save_sentences
+from .kernel import fast_death_radii
+from .models.adapters import (
+    COMPONENTS,
+    check_component,
+    load_model,
+    max_sequence_length,
+    to_user_layer,
+)
+
+__all__ = [
+    "HEAD_COLUMNS",
+    "NEURON_COLUMNS",
+    "ImportanceTable",
+    "analyze",
+    "compute_importance",
+    "head_importance",
+]
+
+NEURON_COLUMNS: tuple[str, ...] = ("layer", "component", "neuron", "lam", "mean", "std", "token_mean", "token_std")
+"""Columns of :attr:`ImportanceTable.neurons` (``layer`` counted from 1)."""
+
+HEAD_COLUMNS: tuple[str, ...] = ("layer", "component", "head", "size", "lam")
+"""Columns of :attr:`ImportanceTable.heads` (``layer`` and ``head`` counted from 1 and 0)."""
+
+_NEURONS_FILE = "importance.csv"
+_HEADS_FILE = "importance_heads.csv"
+_SETTINGS_FILE = "importance.json"
+_SENTENCES_FILE = "sentences.txt"
+_PERCENTILES = (30, 50, 70)
+
+
+class ImportanceTable:
+    """λ and output statistics of every neuron of every layer and component.
+
+    Parameters
+    ----------
+    neurons : pandas.DataFrame
+        One row per neuron with the columns of :data:`NEURON_COLUMNS`: ``layer`` (from 1),
+        ``component``, ``neuron`` (index in the layer's component output), ``lam`` (λ), ``mean``
+        and ``std`` (over the points λ saw), ``token_mean`` and ``token_std`` (over every real token
+        of the corpus; standard deviations are population ones).
+    settings : dict, optional
+        How the table was made (model, corpus, sample size, seed, token mode, versions, ...).
+    heads : pandas.DataFrame, optional
+        Head view, columns :data:`HEAD_COLUMNS`.
+    sentences : list of str, optional
+        The corpus sample the points came from.
+
+    Raises
+    ------
+    ValueError
+        If a column is missing or a layer/component value is invalid.
+
+    Examples
+    --------
+    >>> table = analyze()  # doctest: +SKIP
+    >>> table.stats().query("component == 'intermediate'")[["layer", "median"]]  # doctest: +SKIP
+    >>> table.lam(1, "value")[:3]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        neurons: pd.DataFrame,
+        settings: dict | None = None,
+        *,
+        heads: pd.DataFrame | None = None,
+        sentences: Sequence[str] | None = None,
+    ) -> None:
+        self.neurons = _checked_frame(neurons, NEURON_COLUMNS, "neurons")
+        self.heads = None if heads is None else _checked_frame(heads, HEAD_COLUMNS, "heads")
+        self.settings = dict(settings or {})
+        self.sentences = None if sentences is None else list(sentences)
+
+    def __len__(self) -> int:
+        return len(self.neurons)
+
+    def __repr__(self) -> str:
+        return (
+            f"ImportanceTable({len(self)} neurons, layers {self.layers[0]}..{self.layers[-1]}, "
+            f"components {', '.join(self.components)})"
+        )
+
+    @property
+    def layers(self) -> list[int]:
+        """Layer numbers present (from 1)."""
+        return sorted(int(x) for x in self.neurons["layer"].unique())
+
+    @property
+    def components(self) -> list[str]:
+        """Components present, in :data:`~obce.models.COMPONENTS` order."""
+        present = set(self.neurons["component"])
+        return [c for c in COMPONENTS if c in present]
+
+    def _rows(self, layer: int, component: str) -> pd.DataFrame:
+        check_component(component)
+        rows = self.neurons[(self.neurons["layer"] == layer) & (self.neurons["component"] == component)]
+        if rows.empty:
+            raise ValueError(
+                f"no neurons for layer {layer!r} and component {component!r}; layers are {self.layers} "
+                f"(counted from 1), components {self.components}"
+            )
+        return rows.sort_values("neuron")
+
+    def column(self, name: str, layer: int, component: str) -> np.ndarray:
+        """One column's values for a layer and component, ordered by neuron.
+
+        Raises
+        ------
+        ValueError
+            If ``name`` is not a numeric column, or the layer/component is absent.
+        """
+        if name not in NEURON_COLUMNS[3:]:
+            raise ValueError(f"unknown column {name!r}; expected one of {', '.join(NEURON_COLUMNS[3:])}")
+        return self._rows(layer, component)[name].to_numpy(dtype=np.float64)
+
+    def lam(self, layer: int, component: str) -> np.ndarray:
+        """λ of a layer's component, ordered by neuron (``layer`` counted from 1)."""
+        return self.column("lam", layer, component)
+
+    def stats(self) -> pd.DataFrame:
+        """Per layer and component: neuron count and λ's median, mean, 30th, 50th and 70th percentiles.
+
+        The method reads the medians (how λ evolves with depth per component).
+
+        Returns
+        -------
+        pandas.DataFrame
+            Columns ``layer``, ``component``, ``n``, ``median``, ``mean``, ``p30``, ``p50``, ``p70``;
+            rows by layer, then component in :data:`~obce.models.COMPONENTS` order.
+        """
+        rows = []
+        for (layer, component), lam in self.neurons.groupby(["layer", "component"], sort=False)["lam"]:
+            values = lam.to_numpy(dtype=np.float64)
+            row = {"layer": int(layer), "component": component, "n": len(values)}
+            row.update(median=float(np.median(values)), mean=float(values.mean()))
+            row.update({f"p{q}": float(np.percentile(values, q)) for q in _PERCENTILES})
+            rows.append(row)
+        frame = pd.DataFrame(rows)
+        order = frame["component"].map(COMPONENTS.index)
+        return frame.assign(_order=order).sort_values(["layer", "_order"]).drop(columns="_order").reset_index(drop=True)
+
+    def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
+        """Write the table to ``folder``: ``importance.csv``, ``importance.json`` (settings), and
+        ``importance_heads.csv`` and ``sentences.txt`` when present. Each file is written atomically.
+
+        Raises
+        ------
+        FileExistsError
+            If one of the files exists and ``overwrite`` is False (nothing is written then).
+        """
+        folder = Path(folder)
+        files = {_NEURONS_FILE: self.neurons.to_csv(index=False, lineterminator="\n")}
+        files[_SETTINGS_FILE] = json.dumps(self.settings, indent=2, sort_keys=True, default=str) + "\n"
+        if self.heads is not None:
+            files[_HEADS_FILE] = self.heads.to_csv(index=False, lineterminator="\n")
+        existing = [name for name in [*files, _SENTENCES_FILE] if (folder / name).exists()]
+        if existing and not overwrite:
+            raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace")
+        for name, text in files.items():
+            atomic_write_text(folder / name, text, overwrite=True)
+        if self.sentences is not None:
+            save_sentences(self.sentences, folder / _SENTENCES_FILE, overwrite=True)
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | os.PathLike) -> ImportanceTable:
+        """Read a table written by :meth:`save`.
+
+        Raises
+        ------
+        FileNotFoundError
+            If ``folder`` has no ``importance.csv``.
+        """
+        folder = Path(folder)
+        if not (folder / _NEURONS_FILE).is_file():
+            raise FileNotFoundError(f"no {_NEURONS_FILE} in {folder}")
+        read = dict(dtype={"component": str})
+        neurons = pd.read_csv(folder / _NEURONS_FILE, **read)
+        heads = pd.read_csv(folder / _HEADS_FILE, **read) if (folder / _HEADS_FILE).is_file() else None
+        settings_path = folder / _SETTINGS_FILE
+        settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
+        sentences_path = folder / _SENTENCES_FILE
+        sentences = load_sentences(sentences_path) if sentences_path.is_file() else None
+        return cls(neurons, settings, heads=heads, sentences=sentences)
+
+
+def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
+    if not isinstance(frame, pd.DataFrame):
+        raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks the column(s) {missing}; got {list(frame.columns)}")
+    unknown = sorted(set(frame["component"]) - set(COMPONENTS))
+    if unknown:
+        raise ValueError(f"{what} has unknown component(s) {unknown}; expected some of {', '.join(COMPONENTS)}")
+    if len(frame) and int(frame["layer"].min()) < 1:
+        raise ValueError(f"{what} has layer {int(frame['layer'].min())}; layers are counted from 1")
+    return frame.loc[:, list(columns)].reset_index(drop=True)
+
+
+def _numpy(values: torch.Tensor) -> np.ndarray:
+    return values.detach().to("cpu", torch.float64).numpy()
+
+
+def compute_importance(
+    acts: Activations,
+    *,
+    heads: bool = False,
+    settings: dict | None = None,
+    n_threads: int = -1,
+) -> ImportanceTable:
+    """λ and output statistics of every captured neuron, one kernel call per component.
+
+    Parameters
+    ----------
+    acts : Activations
+        From :func:`~obce.activations.compute_activations`.
+    heads : bool
+        Also compute the head view (see :func:`head_importance`).
+    settings : dict, optional
+        Recorded in the table; the token mode and point count are added.
+    n_threads : int
+        Kernel threads on CPU (-1: all cores).
+
+    Returns
+    -------
+    ImportanceTable
+        ``settings["timings_s"]["kernel"]`` is the time spent in the λ kernel.
+    """
+    frames = []
+    kernel_s = 0.0
+    for component in acts.components:
+        values = acts.values[component]
+        widths = np.diff(acts.offsets[component])
+        start = time.perf_counter()
+        lam = _numpy(fast_death_radii(values, n_threads=n_threads))
+        kernel_s += time.perf_counter() - start
+        frames.append(
+            pd.DataFrame(
+                {
+                    "layer": np.repeat([to_user_layer(i) for i in range(len(widths))], widths),
+                    "component": component,
+                    "neuron": np.concatenate([np.arange(w) for w in widths]),
+                    "lam": lam,
+                    "mean": _numpy(values.mean(0)),
+                    "std": _numpy(values.std(0, correction=0)),
+                    "token_mean": _numpy(acts.token_mean[component]),
+                    "token_std": _numpy(acts.token_std[component]),
+                }
+            )
+        )
+    neurons = pd.concat(frames, ignore_index=True).sort_values(["layer"], kind="stable", ignore_index=True)
+    recorded = {**(settings or {}), "token": acts.token, "n_points": acts.n_points, "n_tokens": acts.n_tokens}
+    start = time.perf_counter()
+    head_frame = head_importance(acts, n_threads=n_threads) if heads else None
+    kernel_s += time.perf_counter() - start
+    recorded["timings_s"] = {**recorded.get("timings_s", {}), "kernel": round(kernel_s, 4)}
+    return ImportanceTable(neurons, recorded, heads=head_frame, sentences=acts.sentences)
+
+
+def head_importance(
+    acts: Activations, components: Sequence[str] = ("query", "key", "value"), *, n_threads: int = -1
+) -> pd.DataFrame:
+    """λ of each attention head, its output taken as a cloud in ``head_size`` dimensions.
+
+    Heads of the same size (all of them, in an uncompressed model) go to the kernel in one
+    ``(n_heads, n_points, head_size)`` call.
+
+    Parameters
+    ----------
+    acts : Activations
+        Must hold the requested components.
+    components : sequence of {"query", "key", "value"}
+    n_threads : int
+        Kernel threads on CPU (-1: all cores).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns :data:`HEAD_COLUMNS` (``head`` from 0 within its layer; a head of size 0 has λ 0).
+
+    Raises
+    ------
+    ValueError
+        For a component that is not split into heads or was not captured.
+    """
+    clouds: dict[int, list[torch.Tensor]] = {}
+    rows = []
+    for component in components:
+        if component not in acts.head_sizes:
+            raise ValueError(f"only query, key and value are split into heads, got {component!r}")
+        if component not in acts.values:
+            raise ValueError(f"component {component!r} was not captured; captured: {', '.join(acts.components)}")
+        for index, sizes in enumerate(acts.head_sizes[component]):
+            start = acts.offsets[component][index]
+            for head, size in enumerate(sizes):
+                rows.append((to_user_layer(index), component, head, size, len(clouds.get(size, ()))))
+                clouds.setdefault(size, []).append(acts.values[component][:, start : start + size])
+                start += size
+    lam_by_size = {
+        size: _numpy(fast_death_radii(torch.stack(group), n_threads=n_threads)) if size else np.zeros(len(group))
+        for size, group in clouds.items()
+    }
+    return pd.DataFrame(
+        [(layer, component, head, size, lam_by_size[size][i]) for layer, component, head, size, i in rows],
+        columns=list(HEAD_COLUMNS),
+    )
+
+
+def analyze(
+    model=None,
+    corpus=None,
+    n_sentences: int = 150,
+    seed: int = 0,
+    token: str = "cls",
+    batch_size: int = 32,
+    device: str | torch.device | None = None,
+    *,
+    tokenizer=None,
+    components: Sequence[str] = COMPONENTS,
+    heads: bool = False,
+    precision: str = "float32",
+    progress: bool = True,
+    n_threads: int = -1,
+) -> ImportanceTable:
+    """Load a model, sample a corpus, capture activations and compute every neuron's λ.
+
+    Parameters
+    ----------
+    model : str, path-like, transformers model or None
+        None: the built-in all-MiniLM-L6-v2 (offline). A hub name or local folder is loaded with
+        :func:`~obce.models.load_model`; a loaded model needs ``tokenizer``.
+    corpus : Corpus, str, path-like, sequence of str or None
+        See :func:`~obce.corpus.sample_sentences`; None: the built-in Wikipedia sample.
+    n_sentences : int
+        Sample size (the method uses 150).
+    seed : int
+        Seed of the sample.
+    token : {"cls", "mean", "tokens"}
+        Which token gives a neuron's points.
+    batch_size : int
+        Sentences per forward pass.
+    device : str or torch.device, optional
+        Where the model runs (default: CUDA when available); a loaded model is moved there.
+    tokenizer : optional
+        The tokenizer of a loaded ``model``.
+    components : sequence of str
+        Components to analyse (default all six).
+    heads : bool
+        Also compute the head view.
+    precision : {"float32", "float16", "bfloat16"}
+        Forward pass precision (half precision is meant for GPUs).
+    progress : bool
+        Show a progress bar.
+    n_threads : int
+        Kernel threads on CPU (-1: all cores).
+
+    Returns
+    -------
+    ImportanceTable
+        With ``settings`` recording every argument, the versions and the time each step took
+        (``timings_s``), and the sampled sentences. Sentences longer than the model's token limit
+        are not eligible for the sample.
+
+    Raises
+    ------
+    ValueError
+        On an unknown token mode or component, an unsupported model, an empty corpus or one
+        smaller than ``n_sentences``.
+    TypeError
+        If a loaded model comes without its tokenizer.
+
+    Examples
+    --------
+    >>> table = analyze(n_sentences=150, seed=0)  # doctest: +SKIP
+    >>> table.save("runs/minilm")  # doctest: +SKIP
+    """
+    check_token_mode(token)
+    components = tuple(dict.fromkeys(check_component(c) for c in components))
+    timings = {}
+    start = time.perf_counter()
+    if model is None or isinstance(model, (str, os.PathLike)):
+        if tokenizer is not None:
+            raise TypeError("tokenizer is only for a loaded model; a model name or folder brings its own")
+        model_setting = None if model is None else os.fspath(model)
+        model, tokenizer = load_model(model, device)
+    else:
+        if tokenizer is None:
+            raise TypeError(f"a loaded model ({type(model).__name__}) needs its tokenizer: pass tokenizer=")
+        model_setting = getattr(model.config, "_name_or_path", None) or type(model).__name__
+        if device is not None:
+            model.to(torch.device(device))
+    timings["load"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    limit = max_sequence_length(model, tokenizer)
+    specials = tokenizer.num_special_tokens_to_add(pair=False)
+
+    def fits(chunk: list[str]) -> list[bool]:
+        # A WordPiece, BPE or SentencePiece token covers at least one byte, except a word-start
+        # marker, so a sentence under this bound fits without being tokenized.
+        surely = [len(s.encode("utf-8")) + len(s.split()) + specials <= limit for s in chunk]
+        doubtful = [s for s, ok in zip(chunk, surely, strict=True) if not ok]
+        counts = iter(len(ids) for ids in tokenizer(doubtful, add_special_tokens=True)["input_ids"]) if doubtful else None
+        return [ok or next(counts) <= limit for ok in surely]
+
+    sentences = sample_sentences(corpus, n_sentences, seed, accept=fits)
+    if isinstance(corpus, (list, tuple)):
+        corpus_setting = f"a list of {len(corpus)} sentences"
+    else:
+        corpus_setting = Corpus.resolve(corpus).describe()
+    timings["corpus"] = time.perf_counter() - start
+
+    start = time.perf_counter()
+    acts = compute_activations(
+        model,
+        tokenizer,
+        sentences,
+        token=token,
+        components=components,
+        batch_size=batch_size,
+        precision=precision,
+        progress=progress,
+    )
+    if acts.values[components[0]].is_cuda:
+        torch.cuda.synchronize()
+    timings["forward"] = time.perf_counter() - start
+
+    import transformers
+
+    settings = {
+        "obce_version": __version__,
+        "torch_version": torch.__version__,
+        "transformers_version": transformers.__version__,
+        "model": model_setting,
+        "model_type": model.config.model_type,
+        "corpus": corpus_setting,
+        "n_sentences": n_sentences,
+        "seed": seed,
+        "batch_size": batch_size,
+        "precision": precision,
+        "components": list(components),
+        "device": str(next(model.parameters()).device),
+    }
+    start = time.perf_counter()
+    table = compute_importance(acts, heads=heads, settings=settings, n_threads=n_threads)
+    timings["importance"] = time.perf_counter() - start
+    # "importance" includes "kernel" (set by compute_importance) and the table's statistics.
+    table.settings["timings_s"].update({k: round(v, 4) for k, v in timings.items()})
+    return table

@@ -1,0 +1,201 @@
+"""λ per neuron and per head, the importance table, and the end-to-end analysis."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
+
+from obce.activations import compute_activations
+from obce.importance import NEURON_COLUMNS, ImportanceTable, analyze, compute_importance, head_importance
+from obce.kernel import fast_death_radii
+from obce.models.adapters import COMPONENTS, encoder_layers
+
+
+def max_gap(values: np.ndarray) -> np.ndarray:
+    """λ of 1-D clouds (columns): the longest edge of a 1-D minimum spanning tree is the largest gap."""
+    return np.diff(np.sort(values.astype(np.float64), axis=0), axis=0).max(axis=0)
+
+
+def mst_longest_edge(cloud: np.ndarray) -> float:
+    distances = squareform(pdist(cloud.astype(np.float64)))
+    return float(minimum_spanning_tree(distances).data.max())
+
+
+@pytest.fixture
+def acts(tiny_bert, tiny_tokenizer, sentences):
+    return compute_activations(tiny_bert, tiny_tokenizer, sentences, token="mean", progress=False)
+
+
+def test_lambda_equals_kernel_and_oracle(acts):
+    table = compute_importance(acts)
+    assert len(table) == 2 * (5 * 32 + 37)
+    assert list(table.neurons.columns) == list(NEURON_COLUMNS)
+    checked = 0
+    for layer in (1, 2):
+        for component in COMPONENTS:
+            values = acts.get(layer, component)
+            lam = table.lam(layer, component)
+            np.testing.assert_array_equal(lam, fast_death_radii(values.numpy()).astype(np.float64))
+            np.testing.assert_allclose(lam, max_gap(values.numpy()), rtol=1e-5)
+            assert (lam > 0).all()
+            np.testing.assert_allclose(table.column("mean", layer, component), values.double().mean(0), rtol=1e-5, atol=1e-7)
+            np.testing.assert_allclose(table.column("std", layer, component), values.double().std(0, correction=0), rtol=1e-4)
+            token_mean, token_std = acts.token_stats(layer, component)
+            np.testing.assert_array_equal(table.column("token_mean", layer, component), token_mean.numpy())
+            np.testing.assert_array_equal(table.column("token_std", layer, component), token_std.numpy())
+            checked += 1
+    assert checked == 12
+    assert table.settings["token"] == "mean" and table.settings["n_points"] == 12
+
+
+def test_zeroed_neuron_has_zero_lambda(tiny_bert, tiny_tokenizer, sentences):
+    layers = encoder_layers(tiny_bert)
+    zeroed = {(1, "value"): 0, (1, "intermediate"): 5, (2, "query"): 3, (2, "output"): 7}
+    with torch.no_grad():
+        for (layer, component), neuron in zeroed.items():
+            linear = layers[layer - 1].linear(component)
+            linear.weight[neuron] = 0.0
+            linear.bias[neuron] = 0.0
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, token="mean", progress=False)
+    table = compute_importance(acts)
+    for (layer, component), neuron in zeroed.items():
+        lam = table.lam(layer, component)
+        assert lam[neuron] == 0.0
+        assert (np.delete(lam, neuron) > 0).all()  # only the zeroed neuron collapsed
+
+
+def test_cls_query_of_first_layer_is_constant(tiny_bert, tiny_tokenizer, sentences):
+    # The first layer sees the same [CLS] embedding in every sentence: one point, λ = 0.
+    table = compute_importance(compute_activations(tiny_bert, tiny_tokenizer, sentences, progress=False))
+    for component in ("query", "key", "value", "attention_output", "intermediate", "output"):
+        lam = table.lam(1, component)
+        assert (lam == 0).all() if component in ("query", "key", "value") else (lam > 0).all()
+
+
+def test_head_view(acts):
+    heads = head_importance(acts)
+    assert len(heads) == 2 * 3 * 4
+    row = heads[(heads["layer"] == 2) & (heads["component"] == "key") & (heads["head"] == 1)].iloc[0]
+    cloud = acts.get(2, "key")[:, 8:16].numpy()
+    assert row["size"] == 8
+    np.testing.assert_allclose(row["lam"], mst_longest_edge(cloud), rtol=1e-5)
+    assert (heads["lam"] > 0).all()
+
+
+def test_head_view_unequal_sizes(acts):
+    acts.head_sizes = {**acts.head_sizes, "value": ((8, 8, 8, 8), (20, 0, 4, 8))}
+    heads = head_importance(acts, ["value"])
+    layer2 = heads[heads.layer == 2].set_index("head")
+    values = acts.get(2, "value").numpy()
+    np.testing.assert_allclose(layer2.loc[0, "lam"], mst_longest_edge(values[:, :20]), rtol=1e-5)
+    assert layer2.loc[1, "lam"] == 0.0
+    np.testing.assert_allclose(layer2.loc[2, "lam"], mst_longest_edge(values[:, 20:24]), rtol=1e-5)
+    np.testing.assert_allclose(layer2.loc[3, "lam"], mst_longest_edge(values[:, 24:]), rtol=1e-5)
+    with pytest.raises(ValueError, match="only query, key and value"):
+        head_importance(acts, ["output"])
+
+
+def test_stats(acts):
+    table = compute_importance(acts)
+    stats = table.stats()
+    assert list(stats.columns) == ["layer", "component", "n", "median", "mean", "p30", "p50", "p70"]
+    assert list(stats["component"][:6]) == list(COMPONENTS) and list(stats["layer"]) == [1] * 6 + [2] * 6
+    row = stats[(stats.layer == 2) & (stats.component == "intermediate")].iloc[0]
+    lam = table.lam(2, "intermediate")
+    assert row["n"] == 37
+    assert row["median"] == np.median(lam) == row["p50"]
+    assert row["p30"] == np.percentile(lam, 30) and row["p70"] == np.percentile(lam, 70)
+    assert row["p30"] < row["p70"]
+
+
+def test_save_load_round_trip(acts, tmp_path):
+    table = compute_importance(acts, heads=True, settings={"seed": 3, "model": None})
+    folder = table.save(tmp_path / "run")
+    assert sorted(os.listdir(folder)) == ["importance.csv", "importance.json", "importance_heads.csv", "sentences.txt"]
+    loaded = ImportanceTable.load(folder)
+    pd.testing.assert_frame_equal(loaded.neurons, table.neurons)
+    pd.testing.assert_frame_equal(loaded.heads, table.heads)
+    assert loaded.settings == table.settings
+    assert loaded.sentences == table.sentences
+    np.testing.assert_array_equal(loaded.lam(2, "value"), table.lam(2, "value"))
+    with pytest.raises(FileExistsError, match="importance.csv"):
+        table.save(folder)
+    table.save(folder, overwrite=True)
+    with pytest.raises(FileNotFoundError):
+        ImportanceTable.load(tmp_path / "nothing")
+
+
+def test_table_input_checks(acts):
+    table = compute_importance(acts)
+    with pytest.raises(ValueError, match=r"no neurons for layer 0 .* layers are \[1, 2\] \(counted from 1\)"):
+        table.lam(0, "query")
+    with pytest.raises(ValueError, match="unknown component 'ffn'"):
+        table.lam(1, "ffn")
+    with pytest.raises(ValueError, match="unknown column 'lambda'"):
+        table.column("lambda", 1, "query")
+    with pytest.raises(ValueError, match="lacks the column"):
+        ImportanceTable(table.neurons.drop(columns="token_std"))
+    with pytest.raises(ValueError, match="unknown component"):
+        ImportanceTable(table.neurons.assign(component="ffn"))
+    with pytest.raises(ValueError, match="counted from 1"):
+        ImportanceTable(table.neurons.assign(layer=table.neurons["layer"] - 1))
+    with pytest.raises(TypeError, match="DataFrame"):
+        ImportanceTable({"layer": [1]})
+
+
+def test_analyze_tiny_model_from_folder(tiny_bert_dir, sentences):
+    long = "word " * 40  # over the tiny model's 128-token limit: never sampled
+    corpus = [*sentences, long]
+    table = analyze(str(tiny_bert_dir), corpus=corpus, n_sentences=len(sentences), seed=1, progress=False, device="cpu")
+    assert table.sentences == sentences
+    assert table.settings["model"] == str(tiny_bert_dir)
+    assert table.settings["n_sentences"] == 12 and table.settings["seed"] == 1
+    assert set(table.settings["timings_s"]) == {"load", "corpus", "forward", "kernel", "importance"}
+    with pytest.raises(ValueError, match="asked for a sample of 13 sentences .* has only 12"):
+        analyze(str(tiny_bert_dir), corpus=corpus, n_sentences=13, progress=False, device="cpu")
+
+
+def test_analyze_loaded_model(tiny_bert, tiny_tokenizer, sentences):
+    table = analyze(tiny_bert, corpus=sentences, n_sentences=5, tokenizer=tiny_tokenizer, token="tokens", progress=False)
+    assert table.settings["n_points"] == table.settings["n_tokens"] > 5
+    with pytest.raises(TypeError, match="needs its tokenizer"):
+        analyze(tiny_bert, corpus=sentences, n_sentences=5)
+
+
+@pytest.mark.parametrize(("options", "match"), [({"token": "pooled"}, "unknown token mode"), ({"components": ["gate"]}, "unknown component")])
+def test_analyze_bad_options_fail_before_loading(options, match):
+    with pytest.raises(ValueError, match=match):
+        analyze("no/such/model", **options)
+
+
+def test_analyze_rejects_a_decoder(tiny_tokenizer, sentences):
+    from transformers import GPT2Config, GPT2Model
+
+    model = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64))
+    with pytest.raises(ValueError, match="unsupported architecture 'gpt2'.*supported encoder families"):
+        analyze(model, corpus=sentences, n_sentences=3, tokenizer=tiny_tokenizer, progress=False)
+
+
+@pytest.mark.slow
+def test_builtin_model_and_corpus(tmp_path):
+    table = analyze(progress=False, device="cpu")
+    assert len(table) == 6 * (5 * 384 + 1536)
+    assert len(table.sentences) == len(set(table.sentences)) == 150
+    assert table.settings["model"] is None and table.settings["corpus"].startswith("builtin:")
+    lam = table.neurons["lam"].to_numpy()
+    assert np.isfinite(lam).all() and (lam >= 0).all()
+    stats = table.stats().set_index(["layer", "component"])
+    for component in ("query", "key", "value"):
+        assert stats.loc[(1, component), "mean"] == 0.0  # the same [CLS] embedding in every sentence
+    deeper = stats.drop(index=1, level="layer")
+    assert (deeper["median"] > 0).all()
+    # The last layer spreads the [CLS] outputs most (the paper's Figure 6 rises at the end).
+    assert stats.loc[(6, "attention_output"), "median"] > stats.loc[(5, "attention_output"), "median"]
+    loaded = ImportanceTable.load(table.save(tmp_path))
+    pd.testing.assert_frame_equal(loaded.neurons, table.neurons)
