@@ -254,6 +254,31 @@ def test_hub_without_datasets_explains(monkeypatch):
         load_task("cola")
 
 
+def test_hub_splits_and_columns(monkeypatch):
+    import sys
+    import types
+
+    calls = []
+
+    def load_dataset(path, name, split):
+        calls.append((path, name, split))
+        return [{"premise": f"p {split}", "hypothesis": "h", "label": 2, "idx": 0}]
+
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
+    task = load_task("mnli")
+    assert calls == [
+        ("nyu-mll/glue", "mnli", "train"),
+        ("nyu-mll/glue", "mnli", "validation_matched"),
+        ("nyu-mll/glue", "mnli", "validation_mismatched"),
+    ]
+    assert task.data["dev_mismatched"] == [{"premise": "p validation_mismatched", "hypothesis": "h", "label": 2}]
+    assert task.source == "hub:nyu-mll/glue/mnli"
+    bad = [{"premise": "a", "hypothesis": "b", "label": 7}]
+    monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=lambda path, name, split: bad))
+    with pytest.raises(ValueError, match=r"nyu-mll/glue/mnli\[validation_matched\]: MNLI label 7 out of range"):
+        load_task("mnli", splits=["dev"])
+
+
 def test_subsample_is_seeded_and_ordered(glue_dir):
     task = load_task("cola", glue_dir)
     small = task.subsample(5, seed=1, splits=["train"])

@@ -150,6 +150,15 @@ def test_bad_settings(tiny_model, glue_dir, tmp_path):
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_early_stopping_when_dev_score_stalls(tiny_model, glue_dir, tmp_path):
+    # A vanishing learning rate leaves the dev score unchanged: no improvement after the first evaluation.
+    stalled = finetune(
+        tiny_model, "sst2", tmp_path / "run", data_dir=glue_dir, lr=1e-12, patience=1,
+        **{**FAST, "max_steps": 20, "eval_steps": 1},
+    )  # fmt: skip
+    assert stalled.steps == 2
+
+
 def test_presets():
     assert train.PRESETS["paper"]["epochs"] == 40 and train.PRESETS["paper"]["patience"] == 0
     assert train.PRESETS["default"]["patience"] > 0

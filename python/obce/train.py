@@ -135,7 +135,7 @@ def _load_tokenizer(model, tokenizer):
     if tokenizer is not None:
         return tokenizer
     source = model if isinstance(model, (str, os.PathLike)) else getattr(model, "name_or_path", "")
-    if not source or (not isinstance(model, (str, os.PathLike)) and not Path(source).is_dir()):
+    if not source:
         raise TypeError(
             f"cannot find a tokenizer for the {type(model).__name__} object (name_or_path={source!r}); pass tokenizer="
         )
