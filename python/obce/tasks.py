@@ -198,65 +198,38 @@ def _info(name, display, kind, metrics, main, columns, labels, splits=("train", 
     return TaskInfo(name, display, kind, num_labels, metrics, main, columns, labels, splits, "dev", report)
 
 
-_BINARY_NLI = ("entailment", "not_entailment")
+_NLI = ("entailment", "not_entailment")
+_OFFLINE = {"splits": ("train", "dev", "test"), "report": ("test",)}
 # Label orders follow the hub's GLUE datasets, so models trained from either source agree.
+# fmt: off
 _INFOS: dict[str, TaskInfo] = {
     info.name: info
     for info in (
-        _info(
-            "cola", "CoLA", "single", ("matthews_corr",), "matthews_corr", ("sentence",), ("unacceptable", "acceptable")
-        ),
-        _info("sst2", "SST-2", "single", ("accuracy",), "accuracy", ("sentence",), ("negative", "positive")),
-        _info(
-            "mrpc",
-            "MRPC",
-            "pair",
-            ("f1", "accuracy"),
-            "f1",
-            ("sentence1", "sentence2"),
-            ("not_equivalent", "equivalent"),
-        ),
-        _info("stsb", "STS-B", "regression", ("pearson", "spearman"), "spearman", ("sentence1", "sentence2"), ()),
-        _info(
-            "qqp", "QQP", "pair", ("f1", "accuracy"), "f1", ("question1", "question2"), ("not_duplicate", "duplicate")
-        ),
-        _info(
-            "mnli",
-            "MNLI",
-            "multiclass",
-            ("accuracy",),
-            "accuracy",
-            ("premise", "hypothesis"),
-            ("entailment", "neutral", "contradiction"),
-            splits=("train", "dev", "dev_mismatched"),
-            report=("dev", "dev_mismatched"),
-        ),
-        _info("qnli", "QNLI", "pair", ("accuracy",), "accuracy", ("question", "sentence"), _BINARY_NLI),
-        _info("rte", "RTE", "pair", ("accuracy",), "accuracy", ("sentence1", "sentence2"), _BINARY_NLI),
-        _info(
-            "polarity",
-            "Polarity",
-            "single",
-            ("accuracy",),
-            "accuracy",
-            ("sentence",),
-            ("negative", "positive"),
-            splits=("train", "dev", "test"),
-            report=("test",),
-        ),
-        _info(
-            "hedge",
-            "Hedge",
-            "single",
-            ("accuracy", "f1"),
-            "accuracy",
-            ("sentence",),
-            ("certain", "uncertain"),
-            splits=("train", "dev", "test"),
-            report=("test",),
-        ),
+        #     name        display     kind          metrics                main             text columns
+        _info("cola",     "CoLA",     "single",     ("matthews_corr",),    "matthews_corr", ("sentence",),
+              ("unacceptable", "acceptable")),
+        _info("sst2",     "SST-2",    "single",     ("accuracy",),         "accuracy",      ("sentence",),
+              ("negative", "positive")),
+        _info("mrpc",     "MRPC",     "pair",       ("f1", "accuracy"),    "f1",            ("sentence1", "sentence2"),
+              ("not_equivalent", "equivalent")),
+        _info("stsb",     "STS-B",    "regression", ("pearson", "spearman"), "spearman",     ("sentence1", "sentence2"),
+              ()),
+        _info("qqp",      "QQP",      "pair",       ("f1", "accuracy"),    "f1",            ("question1", "question2"),
+              ("not_duplicate", "duplicate")),
+        _info("mnli",     "MNLI",     "multiclass", ("accuracy",),         "accuracy",      ("premise", "hypothesis"),
+              ("entailment", "neutral", "contradiction"),
+              splits=("train", "dev", "dev_mismatched"), report=("dev", "dev_mismatched")),
+        _info("qnli",     "QNLI",     "pair",       ("accuracy",),         "accuracy",      ("question", "sentence"),
+              _NLI),
+        _info("rte",      "RTE",      "pair",       ("accuracy",),         "accuracy",      ("sentence1", "sentence2"),
+              _NLI),
+        _info("polarity", "Polarity", "single",     ("accuracy",),         "accuracy",      ("sentence",),
+              ("negative", "positive"), **_OFFLINE),
+        _info("hedge",    "Hedge",    "single",     ("accuracy", "f1"),    "accuracy",      ("sentence",),
+              ("certain", "uncertain"), **_OFFLINE),
     )
 }
+# fmt: on
 
 GLUE_TASKS = ("cola", "sst2", "mrpc", "stsb", "qqp", "mnli", "qnli", "rte")
 OFFLINE_TASKS = ("polarity", "hedge")
