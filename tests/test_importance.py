@@ -199,3 +199,26 @@ def test_builtin_model_and_corpus(tmp_path):
     assert stats.loc[(6, "attention_output"), "median"] > stats.loc[(5, "attention_output"), "median"]
     loaded = ImportanceTable.load(table.save(tmp_path))
     pd.testing.assert_frame_equal(loaded.neurons, table.neurons)
+
+
+def test_figures(acts, tmp_path):
+    from obce.report.figures import plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
+
+    table = compute_importance(acts)
+    written = [
+        plot_lambda_by_layer(table, tmp_path / "median.png"),
+        plot_lambda_distributions(table, tmp_path / "figures" / "distributions.png", log=True),
+        plot_persistence_diagram(acts, 2, "intermediate", 4, tmp_path / "diagram.png"),
+    ]
+    for path in written:
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["diagram.png", "distributions.png", "figures", "median.png"]
+    with pytest.raises(FileExistsError):
+        plot_lambda_by_layer(table, tmp_path / "median.png")
+    plot_lambda_by_layer(table, tmp_path / "median.png", statistic="p70", overwrite=True)
+    with pytest.raises(ValueError, match="unknown statistic 'max'"):
+        plot_lambda_by_layer(table, tmp_path / "other.png", statistic="max")
+    with pytest.raises(ValueError, match=r"\.png"):
+        plot_lambda_by_layer(table, tmp_path / "median.pdf")
+    with pytest.raises(ValueError, match=r"neuron must be an int in 0\.\.36, got 37"):
+        plot_persistence_diagram(acts, 2, "intermediate", 37, tmp_path / "bad.png")

@@ -1,0 +1,214 @@
+"""Figures of neuron importance, written as PNG files.
+
+- :func:`plot_lambda_by_layer`: median λ per layer for each component (the paper's Figure 6);
+- :func:`plot_persistence_diagram`: one neuron's H0 persistence diagram (the paper's Figure 5);
+- :func:`plot_lambda_distributions`: λ's distribution per layer, one panel per component.
+
+Figures are drawn on matplotlib's Agg canvas directly, so no pyplot state or GUI backend is
+involved, and each file is written atomically.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
+
+from ..activations import Activations
+from ..importance import ImportanceTable
+from ..kernel import h0_deaths
+from ..models.adapters import check_component
+
+__all__ = ["plot_lambda_by_layer", "plot_lambda_distributions", "plot_persistence_diagram"]
+
+_STATISTICS = ("median", "mean", "p30", "p50", "p70")
+
+
+def _save(figure: Figure, path: str | os.PathLike, overwrite: bool) -> Path:
+    path = Path(path)
+    if path.suffix.lower() != ".png":
+        raise ValueError(f"figures are PNG files; expected a path ending in .png, got {os.fspath(path)!r}")
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    FigureCanvasAgg(figure)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            figure.savefig(f, format="png", dpi=150, bbox_inches="tight")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _title(table: ImportanceTable, what: str) -> str:
+    model = table.settings.get("model") or "all-MiniLM-L6-v2"
+    token = table.settings.get("token", "cls")
+    points = table.settings.get("n_points")
+    return f"{what}\n{model}, token={token}" + (f", {points} points" if points else "")
+
+
+def plot_lambda_by_layer(
+    table: ImportanceTable,
+    path: str | os.PathLike,
+    *,
+    statistic: str = "median",
+    log: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    """One line per component: a statistic of λ over each layer's neurons (the paper reads medians).
+
+    Parameters
+    ----------
+    table : ImportanceTable
+    path : str or path-like
+        Destination ``.png``.
+    statistic : {"median", "mean", "p30", "p50", "p70"}
+        Column of :meth:`ImportanceTable.stats` to plot.
+    log : bool
+        Logarithmic λ axis (zero values are then not drawn).
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        On an unknown statistic or a path that is not a ``.png``.
+    FileExistsError
+        If ``path`` exists and ``overwrite`` is False.
+    """
+    if statistic not in _STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; expected one of {', '.join(_STATISTICS)}")
+    stats = table.stats()
+    figure = Figure(figsize=(6.4, 4.2))
+    ax = figure.add_subplot()
+    for component in table.components:
+        rows = stats[stats["component"] == component]
+        ax.plot(rows["layer"], rows[statistic], marker="o", label=component)
+    ax.set_xticks(table.layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{statistic} λ")
+    if log:
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")
+    ax.set_title(_title(table, f"{statistic.capitalize()} λ per layer"), fontsize="medium")
+    return _save(figure, path, overwrite)
+
+
+def plot_persistence_diagram(
+    acts: Activations,
+    layer: int,
+    component: str,
+    neuron: int,
+    path: str | os.PathLike,
+    *,
+    overwrite: bool = False,
+) -> Path:
+    """The H0 persistence diagram of one neuron's outputs.
+
+    Every point is born at 0 and dies at an edge length of the minimum spanning tree; the
+    highest finite death is the neuron's λ (marked by a dashed line). The infinite bar is drawn
+    at the top edge.
+
+    Parameters
+    ----------
+    acts : Activations
+        The neuron outputs (same points as the table's λ).
+    layer : int
+        Counted from 1.
+    component : str
+        One of :data:`~obce.models.COMPONENTS`.
+    neuron : int
+        Index within the layer's component output.
+    path : str or path-like
+        Destination ``.png``.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        On an unknown layer, component or neuron, or a path that is not a ``.png``.
+    """
+    values = acts.get(layer, check_component(component))
+    if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < values.shape[1]:
+        raise ValueError(f"neuron must be an int in 0..{values.shape[1] - 1}, got {neuron!r}")
+    deaths = np.asarray(h0_deaths(values[:, neuron : neuron + 1].cpu().numpy())[0], dtype=np.float64)
+    lam = float(deaths.max()) if deaths.size else 0.0
+    top = lam * 1.15 if lam > 0 else 1.0
+
+    figure = Figure(figsize=(4.8, 4.6))
+    ax = figure.add_subplot()
+    ax.plot([0, top], [0, top], color="grey", linewidth=0.8)
+    ax.scatter(np.zeros_like(deaths), deaths, s=14, label=f"finite deaths ({deaths.size})")
+    ax.scatter([0], [top], marker="^", color="black", label="infinite bar")
+    ax.axhline(lam, color="C3", linestyle="--", linewidth=1, label=f"λ = {lam:.4g}")
+    ax.set_xlim(-0.05 * top, top)
+    ax.set_ylim(-0.02 * top, top * 1.05)
+    ax.set_xlabel("birth")
+    ax.set_ylabel("death")
+    ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(f"H0 persistence diagram\nlayer {layer} {component}, neuron {neuron}", fontsize="medium")
+    return _save(figure, path, overwrite)
+
+
+def plot_lambda_distributions(
+    table: ImportanceTable, path: str | os.PathLike, *, log: bool = False, overwrite: bool = False
+) -> Path:
+    """λ's distribution over each layer's neurons, one panel per component (box plots).
+
+    Parameters
+    ----------
+    table : ImportanceTable
+    path : str or path-like
+        Destination ``.png``.
+    log : bool
+        Logarithmic λ axis.
+    overwrite : bool
+        Replace an existing file.
+
+    Returns
+    -------
+    pathlib.Path
+    """
+    components = table.components
+    columns = min(3, len(components))
+    rows = -(-len(components) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
+    for i, component in enumerate(components):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        layers = [layer for layer in table.layers if component in _components_of(table, layer)]
+        ax.boxplot([table.lam(layer, component) for layer in layers], showfliers=True, flierprops={"markersize": 2})
+        ax.set_xticks(range(1, len(layers) + 1), [str(layer) for layer in layers])
+        ax.set_title(component, fontsize="medium")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("λ")
+        if log:
+            # symlog, not log: λ is exactly 0 for a constant neuron.
+            ax.set_yscale("symlog", linthresh=1e-4)
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, axis="y")
+    figure.suptitle(_title(table, "λ per layer and component"), fontsize="medium")
+    return _save(figure, path, overwrite)
+
+
+def _components_of(table: ImportanceTable, layer: int) -> set[str]:
+    return set(table.neurons.loc[table.neurons["layer"] == layer, "component"])
