@@ -39,8 +39,12 @@ and one call per layer avoids the per-head overhead.
 from __future__ import annotations
 
 import importlib
+import os
+import shutil
+import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +65,7 @@ __all__ = [
     "UnequalHeadSelfAttention",
     "compressed_class_for",
     "compressed_config",
+    "export_onnx",
     "is_compressed",
     "layer_sizes",
 ]
@@ -436,3 +441,87 @@ def is_compressed(model) -> bool:
     config = getattr(model, "config", model)
     return str(getattr(config, "model_type", "")).startswith("obce_")
 
+
+
+class _OnnxWrapper(nn.Module):
+    """Positional inputs and one tensor out, as ONNX wants."""
+
+    def __init__(self, model: nn.Module, output: str):
+        super().__init__()
+        self.model, self.output = model, output
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
+
+
+def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opset: int | None = None) -> Path:
+    """Export a (compressed or original) encoder to ONNX with ``torch.onnx.export``.
+
+    The graph takes ``input_ids`` and ``attention_mask`` (int64, shape ``(batch, tokens)``, both dynamic) and
+    returns ``last_hidden_state`` for a base model, ``logits`` for a classification or masked-LM head. Needs the ``onnx`` and
+    ``onnxscript`` packages (``pip install obce[onnx]``); run it with onnxruntime.
+
+    Parameters
+    ----------
+    model : transformers.PreTrainedModel
+    path : str or path-like
+        The ``.onnx`` file to write (atomically: written in a temporary folder beside it, then moved). Large
+        weights may go to a side file ``<name>.data`` next to it.
+    overwrite : bool
+        Replace an existing file.
+    opset : int, optional
+        ONNX opset (default: the exporter's).
+
+    Returns
+    -------
+    pathlib.Path
+
+    Raises
+    ------
+    FileExistsError
+        ``path`` exists and ``overwrite`` is False.
+    ValueError
+        A head without a single ``logits`` output (question answering).
+    """
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
+    output = _output_name(model)
+    wrapper = _OnnxWrapper(model, output).eval()
+    device = next(model.parameters()).device
+    ids = torch.arange(16, device=device).view(2, 8) % model.config.vocab_size
+    # Padding in the example: an all-ones mask lets transformers skip the mask, and the trace would keep that.
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # Exported in a temporary folder beside the target: weights may go to a side file named after the graph
+    # file, so both are written under their final names and moved in, the graph last.
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        torch.onnx.export(
+            wrapper,
+            (ids, mask),
+            staging / path.name,
+            input_names=["input_ids", "attention_mask"],
+            output_names=[output],
+            dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
+            opset_version=opset,
+            dynamo=True,
+            verbose=False,
+        )
+        for side_file in staging.iterdir():
+            if side_file.name != path.name:
+                os.replace(side_file, path.parent / side_file.name)
+        os.replace(staging / path.name, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return path
+
+
+def _output_name(model) -> str:
+    if getattr(model, "base_model", model) is model:
+        return "last_hidden_state"
+    if any(head in type(model).__name__ for head in ("Classification", "MaskedLM")):
+        return "logits"
+    raise ValueError(f"export_onnx supports base models and classification/masked-LM heads, got {type(model).__name__}")

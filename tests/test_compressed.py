@@ -1,0 +1,169 @@
+"""Compressed models: sizes, unequal-head attention, Auto loading, other families, ONNX export."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from test_plans import random_table
+from test_prune import MIXED_PLAN
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForSequenceClassification,
+    BertForSequenceClassification,
+    BertModel,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+from obce.models.adapters import encoder_layers
+from obce.models.compressed import (
+    LayerSizes,
+    compressed_class_for,
+    compressed_config,
+    export_onnx,
+    is_compressed,
+    layer_sizes,
+)
+from obce.prune import prune_model
+
+SIZES = [LayerSizes.full(4, 8, 37), LayerSizes((8, 3, 0, 0), (8, 5, 2, 0), 20), LayerSizes((1, 8, 4, 2), (3, 3, 8, 1), 5)]
+
+
+@pytest.fixture
+def batch():
+    generator = torch.Generator().manual_seed(2)
+    ids = torch.randint(5, 100, (3, 10), generator=generator)
+    mask = torch.ones_like(ids)
+    mask[1, 6:] = 0
+    mask[2, 3:] = 0
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+@pytest.fixture
+def pruned_classifier(tiny_bert_config):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_hidden_layers=3, num_labels=3)).eval()
+    return prune_model(model, random_table(model), MIXED_PLAN)
+
+
+@pytest.mark.parametrize(
+    ("args", "match"),
+    [
+        (((8, 8), (8,), 5), "one entry per head"),
+        (((8, -1), (8, 8), 5), "non-negative integers"),
+        (((8, 4), (8, 0), 5), "a head without value dimensions must have no query/key"),
+        (((0, 0), (0, 0), 5), "at least one value dimension"),
+        (((8, 8), (8, 8), 0), "at least one value dimension and one intermediate neuron"),
+    ],
+)
+def test_layer_sizes_validation(args, match):
+    with pytest.raises(ValueError, match=match):
+        LayerSizes(*args)
+
+
+def test_config_validation(tiny_bert_config):
+    config = tiny_bert_config(num_hidden_layers=3)
+    with pytest.raises(ValueError, match="must list 3 layers"):
+        compressed_config(config, SIZES[:2])
+    with pytest.raises(ValueError, match="layer 2 lists 2 heads, the config has 4"):
+        compressed_config(config, [SIZES[0], LayerSizes((8, 8), (8, 8), 5), SIZES[0]])
+    with pytest.raises(ValueError, match="attention must be one of"):
+        compressed_config(config, SIZES, attention="flash")
+    with pytest.raises(ValueError, match="expected the original model's config"):
+        compressed_config(compressed_config(config, SIZES), SIZES)
+    assert layer_sizes(compressed_config(config, SIZES)) == SIZES
+
+
+def test_built_model_has_the_sizes(tiny_bert_config):
+    model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES))
+    assert type(model) is compressed_class_for(BertModel) and is_compressed(model)
+    layers = encoder_layers(model)
+    assert (layers[1].query.out_features, layers[1].value.out_features) == (11, 15)
+    assert layers[1].attention_output.in_features == 15
+    assert (layers[2].intermediate.out_features, layers[2].output.in_features) == (5, 5)
+    assert layers[1].qk_head_sizes == (8, 3, 0) and layers[1].v_head_sizes == (8, 5, 2)  # head 4 removed
+    assert type(layers[0].attention).__name__ == "BertSelfAttention"  # an untouched layer keeps its module
+
+
+def test_padded_and_loop_heads_agree(tiny_bert_config, batch):
+    outputs = []
+    for attention in ("padded", "loop"):
+        torch.manual_seed(0)
+        model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention=attention))
+        with torch.no_grad():
+            outputs.append(model.eval()(**batch).last_hidden_state)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-6)
+
+
+@pytest.mark.parametrize("implementation", ["sdpa", "eager"])
+def test_attention_weights(tiny_bert_config, batch, implementation):
+    torch.manual_seed(0)
+    config = compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES)
+    model = AutoModel.from_config(config, attn_implementation=implementation).eval()
+    with torch.no_grad():
+        plain = model(**batch).last_hidden_state
+        out = model(**batch, output_attentions=True)
+    torch.testing.assert_close(out.last_hidden_state, plain, atol=1e-6, rtol=1e-6)
+    weights = out.attentions[-1]  # layer 3: four heads, all computed
+    assert weights.shape == (3, 4, 10, 10)
+    torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 10))
+    assert torch.all(weights[2, :, :, 3:] == 0)  # padding gets no attention
+
+
+@pytest.mark.parametrize("auto", [AutoModel, AutoModelForSequenceClassification])
+def test_save_load_round_trip(pruned_classifier, batch, tmp_path, auto):
+    # The classifier's encoder is the family's own class with narrowed layers; saved alone, it loads back as
+    # the compressed base model.
+    model = pruned_classifier if auto is AutoModelForSequenceClassification else pruned_classifier.base_model
+    expected_type = type(pruned_classifier) if auto is AutoModelForSequenceClassification else compressed_class_for(BertModel)
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists()
+    config = AutoConfig.from_pretrained(tmp_path)
+    assert config.model_type == "obce_bert" and config.obce_layers == model.config.obce_layers
+    loaded = auto.from_pretrained(tmp_path).eval()
+    assert type(loaded) is expected_type
+    with torch.no_grad():
+        for name in ("last_hidden_state", "logits"):
+            if hasattr(model(**batch), name):
+                assert torch.equal(getattr(loaded(**batch), name), getattr(model(**batch), name))
+    assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+def test_roberta_family(batch):
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2,
+    )
+    model = RobertaForSequenceClassification(config).eval()
+    table = random_table(model)
+    pruned = prune_model(model, table, MIXED_PLAN)
+    assert pruned.config.model_type == "obce_roberta"
+    empty = prune_model(model, table, type(MIXED_PLAN)({}))
+    with torch.no_grad():
+        torch.testing.assert_close(empty(**batch).logits, model(**batch).logits, atol=1e-6, rtol=0)
+        assert pruned(**batch).logits.shape == (3, 2)
+
+
+def test_onnx_export_matches_pytorch(pruned_classifier, batch, tmp_path):
+    pytest.importorskip("onnx")
+    pytest.importorskip("onnxscript")
+    ort = pytest.importorskip("onnxruntime")
+    import warnings
+
+    with warnings.catch_warnings():
+        # The exporter's own dependencies warn about their internals; none of it concerns the graph.
+        warnings.simplefilter("ignore")
+        path = export_onnx(pruned_classifier, tmp_path / "model.onnx")
+    with pytest.raises(FileExistsError):
+        export_onnx(pruned_classifier, path)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    feeds = {k: v.numpy() for k, v in batch.items()}
+    (logits,) = session.run(None, feeds)
+    with torch.no_grad():
+        expected = pruned_classifier(**batch).logits.numpy()
+    np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-4)
+    names = sorted(p.name for p in tmp_path.iterdir())
+    assert names[0] == "model.onnx" and set(names) <= {"model.onnx", "model.onnx.data"}  # no staging left
