@@ -1,0 +1,163 @@
+// The Python bindings: the only file that knows Python. Arrays arrive as DLPack capsules (zero
+// copy for numpy and torch, CPU or CUDA); validation with user-facing messages is done in
+// python/obce/kernel.py, so the checks here only guard memory safety.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+
+#include <cstdint>
+#include <cstring>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "../cpu/death_radii.hpp"
+#include "dlpack.hpp"
+#ifdef OBCE_WITH_CUDA
+#include "../cuda/death_radii.cuh"
+#endif
+
+namespace py = pybind11;
+using obce::index_t;
+
+namespace {
+
+// Takes ownership of a DLPack capsule's tensor (renaming it "used_…" as the protocol asks) and
+// calls the producer's deleter when done.
+class BorrowedTensor {
+public:
+  BorrowedTensor(const py::capsule &capsule, bool writable) {
+    PyObject *obj = capsule.ptr();
+    if (PyCapsule_IsValid(obj, "dltensor_versioned")) {
+      versioned_ = static_cast<DLManagedTensorVersioned *>(PyCapsule_GetPointer(obj, "dltensor_versioned"));
+      PyCapsule_SetName(obj, "used_dltensor_versioned");
+      tensor_ = &versioned_->dl_tensor;
+      if (versioned_->version.major != 1) throw std::invalid_argument("unsupported DLPack major version");
+      if (writable && (versioned_->flags & kDLFlagReadOnly))
+        throw std::invalid_argument("output array is read-only");
+    } else if (PyCapsule_IsValid(obj, "dltensor")) {
+      legacy_ = static_cast<DLManagedTensor *>(PyCapsule_GetPointer(obj, "dltensor"));
+      PyCapsule_SetName(obj, "used_dltensor");
+      tensor_ = &legacy_->dl_tensor;
+    } else {
+      throw std::invalid_argument("expected an unused DLPack capsule");
+    }
+  }
+  ~BorrowedTensor() {
+    if (versioned_ && versioned_->deleter) versioned_->deleter(versioned_);
+    if (legacy_ && legacy_->deleter) legacy_->deleter(legacy_);
+  }
+  BorrowedTensor(const BorrowedTensor &) = delete;
+  BorrowedTensor &operator=(const BorrowedTensor &) = delete;
+
+  const DLTensor &operator*() const { return *tensor_; }
+  const DLTensor *operator->() const { return tensor_; }
+  int64_t stride(int axis) const {
+    if (tensor_->strides) return tensor_->strides[axis];
+    int64_t s = 1;
+    for (int a = tensor_->ndim - 1; a > axis; --a) s *= tensor_->shape[a];
+    return s;
+  }
+  template <class T> T *data() const {
+    return reinterpret_cast<T *>(static_cast<char *>(tensor_->data) + tensor_->byte_offset);
+  }
+
+private:
+  DLManagedTensorVersioned *versioned_ = nullptr;
+  DLManagedTensor *legacy_ = nullptr;
+  DLTensor *tensor_ = nullptr;
+};
+
+// A 2-D input is an (n_points, n_neurons) activation matrix: one 1-D cloud per column.
+template <class T> obce::CloudView<T> cloud_view(const BorrowedTensor &t) {
+  if (t->ndim == 2)
+    return {t.data<T>(), t->shape[1], t->shape[0], 1, t.stride(1), t.stride(0), 0};
+  if (t->ndim == 3)
+    return {t.data<T>(), t->shape[0], t->shape[1], t->shape[2], t.stride(0), t.stride(1), t.stride(2)};
+  throw std::invalid_argument("expected a 2-D or 3-D array");
+}
+
+bool is_cuda(const DLDevice &d) { return d.device_type == kDLCUDA || d.device_type == kDLCUDAManaged; }
+
+// Both backends share this signature: (clouds, out, n_threads, device, stream, check_finite).
+enum class Operation { death_radii, h0_deaths };
+
+template <class T>
+index_t run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &device, int n_threads,
+            std::uintptr_t stream, bool check_finite) {
+  if (is_cuda(device)) {
+#ifdef OBCE_WITH_CUDA
+    return op == Operation::death_radii
+               ? obce::cuda::death_radii(v, out, device.device_id, stream, check_finite)
+               : obce::cuda::h0_deaths(v, out, device.device_id, stream, check_finite);
+#else
+    throw std::runtime_error("obce was built without CUDA: reinstall on a machine with nvcc, or pass a CPU array");
+#endif
+  }
+  return op == Operation::death_radii ? obce::cpu::death_radii(v, out, n_threads)
+                                      : obce::cpu::h0_deaths(v, out, n_threads);
+}
+
+index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule &out_capsule,
+                int n_threads, std::uintptr_t stream, bool check_finite) {
+  BorrowedTensor acts(acts_capsule, false), out(out_capsule, true);
+  const DLDataType dt = acts->dtype;
+  if (dt.code != kDLFloat || (dt.bits != 32 && dt.bits != 64) || dt.lanes != 1)
+    throw std::invalid_argument("expected float32 or float64 input");
+  if (std::memcmp(&dt, &out->dtype, sizeof dt) != 0) throw std::invalid_argument("output dtype differs from input");
+  if (acts->device.device_type != out->device.device_type || acts->device.device_id != out->device.device_id)
+    throw std::invalid_argument("output is on another device than the input");
+  if (acts->device.device_type != kDLCPU && !is_cuda(acts->device))
+    throw std::invalid_argument("input must be in CPU or CUDA memory");
+
+  const bool f64 = dt.bits == 64;
+  const obce::CloudView<float> v32 = f64 ? obce::CloudView<float>{} : cloud_view<float>(acts);
+  const obce::CloudView<double> v64 = f64 ? cloud_view<double>(acts) : obce::CloudView<double>{};
+  const index_t n_clouds = f64 ? v64.n_clouds : v32.n_clouds, n_points = f64 ? v64.n_points : v32.n_points;
+  if (n_points < 2) throw std::invalid_argument("a cloud needs at least 2 points");
+  const index_t expected = op == Operation::death_radii ? n_clouds : n_clouds * (n_points - 1);
+  index_t out_size = 1;
+  for (int a = 0; a < out->ndim; ++a) out_size *= out->shape[a];
+  if (out_size != expected || out.stride(out->ndim - 1) != 1 || (out->ndim == 2 && out.stride(0) != n_points - 1))
+    throw std::invalid_argument("output must be a contiguous array of the result's shape");
+
+  py::gil_scoped_release release;
+  return f64 ? run(op, v64, out.data<double>(), acts->device, n_threads, stream, check_finite)
+             : run(op, v32, out.data<float>(), acts->device, n_threads, stream, check_finite);
+}
+
+py::dict build_info() {
+  py::dict info;
+  info["version"] = OBCE_VERSION;
+  info["openmp"] = obce::cpu::has_openmp();
+  info["threads"] = obce::cpu::default_threads();
+  info["cpu_simd"] = obce::cpu::simd_level();
+#ifdef OBCE_WITH_CUDA
+  info["cuda"] = true;
+  info["cuda_version"] = OBCE_CUDA_VERSION;
+  info["cuda_archs"] = OBCE_CUDA_ARCHS;
+  std::vector<std::string> gpus;
+  for (int d = 0, n = obce::cuda::device_count(); d < n; ++d) gpus.push_back(obce::cuda::device_name(d));
+  info["gpus"] = gpus;
+#else
+  info["cuda"] = false;
+  info["cuda_version"] = py::none();
+  info["cuda_archs"] = py::none();
+  info["gpus"] = std::vector<std::string>{};
+#endif
+  return info;
+}
+
+} // namespace
+
+PYBIND11_MODULE(_core, m) {
+  m.doc() = "obce's compiled kernels; use the wrappers in obce.kernel";
+  // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
+  const char *args_doc = "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";
+  m.def("death_radii", [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
+    return compute(Operation::death_radii, a, o, t, s, c);
+  }, py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"), args_doc);
+  m.def("h0_deaths", [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
+    return compute(Operation::h0_deaths, a, o, t, s, c);
+  }, py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"), args_doc);
+  m.def("build_info", &build_info, "What was compiled in, and the GPUs usable now");
+}

@@ -1,0 +1,279 @@
+#include "death_radii.hpp"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "../core/line.hpp"
+#include "../core/prim.hpp"
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+namespace obce::cpu {
+namespace {
+
+// The distance loop is compiled for several instruction sets, and the widest one the running CPU
+// supports is picked once, so one build is fast everywhere without assuming AVX-512. (Feature
+// lists rather than arch= levels: GCC inlines across the former only.)
+template <class T>
+using RelaxFn = Nearest<T> (*)(const T *, index_t, index_t, const T *, T *, index_t, index_t);
+
+#if defined(__x86_64__) && defined(__GNUC__)
+template <class T>
+__attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) Nearest<T>
+relax_avx512(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+  return relax<T, 64>(W, stride, dim, p, dist, lo, hi);
+}
+template <class T>
+__attribute__((target("avx2,fma"))) Nearest<T>
+relax_avx2(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+  return relax<T, 32>(W, stride, dim, p, dist, lo, hi);
+}
+#endif
+template <class T>
+Nearest<T> relax_baseline(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo,
+                          index_t hi) {
+  return relax<T, 16>(W, stride, dim, p, dist, lo, hi);
+}
+
+enum class Simd { baseline, avx2, avx512 };
+
+Simd detect_simd() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("x86-64-v4")) return Simd::avx512;
+  if (__builtin_cpu_supports("x86-64-v3")) return Simd::avx2;
+#endif
+  return Simd::baseline;
+}
+
+template <class T> RelaxFn<T> pick_relax() {
+  switch (detect_simd()) {
+#if defined(__x86_64__) && defined(__GNUC__)
+  case Simd::avx512: return relax_avx512<T>;
+  case Simd::avx2: return relax_avx2<T>;
+#endif
+  default: return relax_baseline<T>;
+  }
+}
+
+template <class T> Nearest<T> relax_best(const T *W, index_t stride, index_t dim, const T *p, T *dist,
+                                         index_t lo, index_t hi) {
+  static const RelaxFn<T> fn = pick_relax<T>();
+  return fn(W, stride, dim, p, dist, lo, hi);
+}
+template <class T> struct RelaxBest {
+  Nearest<T> operator()(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo,
+                        index_t hi) const {
+    return relax_best(W, stride, dim, p, dist, lo, hi);
+  }
+};
+
+int thread_count(int requested) { return requested > 0 ? requested : default_threads(); }
+
+int this_thread() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
+// x - x is 0 for every finite x and NaN for NaN and ±inf.
+template <class T> bool finite(T x) { return x - x == T(0); }
+
+// Per-thread buffers, grown on demand and reused across the clouds a thread handles. Rows of
+// `points` are padded (with finite values) to a multiple of column_padding, as relax requires.
+template <class T> struct Scratch {
+  std::vector<T> points, a, b;
+  index_t stride = 0;
+  void reserve(index_t n, index_t dim) {
+    stride = (n + column_padding - 1) / column_padding * column_padding;
+    if (index_t(points.size()) < stride * dim) points.resize(stride * dim);
+    for (auto *v : {&a, &b})
+      if (index_t(v->size()) < std::max(stride, dim)) v->resize(std::max(stride, dim));
+  }
+};
+
+// Copies cloud c into s.points as a structure of arrays (coordinate-major). False if not finite.
+template <class T> bool gather(const CloudView<T> &v, index_t c, Scratch<T> &s) {
+  bool ok = true;
+  const T *src = v.cloud(c);
+  for (index_t k = 0; k < v.dim; ++k) {
+    T *dst = s.points.data() + k * s.stride;
+    const T *col = src + k * v.dim_stride;
+    for (index_t i = 0; i < v.n_points; ++i) {
+      const T x = col[i * v.point_stride];
+      dst[i] = x;
+      ok &= finite(x);
+    }
+  }
+  return ok;
+}
+
+template <class T> T line_death_radius(Scratch<T> &s, index_t n) {
+  const T *x = s.points.data();
+  const auto [lo, hi] = std::minmax_element(x, x + n);
+  return max_gap(x, n, *lo, *hi, s.a.data(), s.b.data());
+}
+
+// Prim's tree edges (squared lengths) of the cloud in s.points, one thread.
+template <class T, class OnEdge> void serial_prim(Scratch<T> &s, index_t n, index_t dim, OnEdge on_edge) {
+  prim(s.points.data(), s.stride, n, dim, s.a.data(), s.b.data(), RelaxBest<T>{}, on_edge);
+}
+
+// Prim's algorithm on one large cloud with the points split among the threads of the enclosing
+// parallel region: each step every thread relaxes its own points, then all agree on the nearest.
+// W's columns [0, n - 1) are shared out; column n - 1 is the root.
+template <class T, class OnEdge>
+void parallel_prim(T *W, index_t stride, index_t n, index_t dim, T *dist,
+                   std::vector<Nearest<T>> &candidates, std::vector<T> &p, OnEdge on_edge) {
+#ifdef _OPENMP
+  const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
+#else
+  const int t = 0, n_threads = 1;
+#endif
+  // Shares start on padding boundaries, so a share's last block never reads past the rows.
+  auto share_start = [&](int r) { return r == n_threads ? n - 1 : (n - 1) * r / n_threads / column_padding * column_padding; };
+  const index_t lo = share_start(t), hi = share_start(t + 1);
+  index_t end = hi; // this thread's active points are [lo, end)
+  copy_column(W, stride, dim, n - 1, p.data());
+  std::fill(dist + lo, dist + hi, std::numeric_limits<T>::infinity());
+  for (index_t step = 0; step + 1 < n; ++step) {
+    candidates[t] = relax_best(W, stride, dim, p.data(), dist, lo, end);
+#pragma omp barrier
+    int owner = 0;
+    for (int r = 1; r < n_threads; ++r) {
+      const auto &c = candidates[r], &o = candidates[owner];
+      if (c.index >= 0 && (o.index < 0 || c.dist2 < o.dist2)) owner = r;
+    }
+    const Nearest<T> nearest = candidates[owner];
+    if (t == 0) on_edge(nearest.dist2);
+    copy_column(W, stride, dim, nearest.index, p.data());
+#pragma omp barrier
+    if (t == owner) swap_remove(W, stride, dim, dist, nearest.index, end--);
+  }
+}
+
+// Points per cloud from which one cloud is worth splitting over threads.
+constexpr index_t split_cloud_points = 2048;
+
+template <class T, class PerCloud, class BigCloud>
+index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud, BigCloud big_cloud) {
+  const int nt = thread_count(n_threads);
+  index_t first_bad = std::numeric_limits<index_t>::max();
+  if (v.dim > 1 && nt > 1 && v.n_clouds < nt && v.n_points >= split_cloud_points) {
+    Scratch<T> s;
+    s.reserve(v.n_points, v.dim);
+    std::vector<Nearest<T>> candidates(nt);
+    std::vector<std::vector<T>> p(nt, std::vector<T>(v.dim));
+    for (index_t c = 0; c < v.n_clouds; ++c) {
+      if (!gather(v, c, s)) {
+        first_bad = std::min(first_bad, c);
+        continue;
+      }
+#pragma omp parallel num_threads(nt)
+      big_cloud(c, s, candidates, p[this_thread()]);
+    }
+  } else {
+    // Small clouds in chunks of 16 neighbouring ones: in the (n_points, n_neurons) layout they
+    // share cache lines.
+#pragma omp parallel num_threads(nt) reduction(min : first_bad)
+    {
+      Scratch<T> s;
+      s.reserve(v.n_points, v.dim);
+#pragma omp for schedule(dynamic, 16)
+      for (index_t c = 0; c < v.n_clouds; ++c) {
+        if (gather(v, c, s)) per_cloud(c, s);
+        else first_bad = std::min(first_bad, c);
+      }
+    }
+  }
+  return first_bad == std::numeric_limits<index_t>::max() ? -1 : first_bad;
+}
+
+} // namespace
+
+template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_threads) {
+  const index_t n = v.n_points, dim = v.dim;
+  std::fill(out, out + v.n_clouds, std::numeric_limits<T>::quiet_NaN());
+  return for_each_cloud(
+      v, n_threads,
+      [&](index_t c, Scratch<T> &s) {
+        if (dim == 1) {
+          out[c] = line_death_radius(s, n);
+          return;
+        }
+        T longest = 0;
+        serial_prim(s, n, dim, [&](T d2) { longest = std::max(longest, d2); });
+        out[c] = std::sqrt(longest);
+      },
+      [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
+        T longest = 0;
+        parallel_prim(s.points.data(), s.stride, n, dim, s.a.data(), candidates, p,
+                      [&](T d2) { longest = std::max(longest, d2); });
+        if (this_thread() == 0) out[c] = std::sqrt(longest);
+      });
+}
+
+template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_threads) {
+  const index_t n = v.n_points, dim = v.dim;
+  std::fill(out, out + v.n_clouds * (n - 1), std::numeric_limits<T>::quiet_NaN());
+  auto finish = [&](T *row) {
+    for (index_t i = 0; i + 1 < n; ++i) row[i] = std::sqrt(row[i]);
+    std::sort(row, row + n - 1);
+  };
+  return for_each_cloud(
+      v, n_threads,
+      [&](index_t c, Scratch<T> &s) {
+        T *row = out + c * (n - 1);
+        if (dim == 1) {
+          sorted_gaps(s.points.data(), n, row);
+          return;
+        }
+        index_t e = 0;
+        serial_prim(s, n, dim, [&](T d2) { row[e++] = d2; });
+        finish(row);
+      },
+      [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
+        T *row = out + c * (n - 1);
+        index_t e = 0;
+        parallel_prim(s.points.data(), s.stride, n, dim, s.a.data(), candidates, p,
+                      [&](T d2) { row[e++] = d2; });
+        if (this_thread() == 0) finish(row);
+      });
+}
+
+int default_threads() {
+#ifdef _OPENMP
+  return omp_get_max_threads();
+#else
+  return 1;
+#endif
+}
+
+const char *simd_level() {
+  switch (detect_simd()) {
+  case Simd::avx512: return "x86-64-v4 (AVX-512)";
+  case Simd::avx2: return "x86-64-v3 (AVX2)";
+  default: return "baseline";
+  }
+}
+
+bool has_openmp() {
+#ifdef _OPENMP
+  return true;
+#else
+  return false;
+#endif
+}
+
+template index_t death_radii<float>(const CloudView<float> &, float *, int);
+template index_t death_radii<double>(const CloudView<double> &, double *, int);
+template index_t h0_deaths<float>(const CloudView<float> &, float *, int);
+template index_t h0_deaths<double>(const CloudView<double> &, double *, int);
+
+} // namespace obce::cpu

@@ -1,0 +1,494 @@
+#include "death_radii.cuh"
+
+#include <cub/device/device_segmented_sort.cuh>
+#include <thrust/iterator/counting_iterator.h>
+#include <thrust/iterator/transform_iterator.h>
+#include <cuda_runtime.h>
+
+#include <algorithm>
+#include <limits>
+#include <stdexcept>
+#include <string>
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#include <cooperative_groups.h>
+#define OBCE_CLUSTERS 1
+#endif
+
+namespace obce::cuda {
+namespace {
+
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr unsigned long long kNoBadCloud = ~0ull;
+
+void check(cudaError_t err, const char *what) {
+  if (err == cudaSuccess) return;
+  cudaGetLastError(); // clear a sticky launch error so later calls start clean
+  if (err == cudaErrorMemoryAllocation)
+    throw std::runtime_error(std::string("GPU out of memory in ") + what);
+  throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
+}
+
+void check_launch(const char *what) { check(cudaGetLastError(), what); }
+
+// Makes `device` current for the scope of a call and restores the caller's device after.
+struct DeviceGuard {
+  int previous = 0;
+  explicit DeviceGuard(int device) {
+    check(cudaGetDevice(&previous), "cudaGetDevice");
+    if (device != previous) check(cudaSetDevice(device), "cudaSetDevice");
+  }
+  ~DeviceGuard() { cudaSetDevice(previous); }
+};
+
+// Stream-ordered device buffer, freed on the same stream.
+template <class T> struct DeviceBuffer {
+  T *ptr = nullptr;
+  cudaStream_t stream;
+  DeviceBuffer(size_t count, cudaStream_t s) : stream(s) {
+    if (count) check(cudaMallocAsync(reinterpret_cast<void **>(&ptr), count * sizeof(T), s), "cudaMallocAsync");
+  }
+  ~DeviceBuffer() {
+    if (ptr) cudaFreeAsync(ptr, stream);
+  }
+  DeviceBuffer(const DeviceBuffer &) = delete;
+  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
+};
+
+template <class T> __device__ T infinity() { return std::numeric_limits<T>::infinity(); }
+template <class T> __device__ bool finite(T x) { return x - x == T(0); }
+
+// Float min/max through integer atomics: non-negative floats order like their bits as signed
+// integers, negative ones in reverse as unsigned integers.
+__device__ void atomic_min(float *a, float v) {
+  if (v >= 0) atomicMin(reinterpret_cast<int *>(a), __float_as_int(v));
+  else atomicMax(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
+}
+__device__ void atomic_max(float *a, float v) {
+  if (v >= 0) atomicMax(reinterpret_cast<int *>(a), __float_as_int(v));
+  else atomicMin(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
+}
+__device__ void atomic_min(double *a, double v) {
+  if (v >= 0) atomicMin(reinterpret_cast<long long *>(a), __double_as_longlong(v));
+  else atomicMax(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
+}
+__device__ void atomic_max(double *a, double v) {
+  if (v >= 0) atomicMax(reinterpret_cast<long long *>(a), __double_as_longlong(v));
+  else atomicMin(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
+}
+
+template <class T> __device__ T warp_min(T x) {
+  for (int o = 16; o; o >>= 1) x = min(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+template <class T> __device__ T warp_max(T x) {
+  for (int o = 16; o; o >>= 1) x = max(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+
+__device__ void report_bad(unsigned long long *first_bad, index_t c) {
+  atomicMin(first_bad, static_cast<unsigned long long>(c));
+}
+
+// ---- 1-D clouds: the bucket maximum gap of obce::max_gap, one warp per cloud --------------------
+//
+// Warps of a block take neighbouring clouds, so in the (n_points, n_neurons) layout each row's
+// 32-byte sector is read by the block once. Buckets live in shared memory, or in `global_buckets`
+// when a cloud has too many points.
+template <class T>
+__global__ void line_death_radii_kernel(CloudView<T> v, T *out, unsigned long long *first_bad,
+                                        T *global_buckets) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const index_t c = index_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (c >= v.n_clouds) return;
+  const index_t n = v.n_points;
+  const T *x = v.cloud(c);
+  const index_t stride = v.point_stride;
+
+  T lo = infinity<T>(), hi = -infinity<T>();
+  bool ok = true;
+  for (index_t i = lane; i < n; i += 32) {
+    const T xi = x[i * stride];
+    ok &= finite(xi);
+    lo = min(lo, xi);
+    hi = max(hi, xi);
+  }
+  if (!__all_sync(kFullMask, ok)) {
+    if (lane == 0) {
+      report_bad(first_bad, c);
+      out[c] = std::numeric_limits<T>::quiet_NaN();
+    }
+    return;
+  }
+  lo = warp_min(lo);
+  hi = warp_max(hi);
+  if (!(hi > lo)) {
+    if (lane == 0) out[c] = T(0);
+    return;
+  }
+
+  T *bucket_min = global_buckets ? global_buckets + c * 2 * n
+                                 : reinterpret_cast<T *>(shared_raw) + warp * 2 * n;
+  T *bucket_max = bucket_min + n;
+  for (index_t b = lane; b < n; b += 32) {
+    bucket_min[b] = infinity<T>();
+    bucket_max[b] = -infinity<T>();
+  }
+  __syncwarp();
+  const double scale = double(n) / (double(hi) - double(lo));
+  for (index_t i = lane; i < n; i += 32) {
+    const T xi = x[i * stride];
+    const index_t b = min(n - 1, index_t((double(xi) - double(lo)) * scale));
+    atomic_min(bucket_min + b, xi);
+    atomic_max(bucket_max + b, xi);
+  }
+  __syncwarp();
+
+  // Each lane scans a contiguous run of buckets; the maximum of all buckets before its run (an
+  // exclusive max-scan over lanes) is the top of the previous non-empty bucket.
+  const index_t run = (n + 31) / 32, b0 = min(n, lane * run), b1 = min(n, b0 + run);
+  T run_max = -infinity<T>();
+  for (index_t b = b0; b < b1; ++b) run_max = max(run_max, bucket_max[b]);
+  for (int o = 1; o < 32; o <<= 1) {
+    const T y = __shfl_up_sync(kFullMask, run_max, o);
+    if (lane >= o) run_max = max(run_max, y);
+  }
+  T prev = __shfl_up_sync(kFullMask, run_max, 1);
+  if (lane == 0) prev = -infinity<T>();
+  T gap = 0;
+  for (index_t b = b0; b < b1; ++b) {
+    if (bucket_min[b] <= bucket_max[b]) {
+      if (prev > -infinity<T>()) gap = max(gap, bucket_min[b] - prev);
+      prev = bucket_max[b];
+    }
+  }
+  gap = warp_max(gap);
+  if (lane == 0) out[c] = gap;
+}
+
+// ---- d-dimensional clouds: Prim's algorithm, one block or one thread-block cluster per cloud ----
+//
+// A cloud's points are split among the `cluster` blocks of its cluster (Hopper and later; one
+// block elsewhere). Each block keeps its points' coordinates (coordinate-major, conflict-free
+// reads) and tree distances in shared memory; every step each block finds its nearest point, the
+// blocks exchange their candidates through distributed shared memory, and all agree on the winner.
+// Candidates are double-buffered, so one cluster barrier per step suffices.
+template <class T> struct Candidate {
+  T dist2;
+  index_t index; // global point index; larger than any index when the block has none left
+};
+
+template <class T> __device__ bool better(const Candidate<T> &a, const Candidate<T> &b) {
+  return a.dist2 < b.dist2 || (a.dist2 == b.dist2 && a.index < b.index);
+}
+
+template <class T> __device__ Candidate<T> warp_best(Candidate<T> c) {
+  for (int o = 16; o; o >>= 1) {
+    Candidate<T> other{__shfl_xor_sync(kFullMask, c.dist2, o), __shfl_xor_sync(kFullMask, c.index, o)};
+    if (better(other, c)) c = other;
+  }
+  return c;
+}
+
+struct PrimShape {
+  index_t per_block;    // points per block (the last block may hold fewer)
+  index_t coord_stride; // shared row stride of the coordinates; 0 when they stay in global memory
+};
+
+__device__ unsigned cluster_rank() {
+#ifdef OBCE_CLUSTERS
+  return cooperative_groups::this_cluster().block_rank();
+#else
+  return 0;
+#endif
+}
+__device__ void cluster_sync() {
+#ifdef OBCE_CLUSTERS
+  cooperative_groups::this_cluster().sync();
+#else
+  __syncthreads();
+#endif
+}
+template <class P> __device__ P *cluster_peer(P *p, unsigned rank) {
+#ifdef OBCE_CLUSTERS
+  return cooperative_groups::this_cluster().map_shared_rank(p, rank);
+#else
+  return p;
+#endif
+}
+
+template <class T>
+__global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T *out,
+                            bool all_edges, unsigned long long *first_bad) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  __shared__ Candidate<T> candidates[2];
+  __shared__ Candidate<T> warp_candidates[32];
+  __shared__ int block_bad;
+
+  const unsigned rank = cluster_rank();
+  const index_t c = blockIdx.x / cluster;
+  const index_t n = v.n_points, dim = v.dim;
+  const index_t lo = min(n, rank * shape.per_block), count = min(n, lo + shape.per_block) - lo;
+  const bool shared_coords = shape.coord_stride > 0;
+  T *dist = reinterpret_cast<T *>(shared_raw);
+  T *p = dist + shape.per_block;
+  T *coords = p + dim; // coords[k * coord_stride + j] for local point j
+  const T *cloud = v.cloud(c);
+  auto coord = [&](index_t j, index_t k) {
+    return shared_coords ? coords[k * shape.coord_stride + j]
+                         : cloud[(lo + j) * v.point_stride + k * v.dim_stride];
+  };
+
+  bool ok = true;
+  for (index_t j = threadIdx.x; j < count; j += blockDim.x) {
+    for (index_t k = 0; k < dim; ++k) {
+      const T x = cloud[(lo + j) * v.point_stride + k * v.dim_stride];
+      ok &= finite(x);
+      if (shared_coords) coords[k * shape.coord_stride + j] = x;
+    }
+    dist[j] = (lo + j == 0) ? T(-1) : infinity<T>(); // point 0 is the root; -1 marks the tree
+  }
+  for (index_t k = threadIdx.x; k < dim; k += blockDim.x) p[k] = cloud[k * v.dim_stride];
+  const int bad = __syncthreads_or(!ok);
+  if (threadIdx.x == 0) block_bad = bad;
+  cluster_sync();
+  int any_bad = 0;
+  for (unsigned r = 0; r < cluster; ++r) any_bad |= *cluster_peer(&block_bad, r);
+  if (any_bad) {
+    if (rank == 0 && threadIdx.x == 0) {
+      report_bad(first_bad, c);
+      const index_t n_out = all_edges ? n - 1 : 1;
+      for (index_t e = 0; e < n_out; ++e) out[c * n_out + e] = std::numeric_limits<T>::quiet_NaN();
+    }
+    cluster_sync(); // peers may still be reading block_bad
+    return;
+  }
+
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+  const Candidate<T> none{infinity<T>(), std::numeric_limits<index_t>::max()};
+  T longest = 0;
+  for (index_t step = 0; step + 1 < n; ++step) {
+    Candidate<T> best = none;
+    for (index_t j = threadIdx.x; j < count; j += blockDim.x) {
+      T d = dist[j];
+      if (d < 0) continue;
+      T acc0 = 0, acc1 = 0; // two chains hide the FMA latency
+      index_t k = 0;
+      for (; k + 1 < dim; k += 2) {
+        const T d0 = coord(j, k) - p[k], d1 = coord(j, k + 1) - p[k + 1];
+        acc0 = fma(d0, d0, acc0);
+        acc1 = fma(d1, d1, acc1);
+      }
+      if (k < dim) {
+        const T d0 = coord(j, k) - p[k];
+        acc0 = fma(d0, d0, acc0);
+      }
+      d = min(d, acc0 + acc1);
+      dist[j] = d;
+      const Candidate<T> mine{d, lo + j};
+      if (better(mine, best)) best = mine;
+    }
+    best = warp_best(best);
+    if (lane == 0) warp_candidates[warp] = best;
+    __syncthreads();
+    if (warp == 0) {
+      best = warp_best(lane < n_warps ? warp_candidates[lane] : none);
+      if (lane == 0) candidates[step & 1] = best;
+    }
+    cluster_sync();
+    // Every thread reads every block's candidate, so all agree on the winner without a broadcast.
+    Candidate<T> winner = none;
+    for (unsigned r = 0; r < cluster; ++r) {
+      const Candidate<T> other = cluster_peer(candidates, r)[step & 1];
+      if (better(other, winner)) winner = other;
+    }
+    const index_t w = winner.index;
+    const unsigned owner = unsigned(w / shape.per_block);
+    if (rank == 0 && threadIdx.x == 0) {
+      if (all_edges) out[c * (n - 1) + step] = sqrt(winner.dist2);
+      longest = max(longest, winner.dist2);
+    }
+    if (owner == rank && threadIdx.x == 0) dist[w - lo] = T(-1);
+    for (index_t k = threadIdx.x; k < dim; k += blockDim.x)
+      p[k] = shared_coords ? cluster_peer(coords, owner)[k * shape.coord_stride + (w - owner * shape.per_block)]
+                           : cloud[w * v.point_stride + k * v.dim_stride];
+    __syncthreads();
+  }
+  if (!all_edges && rank == 0 && threadIdx.x == 0) out[c] = sqrt(longest);
+  cluster_sync(); // peers may still be reading this block's coordinates and candidates
+}
+
+// ---- h0_deaths helpers -------------------------------------------------------------------------
+
+template <class T>
+__global__ void gather_lines_kernel(CloudView<T> v, T *dst, unsigned long long *first_bad) {
+  const index_t total = v.n_clouds * v.n_points;
+  for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total; t += index_t(gridDim.x) * blockDim.x) {
+    const index_t c = t / v.n_points, i = t % v.n_points;
+    const T x = v.cloud(c)[i * v.point_stride];
+    if (!finite(x)) report_bad(first_bad, c);
+    dst[t] = x;
+  }
+}
+
+template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds, index_t n, T *gaps) {
+  const index_t total = n_clouds * (n - 1);
+  for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total; t += index_t(gridDim.x) * blockDim.x) {
+    const index_t c = t / (n - 1), i = t % (n - 1);
+    gaps[t] = sorted[c * n + i + 1] - sorted[c * n + i];
+  }
+}
+
+struct SegmentOffset {
+  index_t length;
+  __host__ __device__ index_t operator()(index_t s) const { return s * length; }
+};
+
+// Sorts each of n_segments runs of `length` keys ascending, from `in` into `out`.
+template <class T>
+void segmented_sort(const T *in, T *out, index_t n_segments, index_t length, cudaStream_t stream) {
+  const auto begins =
+      thrust::make_transform_iterator(thrust::make_counting_iterator<index_t>(0), SegmentOffset{length});
+  const auto ends = begins + 1;
+  size_t bytes = 0;
+  check(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, in, out, n_segments * length, n_segments,
+                                           begins, ends, stream),
+        "cub::DeviceSegmentedSort");
+  DeviceBuffer<unsigned char> temp(bytes, stream);
+  check(cub::DeviceSegmentedSort::SortKeys(temp.ptr, bytes, in, out, n_segments * length, n_segments,
+                                           begins, ends, stream),
+        "cub::DeviceSegmentedSort");
+}
+
+unsigned grid_for(index_t items, int threads) {
+  return unsigned(std::min<index_t>((items + threads - 1) / threads, 65535 * 8));
+}
+
+struct Device {
+  int id, major, shared_optin, sms;
+  explicit Device(int device) : id(device) {
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
+  }
+};
+
+template <class T>
+void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *first_bad,
+                             const Device &dev, cudaStream_t stream) {
+  const size_t per_warp = 2 * size_t(v.n_points) * sizeof(T);
+  int warps = int(std::min<size_t>(8, dev.shared_optin / per_warp));
+  DeviceBuffer<T> buckets(warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points, stream);
+  const size_t shared = warps ? warps * per_warp : 0;
+  if (!warps) warps = 8;
+  check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
+        "cudaFuncSetAttribute");
+  const unsigned blocks = unsigned((v.n_clouds + warps - 1) / warps);
+  line_death_radii_kernel<T><<<blocks, warps * 32, shared, stream>>>(v, out, first_bad, buckets.ptr);
+  check_launch("line_death_radii_kernel");
+}
+
+template <class T>
+void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long long *first_bad,
+                 const Device &dev, cudaStream_t stream) {
+  constexpr index_t points_per_block = 256;
+  const unsigned cluster =
+      dev.major >= 9 ? unsigned(std::clamp<index_t>((v.n_points + points_per_block - 1) / points_per_block, 1, 8)) : 1;
+  PrimShape shape{(v.n_points + cluster - 1) / cluster, 0};
+  const size_t base = (shape.per_block + v.dim) * sizeof(T);
+  const index_t stride = shape.per_block | 1; // odd row stride: the winner's column reads spread over banks
+  const size_t with_coords = base + size_t(v.dim) * stride * sizeof(T);
+  if (with_coords + 1024 <= size_t(dev.shared_optin)) shape.coord_stride = stride;
+  const size_t shared = shape.coord_stride ? with_coords : base;
+  const int threads = int(std::clamp<index_t>((shape.per_block + 31) / 32 * 32, 64, 512));
+  check(cudaFuncSetAttribute(prim_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
+        "cudaFuncSetAttribute");
+
+  cudaLaunchConfig_t config = {};
+  config.gridDim = dim3(unsigned(v.n_clouds * cluster));
+  config.blockDim = dim3(threads);
+  config.dynamicSmemBytes = shared;
+  config.stream = stream;
+  cudaLaunchAttribute attribute[1];
+  attribute[0].id = cudaLaunchAttributeClusterDimension;
+  attribute[0].val.clusterDim.x = cluster;
+  attribute[0].val.clusterDim.y = 1;
+  attribute[0].val.clusterDim.z = 1;
+  config.attrs = attribute;
+  config.numAttrs = cluster > 1 ? 1 : 0;
+  check(cudaLaunchKernelEx(&config, prim_kernel<T>, v, shape, cluster, out, all_edges, first_bad),
+        "prim_kernel launch");
+  check_launch("prim_kernel");
+}
+
+// Runs `body` with a device flag for the first non-finite cloud and returns that cloud or -1.
+template <class Body> index_t with_bad_flag(int device, std::uintptr_t stream_handle, bool check_finite, Body body) {
+  DeviceGuard guard(device);
+  const Device dev(device);
+  cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  DeviceBuffer<unsigned long long> flag(1, stream);
+  check(cudaMemsetAsync(flag.ptr, 0xff, sizeof(unsigned long long), stream), "cudaMemsetAsync");
+  body(dev, stream, flag.ptr);
+  if (!check_finite) return -1;
+  unsigned long long first_bad = kNoBadCloud;
+  check(cudaMemcpyAsync(&first_bad, flag.ptr, sizeof first_bad, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
+  return first_bad == kNoBadCloud ? -1 : index_t(first_bad);
+}
+
+} // namespace
+
+template <class T>
+index_t death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, bool check_finite) {
+  if (v.n_clouds == 0) return -1;
+  return with_bad_flag(device, stream, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
+    if (v.dim == 1) launch_line_death_radii(v, out, bad, dev, s);
+    else launch_prim(v, out, false, bad, dev, s);
+  });
+}
+
+template <class T>
+index_t h0_deaths(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, bool check_finite) {
+  if (v.n_clouds == 0) return -1;
+  return with_bad_flag(device, stream, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
+    const index_t n = v.n_points, n_gaps = v.n_clouds * (n - 1);
+    constexpr int threads = 256;
+    if (v.dim == 1) {
+      DeviceBuffer<T> values(v.n_clouds * n, s), sorted(v.n_clouds * n, s);
+      gather_lines_kernel<T><<<grid_for(v.n_clouds * n, threads), threads, 0, s>>>(v, values.ptr, bad);
+      check_launch("gather_lines_kernel");
+      segmented_sort(values.ptr, sorted.ptr, v.n_clouds, n, s);
+      // values now holds the unsorted gaps, sorted into out
+      gaps_kernel<T><<<grid_for(n_gaps, threads), threads, 0, s>>>(sorted.ptr, v.n_clouds, n, values.ptr);
+      check_launch("gaps_kernel");
+      segmented_sort(values.ptr, out, v.n_clouds, n - 1, s);
+    } else {
+      DeviceBuffer<T> edges(n_gaps, s);
+      launch_prim(v, edges.ptr, true, bad, dev, s);
+      segmented_sort(edges.ptr, out, v.n_clouds, n - 1, s);
+    }
+  });
+}
+
+int device_count() {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    cudaGetLastError();
+    return 0;
+  }
+  return n;
+}
+
+std::string device_name(int device) {
+  cudaDeviceProp prop;
+  check(cudaGetDeviceProperties(&prop, device), "cudaGetDeviceProperties");
+  return prop.name;
+}
+
+template index_t death_radii<float>(const CloudView<float> &, float *, int, std::uintptr_t, bool);
+template index_t death_radii<double>(const CloudView<double> &, double *, int, std::uintptr_t, bool);
+template index_t h0_deaths<float>(const CloudView<float> &, float *, int, std::uintptr_t, bool);
+template index_t h0_deaths<double>(const CloudView<double> &, double *, int, std::uintptr_t, bool);
+
+} // namespace obce::cuda

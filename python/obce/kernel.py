@@ -1,0 +1,209 @@
+"""λ and H0 diagrams of point clouds: input checks, layout, and dispatch to the compiled kernels.
+
+Conventions (those of ripser): every point is born at 0 and a death is a distance, the length of
+the minimum-spanning-tree edge that merges two components (not a radius, half of it). The one
+infinite bar is not returned. λ is the largest finite death.
+"""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import numpy as np
+
+from . import _core
+
+_NUMPY_FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+
+
+def build_info() -> dict[str, Any]:
+    """What the extension was compiled with, and whether a GPU can be used now.
+
+    Returns
+    -------
+    dict
+        ``version``, ``openmp``, ``threads`` (used by ``n_threads=-1``), ``cpu_simd`` (the
+        instruction set the CPU kernels run with here), ``cuda`` (compiled in), ``cuda_version``,
+        ``cuda_archs``, ``gpus`` (names of the usable devices) and ``gpu_usable``.
+    """
+    info = dict(_core.build_info())
+    info["gpu_usable"] = bool(info["gpus"])
+    return info
+
+
+def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
+    """λ of each point cloud: its largest finite H0 death in the Vietoris–Rips filtration.
+
+    λ is the length of the longest edge of the cloud's Euclidean minimum spanning tree, the
+    smallest scale at which the cloud is connected. 1-D clouds are sorted-gap problems solved in
+    linear time per cloud; d-dimensional ones run Prim's algorithm with distances computed on the
+    fly (O(n) memory, no distance matrix).
+
+    Parameters
+    ----------
+    acts : numpy.ndarray or torch.Tensor
+        Either an activation matrix of shape ``(n_points, n_neurons)``, rows being inputs, where
+        each column is one neuron's 1-D cloud; or a batch of clouds ``(n_clouds, n_points, dim)``.
+        float16, bfloat16, float32 or float64, any strides, on the CPU or a CUDA device.
+        float32 and float64 inputs are read in place; float64 is computed in float64, the rest in
+        float32.
+    n_threads : int, default -1
+        CPU threads; -1 uses all cores. Ignored for CUDA tensors.
+    check_finite : bool, default True
+        Raise on NaN or infinity. For CUDA tensors this waits for the result; with False the call
+        is fully asynchronous and a non-finite cloud gives NaN.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        Shape ``(n_neurons,)`` or ``(n_clouds,)``, same type, device and precision class as the
+        input (float64 for float64 input, else float32). A CUDA result is computed on the current
+        stream of torch.
+
+    Raises
+    ------
+    TypeError
+        Not a 2-D or 3-D array, or not a floating-point dtype.
+    ValueError
+        Fewer than 2 points, zero dimensions, NaN or infinity (the first offending cloud is
+        named), or squared distances that overflow float32.
+    RuntimeError
+        A CUDA error (out of memory included), or a CUDA tensor given to a build without CUDA.
+
+    Examples
+    --------
+    >>> import numpy as np, obce
+    >>> acts = np.array([[0.0, 1.0], [1.0, 1.0], [5.0, 3.0]])  # 3 inputs x 2 neurons
+    >>> obce.fast_death_radii(acts)
+    array([4., 2.])
+    """
+    return _run(_core.death_radii, acts, n_threads, check_finite, full_diagram=False)
+
+
+def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
+    """Every finite H0 death of each cloud, ascending: the whole 0-dimensional diagram.
+
+    Births are all 0. Zero-length deaths of duplicate points are kept, so every cloud has
+    ``n_points - 1`` of them; ripser drops such zero-persistence pairs, so compare its finite
+    deaths with the non-zero ones here.
+
+    Parameters
+    ----------
+    acts, n_threads, check_finite
+        As for :func:`fast_death_radii`.
+
+    Returns
+    -------
+    numpy.ndarray or torch.Tensor
+        Shape ``(n_clouds, n_points - 1)``; for an activation matrix ``n_clouds = n_neurons``.
+
+    Raises
+    ------
+    TypeError, ValueError, RuntimeError
+        As for :func:`fast_death_radii`.
+
+    Examples
+    --------
+    >>> import numpy as np, obce
+    >>> obce.h0_deaths(np.array([[0.0], [1.0], [5.0]]))
+    array([[1., 4.]])
+    """
+    return _run(_core.h0_deaths, acts, n_threads, check_finite, full_diagram=True)
+
+
+def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool):
+    if not isinstance(n_threads, (int, np.integer)) or (n_threads < 1 and n_threads != -1):
+        raise ValueError(f"n_threads must be -1 (all cores) or a positive integer, got {n_threads!r}")
+    torch = sys.modules.get("torch")
+    if torch is not None and isinstance(acts, torch.Tensor):
+        return _run_torch(torch, kernel, acts, int(n_threads), check_finite, full_diagram)
+    return _run_numpy(kernel, acts, int(n_threads), check_finite, full_diagram)
+
+
+def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
+    """(n_clouds, n_points) of a valid input shape."""
+    if len(shape) not in (2, 3):
+        raise TypeError(
+            "expected an activation matrix (n_points, n_neurons) or a batch of clouds "
+            f"(n_clouds, n_points, dim), got shape {tuple(shape)}"
+        )
+    if len(shape) == 2:
+        n_points, n_clouds = shape
+    else:
+        n_clouds, n_points, dim = shape
+        if dim < 1:
+            raise ValueError(f"clouds need at least 1 dimension, got shape {tuple(shape)}")
+    if n_points < 2:
+        raise ValueError(f"a cloud needs at least 2 points, got {n_points} (input shape {tuple(shape)})")
+    return n_clouds, n_points
+
+
+def _result_shape(n_clouds: int, n_points: int, full_diagram: bool) -> tuple[int, ...]:
+    return (n_clouds, n_points - 1) if full_diagram else (n_clouds,)
+
+
+def _raise_if_bad(first_bad: int, ndim: int) -> None:
+    if first_bad >= 0:
+        where = f"column {first_bad} (neuron {first_bad})" if ndim == 2 else f"cloud {first_bad}"
+        raise ValueError(f"input contains NaN or infinity in {where}")
+
+
+_OVERFLOW = "squared distances overflow float32 (values above ~1e19); pass float64 input"
+
+
+def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
+    if not isinstance(acts, np.ndarray):
+        acts = np.asarray(acts)
+    if acts.dtype not in _NUMPY_FLOAT_KINDS:
+        raise TypeError(f"expected a float16, float32 or float64 array, got dtype {acts.dtype}")
+    n_clouds, n_points = _check_shape(acts.shape)
+    if acts.dtype == np.float16:
+        acts = acts.astype(np.float32)
+    out = np.empty(_result_shape(n_clouds, n_points, full_diagram), dtype=acts.dtype)
+    if n_clouds == 0:
+        return out
+    if any(s < 0 or s % acts.itemsize for s in acts.strides):
+        acts = np.ascontiguousarray(acts)  # DLPack has no negative or fractional strides
+    try:
+        capsule = acts.__dlpack__(max_version=(1, 0))
+    except (BufferError, TypeError):  # read-only arrays on older numpy
+        capsule = np.array(acts).__dlpack__()
+    first_bad = kernel(capsule, out.__dlpack__(max_version=(1, 0)), n_threads, 0, check_finite)
+    _raise_if_bad(first_bad, acts.ndim)
+    if check_finite and np.isinf(out).any():
+        raise ValueError(_OVERFLOW)
+    return out
+
+
+_TORCH_COMPUTED_AS_FLOAT32 = ("float16", "bfloat16")
+
+
+def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
+    dtype_name = str(acts.dtype).removeprefix("torch.")
+    if dtype_name not in ("float32", "float64", *_TORCH_COMPUTED_AS_FLOAT32):
+        raise TypeError(f"expected a float16, bfloat16, float32 or float64 tensor, got dtype {acts.dtype}")
+    n_clouds, n_points = _check_shape(tuple(acts.shape))
+    acts = acts.detach()
+    if dtype_name in _TORCH_COMPUTED_AS_FLOAT32:
+        acts = acts.float()
+    if acts.device.type not in ("cpu", "cuda"):
+        raise ValueError(f"expected a CPU or CUDA tensor, got device {acts.device}")
+    out = torch.empty(_result_shape(n_clouds, n_points, full_diagram), dtype=acts.dtype, device=acts.device)
+    if n_clouds == 0:
+        return out
+    if any(s < 0 for s in acts.stride()):
+        acts = acts.contiguous()
+    if acts.is_cuda:
+        # The kernels run on torch's current stream, the one the input was produced on, so no
+        # synchronization is asked of the producer (-1).
+        stream = torch.cuda.current_stream(acts.device).cuda_stream
+        capsules = acts.__dlpack__(stream=-1), out.__dlpack__(stream=-1)
+    else:
+        stream = 0
+        capsules = acts.__dlpack__(), out.__dlpack__()
+    first_bad = kernel(*capsules, n_threads, stream, check_finite)
+    _raise_if_bad(first_bad, acts.dim())
+    if check_finite and bool(torch.isinf(out).any()):
+        raise ValueError(_OVERFLOW)
+    return out
