@@ -346,50 +346,18 @@ def _model_label(model) -> str:
     return type(model).__name__
 
 
-def _run_settings(
-    model,
-    name,
-    task: Task,
-    *,
-    preset,
-    seed,
-    epochs,
-    max_steps,
-    batch_size,
-    lr,
-    max_length,
-    patience,
-    eval_steps,
-    fp16,
-    bf16,
-    training_args,
-) -> dict:
+def _describe_model(model) -> str:
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    return f"<{type(model).__name__} object: {getattr(model, 'name_or_path', '')}>"
+
+
+def _versions() -> dict:
     import transformers
 
     from ._version import __version__
 
-    return {
-        "model": str(model)
-        if isinstance(model, (str, os.PathLike))
-        else f"<{type(model).__name__} object: {getattr(model, 'name_or_path', '')}>",
-        "name": name,
-        "task": task.name,
-        "task_source": task.source,
-        "split_sizes": {split: len(rows) for split, rows in task.data.items()},
-        "preset": preset,
-        "seed": seed,
-        "epochs": epochs,
-        "max_steps": max_steps,
-        "batch_size": batch_size,
-        "lr": lr,
-        "max_length": max_length,
-        "patience": patience,
-        "eval_steps": eval_steps,
-        "fp16": fp16,
-        "bf16": bf16,
-        "training_args": dict(training_args or {}),
-        "versions": {"obce": __version__, "transformers": transformers.__version__},
-    }
+    return {"obce": __version__, "transformers": transformers.__version__}
 
 
 def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict | None:
@@ -483,7 +451,7 @@ def finetune(
     batch_size : int, optional
         Batch size per device.
     lr : float, optional
-        Peak learning rate (AdamW, linear decay).
+        Peak learning rate (AdamW with weight decay 0.01, linear decay, no warmup).
     max_length : int, optional
         Truncation length in tokens.
     patience : int, optional
@@ -556,23 +524,22 @@ def finetune(
         task.check_split(split)
     output_dir = Path(output_dir)
     name = name or _model_label(model)
-    settings = _run_settings(
-        model,
-        name,
-        task,
-        preset=preset,
-        seed=seed,
-        epochs=values["epochs"],
-        max_steps=max_steps,
-        batch_size=values["batch_size"],
-        lr=values["lr"],
-        max_length=values["max_length"],
-        patience=values["patience"],
-        eval_steps=eval_steps,
-        fp16=fp16,
-        bf16=bf16,
-        training_args=training_args,
-    )
+    settings = {
+        "model": _describe_model(model),
+        "name": name,
+        "task": task.name,
+        "task_source": task.source,
+        "split_sizes": {split: len(rows) for split, rows in task.data.items()},
+        "preset": preset,
+        "seed": seed,
+        **values,
+        "max_steps": max_steps,
+        "eval_steps": eval_steps,
+        "fp16": fp16,
+        "bf16": bf16,
+        "training_args": dict(training_args or {}),
+        "versions": _versions(),
+    }
     finished = _prepare_output_dir(output_dir, settings, resume)
     if finished is not None:
         return FinetuneResult(**finished)
