@@ -1,0 +1,475 @@
+"""obce.fast_death_radii and obce.h0_deaths against independent references.
+
+References: scipy's minimum spanning tree on float64 distance matrices (its edge lengths are the
+finite H0 deaths; the multiset is unique even with ties, so sorted deaths are compared), and
+ripser's dgms[0]. CUDA tests compare the GPU with the CPU on the same inputs.
+"""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
+from scipy.stats import special_ortho_group
+
+import obce
+
+CUDA = torch.cuda.is_available()
+needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
+RTOL = {np.float32: 1e-5, np.float64: 1e-12}
+
+
+def mst_deaths(cloud: np.ndarray) -> np.ndarray:
+    """Sorted MST edge lengths of one (n_points, dim) cloud, in float64, zero-length edges kept."""
+    cloud = np.asarray(cloud, dtype=np.float64)
+    # scipy reads a zero in a dense matrix as "no edge", so duplicates are taken out first: each
+    # one joins its twin at distance 0.
+    unique = np.unique(cloud, axis=0)
+    weights = minimum_spanning_tree(squareform(pdist(unique))).data
+    return np.sort(np.concatenate([np.zeros(len(cloud) - len(unique)), weights]))
+
+
+def as_clouds(acts: np.ndarray) -> np.ndarray:
+    """The (n_clouds, n_points, dim) view of an input: columns of a 2-D activation matrix."""
+    return acts.T[:, :, None] if acts.ndim == 2 else acts
+
+
+def reference(acts: np.ndarray):
+    deaths = [mst_deaths(c) for c in as_clouds(acts)]
+    return np.array([d[-1] for d in deaths]), np.array(deaths)
+
+
+def check(acts: np.ndarray, **kwargs):
+    """Both functions against the scipy reference, at the tolerance of the input's precision."""
+    rtol = RTOL[np.float64 if acts.dtype == np.float64 else np.float32]
+    lam_ref, deaths_ref = reference(acts)
+    lam, deaths = obce.fast_death_radii(acts, **kwargs), obce.h0_deaths(acts, **kwargs)
+    np.testing.assert_allclose(lam, lam_ref, rtol=rtol, atol=0)
+    np.testing.assert_allclose(deaths, deaths_ref, rtol=rtol, atol=rtol * float(lam_ref.max(initial=0)))
+    return lam
+
+
+# ---- exact small fixtures --------------------------------------------------------------------
+
+
+def test_exact_line():
+    acts = np.array([[0.0, 1.0], [1.0, 1.0], [5.0, 3.0]])
+    assert obce.fast_death_radii(acts).tolist() == [4.0, 2.0]
+    assert obce.h0_deaths(acts).tolist() == [[1.0, 4.0], [0.0, 2.0]]
+
+
+def test_exact_triangle():
+    cloud = np.array([[[0.0, 0.0], [3.0, 0.0], [3.0, 4.0]]])
+    assert obce.fast_death_radii(cloud).tolist() == [4.0]
+    assert obce.h0_deaths(cloud).tolist() == [[3.0, 4.0]]
+
+
+def test_two_points_is_their_distance():
+    cloud = np.array([[[1.0, 2.0, 2.0], [0.0, 0.0, 0.0]]])
+    assert obce.fast_death_radii(cloud).tolist() == [3.0]
+
+
+# ---- against scipy on random, adversarial and degenerate inputs -------------------------------
+
+DIMS = [1, 2, 3, 17, 64]
+DTYPES = [np.float32, np.float64]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", DIMS)
+@pytest.mark.parametrize("n_points", [2, 3, 7, 150, 300])
+def test_random(dim, n_points, dtype):
+    rng = np.random.default_rng(n_points * 100 + dim)
+    check(rng.normal(size=(5, n_points, dim)).astype(dtype))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", DIMS)
+def test_clustered(dim, dtype):
+    rng = np.random.default_rng(dim)
+    centres = rng.normal(scale=50, size=(4, 6, dim))
+    clouds = centres[:, rng.integers(0, 6, size=200)] + rng.normal(scale=0.01, size=(4, 200, dim))
+    lam = check(clouds.astype(dtype))
+    assert (lam > 1).all()  # the clusters are far apart: λ is a gap between clusters
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("dim", DIMS)
+def test_duplicate_heavy(dim, dtype):
+    rng = np.random.default_rng(dim)
+    distinct = rng.normal(size=(3, 5, dim))
+    clouds = distinct[:, rng.integers(0, 5, size=120)]
+    deaths = obce.h0_deaths(clouds.astype(dtype))
+    assert (deaths == 0).sum(axis=1).min() >= 120 - 5  # a zero death for every duplicate
+    check(clouds.astype(dtype))
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_all_points_equal(dim):
+    clouds = np.full((2, 50, dim), 3.25)
+    assert obce.fast_death_radii(clouds).tolist() == [0.0, 0.0]
+    assert not obce.h0_deaths(clouds).any()
+
+
+@pytest.mark.parametrize("dim", DIMS)
+def test_large_offset_float32(dim):
+    """Points sharing a large offset: direct differences keep float32 exact enough."""
+    rng = np.random.default_rng(dim)
+    clouds = (1e4 + rng.normal(scale=1e-2, size=(3, 100, dim))).astype(np.float32)
+    check(clouds)
+
+
+@pytest.mark.parametrize("dim", [1, 3, 64])
+def test_float16_is_computed_in_float32(dim):
+    rng = np.random.default_rng(dim)
+    clouds = rng.normal(size=(4, 60, dim)).astype(np.float16)
+    lam = check(clouds)
+    assert lam.dtype == np.float32
+
+
+def test_activation_matrix_layout():
+    """A (n_points, n_neurons) matrix is read in place: each column is one 1-D cloud."""
+    rng = np.random.default_rng(0)
+    acts = rng.normal(size=(150, 3072)).astype(np.float32)
+    assert obce.fast_death_radii(acts).shape == (3072,)
+    check(acts)
+
+
+def test_one_large_cloud_split_over_threads():
+    """Above 2048 points a single cloud's Prim steps are shared among threads."""
+    rng = np.random.default_rng(1)
+    clouds = rng.normal(size=(1, 2500, 5))
+    check(clouds, n_threads=2)
+    check(clouds.astype(np.float32), n_threads=2)
+
+
+def test_against_ripser():
+    ripser = pytest.importorskip("ripser")
+    rng = np.random.default_rng(2)
+    for dim in (1, 2, 17):
+        for cloud in rng.normal(size=(3, 80, dim)):
+            finite = ripser.ripser(cloud, maxdim=0)["dgms"][0][:-1, 1]  # the last bar is infinite
+            ours = obce.h0_deaths(cloud[None])[0]
+            # ripser drops zero-persistence pairs (random points have none) and works in float32
+            np.testing.assert_allclose(ours, np.sort(finite), rtol=1e-5, atol=1e-6 * finite.max())
+            assert obce.fast_death_radii(cloud[None])[0] == pytest.approx(finite.max(), rel=1e-5)
+
+
+# ---- properties ------------------------------------------------------------------------------
+
+# Multiples of 1/16 in [-1000, 1000]: exact in float32 and float64, and no squared distance
+# underflows (the scipy reference reads a zero distance as a missing edge).
+finite_coords = st.integers(-16000, 16000).map(lambda i: i / 16)
+
+
+@st.composite
+def clouds(draw, max_dim=6):
+    n_clouds = draw(st.integers(1, 4))
+    n_points = draw(st.integers(2, 40))
+    dim = draw(st.integers(1, max_dim))
+    # drawing from a small pool makes duplicates and ties common
+    pool = draw(hnp.arrays(np.float64, draw(st.integers(1, 8)), elements=finite_coords))
+    idx = draw(hnp.arrays(np.intp, (n_clouds, n_points, dim), elements=st.integers(0, len(pool) - 1)))
+    noise = draw(st.booleans())
+    x = pool[idx]
+    if noise:
+        x = x + np.random.default_rng(draw(st.integers(0, 2**32 - 1))).normal(size=x.shape)
+    return x
+
+
+@settings(max_examples=60, deadline=None)
+@given(clouds())
+def test_matches_scipy(x):
+    check(x)
+
+
+@settings(max_examples=40, deadline=None)
+@given(clouds(), st.integers(0, 2**32 - 1))
+def test_point_permutation_invariance(x, seed):
+    perm = np.random.default_rng(seed).permutation(x.shape[1])
+    np.testing.assert_allclose(obce.fast_death_radii(x[:, perm]), obce.fast_death_radii(x), rtol=1e-12)
+    np.testing.assert_allclose(obce.h0_deaths(x[:, perm]), obce.h0_deaths(x), rtol=1e-12, atol=1e-12)
+
+
+@settings(max_examples=40, deadline=None)
+@given(clouds(), st.integers(0, 2**32 - 1))
+def test_rigid_motion_invariance(x, seed):
+    rng = np.random.default_rng(seed)
+    dim = x.shape[2]
+    rotation = special_ortho_group.rvs(dim, random_state=rng) if dim > 1 else np.array([[-1.0]])
+    moved = x @ rotation.T + rng.normal(scale=100, size=dim)
+    lam = obce.fast_death_radii(x)
+    np.testing.assert_allclose(obce.fast_death_radii(moved), lam, rtol=1e-9, atol=1e-9 * (1 + np.abs(x).max()))
+
+
+@settings(max_examples=40, deadline=None)
+@given(clouds(), st.floats(1e-3, 1e3))
+def test_scaling(x, scale):
+    np.testing.assert_allclose(obce.fast_death_radii(x * scale), scale * obce.fast_death_radii(x), rtol=1e-12)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clouds())
+def test_thread_count_invariance(x):
+    one = obce.fast_death_radii(x, n_threads=1)
+    assert np.array_equal(obce.fast_death_radii(x, n_threads=2), one)
+    assert np.array_equal(obce.fast_death_radii(x, n_threads=-1), one)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clouds())
+def test_batch_equals_loop(x):
+    batch = obce.fast_death_radii(x)
+    loop = np.concatenate([obce.fast_death_radii(c[None]) for c in x])
+    assert np.array_equal(batch, loop)
+
+
+@settings(max_examples=30, deadline=None)
+@given(clouds())
+def test_numpy_equals_torch(x):
+    for dtype in (np.float32, np.float64):
+        arr = x.astype(dtype)
+        ours = obce.fast_death_radii(torch.from_numpy(arr))
+        assert isinstance(ours, torch.Tensor) and ours.dtype == torch.from_numpy(arr).dtype
+        assert np.array_equal(ours.numpy(), obce.fast_death_radii(arr))
+
+
+@settings(max_examples=30, deadline=None)
+@given(hnp.arrays(np.float64, st.tuples(st.integers(2, 40), st.integers(1, 12)), elements=finite_coords))
+def test_matrix_equals_3d_with_dim_1(acts):
+    np.testing.assert_array_equal(obce.fast_death_radii(acts), obce.fast_death_radii(acts.T[:, :, None]))
+    np.testing.assert_array_equal(obce.h0_deaths(acts), obce.h0_deaths(acts.T[:, :, None]))
+
+
+# ---- layouts, dtypes and zero copy -----------------------------------------------------------
+
+
+def test_any_strides_are_read_in_place():
+    rng = np.random.default_rng(3)
+    base = rng.normal(size=(6, 90, 10))
+    views = [base[::2], base[:, ::3], base[:, :, ::2], base.transpose(1, 0, 2).copy().transpose(1, 0, 2),
+             base[::-1], np.asfortranarray(base)]
+    for view in views:
+        np.testing.assert_array_equal(obce.fast_death_radii(view), obce.fast_death_radii(np.ascontiguousarray(view)))
+
+
+def test_read_only_input():
+    acts = np.random.default_rng(4).normal(size=(20, 5))
+    acts.flags.writeable = False
+    np.testing.assert_array_equal(obce.fast_death_radii(acts), obce.fast_death_radii(acts.copy()))
+
+
+def test_torch_bfloat16_and_grad():
+    x = torch.randn(3, 40, 4, requires_grad=True)
+    lam = obce.fast_death_radii(x.to(torch.bfloat16))
+    assert lam.dtype == torch.float32
+    np.testing.assert_allclose(lam.numpy(), obce.fast_death_radii(x.detach().to(torch.bfloat16).float().numpy()))
+    assert obce.fast_death_radii(x).shape == (3,)
+
+
+def test_torch_cpu_input_is_not_copied(monkeypatch):
+    """The kernel sees the tensor's own memory: a DLPack capsule of the same pointer."""
+    x = torch.randn(30, 8)
+    seen = []
+    original = obce.kernel._core.death_radii
+
+    def spy(acts, out, *args):
+        tensor = torch.from_dlpack(acts)  # consumes the capsule: hand on a new one of the same memory
+        seen.append(tensor.data_ptr())
+        return original(tensor.__dlpack__(), out, *args)
+
+    monkeypatch.setattr(obce.kernel._core, "death_radii", spy)
+    obce.fast_death_radii(x)
+    assert seen == [x.data_ptr()]
+
+
+def test_zero_clouds_give_an_empty_result():
+    assert obce.fast_death_radii(np.zeros((0, 5, 3))).shape == (0,)
+    assert obce.fast_death_radii(np.zeros((5, 0))).shape == (0,)
+    assert obce.h0_deaths(np.zeros((0, 5, 3))).shape == (0, 4)
+
+
+# ---- bad input -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("dim", [1, 4])
+def test_non_finite_names_the_first_cloud(bad, dim):
+    clouds = np.random.default_rng(5).normal(size=(6, 30, dim))
+    clouds[4, 7, 0] = bad
+    clouds[2, 1, dim - 1] = bad
+    with pytest.raises(ValueError, match="NaN or infinity in cloud 2"):
+        obce.fast_death_radii(clouds)
+    with pytest.raises(ValueError, match="cloud 2"):
+        obce.h0_deaths(clouds)
+
+
+def test_non_finite_in_matrix_names_the_column():
+    acts = np.ones((10, 8), dtype=np.float32)
+    acts[3, 5] = np.nan
+    with pytest.raises(ValueError, match="column 5"):
+        obce.fast_death_radii(acts)
+
+
+@pytest.mark.parametrize("shape", [(5,), (2, 3, 4, 5), ()])
+def test_wrong_ndim(shape):
+    with pytest.raises(TypeError, match=r"\(n_points, n_neurons\).*got shape"):
+        obce.fast_death_radii(np.zeros(shape))
+
+
+@pytest.mark.parametrize("dtype", [np.int32, np.int64, np.complex64, object, bool])
+def test_wrong_dtype(dtype):
+    with pytest.raises(TypeError, match="dtype"):
+        obce.fast_death_radii(np.zeros((4, 3), dtype=dtype))
+
+
+def test_wrong_torch_dtype():
+    with pytest.raises(TypeError, match="torch.int64"):
+        obce.fast_death_radii(torch.zeros(4, 3, dtype=torch.int64))
+
+
+@pytest.mark.parametrize("shape", [(1, 7), (3, 1, 2), (3, 0, 2)])
+def test_too_few_points(shape):
+    with pytest.raises(ValueError, match="at least 2 points"):
+        obce.fast_death_radii(np.zeros(shape))
+
+
+def test_zero_dimensions():
+    with pytest.raises(ValueError, match="at least 1 dimension"):
+        obce.fast_death_radii(np.zeros((3, 4, 0)))
+
+
+def test_float32_overflow_is_reported():
+    cloud = np.array([[[0.0, 0.0], [3e19, 3e19]]], dtype=np.float32)
+    with pytest.raises(ValueError, match="overflow"):
+        obce.fast_death_radii(cloud)
+    assert obce.fast_death_radii(cloud.astype(np.float64))[0] == pytest.approx(3e19 * 2**0.5)
+
+
+@pytest.mark.parametrize("n_threads", [0, -2, 1.5])
+def test_bad_thread_count(n_threads):
+    with pytest.raises(ValueError, match="n_threads"):
+        obce.fast_death_radii(np.zeros((3, 2)), n_threads=n_threads)
+
+
+def test_build_info():
+    info = obce.build_info()
+    assert info["version"] == obce.__version__
+    assert info["threads"] >= 1
+    assert info["gpu_usable"] == bool(info["gpus"])
+    # CI builds on machines with nvcc and says so: a build that lost CUDA must not pass there.
+    if os.environ.get("OBCE_EXPECT_CUDA") == "1":
+        assert info["cuda"] and info["cuda_archs"]
+    if os.environ.get("OBCE_EXPECT_OPENMP", "1") == "1":
+        assert info["openmp"]
+
+
+# ---- CUDA: the GPU agrees with the CPU -------------------------------------------------------
+
+
+def cuda_cases():
+    rng = np.random.default_rng(6)
+    yield "line", rng.normal(size=(150, 3000))
+    yield "line-big", rng.normal(size=(5000, 7))  # buckets beyond shared memory for float64
+    yield "duplicates", rng.normal(size=(4, 9))[rng.integers(0, 4, size=200)]
+    yield "all-equal", np.full((3, 40, 5), 2.0)
+    yield "offset", 1e4 + rng.normal(scale=1e-2, size=(4, 100, 17))
+    for dim in (2, 3, 17, 64):
+        for n in (2, 3, 150, 700, 3000):
+            yield f"d{dim}-n{n}", rng.normal(size=(3, n, dim))
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("case", list(cuda_cases()), ids=lambda c: c[0])
+def test_cuda_matches_cpu(case, dtype):
+    _, x = case
+    cpu = torch.from_numpy(x).to(dtype)
+    gpu = cpu.cuda()
+    rtol = 1e-5 if dtype == torch.float32 else 1e-12
+    lam = obce.fast_death_radii(gpu)
+    assert lam.is_cuda and lam.device == gpu.device and lam.dtype == dtype
+    torch.testing.assert_close(lam.cpu(), obce.fast_death_radii(cpu), rtol=rtol, atol=0)
+    deaths = obce.h0_deaths(gpu)
+    scale = float(lam.max()) if lam.numel() else 1.0
+    torch.testing.assert_close(deaths.cpu(), obce.h0_deaths(cpu), rtol=rtol, atol=rtol * scale)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_matches_scipy():
+    rng = np.random.default_rng(7)
+    for x in (rng.normal(size=(120, 6)), rng.normal(size=(4, 300, 9))):
+        lam_ref, deaths_ref = reference(x)
+        np.testing.assert_allclose(obce.fast_death_radii(torch.from_numpy(x).cuda()).cpu().numpy(), lam_ref, rtol=1e-12)
+        np.testing.assert_allclose(obce.h0_deaths(torch.from_numpy(x).cuda()).cpu().numpy(), deaths_ref, rtol=1e-12, atol=1e-12)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_cuda_half_inputs(dtype):
+    x = torch.randn(4, 200, 16, device="cuda").to(dtype)
+    lam = obce.fast_death_radii(x)
+    assert lam.dtype == torch.float32 and lam.is_cuda
+    torch.testing.assert_close(lam.cpu(), obce.fast_death_radii(x.cpu()), rtol=1e-5, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_non_contiguous():
+    base = torch.randn(300, 2000, device="cuda")
+    for view in (base[::2, ::3], base.T[:, :, None][::2], base.view(300, 100, 20).transpose(0, 1)):
+        torch.testing.assert_close(obce.fast_death_radii(view).cpu(), obce.fast_death_radii(view.cpu()), rtol=1e-5, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_side_stream():
+    """On a side stream the kernel is ordered after the producer's work on that stream."""
+    side = torch.cuda.Stream()
+    with torch.cuda.stream(side):
+        x = torch.randn(150, 50000, device="cuda") * 3
+        lam = obce.fast_death_radii(x, check_finite=False)
+    side.synchronize()
+    torch.testing.assert_close(lam.cpu(), obce.fast_death_radii(x.cpu()), rtol=1e-5, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_no_host_transfer():
+    """With check_finite=False nothing comes back to the host: no device-to-host copy is recorded."""
+    x = torch.randn(150, 20000, device="cuda")
+    obce.fast_death_radii(x, check_finite=False)  # warm-up
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        obce.fast_death_radii(x, check_finite=False)
+        torch.cuda.synchronize()
+    names = [e.name for e in prof.events()]
+    assert not any("DtoH" in n or "Device -> Host" in n for n in names), names
+    assert any("death_radii" in n for n in names), names
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dim", [1, 5])
+def test_cuda_non_finite(dim):
+    x = torch.randn(6, 40, dim, device="cuda")
+    x[3, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match="cloud 3"):
+        obce.fast_death_radii(x)
+    with pytest.raises(ValueError, match="cloud 3"):
+        obce.h0_deaths(x)
+    assert torch.isnan(obce.fast_death_radii(x, check_finite=False)[3])
+
+
+def test_cuda_tensor_without_cuda_build_is_a_clear_error():
+    if obce.build_info()["cuda"] or not CUDA:
+        pytest.skip("only meaningful for a CPU-only build on a machine with a GPU")
+    with pytest.raises(RuntimeError, match="built without CUDA"):
+        obce.fast_death_radii(torch.zeros(4, 3, device="cuda"))
