@@ -375,7 +375,7 @@ def test_build_info():
 def cuda_cases():
     rng = np.random.default_rng(6)
     yield "line", rng.normal(size=(150, 3000))
-    yield "line-big", rng.normal(size=(5000, 7))  # buckets beyond shared memory for float64
+    yield "line-big", rng.normal(size=(20000, 3))  # buckets beyond shared memory for float64
     yield "duplicates", rng.normal(size=(4, 9))[rng.integers(0, 4, size=200)]
     yield "all-equal", np.full((3, 40, 5), 2.0)
     yield "offset", 1e4 + rng.normal(scale=1e-2, size=(4, 100, 17))

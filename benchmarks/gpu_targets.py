@@ -1,0 +1,118 @@
+"""The GPU speed targets: obce against torch on the same card, timed with CUDA events.
+
+    python benchmarks/gpu_targets.py [--out benchmarks/results]
+
+For each case: obce with check_finite=False (fully asynchronous) and with the default check (one
+4-byte copy back), torch's baseline (sort + diff + max for 1-D clouds, cdist + a batched Prim loop
+for d > 1), agreement between the two, and the bandwidth floor (input bytes once over the copy
+bandwidth measured in the same run). Medians over repeated runs after warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import peers  # noqa: E402
+
+import obce  # noqa: E402
+
+# (name, shape, target ms or None)
+CASES = [
+    ("1d 82,944 x 150 (BERT-base)", (150, 82944), 0.1),
+    ("1d 221,184 x 150 (BERT-large)", (150, 221184), 0.25),
+    ("1d 3072 x 150 (one layer)", (150, 3072), None),
+    ("1d 768 x 3000", (3000, 768), None),
+    ("d64 144 x 150", (144, 150, 64), None),
+    ("d64 144 x 1500", (144, 1500, 64), 5.0),
+    ("d64 12 x 3000", (12, 3000, 64), 10.0),
+    ("d8 1 x 20,000", (1, 20000, 8), None),
+    ("d64 1 x 20,000", (1, 20000, 64), None),
+]
+
+
+def median_ms(fn, min_time_s: float = 0.3, max_reps: int = 200, warmup: int = 3) -> float:
+    """Median of event-timed runs after warm-up (at least 3 runs, more until min_time_s)."""
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times, spent = [], 0.0
+    while len(times) < max_reps and (spent < min_time_s or len(times) < 3):
+        start, stop = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        stop.record()
+        stop.synchronize()
+        t = start.elapsed_time(stop)
+        times.append(t)
+        spent += t / 1e3
+    return statistics.median(times)
+
+
+def copy_bandwidth() -> float:
+    """Device-to-device copy bandwidth in bytes/s, counting bytes read plus bytes written."""
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    ms = median_ms(lambda: b.copy_(a))
+    return 2 * a.numel() / (ms / 1e3)
+
+
+def baseline(x):
+    return peers.torch_sort_diff_tensor(x) if x.dim() == 2 else peers.torch_prim_tensor(x)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("needs a CUDA GPU")
+    gen = torch.Generator(device="cuda").manual_seed(0)
+    bandwidth = copy_bandwidth()
+    info = obce.build_info()
+    card = torch.cuda.get_device_name()
+    rows = []
+    for name, shape, target in CASES:
+        x = torch.randn(shape, device="cuda", generator=gen)
+        ours = obce.fast_death_radii(x)
+        ref = baseline(x)
+        rel_err = float(((ours.double() - ref.double()).abs() / ref.double().abs().clamp_min(1e-30)).max())
+        t_async = median_ms(lambda: obce.fast_death_radii(x, check_finite=False))
+        t_checked = median_ms(lambda: obce.fast_death_radii(x))
+        t0 = time.perf_counter()
+        t_torch = median_ms(lambda: baseline(x), min_time_s=1.0, max_reps=10, warmup=1)
+        floor_us = x.numel() * x.element_size() / bandwidth * 1e6
+        rows.append(dict(case=name, shape=list(shape), obce_ms=t_async, obce_checked_ms=t_checked,
+                         torch_ms=t_torch, speedup=t_torch / t_async, target_ms=target,
+                         met=None if target is None else t_async <= target, floor_us=floor_us,
+                         max_rel_err_vs_torch=rel_err, card=card, build=info,
+                         copy_bandwidth_gb_s=bandwidth / 1e9, seconds=time.perf_counter() - t0))
+        print(f"{name}: obce {t_async:.4f} ms, torch {t_torch:.3f} ms, err {rel_err:.1e}", flush=True)
+
+    lines = [f"GPU: {card}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; obce {info['version']} "
+             f"(CUDA {info['cuda_version']}, archs {info['cuda_archs']}); float32, torch {torch.__version__}",
+             "", "| case | obce ms | obce ms (checked) | torch ms | speed-up | target | floor µs | max rel err |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        target = "—" if r["target_ms"] is None else f"≤ {r['target_ms']} ms: {'MET' if r['met'] else 'MISSED'}"
+        lines.append(f"| {r['case']} | {r['obce_ms']:.4f} | {r['obce_checked_ms']:.4f} | {r['torch_ms']:.3f} | "
+                     f"{r['speedup']:.0f}× | {target} | {r['floor_us']:.1f} | {r['max_rel_err_vs_torch']:.1e} |")
+    table = "\n".join(lines)
+    print(table)
+    args.out.mkdir(parents=True, exist_ok=True)
+    stem = "gpu_targets_" + card.replace(" ", "_")
+    (args.out / f"{stem}.md").write_text(table + "\n\nCommand: python benchmarks/gpu_targets.py\n")
+    with open(args.out / f"{stem}.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps(r) + "\n")
+
+
+if __name__ == "__main__":
+    main()
