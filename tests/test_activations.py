@@ -107,16 +107,18 @@ def test_component_subset_and_hooks_removed(tiny_bert, tiny_tokenizer, sentences
         acts.get(1, "output")
 
 
-def test_head_model_and_bfloat16(tiny_bert_config, tiny_tokenizer, sentences):
+@pytest.mark.parametrize("token", TOKEN_MODES)
+def test_head_model_and_bfloat16(tiny_bert_config, tiny_tokenizer, sentences, token):
     from transformers import BertForSequenceClassification
 
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).eval()
-    full = compute_activations(model, tiny_tokenizer, sentences, progress=False)
-    half = compute_activations(model, tiny_tokenizer, sentences, precision="bfloat16", progress=False)
+    full = compute_activations(model, tiny_tokenizer, sentences, token=token, progress=False)
+    half = compute_activations(model, tiny_tokenizer, sentences, token=token, precision="bfloat16", progress=False)
     assert half.values["output"].dtype == torch.float32
     assert not torch.equal(half.values["output"], full.values["output"])  # autocast really ran
     torch.testing.assert_close(half.values["output"], full.values["output"], rtol=0.1, atol=0.1)
+    torch.testing.assert_close(half.token_std["output"], full.token_std["output"], rtol=0.05, atol=0.01)
 
 
 @pytest.mark.parametrize(
@@ -150,3 +152,30 @@ def test_not_an_encoder(tiny_tokenizer, sentences):
     model = GPT2Model(GPT2Config(n_embd=32, n_layer=2, n_head=4, vocab_size=100, n_positions=64))
     with pytest.raises(ValueError, match="unsupported architecture 'gpt2'"):
         compute_activations(model, tiny_tokenizer, sentences, progress=False)
+
+
+@pytest.mark.cuda
+def test_cuda_matches_cpu_and_half_precision(tiny_bert_config, tiny_tokenizer, sentences):
+    from transformers import BertModel
+
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA GPU")
+    from obce.importance import compute_importance
+
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config()).eval()
+    cpu = compute_activations(model, tiny_tokenizer, sentences, token="mean", progress=False)
+    model.to("cuda")
+    gpu = compute_activations(model, tiny_tokenizer, sentences, token="mean", progress=False)
+    for component in COMPONENTS:
+        assert gpu.values[component].is_cuda and gpu.token_std[component].is_cuda
+        torch.testing.assert_close(gpu.values[component].cpu(), cpu.values[component], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(gpu.token_std[component].cpu(), cpu.token_std[component], rtol=1e-4, atol=1e-5)
+    lam_gpu, lam_cpu = compute_importance(gpu).neurons["lam"], compute_importance(cpu).neurons["lam"]
+    assert (lam_gpu > 0).all()
+    torch.testing.assert_close(torch.tensor(lam_gpu.to_numpy()), torch.tensor(lam_cpu.to_numpy()), rtol=1e-2, atol=1e-4)
+    for precision in ("float16", "bfloat16"):
+        half = compute_activations(model, tiny_tokenizer, sentences, token="mean", precision=precision, progress=False)
+        assert half.values["output"].dtype == torch.float32 and half.values["output"].is_cuda
+        assert not torch.equal(half.values["output"], gpu.values["output"])
+        torch.testing.assert_close(half.values["output"], gpu.values["output"], rtol=0.05, atol=0.05)

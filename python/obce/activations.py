@@ -151,25 +151,30 @@ class _Recorder:
         act = layer.intermediate_act if component == "intermediate" else None
 
         def record(_module: nn.Module, _inputs, output: torch.Tensor) -> None:
-            out = (act(output) if act is not None else output).to(torch.float32)
-            flat = out.reshape(-1, out.shape[-1])
-            # Masked matrix-vector products read only real tokens' values (padding weighs 0).
-            batch_mean = (self.flat_mask @ flat) / self.batch_tokens
-            centred = flat - batch_mean
-            batch_m2 = self.flat_mask @ centred.square_()
-            n, k = self.seen, self.batch_tokens
-            delta = batch_mean.to(torch.float64) - self.mean[component][columns]
-            self.mean[component][columns] += delta * (k / (n + k))
-            self.m2[component][columns] += batch_m2.to(torch.float64) + delta.square() * (n * k / (n + k))
-            if self.token == "cls":
-                points = out[:, 0]
-            elif self.token == "mean":
-                points = torch.bmm(self.mean_weights, out).squeeze(1)
-            else:
-                points = out[self.mask]
-            self.values[component][self.rows, columns] = points
+            # Under autocast the statistics' products would run in half precision: keep them float32.
+            with torch.autocast(output.device.type, enabled=False):
+                self._record(component, columns, act, output)
 
         return record
+
+    def _record(self, component: str, columns: slice, act, output: torch.Tensor) -> None:
+        out = (act(output) if act is not None else output).to(torch.float32)
+        flat = out.reshape(-1, out.shape[-1])
+        # Masked matrix-vector products read only real tokens' values (padding weighs 0).
+        batch_mean = (self.flat_mask @ flat) / self.batch_tokens
+        centred = flat - batch_mean
+        batch_m2 = self.flat_mask @ centred.square_()
+        n, k = self.seen, self.batch_tokens
+        delta = batch_mean.to(torch.float64) - self.mean[component][columns]
+        self.mean[component][columns] += delta * (k / (n + k))
+        self.m2[component][columns] += batch_m2.to(torch.float64) + delta.square() * (n * k / (n + k))
+        if self.token == "cls":
+            points = out[:, 0]
+        elif self.token == "mean":
+            points = torch.bmm(self.mean_weights, out).squeeze(1)
+        else:
+            points = out[self.mask]
+        self.values[component][self.rows, columns] = points
 
 
 def compute_activations(

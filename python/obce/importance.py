@@ -201,7 +201,9 @@ class ImportanceTable:
         folder = Path(folder)
         if not (folder / _NEURONS_FILE).is_file():
             raise FileNotFoundError(f"no {_NEURONS_FILE} in {folder}")
-        read = dict(dtype={"component": str})
+        # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does.
+        exact = {c: float for c in ("lam", "mean", "std", "token_mean", "token_std")}
+        read = dict(dtype={"component": str}, converters=exact)
         neurons = pd.read_csv(folder / _NEURONS_FILE, **read)
         heads = pd.read_csv(folder / _HEADS_FILE, **read) if (folder / _HEADS_FILE).is_file() else None
         settings_path = folder / _SETTINGS_FILE
