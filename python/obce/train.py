@@ -708,10 +708,8 @@ def results_table(results: Sequence[FinetuneResult]) -> str:
         lines.append("| " + " | ".join(row) + " |")
     seeds = sorted({seed for r in records for seed in r["seeds"]})
     splits = sorted({f"{task_info(r['task']).display_name}: {r['split']}" for r in records})
-    lines += [
-        "",
-        f"Scores ×100, mean ± standard error over seeds {', '.join(map(str, seeds))}; splits: {'; '.join(splits)}.",
-    ]
+    over = f"seed {seeds[0]}" if len(seeds) == 1 else f"mean ± standard error over seeds {', '.join(map(str, seeds))}"
+    lines += ["", f"Scores ×100, {over}; splits: {'; '.join(splits)}."]
     return "\n".join(lines) + "\n"
 
 
