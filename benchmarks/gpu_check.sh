@@ -26,8 +26,8 @@ stage cuda-tests python3 -m pytest tests/test_kernel.py -p no:cacheprovider -q -
 grep -q "skipped" <(tail -n 3 "$log") && status+=("cuda-tests: some CUDA tests SKIPPED")
 stage targets python3 benchmarks/gpu_targets.py --out "$out"
 stage memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_small.py
-stage racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize_small.py
-stage suite timeout 150 python3 benchmarks/bench_kernel.py --device cuda --no-memory --out "$out"
+stage racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize_small.py --tiny
+stage suite timeout 90 python3 benchmarks/bench_kernel.py --device cuda --no-memory --out "$out"
 echo "=== summary" | tee -a "$log"
 printf '%s\n' "${status[@]}" | tee -a "$log"
 cat "$out"/gpu_targets_*.md 2>/dev/null

@@ -1,7 +1,13 @@
 """A small batch through every CUDA path, for compute-sanitizer (memcheck, racecheck).
 
     compute-sanitizer --tool memcheck python benchmarks/sanitize_small.py
+    compute-sanitizer --tool racecheck python benchmarks/sanitize_small.py --tiny
+
+--tiny keeps one cloud per path that racecheck can get through in a minute (no global-memory
+coordinates: that path shares the shared-memory code of the others).
 """
+
+import sys
 
 import torch
 
@@ -16,11 +22,15 @@ for dtype in (torch.float32, torch.float64):
         torch.randn(2, 700, 64, device="cuda", dtype=dtype, generator=gen),  # Prim, a cluster
         torch.randn(1, 2600, 200, device="cuda", dtype=dtype, generator=gen),  # Prim, coordinates in global memory
     ]
+    if "--tiny" in sys.argv:
+        cases = [torch.randn(60, 40, device="cuda", dtype=dtype, generator=gen),
+                 torch.randn(2, 60, 5, device="cuda", dtype=dtype, generator=gen),
+                 torch.randn(1, 300, 8, device="cuda", dtype=dtype, generator=gen)]
     for x in cases:
         lam = obce.fast_death_radii(x)
         deaths = obce.h0_deaths(x)
         assert torch.allclose(deaths[:, -1], lam), (tuple(x.shape), dtype)
-    bad = cases[2].clone()
+    bad = torch.randn(3, 50, 4, device="cuda", dtype=dtype, generator=gen)
     bad[1, 3, 0] = float("nan")
     try:
         obce.fast_death_radii(bad)

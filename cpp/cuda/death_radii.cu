@@ -91,21 +91,12 @@ __device__ void report_bad(unsigned long long *first_bad, index_t c) {
 }
 
 // ---- 1-D clouds: the bucket maximum gap of obce::max_gap, one warp per cloud --------------------
-//
-// Warps of a block take neighbouring clouds, so in the (n_points, n_neurons) layout each row's
-// 32-byte sector is read by the block once. Buckets live in shared memory, or in `global_buckets`
-// when a cloud has too many points.
-template <class T>
-__global__ void line_death_radii_kernel(CloudView<T> v, T *out, unsigned long long *first_bad,
-                                        T *global_buckets) {
-  extern __shared__ __align__(16) unsigned char shared_raw[];
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  const index_t c = index_t(blockIdx.x) * (blockDim.x / 32) + warp;
-  if (c >= v.n_clouds) return;
-  const index_t n = v.n_points;
-  const T *x = v.cloud(c);
-  const index_t stride = v.point_stride;
 
+// λ of the n values x[i * stride] by one warp, with 2n elements of bucket scratch. Returns false
+// (writing nothing) when a value is not finite.
+template <class T>
+__device__ bool warp_max_gap(const T *x, index_t stride, index_t n, T *bucket_min, T *out) {
+  const int lane = threadIdx.x % 32;
   T lo = infinity<T>(), hi = -infinity<T>();
   bool ok = true;
   for (index_t i = lane; i < n; i += 32) {
@@ -114,22 +105,13 @@ __global__ void line_death_radii_kernel(CloudView<T> v, T *out, unsigned long lo
     lo = min(lo, xi);
     hi = max(hi, xi);
   }
-  if (!__all_sync(kFullMask, ok)) {
-    if (lane == 0) {
-      report_bad(first_bad, c);
-      out[c] = std::numeric_limits<T>::quiet_NaN();
-    }
-    return;
-  }
+  if (!__all_sync(kFullMask, ok)) return false;
   lo = warp_min(lo);
   hi = warp_max(hi);
   if (!(hi > lo)) {
-    if (lane == 0) out[c] = T(0);
-    return;
+    if (lane == 0) *out = T(0);
+    return true;
   }
-
-  T *bucket_min = global_buckets ? global_buckets + c * 2 * n
-                                 : reinterpret_cast<T *>(shared_raw) + warp * 2 * n;
   T *bucket_max = bucket_min + n;
   for (index_t b = lane; b < n; b += 32) {
     bucket_min[b] = infinity<T>();
@@ -164,7 +146,56 @@ __global__ void line_death_radii_kernel(CloudView<T> v, T *out, unsigned long lo
     }
   }
   gap = warp_max(gap);
-  if (lane == 0) out[c] = gap;
+  if (lane == 0) *out = gap;
+  return true;
+}
+
+constexpr int kLineWarps = 8;     // warps per block in the 1-D kernels
+constexpr int kTileClouds = 32;   // clouds per block in the tiled kernel
+constexpr int kTileStride = 33;   // padded: a warp reading one cloud's column hits 32 banks
+
+// Small 1-D clouds: a block first copies 32 neighbouring clouds into shared memory with coalesced
+// reads (along whichever axis is contiguous), then each warp takes clouds from the tile. In the
+// (n_points, n_neurons) layout a warp reading one column from global memory would touch a
+// different row, and sector, for every value.
+template <class T>
+__global__ void line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const index_t n = v.n_points, c0 = index_t(blockIdx.x) * kTileClouds;
+  const int clouds_here = int(min(index_t(kTileClouds), v.n_clouds - c0));
+  T *tile = reinterpret_cast<T *>(shared_raw); // tile[i * kTileStride + cloud]
+  T *buckets = tile + n * kTileStride + (threadIdx.x / 32) * 2 * n;
+  const bool points_contiguous = v.point_stride == 1 && v.cloud_stride != 1;
+  for (index_t t = threadIdx.x; t < n * kTileClouds; t += blockDim.x) {
+    const index_t cloud = points_contiguous ? t / n : t % kTileClouds;
+    const index_t i = points_contiguous ? t % n : t / kTileClouds;
+    if (cloud < clouds_here) tile[i * kTileStride + cloud] = v.cloud(c0 + cloud)[i * v.point_stride];
+  }
+  __syncthreads();
+  for (int cloud = threadIdx.x / 32; cloud < clouds_here; cloud += blockDim.x / 32) {
+    if (!warp_max_gap(tile + cloud, index_t(kTileStride), n, buckets, out + c0 + cloud) && threadIdx.x % 32 == 0) {
+      report_bad(first_bad, c0 + cloud);
+      out[c0 + cloud] = std::numeric_limits<T>::quiet_NaN();
+    }
+    __syncwarp();
+  }
+}
+
+// Large 1-D clouds, straight from global memory: warps of a block take neighbouring clouds.
+// Buckets live in shared memory, or in `global_buckets` when a cloud has too many points.
+template <class T>
+__global__ void line_death_radii_kernel(CloudView<T> v, T *out, unsigned long long *first_bad,
+                                        T *global_buckets) {
+  extern __shared__ __align__(16) unsigned char shared_raw[];
+  const int warp = threadIdx.x / 32;
+  const index_t c = index_t(blockIdx.x) * (blockDim.x / 32) + warp;
+  if (c >= v.n_clouds) return;
+  const index_t n = v.n_points;
+  T *buckets = global_buckets ? global_buckets + c * 2 * n : reinterpret_cast<T *>(shared_raw) + warp * 2 * n;
+  if (!warp_max_gap(v.cloud(c), v.point_stride, n, buckets, out + c) && threadIdx.x % 32 == 0) {
+    report_bad(first_bad, c);
+    out[c] = std::numeric_limits<T>::quiet_NaN();
+  }
 }
 
 // ---- d-dimensional clouds: Prim's algorithm, one block or one thread-block cluster per cloud ----
@@ -297,12 +328,10 @@ __global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T
       if (lane == 0) candidates[step & 1] = best;
     }
     cluster_sync();
-    // Every thread reads every block's candidate, so all agree on the winner without a broadcast.
-    Candidate<T> winner = none;
-    for (unsigned r = 0; r < cluster; ++r) {
-      const Candidate<T> other = cluster_peer(candidates, r)[step & 1];
-      if (better(other, winner)) winner = other;
-    }
+    // Every warp reads all blocks' candidates, one per lane (a single remote round trip), so all
+    // threads agree on the winner without a broadcast.
+    const Candidate<T> winner =
+        warp_best(lane < int(cluster) ? cluster_peer(candidates, unsigned(lane))[step & 1] : none);
     const index_t w = winner.index;
     const unsigned owner = unsigned(w / shape.per_block);
     if (rank == 0 && threadIdx.x == 0) {
@@ -377,11 +406,20 @@ struct Device {
 template <class T>
 void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *first_bad,
                              const Device &dev, cudaStream_t stream) {
+  const size_t tile_bytes = size_t(v.n_points) * (kTileStride + 2 * kLineWarps) * sizeof(T);
+  if (tile_bytes <= size_t(dev.shared_optin)) {
+    check(cudaFuncSetAttribute(line_tile_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tile_bytes)),
+          "cudaFuncSetAttribute");
+    const unsigned blocks = unsigned((v.n_clouds + kTileClouds - 1) / kTileClouds);
+    line_tile_kernel<T><<<blocks, kLineWarps * 32, tile_bytes, stream>>>(v, out, first_bad);
+    check_launch("line_tile_kernel");
+    return;
+  }
   const size_t per_warp = 2 * size_t(v.n_points) * sizeof(T);
-  int warps = int(std::min<size_t>(8, dev.shared_optin / per_warp));
+  int warps = int(std::min<size_t>(kLineWarps, dev.shared_optin / per_warp));
   DeviceBuffer<T> buckets(warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points, stream);
   const size_t shared = warps ? warps * per_warp : 0;
-  if (!warps) warps = 8;
+  if (!warps) warps = kLineWarps;
   check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
         "cudaFuncSetAttribute");
   const unsigned blocks = unsigned((v.n_clouds + warps - 1) / warps);
