@@ -26,8 +26,9 @@ Two ways to compute the heads (``config.obce_attention``):
 
 ``"padded"`` (default)
     One ``scaled_dot_product_attention`` call for all heads. Only the activations are padded: the narrow
-    projections run at their real size, then one gather lays q/k (and v) out as ``(batch, heads, tokens,
-    max size)`` with zeros in the unused slots, which changes no score. Weights are never padded.
+    projections run at their real size, then one gather lays q, k and v out as ``(batch, heads, tokens,
+    max size)`` with zeros in the unused slots, which changes no score and adds nothing to the values. Weights
+    are never padded, so the query/key/value modules (and hooks on them) see their real widths.
 ``"loop"``
     One attention call per head on its own slice. No padding, but one kernel launch per head.
 
@@ -125,20 +126,22 @@ class LayerSizes:
         return cls(tuple(data["qk_head_sizes"]), tuple(data["v_head_sizes"]), data["intermediate_size"])
 
 
-def _pad_index(sizes: Sequence[int], width: int) -> list[int] | None:
-    """Gather index that lays the concatenated head slices out as heads x ``width``.
+def _pad_index(sizes: Sequence[int], width: int) -> tuple[list[int], list[int]] | None:
+    """Gather index that lays the concatenated head slices out as heads x ``width``, and its padding slots.
 
-    Slot ``j`` of head ``h`` reads column ``offset_h + j`` when ``j < size_h`` and the extra zero column (index
-    ``sum(sizes)``) otherwise. ``None`` when every head already has ``width`` columns (a plain view suffices).
+    Slot ``j`` of head ``h`` reads column ``offset_h + j`` when ``j < size_h``; padding slots read column 0 and
+    are listed in the second list, to be zeroed. ``None`` when every head has ``width`` columns (a view
+    suffices).
     """
     if all(s == width for s in sizes):
         return None
-    total, offset, index = sum(sizes), 0, []
+    offset, index, padding = 0, [], []
     for s in sizes:
+        padding.extend(range(len(index) + s, len(index) + width))
         index.extend(range(offset, offset + s))
-        index.extend([total] * (width - s))
+        index.extend([0] * (width - s))
         offset += s
-    return index
+    return index, padding
 
 
 def _unpad_index(sizes: Sequence[int], width: int) -> list[int] | None:
@@ -192,34 +195,43 @@ class UnequalHeadSelfAttention(nn.Module):
         self.key = nn.Linear(config.hidden_size, sum(self.qk_sizes))
         self.value = nn.Linear(config.hidden_size, sum(self.v_sizes))
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
-        self.qk_width, self.v_width = max(self.qk_sizes), max(self.v_sizes)
+        # One width for q, k and v: SDPA's fast kernels want equal head sizes, and the padding costs little.
+        self.width = max(*self.qk_sizes, *self.v_sizes)
         # Not buffers: they derive from the sizes, and a model loaded on the meta device would leave buffers
         # uninitialized. Tensors are made on the activations' device on first use.
         self._index_lists = {
-            "qk": _pad_index(self.qk_sizes, self.qk_width),
-            "v": _pad_index(self.v_sizes, self.v_width),
-            "v_unpad": _unpad_index(self.v_sizes, self.v_width),
+            "qk": _pad_index(self.qk_sizes, self.width),
+            "v": _pad_index(self.v_sizes, self.width),
+            "v_unpad": _unpad_index(self.v_sizes, self.width),
         }
-        self._index_cache: dict[tuple[str, torch.device], torch.Tensor] = {}
+        self._index_cache: dict[tuple[str, torch.device], tuple[torch.Tensor, ...]] = {}
 
-    def _index(self, name: str, device: torch.device) -> torch.Tensor | None:
-        if self._index_lists[name] is None:
+    def _index(self, name: str, device: torch.device) -> tuple[torch.Tensor, ...] | None:
+        lists = self._index_lists[name]
+        if lists is None:
             return None
         key = (name, device)
         if key not in self._index_cache:
-            self._index_cache[key] = torch.tensor(self._index_lists[name], dtype=torch.long, device=device)
+            if name == "v_unpad":
+                self._index_cache[key] = (torch.tensor(lists, dtype=torch.long, device=device),)
+            else:
+                index, padding = lists
+                mask = torch.zeros(len(index), dtype=torch.bool, device=device)
+                mask[padding] = True
+                self._index_cache[key] = (torch.tensor(index, dtype=torch.long, device=device), mask)
         return self._index_cache[key]
 
-    def _split(self, x: torch.Tensor, name: str, width: int) -> torch.Tensor:
+    def _split(self, x: torch.Tensor, name: str) -> torch.Tensor:
         """(batch, tokens, sum of sizes) -> (batch, heads, tokens, width), zero-padded."""
         index = self._index(name, x.device)
         if index is not None:
-            x = F.pad(x, (0, 1)).index_select(-1, index)
-        return x.view(*x.shape[:-1], self.num_attention_heads, width).transpose(1, 2)
+            # A gather then zeroing the padding slots: cheaper than padding the input with a zero column.
+            x = x.index_select(-1, index[0]).masked_fill_(index[1], 0)
+        return x.view(*x.shape[:-1], self.num_attention_heads, self.width).transpose(1, 2)
 
     def _attend(self, q, k, v, attention_mask, want_weights):
         dropout = self.dropout.p if self.training else 0.0
-        if not want_weights and q.shape[-1] > 0:
+        if not want_weights:
             out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling)
             return out, None
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
@@ -236,16 +248,16 @@ class UnequalHeadSelfAttention(nn.Module):
         q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
         if self.mode == "padded":
             out, weights = self._attend(
-                self._split(q, "qk", self.qk_width),
-                self._split(k, "qk", self.qk_width),
-                self._split(v, "v", self.v_width),
+                self._split(q, "qk"),
+                self._split(k, "qk"),
+                self._split(v, "v"),
                 attention_mask,
                 want_weights,
             )
             out = out.transpose(1, 2).reshape(*hidden_states.shape[:-1], -1)
             unpad = self._index("v_unpad", out.device)
             if unpad is not None:
-                out = out.index_select(-1, unpad)
+                out = out.index_select(-1, unpad[0])
             return out, weights
         outs, all_weights = [], []
         qk_parts = torch.split(q.unsqueeze(1), self.qk_sizes, dim=-1), torch.split(k.unsqueeze(1), self.qk_sizes, dim=-1)

@@ -1,0 +1,254 @@
+"""CPU inference time of compressed vs original encoders, and how well each folding choice keeps the outputs.
+
+Two measurements:
+
+1. ``fold``: all-MiniLM-L6-v2 (built in) is analysed on 150 sentences of the built-in Wikipedia sample, pruned
+   with a plan, and compared with the original on held-out sentences (not in the sample): mean cosine similarity
+   of mean-pooled embeddings, for every ``fold`` x ``statistics`` choice of :func:`obce.prune.prune_model`.
+2. ``speed``: forward time at batch 32 x 128 tokens of the original and the compressed model (unequal heads
+   computed "padded" and "loop"), for MiniLM pruned as in (1) and for a BERT-base-sized model (random weights,
+   random λ: a percentile level fixes the counts) pruned by the paper's BERT-base plan. The FLOP ratio counts
+   the multiply-adds of the encoder's linear layers and attention products.
+
+Each result is printed as one JSON line (with ``obce.build_info()`` and the CPU), then a markdown table.
+
+Usage::
+
+    python benchmarks/bench_inference.py                 # both, as in benchmarks/results/inference_speed.md
+    python benchmarks/bench_inference.py --only speed --repeats 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import time
+
+import numpy as np
+import pandas as pd
+import torch
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from transformers import BertConfig, BertModel  # noqa: E402
+
+import obce  # noqa: E402
+from obce.corpus import sample_sentences  # noqa: E402
+from obce.importance import ImportanceTable, analyze  # noqa: E402
+from obce.models import COMPONENTS, encoder_layers, load_model  # noqa: E402
+from obce.plans import dry_run, paper_plan, uniform_plan  # noqa: E402
+from obce.prune import FOLD_MODES, STATISTICS, prune_model  # noqa: E402
+
+MINILM_LEVEL = 50
+
+
+def environment() -> dict:
+    try:
+        info = dict(obce.build_info())
+    except Exception as err:  # the extension may not be built; timings do not depend on it
+        info = {"error": str(err)}
+    return {
+        "cpu": platform.processor() or platform.machine(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "build_info": info,
+    }
+
+
+def emit(record: dict) -> dict:
+    print(json.dumps(record, default=str), flush=True)
+    return record
+
+
+def random_table(model, seed: int = 0) -> ImportanceTable:
+    """Random λ and statistics: enough for timing, where only the counts a level keeps matter."""
+    rng = np.random.default_rng(seed)
+    frames = []
+    for layer in encoder_layers(model):
+        for component in COMPONENTS:
+            n = layer.width(component)
+            frames.append(
+                pd.DataFrame(
+                    {
+                        "layer": layer.index + 1,
+                        "component": component,
+                        "neuron": np.arange(n),
+                        "lam": rng.uniform(size=n),
+                        "mean": np.zeros(n),
+                        "std": np.zeros(n),
+                        "token_mean": np.zeros(n),
+                        "token_std": np.zeros(n),
+                    }
+                )
+            )
+    return ImportanceTable(pd.concat(frames, ignore_index=True), settings={"random": seed})
+
+
+@torch.inference_mode()
+def mean_pooled(model, tokenizer, sentences, batch_size=64) -> torch.Tensor:
+    out = []
+    for i in range(0, len(sentences), batch_size):
+        enc = tokenizer(sentences[i : i + batch_size], padding=True, truncation=True, max_length=128, return_tensors="pt")
+        hidden = model(**enc).last_hidden_state
+        mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        out.append((hidden * mask).sum(1) / mask.sum(1))
+    return torch.cat(out)
+
+
+def fold_comparison(n_held_out: int) -> list[dict]:
+    model, tokenizer = load_model(None, "cpu")
+    table = analyze(model, tokenizer=tokenizer, n_sentences=150, seed=0, device="cpu", progress=False)
+    seen = set(table.sentences)
+    held_out = [s for s in sample_sentences(None, n=n_held_out + 150, seed=1) if s not in seen][:n_held_out]
+    reference = mean_pooled(model, tokenizer, held_out)
+    n_layers = len(encoder_layers(model))
+    # Folding only concerns value and intermediate; the last plan also prunes query/key.
+    plans = [
+        uniform_plan(n_layers, 10, components=("value", "intermediate")),
+        uniform_plan(n_layers, 30, components=("value", "intermediate")),
+        uniform_plan(n_layers, MINILM_LEVEL),
+    ]
+    records = []
+    for plan in plans:
+        fraction = dry_run(model, table, plan).model_fraction
+        for fold in FOLD_MODES:
+            for source in STATISTICS if fold != "none" else ("token",):
+                pruned = prune_model(model, table, plan, fold=fold, statistics=source).eval()
+                cosine = torch.nn.functional.cosine_similarity(mean_pooled(pruned, tokenizer, held_out), reference)
+                records.append(
+                    emit(
+                        {
+                            "bench": "fold",
+                            "model": "all-MiniLM-L6-v2",
+                            "plan": plan.notes,
+                            "model_fraction": round(fraction, 4),
+                            "fold": fold,
+                            "statistics": source if fold != "none" else "-",
+                            "held_out": len(held_out),
+                            "cosine_mean": round(float(cosine.mean()), 4),
+                            "cosine_min": round(float(cosine.min()), 4),
+                        }
+                    )
+                )
+    return records
+
+
+def encoder_flops(model, tokens: int) -> float:
+    """Multiply-adds x 2 of the encoder for one sequence: linear layers plus q.k and attention x v products."""
+    total = 0
+    for layer in encoder_layers(model):
+        for component in COMPONENTS:
+            linear = layer.linear(component)
+            total += 2 * tokens * linear.in_features * linear.out_features
+        total += 2 * tokens * tokens * (layer.query.out_features + layer.value.out_features)
+    return float(total)
+
+
+@torch.inference_mode()
+def time_forward(model, batch: dict, repeats: int) -> float:
+    model(**batch)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model(**batch)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def speed(repeats: int, batch_size: int, tokens: int) -> list[dict]:
+    generator = torch.Generator().manual_seed(0)
+    records = []
+    minilm, tokenizer = load_model(None, "cpu")
+    torch.manual_seed(0)
+    bert_base = BertModel(BertConfig()).eval()
+    cases = [
+        ("all-MiniLM-L6-v2", minilm, uniform_plan(len(encoder_layers(minilm)), MINILM_LEVEL)),
+        ("BERT-base (random weights)", bert_base, paper_plan("bert-base")),
+    ]
+    for name, model, plan in cases:
+        table = random_table(model)
+        ids = torch.randint(1000, model.config.vocab_size, (batch_size, tokens), generator=generator)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+        base_time = time_forward(model, batch, repeats)
+        base_flops = encoder_flops(model, tokens)
+        for attention in ("padded", "loop"):
+            pruned = prune_model(model, table, plan, attention=attention).eval()
+            with torch.inference_mode():
+                error = (pruned(**batch).last_hidden_state - model(**batch).last_hidden_state).abs().max()
+            if not torch.isfinite(error):
+                raise RuntimeError(f"{name}: the compressed model produced non-finite outputs")
+            t = time_forward(pruned, batch, repeats)
+            flops = encoder_flops(pruned, tokens)
+            flop_ratio = base_flops / flops
+            records.append(
+                emit(
+                    {
+                        "bench": "speed",
+                        "model": name,
+                        "plan": plan.name,
+                        "attention": attention,
+                        "batch": batch_size,
+                        "tokens": tokens,
+                        "repeats": repeats,
+                        "params_original": sum(p.numel() for p in model.parameters()),
+                        "params_compressed": sum(p.numel() for p in pruned.parameters()),
+                        "original_s": round(base_time, 4),
+                        "compressed_s": round(t, 4),
+                        "speedup": round(base_time / t, 3),
+                        "flop_ratio": round(flop_ratio, 3),
+                        "speedup_over_flop_ratio": round(base_time / t / flop_ratio, 3),
+                        **environment(),
+                    }
+                )
+            )
+    return records
+
+
+def markdown(fold_records: list[dict], speed_records: list[dict]) -> str:
+    lines = []
+    if fold_records:
+        lines += [
+            "| plan | params kept | fold | statistics | mean cosine | min cosine |",
+            "|---|---|---|---|---|---|",
+            *(
+                f"| {r['plan']} | {r['model_fraction']:.1%} | {r['fold']} | {r['statistics']} | "
+                f"{r['cosine_mean']:.4f} | {r['cosine_min']:.4f} |"
+                for r in fold_records
+            ),
+            "",
+        ]
+    if speed_records:
+        lines += [
+            "| model | plan | heads | params kept | original (s) | compressed (s) | speed-up | FLOP ratio | speed-up / FLOP ratio |",
+            "|---|---|---|---|---|---|---|---|---|",
+            *(
+                f"| {r['model']} | {r['plan']} | {r['attention']} | "
+                f"{r['params_compressed'] / r['params_original']:.1%} | {r['original_s']:.3f} | "
+                f"{r['compressed_s']:.3f} | {r['speedup']:.2f} | {r['flop_ratio']:.2f} | "
+                f"{r['speedup_over_flop_ratio']:.2f} |"
+                for r in speed_records
+            ),
+        ]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--only", choices=("fold", "speed"), help="run one of the two measurements")
+    parser.add_argument("--repeats", type=int, default=5, help="timed forward passes (median reported)")
+    parser.add_argument("--batch", type=int, default=32)
+    parser.add_argument("--tokens", type=int, default=128)
+    parser.add_argument("--held-out", type=int, default=200, help="held-out sentences for the fold comparison")
+    args = parser.parse_args()
+    torch.manual_seed(0)
+    fold_records = fold_comparison(args.held_out) if args.only in (None, "fold") else []
+    speed_records = speed(args.repeats, args.batch, args.tokens) if args.only in (None, "speed") else []
+    print()
+    print(markdown(fold_records, speed_records))
+
+
+if __name__ == "__main__":
+    main()
