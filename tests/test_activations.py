@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from obce.activations import TOKEN_MODES, compute_activations
 from obce.models.adapters import COMPONENTS
 
@@ -19,13 +18,12 @@ def manual_components(model, tokenizer, sentence: str) -> list[dict[str, torch.T
             h = hidden[i][0]
             attention = block.attention.self
             heads, size = attention.num_attention_heads, attention.attention_head_size
-            q, k, v = attention.query(h), attention.key(h), attention.value(h)
+            query, key, value = attention.query(h), attention.key(h), attention.value(h)
+            q, k, v = query, key, value
 
-            def split(x):
-                return x.view(-1, heads, size).transpose(0, 1)
-
-            weights = (split(q) @ split(k).transpose(-1, -2) / size**0.5).softmax(-1)
-            context = (weights @ split(v)).transpose(0, 1).reshape(-1, heads * size)
+            q, k, v = (x.view(-1, heads, size).transpose(0, 1) for x in (q, k, v))  # (heads, tokens, size)
+            weights = (q @ k.transpose(-1, -2) / size**0.5).softmax(-1)
+            context = (weights @ v).transpose(0, 1).reshape(-1, heads * size)
             attention_output = block.attention.output.dense(context)
             attended = block.attention.output.LayerNorm(attention_output + h)
             intermediate = block.intermediate.intermediate_act_fn(block.intermediate.dense(attended))
@@ -33,7 +31,14 @@ def manual_components(model, tokenizer, sentence: str) -> list[dict[str, torch.T
             # The manual pass must reproduce the model's own next hidden state.
             torch.testing.assert_close(block.output.LayerNorm(output + attended), hidden[i + 1][0])
             layers.append(
-                dict(query=q, key=k, value=v, attention_output=attention_output, intermediate=intermediate, output=output)
+                dict(
+                    query=query,
+                    key=key,
+                    value=value,
+                    attention_output=attention_output,
+                    intermediate=intermediate,
+                    output=output,
+                )
             )
     return layers
 

@@ -9,7 +9,6 @@ import types
 from collections import Counter
 
 import pytest
-
 from obce.corpus import (
     Corpus,
     builtin_dump_path,
@@ -139,7 +138,13 @@ def test_hf_dataset_is_streamed(monkeypatch):
 
     def load_dataset(name, config, split, streaming):
         calls.update(name=name, config=config, split=split, streaming=streaming)
-        return iter([{"text": "The first text has six words. Tiny."}, {"text": "  "}, {"text": "Another text here with six words."}])
+        return iter(
+            [
+                {"text": "The first text has six words. Tiny."},
+                {"text": "  "},
+                {"text": "Another text here with six words."},
+            ]
+        )
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     corpus = Corpus.resolve("hf:wiki_like:en")

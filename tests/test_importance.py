@@ -8,13 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
-
 from obce.activations import compute_activations
 from obce.importance import NEURON_COLUMNS, ImportanceTable, analyze, compute_importance, head_importance
 from obce.kernel import fast_death_radii
 from obce.models.adapters import COMPONENTS, encoder_layers
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
 
 
 def max_gap(values: np.ndarray) -> np.ndarray:
@@ -44,8 +43,12 @@ def test_lambda_equals_kernel_and_oracle(acts):
             np.testing.assert_array_equal(lam, fast_death_radii(values.numpy()).astype(np.float64))
             np.testing.assert_allclose(lam, max_gap(values.numpy()), rtol=1e-5)
             assert (lam > 0).all()
-            np.testing.assert_allclose(table.column("mean", layer, component), values.double().mean(0), rtol=1e-5, atol=1e-7)
-            np.testing.assert_allclose(table.column("std", layer, component), values.double().std(0, correction=0), rtol=1e-4)
+            np.testing.assert_allclose(
+                table.column("mean", layer, component), values.double().mean(0), rtol=1e-5, atol=1e-7
+            )
+            np.testing.assert_allclose(
+                table.column("std", layer, component), values.double().std(0, correction=0), rtol=1e-4
+            )
             token_mean, token_std = acts.token_stats(layer, component)
             np.testing.assert_array_equal(table.column("token_mean", layer, component), token_mean.numpy())
             np.testing.assert_array_equal(table.column("token_std", layer, component), token_std.numpy())
@@ -162,13 +165,17 @@ def test_analyze_tiny_model_from_folder(tiny_bert_dir, sentences):
 
 
 def test_analyze_loaded_model(tiny_bert, tiny_tokenizer, sentences):
-    table = analyze(tiny_bert, corpus=sentences, n_sentences=5, tokenizer=tiny_tokenizer, token="tokens", progress=False)
+    table = analyze(
+        tiny_bert, corpus=sentences, n_sentences=5, tokenizer=tiny_tokenizer, token="tokens", progress=False
+    )
     assert table.settings["n_points"] == table.settings["n_tokens"] > 5
     with pytest.raises(TypeError, match="needs its tokenizer"):
         analyze(tiny_bert, corpus=sentences, n_sentences=5)
 
 
-@pytest.mark.parametrize(("options", "match"), [({"token": "pooled"}, "unknown token mode"), ({"components": ["gate"]}, "unknown component")])
+@pytest.mark.parametrize(
+    ("options", "match"), [({"token": "pooled"}, "unknown token mode"), ({"components": ["gate"]}, "unknown component")]
+)
 def test_analyze_bad_options_fail_before_loading(options, match):
     with pytest.raises(ValueError, match=match):
         analyze("no/such/model", **options)

@@ -263,9 +263,7 @@ def compute_activations(
     # Longest first: batches of similar lengths waste little on padding, and memory peaks at once.
     order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
     batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-    handles = [
-        layer.linear(c).register_forward_hook(recorder.hook(layer, c)) for layer in layers for c in components
-    ]
+    handles = [layer.linear(c).register_forward_hook(recorder.hook(layer, c)) for layer in layers for c in components]
     was_training = model.training
     model.eval()
     autocast = PRECISIONS[precision]

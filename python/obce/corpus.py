@@ -70,9 +70,7 @@ def builtin_dump_path() -> Path:
     return path
 
 
-def split_sentences(
-    text: str, *, min_words: int = 6, max_words: int | None = 25
-) -> Iterator[str]:
+def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25) -> Iterator[str]:
     """Split a text at periods and keep the sentences with an allowed number of words.
 
     A sentence ends at a period followed by white space (so ``0.3`` is not split). White space
@@ -176,13 +174,9 @@ class Corpus:
         if isinstance(self.min_words, bool) or not isinstance(self.min_words, int) or self.min_words < 1:
             raise ValueError(f"min_words must be a positive int, got {self.min_words!r}")
         if self.max_words is not None and (
-            isinstance(self.max_words, bool)
-            or not isinstance(self.max_words, int)
-            or self.max_words < self.min_words
+            isinstance(self.max_words, bool) or not isinstance(self.max_words, int) or self.max_words < self.min_words
         ):
-            raise ValueError(
-                f"max_words must be None or an int >= min_words={self.min_words}, got {self.max_words!r}"
-            )
+            raise ValueError(f"max_words must be None or an int >= min_words={self.min_words}, got {self.max_words!r}")
 
     @classmethod
     def builtin_sample(cls, **options) -> Corpus:

@@ -430,7 +430,9 @@ def analyze(
         # marker, so a sentence under this bound fits without being tokenized.
         surely = [len(s.encode("utf-8")) + len(s.split()) + specials <= limit for s in chunk]
         doubtful = [s for s, ok in zip(chunk, surely, strict=True) if not ok]
-        counts = iter(len(ids) for ids in tokenizer(doubtful, add_special_tokens=True)["input_ids"]) if doubtful else None
+        counts = (
+            iter(len(ids) for ids in tokenizer(doubtful, add_special_tokens=True)["input_ids"]) if doubtful else None
+        )
         return [ok or next(counts) <= limit for ok in surely]
 
     sentences = sample_sentences(corpus, n_sentences, seed, accept=fits)

@@ -1,0 +1,1 @@
+"""Reports of an analysis: figures of neuron importance."""
