@@ -343,8 +343,9 @@ def load_model(
     location = str(Path(source).expanduser()) if local else str(source)
     options = {"local_files_only": True} if local else {}
     tokenizer = AutoTokenizer.from_pretrained(location, **options)
-    model = model_class.from_pretrained(location, dtype=dtype or torch.float32, **options)
+    model = model_class.from_pretrained(location, **options)
     encoder_layers(model)  # fail early and clearly on an unsupported architecture
-    model.to(_default_device() if device is None else torch.device(device))
+    # transformers 5 keeps a checkpoint's own dtype by default; analysis wants float32 unless told.
+    model.to(device=_default_device() if device is None else torch.device(device), dtype=dtype or torch.float32)
     model.eval()
     return model, tokenizer
