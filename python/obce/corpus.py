@@ -237,7 +237,9 @@ class Corpus:
         if path.is_file():
             return cls.wikipedia(path) if path.name.endswith(_DUMP_SUFFIXES) else cls.text_file(path)
         if isinstance(source, os.PathLike) or path.suffix or text.startswith(("/", ".", "~")) or path.is_dir():
-            raise FileNotFoundError(f"no such corpus file: {text!r}")
+            raise FileNotFoundError(
+                f"no corpus file at {text!r} (for a Hugging Face dataset, write 'hf:NAME' or 'hf:NAME:CONFIG')"
+            )
         return cls.hf_dataset(text)
 
     def describe(self) -> str:
