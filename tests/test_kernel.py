@@ -452,7 +452,7 @@ def test_cuda_no_host_transfer():
         torch.cuda.synchronize()
     names = [e.name for e in prof.events()]
     assert not any("DtoH" in n or "Device -> Host" in n for n in names), names
-    assert any("death_radii" in n for n in names), names
+    assert any("obce::cuda" in n for n in names), names  # our kernels did run
 
 
 @needs_cuda
