@@ -588,17 +588,15 @@ def write_plot(path: Path, records, title: str) -> None:
     if not series:
         return
     fig, axes = plt.subplots(2, 2, figsize=(11, 8.5))
+    names = sorted({tool for tools in series.values() for tool in tools} - {"obce"})
+    # One colour per tool in every panel; obce drawn thick and black.
+    style = {t: {"color": f"C{i % 10}", "lw": 1.2} for i, t in enumerate(names)}
+    style["obce"] = {"color": "black", "lw": 2.5}
     for ax, group in zip(axes.flat, case_defs.SERIES):
         axis, what = case_defs.SERIES[group]
         for tool, pts in sorted(series.get(group, {}).items()):
             pts = sorted(pts)
-            ax.plot(
-                [p[0] for p in pts],
-                [p[1] for p in pts],
-                marker="o",
-                lw=2.5 if tool == "obce" else 1.2,
-                label=tool,
-            )
+            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=tool, **style[tool])
         ax.set(xscale="log", yscale="log", xlabel=axis, ylabel="time (s)", title=what)
         ax.grid(True, which="both", alpha=0.3)
         if ax.lines:
