@@ -46,13 +46,18 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def cpu_model() -> str:
+    """The model name from /proc/cpuinfo, with family and model (a VM may show only "AMD EPYC")."""
+    fields = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor() or platform.machine()
+        return platform.processor() or platform.machine()
+    name = fields.get("model name", platform.machine())
+    if "cpu family" in fields:
+        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
+    return name
 
 
 def gemm_gflops(device: str, repeats: int = 5) -> float:
@@ -411,7 +416,9 @@ def _fmt_s(s: float | None) -> str:
 
 
 def _fmt_x(x: float) -> str:
-    return f"{x:,.0f}×" if x >= 100 else f"{x:.3g}×"
+    if x >= 100:
+        return f"{x:,.0f}×"
+    return f"{x:.4f}×" if 0.99 < x < 1.01 else f"{x:.3g}×"  # so 0.9996 does not print as 1
 
 
 _SPEEDUP_COLUMNS = "| obce speedup | target | verdict |"
