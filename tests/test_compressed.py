@@ -5,6 +5,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from obce.models.adapters import encoder_layers
+from obce.models.compressed import (
+    LayerSizes,
+    compressed_class_for,
+    compressed_config,
+    export_onnx,
+    is_compressed,
+    layer_sizes,
+)
+from obce.prune import prune_model
 from test_plans import random_table
 from test_prune import MIXED_PLAN
 from transformers import (
@@ -17,18 +27,11 @@ from transformers import (
     RobertaForSequenceClassification,
 )
 
-from obce.models.adapters import encoder_layers
-from obce.models.compressed import (
-    LayerSizes,
-    compressed_class_for,
-    compressed_config,
-    export_onnx,
-    is_compressed,
-    layer_sizes,
-)
-from obce.prune import prune_model
-
-SIZES = [LayerSizes.full(4, 8, 37), LayerSizes((8, 3, 0, 0), (8, 5, 2, 0), 20), LayerSizes((1, 8, 4, 2), (3, 3, 8, 1), 5)]
+SIZES = [
+    LayerSizes.full(4, 8, 37),
+    LayerSizes((8, 3, 0, 0), (8, 5, 2, 0), 20),
+    LayerSizes((1, 8, 4, 2), (3, 3, 8, 1), 5),
+]
 
 
 @pytest.fixture
@@ -91,7 +94,9 @@ def test_padded_and_loop_heads_agree(tiny_bert_config, batch):
     outputs = []
     for attention in ("padded", "loop"):
         torch.manual_seed(0)
-        model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention=attention))
+        model = AutoModel.from_config(
+            compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention=attention)
+        )
         with torch.no_grad():
             outputs.append(model.eval()(**batch).last_hidden_state)
     torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-6)
@@ -117,7 +122,9 @@ def test_save_load_round_trip(pruned_classifier, batch, tmp_path, auto):
     # The classifier's encoder is the family's own class with narrowed layers; saved alone, it loads back as
     # the compressed base model.
     model = pruned_classifier if auto is AutoModelForSequenceClassification else pruned_classifier.base_model
-    expected_type = type(pruned_classifier) if auto is AutoModelForSequenceClassification else compressed_class_for(BertModel)
+    expected_type = (
+        type(pruned_classifier) if auto is AutoModelForSequenceClassification else compressed_class_for(BertModel)
+    )
     model.save_pretrained(tmp_path)
     assert (tmp_path / "model.safetensors").exists()
     config = AutoConfig.from_pretrained(tmp_path)
@@ -134,8 +141,15 @@ def test_save_load_round_trip(pruned_classifier, batch, tmp_path, auto):
 def test_roberta_family(batch):
     torch.manual_seed(0)
     config = RobertaConfig(
-        vocab_size=100, hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37,
-        max_position_embeddings=40, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=2,
+        vocab_size=100,
+        hidden_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=40,
+        hidden_dropout_prob=0.0,
+        attention_probs_dropout_prob=0.0,
+        num_labels=2,
     )
     model = RobertaForSequenceClassification(config).eval()
     table = random_table(model)
@@ -167,3 +181,16 @@ def test_onnx_export_matches_pytorch(pruned_classifier, batch, tmp_path):
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-4)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == "model.onnx" and set(names) <= {"model.onnx", "model.onnx.data"}  # no staging left
+
+
+def test_hooks_on_projections_see_real_widths(tiny_bert_config, batch):
+    torch.manual_seed(0)
+    model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES)).eval()
+    with torch.no_grad():
+        plain = model(**batch).last_hidden_state
+        seen = []
+        handle = encoder_layers(model)[1].query.register_forward_hook(lambda m, i, o: seen.append(o.shape))
+        hooked = model(**batch).last_hidden_state
+        handle.remove()
+    assert seen == [torch.Size([3, 10, 11])]
+    torch.testing.assert_close(hooked, plain, atol=1e-6, rtol=1e-6)

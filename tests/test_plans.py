@@ -8,8 +8,6 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from transformers import BertConfig, BertModel
-
 from obce.importance import ImportanceTable
 from obce.models.adapters import COMPONENTS, encoder_layers
 from obce.plans import (
@@ -21,6 +19,7 @@ from obce.plans import (
     target_plan,
     uniform_plan,
 )
+from transformers import BertConfig, BertModel
 
 
 def random_table(model, seed: int = 0, overrides: dict | None = None) -> ImportanceTable:
@@ -96,9 +95,7 @@ def test_bert_large_layer_13_takes_the_stricter_level():
 def test_quartile_variant_maps_levels():
     paper, quart = paper_plan("bert-base"), paper_plan("bert-base", "quartiles")
     mapping = {30.0: 25.0, 50.0: 50.0, 70.0: 75.0}
-    assert quart.levels == {
-        layer: {c: mapping[v] for c, v in row.items()} for layer, row in paper.levels.items()
-    }
+    assert quart.levels == {layer: {c: mapping[v] for c, v in row.items()} for layer, row in paper.levels.items()}
     assert quart.levels == paper.remap(mapping).levels
 
 
@@ -246,7 +243,9 @@ def test_parameter_counts_by_hand(tiny3):
     rows = report.table.set_index(["layer", "component"])
     assert rows.loc[(3, "attention_output"), "params_after"] == 16 * 32 + 32
     assert rows.loc[(3, "intermediate"), "neurons_after"] == 26
-    embeddings = sum(p.numel() for p in tiny3.embeddings.parameters()) + sum(p.numel() for p in tiny3.pooler.parameters())
+    embeddings = sum(p.numel() for p in tiny3.embeddings.parameters()) + sum(
+        p.numel() for p in tiny3.pooler.parameters()
+    )
     assert report.model_before == 3 * 6789 + embeddings
     assert report.model_after == report.model_before - (6789 - layer3)
     text = str(report)

@@ -7,12 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_plans import random_table
-from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
-
 from obce.models.adapters import encoder_layers
 from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons, uniform_plan
 from obce.prune import STATISTICS, prune_model
+from test_plans import random_table
+from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
 
 
 @pytest.fixture
@@ -48,12 +47,12 @@ def masked_reference(model, table, plan, fold="mean", statistics="token"):
     mean_col, std_col = STATISTICS[statistics]
     for layer, sel in zip(encoder_layers(ref), select_neurons(plan, table, EncoderShape.from_model(ref))):
 
-        def constants(component, removed):
+        def constants(component, removed, layer_number=sel.layer):
             if fold == "none":
                 return torch.zeros(len(removed))
-            c = table.column(mean_col, sel.layer, component)
+            c = table.column(mean_col, layer_number, component)
             if fold == "mean+std":
-                c = c + table.column(std_col, sel.layer, component)
+                c = c + table.column(std_col, layer_number, component)
             return torch.as_tensor(c[removed], dtype=torch.float32)
 
         gone_qk = np.setdiff1d(np.arange(32), sel.qk)

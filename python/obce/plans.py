@@ -260,7 +260,9 @@ class PruningPlan:
             try:
                 import yaml
             except ImportError as err:
-                raise ImportError(f"reading {path} needs pyyaml (pip install pyyaml), or write the plan as JSON") from err
+                raise ImportError(
+                    f"reading {path} needs pyyaml (pip install pyyaml), or write the plan as JSON"
+                ) from err
             data = yaml.safe_load(text)
         else:
             try:
@@ -272,7 +274,10 @@ class PruningPlan:
     def summary(self, num_layers: int | None = None) -> str:
         """A table: one row per layer, the level of query/key, value and intermediate."""
         last = max([num_layers or 0, *self.levels]) if (num_layers or self.levels) else 0
-        lines = [f"plan {self.name!r}" + (f": {self.notes}" if self.notes else ""), "layer  query/key  value  intermediate"]
+        lines = [
+            f"plan {self.name!r}" + (f": {self.notes}" if self.notes else ""),
+            "layer  query/key  value  intermediate",
+        ]
         for layer in range(1, last + 1):
             row = self.levels.get(layer, {})
             lines.append(
@@ -414,9 +419,7 @@ class EncoderShape:
             A compressed model (plans apply to the original), an unsupported family, or layers of unequal sizes.
         """
         if is_compressed(model):
-            raise ValueError(
-                f"{type(model).__name__} is already compressed; plans are applied to the original model"
-            )
+            raise ValueError(f"{type(model).__name__} is already compressed; plans are applied to the original model")
         layers = encoder_layers(model)
         first = layers[0]
         shape = cls(
@@ -479,7 +482,7 @@ class LayerSelection:
     @property
     def sizes(self) -> LayerSizes:
         """The layer's shape in a compressed config."""
-        return LayerSizes(self.head_sizes(self.qk), self.head_sizes(self.value), int(len(self.intermediate)))
+        return LayerSizes(self.head_sizes(self.qk), self.head_sizes(self.value), len(self.intermediate))
 
     @property
     def removed_heads(self) -> list[int]:
@@ -753,7 +756,8 @@ def target_plan(
         raise ValueError(f"start_layer {start_layer} is beyond the model's {shape.num_layers} layers")
     units = _rank_units(table, shape, start_layer)
 
-    def build(strength: float, overrides: Mapping[tuple[int, str], float] = {}) -> PruningPlan:
+    def build(strength: float, overrides: Mapping[tuple[int, str], float] | None = None) -> PruningPlan:
+        overrides = overrides or {}
         rows: dict[int, dict[str, float]] = {}
         for (layer, group), s in units.items():
             below = [v for v in level_values if v <= strength + spread * (0.5 - s)]

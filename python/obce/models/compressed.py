@@ -25,10 +25,12 @@ contributes nothing and is not computed at all (its query/key sizes must then be
 Two ways to compute the heads (``config.obce_attention``):
 
 ``"padded"`` (default)
-    One ``scaled_dot_product_attention`` call for all heads. Only the activations are padded: the narrow
-    projections run at their real size, then one gather lays q, k and v out as ``(batch, heads, tokens,
-    max size)`` with zeros in the unused slots, which changes no score and adds nothing to the values. Weights
-    are never padded, so the query/key/value modules (and hooks on them) see their real widths.
+    One ``scaled_dot_product_attention`` call for all heads, on q, k and v laid out as ``(batch, heads,
+    tokens, max size)`` with zeros in the unused slots, which changes no score and adds nothing to the values.
+    The layout comes from the projection itself: its weight rows are gathered into the padded order (zero
+    rows in the unused slots) on each call, a small copy, instead of gathering the much larger projected
+    activations. The stored parameters keep their real sizes. When a hook watches the query/key/value
+    module, the module is run as is and its output gathered, so hooks see the real widths.
 ``"loop"``
     One attention call per head on its own slice. No padding, but one kernel launch per head.
 
@@ -221,18 +223,30 @@ class UnequalHeadSelfAttention(nn.Module):
                 self._index_cache[key] = (torch.tensor(index, dtype=torch.long, device=device), mask)
         return self._index_cache[key]
 
-    def _split(self, x: torch.Tensor, name: str) -> torch.Tensor:
-        """(batch, tokens, sum of sizes) -> (batch, heads, tokens, width), zero-padded."""
-        index = self._index(name, x.device)
-        if index is not None:
-            # A gather then zeroing the padding slots: cheaper than padding the input with a zero column.
-            x = x.index_select(-1, index[0]).masked_fill_(index[1], 0)
+    def _heads(self, x: torch.Tensor) -> torch.Tensor:
+        """(batch, tokens, heads * width) -> (batch, heads, tokens, width)."""
         return x.view(*x.shape[:-1], self.num_attention_heads, self.width).transpose(1, 2)
+
+    def _project(self, linear: nn.Linear, name: str, x: torch.Tensor) -> torch.Tensor:
+        """``linear(x)`` laid out as (batch, heads, tokens, width), zero in the padding slots."""
+        index = self._index(name, x.device)
+        if index is None:
+            return self._heads(linear(x))
+        if linear._forward_hooks or linear._forward_pre_hooks:
+            # Observed (e.g. activation capture): run the module so hooks see its real width, then pad.
+            return self._heads(linear(x).index_select(-1, index[0]).masked_fill_(index[1], 0))
+        # Pad the weights, not the activations: gathering a few rows of the weight is far cheaper than
+        # gathering the projection's output, and the zero rows give exact zeros in the padding slots.
+        weight = linear.weight.index_select(0, index[0]).masked_fill(index[1][:, None], 0)
+        bias = linear.bias.index_select(0, index[0]).masked_fill(index[1], 0)
+        return self._heads(F.linear(x, weight, bias))
 
     def _attend(self, q, k, v, attention_mask, want_weights):
         dropout = self.dropout.p if self.training else 0.0
         if not want_weights:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling)
+            out = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=attention_mask, dropout_p=dropout, scale=self.scaling
+            )
             return out, None
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling
         if attention_mask is not None:
@@ -245,12 +259,11 @@ class UnequalHeadSelfAttention(nn.Module):
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
         want_weights = bool(kwargs.get("output_attentions")) or self.config._attn_implementation == "eager"
-        q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
         if self.mode == "padded":
             out, weights = self._attend(
-                self._split(q, "qk"),
-                self._split(k, "qk"),
-                self._split(v, "v"),
+                self._project(self.query, "qk", hidden_states),
+                self._project(self.key, "qk", hidden_states),
+                self._project(self.value, "v", hidden_states),
                 attention_mask,
                 want_weights,
             )
@@ -259,8 +272,12 @@ class UnequalHeadSelfAttention(nn.Module):
             if unpad is not None:
                 out = out.index_select(-1, unpad[0])
             return out, weights
+        q, k, v = self.query(hidden_states), self.key(hidden_states), self.value(hidden_states)
         outs, all_weights = [], []
-        qk_parts = torch.split(q.unsqueeze(1), self.qk_sizes, dim=-1), torch.split(k.unsqueeze(1), self.qk_sizes, dim=-1)
+        qk_parts = (
+            torch.split(q.unsqueeze(1), self.qk_sizes, dim=-1),
+            torch.split(k.unsqueeze(1), self.qk_sizes, dim=-1),
+        )
         for q_h, k_h, v_h in zip(*qk_parts, torch.split(v.unsqueeze(1), self.v_sizes, dim=-1)):
             out, weights = self._attend(q_h, k_h, v_h, attention_mask, want_weights)
             outs.append(out)
@@ -452,7 +469,6 @@ def is_compressed(model) -> bool:
     """Whether ``model`` (or its config) is a compressed model."""
     config = getattr(model, "config", model)
     return str(getattr(config, "model_type", "")).startswith("obce_")
-
 
 
 class _OnnxWrapper(nn.Module):
