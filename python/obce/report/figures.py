@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -171,7 +172,12 @@ def plot_persistence_diagram(
 
 
 def plot_lambda_distributions(
-    table: ImportanceTable, path: str | os.PathLike, *, log: bool = False, overwrite: bool = False
+    table: ImportanceTable,
+    path: str | os.PathLike,
+    *,
+    log: bool = False,
+    cutoffs: Mapping[tuple[int, str], float] | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """λ's distribution over each layer's neurons, one panel per component (box plots).
 
@@ -182,6 +188,9 @@ def plot_lambda_distributions(
         Destination ``.png``.
     log : bool
         Logarithmic λ axis.
+    cutoffs : mapping of (int, str) to float, optional
+        λ thresholds to mark, keyed by (layer counted from 1, component), e.g. a pruning plan's
+        percentile cut-offs; each is drawn as a red line across its layer's box.
     overwrite : bool
         Replace an existing file.
 
@@ -198,6 +207,13 @@ def plot_lambda_distributions(
         layers = [layer for layer in table.layers if component in _components_of(table, layer)]
         ax.boxplot([table.lam(layer, component) for layer in layers], showfliers=True, flierprops={"markersize": 2})
         ax.set_xticks(range(1, len(layers) + 1), [str(layer) for layer in layers])
+        marks = [
+            (i, cutoffs[layer, component]) for i, layer in enumerate(layers, 1) if (layer, component) in (cutoffs or {})
+        ]
+        if marks:
+            x, y = np.array(marks).T
+            ax.hlines(y, x - 0.4, x + 0.4, colors="C3", linewidth=1.5, label="cut-off", zorder=3)
+            ax.legend(fontsize="small")
         ax.set_title(component, fontsize="medium")
         ax.set_xlabel("layer")
         ax.set_ylabel("λ")
