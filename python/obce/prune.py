@@ -78,7 +78,7 @@ def prune_model(
     *,
     fold: str = "mean",
     statistics: str = "token",
-    attention: str = "padded",
+    attention: str = "loop",
 ):
     """Prune ``model`` by ``plan``: a new, smaller model; the original is left untouched.
 
@@ -95,7 +95,7 @@ def prune_model(
         The constant each removed value/intermediate neuron is folded as (see the module docstring).
     statistics : {"token", "point"}
         Statistics over all real tokens of the corpus, or at the token λ was computed on.
-    attention : {"padded", "loop"}
+    attention : {"loop", "padded"}
         How the compressed model computes unequal heads (:mod:`obce.models.compressed`).
 
     Returns

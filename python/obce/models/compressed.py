@@ -24,19 +24,21 @@ contributes nothing and is not computed at all (its query/key sizes must then be
 
 Two ways to compute the heads (``config.obce_attention``):
 
-``"padded"`` (default)
+``"loop"`` (default)
+    One attention call per head on its own slice of the projections: no padding, one call per head.
+``"padded"``
     One ``scaled_dot_product_attention`` call for all heads, on q, k and v laid out as ``(batch, heads,
     tokens, max size)`` with zeros in the unused slots, which changes no score and adds nothing to the values.
     The layout comes from the projection itself: its weight rows are gathered into the padded order (zero
     rows in the unused slots) on each call, a small copy, instead of gathering the much larger projected
     activations. The stored parameters keep their real sizes. When a hook watches the query/key/value
     module, the module is run as is and its output gathered, so hooks see the real widths.
-``"loop"``
-    One attention call per head on its own slice. No padding, but one kernel launch per head.
 
-On CPU with batch 32 x 128 tokens the padded form is faster (see ``benchmarks/results/inference_speed.md``):
-the projections and the feed-forward block dominate the cost, the padded score FLOPs are a few percent of it,
-and one call per layer avoids the per-head overhead.
+Measured on CPU at batch 32 x 128 tokens (``benchmarks/results/inference_speed.md``) the two are within a
+few percent, the loop slightly ahead (1 % on MiniLM, 4 % on BERT-base: the per-head calls cost little next to
+the projections and the feed-forward block, while padding adds projection rows); the loop is the default. The
+padded form makes one call per layer whatever the number of heads, which may pay off where each call has a
+fixed launch cost (GPUs); compare there with ``benchmarks/bench_inference.py``.
 """
 
 from __future__ import annotations
@@ -73,7 +75,7 @@ __all__ = [
     "layer_sizes",
 ]
 
-ATTENTION_MODES = ("padded", "loop")
+ATTENTION_MODES = ("loop", "padded")
 
 
 @dataclass(frozen=True)
@@ -180,7 +182,7 @@ class UnequalHeadSelfAttention(nn.Module):
         nn.Module.__init__(self)
         if getattr(config, "is_decoder", False):
             raise ValueError("compressed models are encoders only, got a config with is_decoder=True")
-        mode = getattr(config, "obce_attention", "padded")
+        mode = getattr(config, "obce_attention", "loop")
         if mode not in ATTENTION_MODES:
             raise ValueError(f"obce_attention must be one of {ATTENTION_MODES}, got {mode!r}")
         self.config = config
@@ -357,7 +359,7 @@ def _make_family(family: str) -> None:
                 "__annotations__": {"obce_layers": list | None, "obce_attention": str},
                 "model_type": model_type,
                 "obce_layers": None,
-                "obce_attention": "padded",
+                "obce_attention": "loop",
             },
         )
     )
@@ -413,7 +415,7 @@ def _family_of(config) -> str:
     return family
 
 
-def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "padded"):
+def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "loop"):
     """Config of a compressed model built from the original model's config.
 
     Parameters
@@ -422,7 +424,7 @@ def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "
         The original (uncompressed) model's config: BERT, RoBERTa, ELECTRA or XLM-RoBERTa.
     sizes : sequence of LayerSizes
         One entry per encoder layer.
-    attention : {"padded", "loop"}
+    attention : {"loop", "padded"}
         How unequal heads are computed (see the module docstring).
 
     Returns
