@@ -1,0 +1,88 @@
+"""Original vs compressed MiniLM, fine-tuned on the offline sentence-polarity task over several seeds.
+
+    python benchmarks/bench_finetune.py [--fraction 0.6] [--seeds 0 1 2] [--steps 300] [--out runs/bench_finetune]
+
+The built-in MiniLM is analysed on 150 sentences of the built-in Wikipedia sample (seed 0), pruned
+by a plan that keeps ``--fraction`` of the encoder's parameters (obce.plans.target_plan), and
+both models are fine-tuned with the same seeds and budget (obce.train.compare: early stopping on
+dev accuracy, best checkpoint scored on the held-out test split). The table, the plan, the
+parameter counts and the wall time go to benchmarks/results/finetune_polarity.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+import obce
+from obce.models import builtin_model_path
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--fraction", type=float, default=0.6, help="encoder parameters to keep")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--steps", type=int, default=300, help="training steps per run (3 epochs of polarity)")
+    p.add_argument("--task", default="polarity")
+    p.add_argument("--out", type=Path, default=Path("runs/bench_finetune"))
+    args = p.parse_args()
+
+    start = time.perf_counter()
+    model, tokenizer = obce.load_model(device="cpu")
+    table = obce.analyze(model, tokenizer=tokenizer, device="cpu")
+    plan = obce.target_plan(model, table, args.fraction)
+    report = obce.dry_run(model, table, plan)
+    compressed_dir = args.out / "compressed"
+    compressed = obce.prune_model(model, table, plan)
+    compressed.save_pretrained(compressed_dir)
+    tokenizer.save_pretrained(compressed_dir)
+    prepared = time.perf_counter() - start
+
+    comparison = obce.compare(
+        {"minilm": str(builtin_model_path()), "minilm-obce": str(compressed_dir)},
+        args.task,
+        args.out / "compare",
+        seeds=args.seeds,
+        max_steps=args.steps,
+    )
+    total = time.perf_counter() - start
+
+    RESULTS.mkdir(exist_ok=True)
+    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    text = "\n".join([
+        f"# Fine-tuning original vs compressed MiniLM on `{args.task}`",
+        "",
+        f"Command: `python benchmarks/bench_finetune.py --fraction {args.fraction} --seeds {' '.join(map(str, args.seeds))} "
+        f"--steps {args.steps}`  ",
+        f"Machine: {machine}; CPU only. Wall time {total / 60:.1f} min "
+        f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × 2 models).",
+        "",
+        f"Plan (target {args.fraction:.0%} of the encoder, levels from λ medians):",
+        "",
+        "```",
+        str(plan),
+        "",
+        str(report),
+        "```",
+        "",
+        comparison.to_markdown(),
+        "",
+    ])
+    (RESULTS / f"finetune_{args.task}.md").write_text(text)
+    (RESULTS / f"finetune_{args.task}.json").write_text(json.dumps(
+        {"fraction": args.fraction, "seeds": args.seeds, "steps": args.steps, "wall_s": total,
+         "encoder_fraction": report.encoder_fraction, "model_fraction": report.model_fraction,
+         "plan": plan.to_dict(), "runs": [r.to_dict() for r in comparison.runs]}, indent=2, default=str))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()
