@@ -49,6 +49,7 @@ NEURON_COLUMNS: tuple[str, ...] = ("layer", "component", "neuron", "lam", "mean"
 HEAD_COLUMNS: tuple[str, ...] = ("layer", "component", "head", "size", "lam")
 """Columns of :attr:`ImportanceTable.heads` (``layer`` and ``head`` counted from 1 and 0)."""
 
+_KEY_COLUMNS = NEURON_COLUMNS[:3]
 _NEURONS_FILE = "importance.csv"
 _HEADS_FILE = "importance_heads.csv"
 _SETTINGS_FILE = "importance.json"
@@ -65,7 +66,8 @@ class ImportanceTable:
         One row per neuron with the columns of :data:`NEURON_COLUMNS`: ``layer`` (from 1),
         ``component``, ``neuron`` (index in the layer's component output), ``lam`` (λ), ``mean``
         and ``std`` (over the points λ saw), ``token_mean`` and ``token_std`` (over every real token
-        of the corpus; standard deviations are population ones).
+        of the corpus; standard deviations are population ones). Further numeric columns are kept
+        after these: other neuron scores a plan may rank by (see :mod:`obce.scores`).
     settings : dict, optional
         How the table was made (model, corpus, sample size, seed, token mode, versions, ...).
     heads : pandas.DataFrame, optional
@@ -93,7 +95,7 @@ class ImportanceTable:
         heads: pd.DataFrame | None = None,
         sentences: Sequence[str] | None = None,
     ) -> None:
-        self.neurons = _checked_frame(neurons, NEURON_COLUMNS, "neurons")
+        self.neurons = _checked_frame(neurons, NEURON_COLUMNS, "neurons", extra=True)
         self.heads = None if heads is None else _checked_frame(heads, HEAD_COLUMNS, "heads")
         self.settings = dict(settings or {})
         self.sentences = None if sentences is None else list(sentences)
@@ -128,6 +130,12 @@ class ImportanceTable:
             )
         return rows.sort_values("neuron")
 
+    @property
+    def value_columns(self) -> list[str]:
+        """The numeric per-neuron columns: ``lam``, ``mean``, ``std``, ``token_mean``, ``token_std``, then any
+        extra score columns."""
+        return list(self.neurons.columns[len(_KEY_COLUMNS) :])
+
     def column(self, name: str, layer: int, component: str) -> np.ndarray:
         """One column's values for a layer and component, ordered by neuron.
 
@@ -136,9 +144,40 @@ class ImportanceTable:
         ValueError
             If ``name`` is not a numeric column, or the layer/component is absent.
         """
-        if name not in NEURON_COLUMNS[3:]:
-            raise ValueError(f"unknown column {name!r}; expected one of {', '.join(NEURON_COLUMNS[3:])}")
+        if name not in self.value_columns:
+            raise ValueError(f"unknown column {name!r}; expected one of {', '.join(self.value_columns)}")
         return self._rows(layer, component)[name].to_numpy(dtype=np.float64)
+
+    def with_columns(self, columns: dict[str, Sequence[float] | np.ndarray]) -> ImportanceTable:
+        """A copy of the table with extra numeric columns (e.g. neuron scores from :mod:`obce.scores`).
+
+        Parameters
+        ----------
+        columns : dict of str to array-like
+            Name -> one finite value per row of :attr:`neurons`, in its row order. An extra column of the
+            same name is replaced; the columns of :data:`NEURON_COLUMNS` cannot be.
+
+        Returns
+        -------
+        ImportanceTable
+            Same settings, head view and sentences.
+
+        Raises
+        ------
+        ValueError
+            A name of :data:`NEURON_COLUMNS`, or values of the wrong length or not finite.
+        """
+        neurons = self.neurons.copy()
+        for name, values in columns.items():
+            if not isinstance(name, str) or not name or name in NEURON_COLUMNS:
+                raise ValueError(f"an extra column needs a new name, not one of {NEURON_COLUMNS}; got {name!r}")
+            values = np.asarray(values, dtype=np.float64)
+            if values.shape != (len(neurons),):
+                raise ValueError(f"column {name!r} needs {len(neurons)} values (one per row), got shape {values.shape}")
+            if not np.all(np.isfinite(values)):
+                raise ValueError(f"column {name!r} has {int((~np.isfinite(values)).sum())} non-finite value(s)")
+            neurons[name] = values
+        return ImportanceTable(neurons, self.settings, heads=self.heads, sentences=self.sentences)
 
     def lam(self, layer: int, component: str) -> np.ndarray:
         """λ of a layer's component, ordered by neuron (``layer`` counted from 1)."""
@@ -201,11 +240,8 @@ class ImportanceTable:
         folder = Path(folder)
         if not (folder / _NEURONS_FILE).is_file():
             raise FileNotFoundError(f"no {_NEURONS_FILE} in {folder}")
-        # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does.
-        exact = {c: float for c in ("lam", "mean", "std", "token_mean", "token_std")}
-        read = dict(dtype={"component": str}, converters=exact)
-        neurons = pd.read_csv(folder / _NEURONS_FILE, **read)
-        heads = pd.read_csv(folder / _HEADS_FILE, **read) if (folder / _HEADS_FILE).is_file() else None
+        neurons = _read_csv(folder / _NEURONS_FILE)
+        heads = _read_csv(folder / _HEADS_FILE) if (folder / _HEADS_FILE).is_file() else None
         settings_path = folder / _SETTINGS_FILE
         settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
         sentences_path = folder / _SENTENCES_FILE
@@ -213,18 +249,30 @@ class ImportanceTable:
         return cls(neurons, settings, heads=heads, sentences=sentences)
 
 
-def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str) -> pd.DataFrame:
+def _read_csv(path: Path) -> pd.DataFrame:
+    # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does.
+    header = pd.read_csv(path, nrows=0).columns
+    exact = {c: float for c in header if c not in (*_KEY_COLUMNS, "head", "size")}
+    return pd.read_csv(path, dtype={"component": str}, converters=exact)
+
+
+def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str, *, extra: bool = False) -> pd.DataFrame:
+    """``frame`` with ``columns`` first; with ``extra``, its other columns follow and must be numeric."""
     if not isinstance(frame, pd.DataFrame):
         raise TypeError(f"{what} must be a pandas DataFrame, got {type(frame).__name__}")
     missing = [c for c in columns if c not in frame.columns]
     if missing:
         raise ValueError(f"{what} lacks the column(s) {missing}; got {list(frame.columns)}")
+    others = [c for c in frame.columns if c not in columns] if extra else []
+    not_numeric = [c for c in others if not pd.api.types.is_numeric_dtype(frame[c])]
+    if not_numeric:
+        raise ValueError(f"{what}: extra columns must be numeric scores, got {not_numeric}")
     unknown = sorted(set(frame["component"]) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"{what} has unknown component(s) {unknown}; expected some of {', '.join(COMPONENTS)}")
     if len(frame) and int(frame["layer"].min()) < 1:
         raise ValueError(f"{what} has layer {int(frame['layer'].min())}; layers are counted from 1")
-    return frame.loc[:, list(columns)].reset_index(drop=True)
+    return frame.loc[:, [*columns, *others]].reset_index(drop=True)
 
 
 def _numpy(values: torch.Tensor) -> np.ndarray:

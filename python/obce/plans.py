@@ -50,6 +50,7 @@ __all__ = [
     "LayerSelection",
     "PlanReport",
     "PruningPlan",
+    "check_score",
     "dry_run",
     "paper_plan",
     "select_neurons",
@@ -490,15 +491,31 @@ class LayerSelection:
         return [h for h, e in enumerate(self.head_sizes(self.value)) if e == 0]
 
 
-def _lam(table, layer: int, component: str, width: int) -> np.ndarray:
-    lam = np.asarray(table.lam(layer, component), dtype=np.float64)
-    if lam.shape != (width,):
+def check_score(table, score: str) -> str:
+    """Return ``score`` if ``table`` has such a numeric column to rank neurons by, else raise ValueError.
+
+    ``"lam"`` (λ) is always there; other scores are extra columns (see :mod:`obce.scores`).
+    """
+    available = table.value_columns
+    if not isinstance(score, str) or score not in available:
         raise ValueError(
-            f"the importance table has {lam.shape} λ values for layer {layer} {component}; the model has {width}"
+            f"unknown score {score!r}: the importance table has no such column; it has {', '.join(available)} "
+            "(add scores with obce.scores.add_scores)"
         )
-    if not np.all(np.isfinite(lam)):
-        raise ValueError(f"the importance table has non-finite λ for layer {layer} {component}")
-    return lam
+    return score
+
+
+def _score(table, layer: int, component: str, width: int, score: str = "lam") -> np.ndarray:
+    values = np.asarray(table.column(score, layer, component), dtype=np.float64)
+    name = "λ" if score == "lam" else repr(score)
+    if values.shape != (width,):
+        raise ValueError(
+            f"the importance table has {values.shape} {name} values for layer {layer} {component}; "
+            f"the model has {width}"
+        )
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"the importance table has non-finite {name} for layer {layer} {component}")
+    return values
 
 
 def _keep_above(score: np.ndarray, level: float, where: str) -> np.ndarray:
@@ -518,8 +535,10 @@ def _joint_rank(q: np.ndarray, k: np.ndarray) -> np.ndarray:
     return rank_q * rank_k
 
 
-def select_neurons(plan: PruningPlan, table, shape: EncoderShape) -> list[LayerSelection]:
+def select_neurons(plan: PruningPlan, table, shape: EncoderShape, *, score: str = "lam") -> list[LayerSelection]:
     """The neurons every layer keeps under ``plan``.
+
+    Neurons are ranked by λ, or by the table column named by ``score`` (read λ below as whichever score ranks).
 
     Value and intermediate neurons are kept when their λ exceeds the level's percentile within the layer.
     Query and key are kept on the same dimensions, since a score is ``sum_j q_j k_j``: each dimension gets the
@@ -538,6 +557,8 @@ def select_neurons(plan: PruningPlan, table, shape: EncoderShape) -> list[LayerS
         λ per neuron (``table.lam(layer, component)``, layers from 1).
     shape : EncoderShape
         The model's sizes (``EncoderShape.from_model(model)``).
+    score : str
+        The table column to rank by (default ``"lam"``; see :mod:`obce.scores` for others).
 
     Returns
     -------
@@ -547,8 +568,10 @@ def select_neurons(plan: PruningPlan, table, shape: EncoderShape) -> list[LayerS
     Raises
     ------
     ValueError
-        The plan names a layer the model lacks, the table does not match the model, or a level keeps no neuron.
+        The plan names a layer the model lacks, the table does not match the model, a level keeps no neuron,
+        or the table has no column ``score``.
     """
+    check_score(table, score)
     plan.check(shape.num_layers)
     selections = []
     for layer in range(1, shape.num_layers + 1):
@@ -557,15 +580,17 @@ def select_neurons(plan: PruningPlan, table, shape: EncoderShape) -> list[LayerS
         intermediate = np.arange(shape.intermediate_size)
         level = plan.level(layer, "query")
         if level is not None:
-            score = _joint_rank(_lam(table, layer, "query", shape.qk_width), _lam(table, layer, "key", shape.qk_width))
-            qk = _keep_above(score, level, f"layer {layer} query/key")
+            q = _score(table, layer, "query", shape.qk_width, score)
+            qk = _keep_above(
+                _joint_rank(q, _score(table, layer, "key", shape.qk_width, score)), level, f"layer {layer} query/key"
+            )
         level = plan.level(layer, "value")
         if level is not None:
-            value = _keep_above(_lam(table, layer, "value", shape.qk_width), level, f"layer {layer} value")
+            value = _keep_above(_score(table, layer, "value", shape.qk_width, score), level, f"layer {layer} value")
         level = plan.level(layer, "intermediate")
         if level is not None:
-            lam = _lam(table, layer, "intermediate", shape.intermediate_size)
-            intermediate = _keep_above(lam, level, f"layer {layer} intermediate")
+            values = _score(table, layer, "intermediate", shape.intermediate_size, score)
+            intermediate = _keep_above(values, level, f"layer {layer} intermediate")
         heads_with_values = np.unique(value // shape.head_size)
         qk = qk[np.isin(qk // shape.head_size, heads_with_values)]
         selections.append(LayerSelection(layer, qk, value, intermediate, shape.num_heads, shape.head_size))
@@ -667,7 +692,7 @@ def _report(plan: PruningPlan, selections: list[LayerSelection], shape: EncoderS
     )
 
 
-def dry_run(model, table, plan: PruningPlan) -> PlanReport:
+def dry_run(model, table, plan: PruningPlan, *, score: str = "lam") -> PlanReport:
     """Show what ``plan`` would keep of ``model``, without touching any weight.
 
     Parameters
@@ -676,6 +701,8 @@ def dry_run(model, table, plan: PruningPlan) -> PlanReport:
         The original model (base or with a head).
     table : obce.importance.ImportanceTable
     plan : PruningPlan
+    score : str
+        The table column neurons are ranked by (see :func:`select_neurons`).
 
     Returns
     -------
@@ -690,11 +717,11 @@ def dry_run(model, table, plan: PruningPlan) -> PlanReport:
         As :func:`select_neurons`.
     """
     shape = EncoderShape.from_model(model)
-    return _report(plan, select_neurons(plan, table, shape), shape)
+    return _report(plan, select_neurons(plan, table, shape, score=score), shape)
 
 
-def _plan_fraction(plan: PruningPlan, table, shape: EncoderShape, of: str) -> float:
-    report = _report(plan, select_neurons(plan, table, shape), shape)
+def _plan_fraction(plan: PruningPlan, table, shape: EncoderShape, of: str, score: str) -> float:
+    report = _report(plan, select_neurons(plan, table, shape, score=score), shape)
     return report.encoder_fraction if of == "encoder" else report.model_fraction
 
 
@@ -707,6 +734,7 @@ def target_plan(
     levels: str | Sequence[float] = "paper",
     start_layer: int = 3,
     spread: float = 40.0,
+    score: str = "lam",
 ) -> PruningPlan:
     """A plan that keeps ``target`` of the parameters, pruning layers with low λ harder.
 
@@ -735,6 +763,9 @@ def target_plan(
         First prunable layer (from 1); the paper leaves layers 1-2 untouched.
     spread : float
         Percentile points between the hardest- and the lightest-pruned unit at the same strength.
+    score : str
+        The table column that ranks units (by its medians) and neurons, λ by default; pass the same ``score``
+        to :func:`obce.prune.prune_model`.
 
     Returns
     -------
@@ -743,7 +774,7 @@ def target_plan(
     Raises
     ------
     ValueError
-        ``target`` outside (0, 1) or below what the highest level reaches.
+        ``target`` outside (0, 1) or below what the highest level reaches, or an unknown ``score``.
     """
     if of not in ("encoder", "model"):
         raise ValueError(f"of must be 'encoder' or 'model', got {of!r}")
@@ -754,7 +785,8 @@ def target_plan(
     start_layer = _check_layer(start_layer, "target_plan start_layer")
     if start_layer > shape.num_layers:
         raise ValueError(f"start_layer {start_layer} is beyond the model's {shape.num_layers} layers")
-    units = _rank_units(table, shape, start_layer)
+    check_score(table, score)
+    units = _rank_units(table, shape, start_layer, score)
 
     def build(strength: float, overrides: Mapping[tuple[int, str], float] | None = None) -> PruningPlan:
         overrides = overrides or {}
@@ -768,7 +800,7 @@ def target_plan(
         return PruningPlan(rows, name=f"target-{target:.1%}-{of}")
 
     def fraction(plan: PruningPlan) -> float:
-        return _plan_fraction(plan, table, shape, of)
+        return _plan_fraction(plan, table, shape, of, score)
 
     top = level_values[-1] + spread
     if fraction(build(top)) > target:
@@ -802,7 +834,8 @@ def target_plan(
         plan.levels,
         name=plan.name,
         notes=(
-            f"levels {'/'.join(f'P{v:g}' for v in level_values)} from the λ medians (spread {spread:g}), "
+            f"levels {'/'.join(f'P{v:g}' for v in level_values)} from the "
+            f"{'λ' if score == 'lam' else repr(score)} medians (spread {spread:g}), "
             f"fine-adjusted to {target:.2%} of the {of} (reached {fraction(plan):.3%})"
         ),
     )
@@ -812,14 +845,14 @@ def _first(group: str) -> str:
     return "query" if group == "query_key" else group
 
 
-def _rank_units(table, shape: EncoderShape, start_layer: int) -> dict[tuple[int, str], float]:
-    """Each prunable unit's rank of median λ among its component's units, scaled to [0, 1]."""
+def _rank_units(table, shape: EncoderShape, start_layer: int, score: str) -> dict[tuple[int, str], float]:
+    """Each prunable unit's rank of median score (λ) among its component's units, scaled to [0, 1]."""
     layers = list(range(start_layer, shape.num_layers + 1))
     widths = {"query": shape.qk_width, "key": shape.qk_width, "value": shape.qk_width}
     widths["intermediate"] = shape.intermediate_size
 
     def scaled_rank(component: str) -> np.ndarray:
-        medians = pd.Series([np.median(_lam(table, layer, component, widths[component])) for layer in layers])
+        medians = pd.Series([np.median(_score(table, layer, component, widths[component], score)) for layer in layers])
         ranks = medians.rank(method="average").to_numpy() - 1
         return ranks / (len(layers) - 1) if len(layers) > 1 else np.full(len(layers), 0.5)
 

@@ -79,6 +79,7 @@ def prune_model(
     fold: str = "mean",
     statistics: str = "token",
     attention: str = "loop",
+    score: str = "lam",
 ):
     """Prune ``model`` by ``plan``: a new, smaller model; the original is left untouched.
 
@@ -97,6 +98,9 @@ def prune_model(
         Statistics over all real tokens of the corpus, or at the token λ was computed on.
     attention : {"loop", "padded"}
         How the compressed model computes unequal heads (:mod:`obce.models.compressed`).
+    score : str
+        The table column neurons are ranked by: ``"lam"`` (λ, the default) or another score
+        (:mod:`obce.scores`), the one the plan was made with.
 
     Returns
     -------
@@ -109,7 +113,8 @@ def prune_model(
     ------
     ValueError
         Bad ``fold``/``statistics``/``attention``; a plan naming a layer the model lacks; a level that keeps no
-        neuron; a table that does not match the model or lacks the folding columns; an unsupported model class.
+        neuron; a table that does not match the model or lacks the folding columns or the ``score`` column; an
+        unsupported model class.
         All checks run before any weight is read for the new model.
 
     Examples
@@ -128,7 +133,7 @@ def prune_model(
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
     new_cls = compressed_class_for(model)
     shape = EncoderShape.from_model(model)
-    selections = select_neurons(plan, table, shape)
+    selections = select_neurons(plan, table, shape, score=score)
     folds = _all_fold_values(table, selections, shape, fold, statistics)
     config = compressed_config(model.config, [s.sizes for s in selections], attention=attention)
 

@@ -1,0 +1,279 @@
+"""Neuron scores other than λ: each against a hand computation, and plans that rank by them."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from obce.activations import compute_activations
+from obce.importance import ImportanceTable, compute_importance
+from obce.models.adapters import COMPONENTS
+from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons, target_plan
+from obce.prune import prune_model
+from obce.scores import (
+    abs_mean_score,
+    add_scores,
+    head_score,
+    lam_weighted_score,
+    random_score,
+    table_score,
+    taylor_score,
+    weight_score,
+)
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
+from transformers import BertForSequenceClassification
+
+
+def linears(model, index: int) -> dict[str, torch.nn.Linear]:
+    """The six components' linear layers of BERT layer ``index`` (from 0), read off the module tree."""
+    layer = model.encoder.layer[index]
+    return {
+        "query": layer.attention.self.query,
+        "key": layer.attention.self.key,
+        "value": layer.attention.self.value,
+        "attention_output": layer.attention.output.dense,
+        "intermediate": layer.intermediate.dense,
+        "output": layer.output.dense,
+    }
+
+
+def outputs_by_hand(model, tokenizer, sentences, token: str) -> dict[tuple[int, str], np.ndarray]:
+    """Each layer/component's outputs, one sentence at a time: the [CLS] row (``cls``) or every token's."""
+    found: dict[tuple[int, str], list[np.ndarray]] = {}
+    handles = []
+    for index in range(model.config.num_hidden_layers):
+        for component, linear in linears(model, index).items():
+
+            def hook(_m, _i, out, key=(index + 1, component)):
+                if key[1] == "intermediate":
+                    out = F.gelu(out)
+                rows = out[0, :1] if token == "cls" else out[0]
+                found.setdefault(key, []).append(rows.detach().double().numpy())
+
+            handles.append(linear.register_forward_hook(hook))
+    with torch.no_grad():
+        for sentence in sentences:
+            model(**tokenizer(sentence, return_tensors="pt"))
+    for handle in handles:
+        handle.remove()
+    return {key: np.concatenate(rows) for key, rows in found.items()}
+
+
+def mst_longest_edge(cloud: np.ndarray) -> float:
+    """λ of a cloud; 0 when all its points coincide (scipy drops zero-length edges)."""
+    edges = minimum_spanning_tree(squareform(pdist(cloud.astype(np.float64)))).data
+    return float(edges.max()) if edges.size else 0.0
+
+
+@pytest.fixture
+def cls_run(tiny_bert, tiny_tokenizer, sentences):
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, token="cls", progress=False)
+    return acts, compute_importance(acts, heads=True)
+
+
+def test_random_score_is_seeded(cls_run):
+    _, table = cls_run
+    a, b, c = random_score(table, 0), random_score(table, 0), random_score(table, 1)
+    assert a.shape == (len(table),) and ((a >= 0) & (a < 1)).all()
+    np.testing.assert_array_equal(a, b)
+    assert not np.array_equal(a, c)
+    with pytest.raises(TypeError, match="seed must be an int, got 1.5"):
+        random_score(table, 1.5)
+
+
+def test_abs_mean_matches_outputs_by_hand(cls_run, tiny_bert, tiny_tokenizer, sentences):
+    acts, table = cls_run
+    scored = table.with_columns({"abs_mean": abs_mean_score(table, acts)})
+    by_hand = outputs_by_hand(tiny_bert, tiny_tokenizer, sentences, "cls")
+    assert len(by_hand) == 12
+    for (layer, component), points in by_hand.items():
+        np.testing.assert_allclose(scored.column("abs_mean", layer, component), np.abs(points).mean(0), rtol=1e-5)
+
+
+def test_weight_and_outgoing_norms_by_hand(cls_run, tiny_bert):
+    _, table = cls_run
+    scored = table.with_columns(
+        {"weight": weight_score(table, tiny_bert), "lam_weighted": lam_weighted_score(table, tiny_bert)}
+    )
+    for index in range(2):
+        mods = linears(tiny_bert, index)
+        for component, linear in mods.items():
+            w = linear.weight.detach().double().numpy()
+            rows = [np.sqrt((w[j] ** 2).sum()) for j in range(w.shape[0])]
+            np.testing.assert_allclose(scored.column("weight", index + 1, component), rows, rtol=1e-6)
+        reader = {"value": mods["attention_output"], "intermediate": mods["output"]}
+        for component in COMPONENTS:
+            lam = table.lam(index + 1, component)
+            if component in reader:
+                w = reader[component].weight.detach().double().numpy()
+                expected = lam * np.array([np.sqrt((w[:, j] ** 2).sum()) for j in range(w.shape[1])])
+            else:
+                expected = lam
+            np.testing.assert_allclose(scored.column("lam_weighted", index + 1, component), expected, rtol=1e-6)
+
+
+def test_head_score_gives_each_dimension_its_heads_lambda(cls_run, tiny_bert, tiny_tokenizer, sentences):
+    _, table = cls_run
+    scores = table.with_columns({"lam_head": head_score(table)})
+    by_hand = outputs_by_hand(tiny_bert, tiny_tokenizer, sentences, "cls")
+    for layer in (1, 2):
+        for component in ("query", "key", "value"):
+            got = scores.column("lam_head", layer, component)
+            own = table.lam(layer, component)
+            for head in range(4):
+                dims = slice(8 * head, 8 * head + 8)
+                expected = mst_longest_edge(by_hand[(layer, component)][:, dims])
+                np.testing.assert_allclose(got[dims], expected, rtol=1e-5)
+                # Within the head, the nudge orders dimensions by their own λ.
+                assert list(np.argsort(got[dims], kind="stable")) == list(np.argsort(own[dims], kind="stable"))
+        np.testing.assert_array_equal(
+            scores.column("lam_head", layer, "intermediate"), table.lam(layer, "intermediate")
+        )
+    with pytest.raises(ValueError, match="no head view"):
+        head_score(ImportanceTable(table.neurons))
+
+
+def test_lambda_over_tokens_by_hand(cls_run, tiny_bert, tiny_tokenizer, sentences):
+    _, table = cls_run
+    tokens = compute_importance(
+        compute_activations(tiny_bert, tiny_tokenizer, sentences, token="tokens", progress=False)
+    )
+    scored = table.with_columns({"lam_tokens": table_score(table, tokens)})
+    by_hand = outputs_by_hand(tiny_bert, tiny_tokenizer, sentences, "tokens")
+    for (layer, component), points in by_hand.items():
+        gaps = np.diff(np.sort(points, axis=0), axis=0).max(axis=0)  # a 1-D cloud's λ is its largest gap
+        np.testing.assert_allclose(scored.column("lam_tokens", layer, component), gaps, rtol=1e-5)
+    assert not np.allclose(scored.neurons["lam_tokens"], scored.neurons["lam"])
+    with pytest.raises(ValueError, match="no column 'nope'"):
+        table_score(table, tokens, "nope")
+
+
+def test_taylor_matches_finite_differences(tiny_bert_config, tiny_tokenizer, sentences):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).double().eval()
+    labels = torch.tensor([0, 1, 1, 0, 1, 0])
+    batch = {**tiny_tokenizer(sentences[:6], padding=True, return_tensors="pt"), "labels": labels}
+    table = compute_importance(compute_activations(model.bert, tiny_tokenizer, sentences, token="cls", progress=False))
+    # Two batches (the second a repeat) must add up.
+    scores = table.with_columns({"taylor": taylor_score(table, model, [batch, batch])})
+    assert not model.training
+
+    def sentence_loss(i: int, layer: int, component: str, neuron: int, scale: float) -> float:
+        """Loss of sentence ``i`` alone with one neuron's output multiplied by ``1 + scale``."""
+        target = model.bert.encoder.layer[layer - 1].output.dense if component == "intermediate" else None
+
+        def pre(_m, inputs):
+            x = inputs[0].clone()
+            x[..., neuron] *= 1 + scale
+            return (x,)
+
+        def post(_m, _i, out):
+            out = out.clone()
+            out[..., neuron] *= 1 + scale
+            return out
+
+        handle = (
+            target.register_forward_pre_hook(pre)
+            if target is not None
+            else linears(model.bert, layer - 1)[component].register_forward_hook(post)
+        )
+        with torch.no_grad():
+            logits = model(**tiny_tokenizer(sentences[i], return_tensors="pt")).logits
+        handle.remove()
+        return float(F.cross_entropy(logits, labels[i : i + 1]))
+
+    eps = 1e-5
+    checked = 0
+    for layer, component, neuron in [(1, "query", 3), (1, "value", 17), (2, "key", 30), (2, "intermediate", 5),
+                                     (2, "intermediate", 36), (1, "attention_output", 0), (2, "output", 31)]:  # fmt: skip
+        derivatives = [
+            (sentence_loss(i, layer, component, neuron, eps) - sentence_loss(i, layer, component, neuron, -eps))
+            / (2 * eps)
+            for i in range(6)
+        ]
+        expected = 2 * sum(abs(d) for d in derivatives)
+        assert expected > 1e-8
+        np.testing.assert_allclose(scores.column("taylor", layer, component)[neuron], expected, rtol=1e-5, atol=1e-10)
+        checked += 1
+    assert checked == 7
+    with pytest.raises(ValueError, match="at least one labelled batch"):
+        taylor_score(table, model, [])
+    with pytest.raises(ValueError, match="needs labels and attention_mask"):
+        taylor_score(table, model, [{"input_ids": batch["input_ids"]}])
+
+
+def test_plan_ranks_by_a_named_score(cls_run, tiny_bert):
+    _, table = cls_run
+    weight = np.linspace(0, 1, len(table))[::-1]  # a score that disagrees with λ
+    scored = table.with_columns({"w": weight})
+    shape = EncoderShape.from_model(tiny_bert)
+    plan = PruningPlan({2: {"query": 50, "key": 50, "value": 50, "intermediate": 30}})
+    by_w = select_neurons(plan, scored, shape, score="w")[1]
+    by_lam = select_neurons(plan, scored, shape)[1]
+    w_v, w_i = scored.column("w", 2, "value"), scored.column("w", 2, "intermediate")
+    np.testing.assert_array_equal(by_w.value, np.flatnonzero(w_v > np.median(w_v)))
+    np.testing.assert_array_equal(by_w.intermediate, np.flatnonzero(w_i > np.percentile(w_i, 30)))
+    np.testing.assert_array_equal(by_w.value, np.arange(16))  # decreasing scores: the first half stays
+    assert not np.array_equal(by_w.value, by_lam.value)
+    lam_v = table.lam(2, "value")
+    np.testing.assert_array_equal(by_lam.value, np.flatnonzero(lam_v > np.median(lam_v)))
+
+    small = prune_model(tiny_bert, scored, plan, score="w")
+    kept_rows = tiny_bert.encoder.layer[1].attention.self.value.weight[torch.as_tensor(by_w.value)]
+    torch.testing.assert_close(small.encoder.layer[1].attention.self.value.weight, kept_rows)
+    assert dry_run(tiny_bert, scored, plan, score="w").model_after == sum(p.numel() for p in small.parameters())
+
+
+def test_target_plan_with_a_score_lands_on_the_budget(cls_run, tiny_bert):
+    _, table = cls_run
+    scored = add_scores(table, tiny_bert, ["random", "weight"], seed=3)
+    for score in ("random", "weight"):  # (layer 1 has constant [CLS] outputs: zero λ and std)
+        plan = target_plan(tiny_bert, scored, 0.8, start_layer=1, score=score)
+        report = dry_run(tiny_bert, scored, plan, score=score)
+        assert 0.8 <= report.encoder_fraction < 0.805  # within about one query/key dimension
+        assert repr(score) in plan.notes
+    np.testing.assert_array_equal(scored.neurons["random"], random_score(table, 3))
+
+
+def test_unknown_score_is_a_clear_error(cls_run, tiny_bert):
+    _, table = cls_run
+    plan = PruningPlan({2: {"value": 50}})
+    shape = EncoderShape.from_model(tiny_bert)
+    match = r"unknown score 'lamda'.*it has lam, mean, std, token_mean, token_std"
+    with pytest.raises(ValueError, match=match):
+        select_neurons(plan, table, shape, score="lamda")
+    with pytest.raises(ValueError, match=match):
+        target_plan(tiny_bert, table, 0.8, start_layer=1, score="lamda")
+    with pytest.raises(ValueError, match=match):
+        prune_model(tiny_bert, table, plan, score="lamda")
+    with pytest.raises(ValueError, match=match):
+        dry_run(tiny_bert, table, plan, score="lamda")
+    with pytest.raises(ValueError, match="unknown score 'magnitude'"):
+        add_scores(table, tiny_bert, ["magnitude"])
+    with pytest.raises(ValueError, match="score 'abs_mean' needs acts="):
+        add_scores(table, tiny_bert, ["abs_mean"])
+    with pytest.raises(ValueError, match="score 'weight' needs model="):
+        add_scores(table, None, ["weight"])
+    with pytest.raises(TypeError, match="got the string 'weight'"):
+        add_scores(table, tiny_bert, "weight")
+
+
+def test_extra_columns_validate_and_round_trip(cls_run, tmp_path):
+    _, table = cls_run
+    with pytest.raises(ValueError, match="a new name"):
+        table.with_columns({"lam": np.zeros(len(table))})
+    with pytest.raises(ValueError, match=r"needs 394 values \(one per row\), got shape \(3,\)"):
+        table.with_columns({"x": np.zeros(3)})
+    with pytest.raises(ValueError, match="1 non-finite"):
+        table.with_columns({"x": np.r_[np.nan, np.zeros(len(table) - 1)]})
+    with pytest.raises(ValueError, match=r"extra columns must be numeric scores, got \['note'\]"):
+        ImportanceTable(table.neurons.assign(note="x"))
+    scored = table.with_columns({"x": np.random.default_rng(0).normal(size=len(table)) / 3})
+    assert scored.value_columns[-1] == "x" and "x" not in table.value_columns
+    scored.save(tmp_path)
+    loaded = ImportanceTable.load(tmp_path)
+    pd.testing.assert_frame_equal(loaded.neurons, scored.neurons)
+    pd.testing.assert_frame_equal(loaded.heads, scored.heads)
