@@ -1,0 +1,485 @@
+"""Is λ the right neuron score? Ablation against simpler scores at the same size, and the bias folding choices.
+
+    python benchmarks/ablate.py [--seeds 0 1 2] [--fractions 0.6 0.45] [--recovery-steps 50] [--work runs/ablate]
+    python benchmarks/ablate.py --report      # rewrite the Markdown from the results so far
+
+The built-in MiniLM is fine-tuned once on the offline ``polarity`` task (seed 0; the default preset, 3 epochs
+with early stopping, or ``--finetune-steps`` steps). Every score
+of :mod:`obce.scores` is computed on that fine-tuned model (150 Wikipedia sentences, seed 0, [CLS] points; Taylor
+on 8 × 32 training sentences), and for each score :func:`obce.plans.target_plan` builds a plan keeping each
+``--fractions`` of the encoder, ranking by that score (so every score prunes to the same size).
+
+1. Retention: the fine-tuned model compressed with each score and each bias folding (none, mean, mean+std),
+   evaluated with no further training.
+2. Corpus stability of the kept sets at P50 (pretrained MiniLM): 150 vs 700 vs 1500 sentences, and two seeds
+   of 150.
+3. Recovery: the retention model with the default folding (mean), fine-tuned ``--recovery-steps`` more steps.
+
+What varies with the seed: the random score's draw (retention and recovery) and the recovery fine-tune's seed
+(head is kept; data order and dropout). Deterministic scores give one retention result (no seed).
+
+Measures on held-out data, for every configuration: test accuracy (400 sentences) and its standard error
+sqrt(p(1-p)/n); agreement with the original's predictions; the mean KL divergence KL(original ‖ compressed)
+of the head's predictions on the test split; the mean cosine between mean-pooled encoder outputs of the
+compressed and the original fine-tuned encoder on 400 Wikipedia sentences not among the 150 analysed.
+
+Each configuration writes one JSON line to benchmarks/results/ablation.jsonl as soon as it is done; a rerun skips
+configurations already there (resumable). The Markdown report goes to benchmarks/results/ablation.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+
+import obce
+from obce.activations import compute_activations
+from obce.importance import ImportanceTable, compute_importance
+from obce.models import builtin_model_path
+from obce.plans import EncoderShape, dry_run, select_neurons, target_plan, uniform_plan
+from obce.prune import prune_model
+from obce.scores import (
+    abs_mean_score,
+    head_score,
+    lam_weighted_score,
+    random_score,
+    table_score,
+    task_batches,
+    taylor_score,
+    weight_score,
+)
+from obce.train import finetune, load_for_task
+
+RESULTS = Path(__file__).resolve().parent / "results"
+JSONL = RESULTS / "ablation.jsonl"
+MARKDOWN = RESULTS / "ablation.md"
+SCORES = ("lam", "lam_tokens", "lam_head", "lam_weighted", "std", "abs_mean", "weight", "taylor", "random")
+FOLDS = ("none", "mean", "mean+std")
+TASK = "polarity"
+N_ANALYSED = 150
+N_HELD_OUT = 400
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_results() -> list[dict]:
+    if not JSONL.is_file():
+        return []
+    return [json.loads(line) for line in JSONL.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def append_result(row: dict) -> None:
+    """Append one configuration's line (the file is rewritten atomically, so a crash never leaves half a line)."""
+    lines = JSONL.read_text(encoding="utf-8") if JSONL.is_file() else ""
+    atomic_write(JSONL, lines + json.dumps(row, sort_keys=True) + "\n")
+
+
+def key(row: dict) -> tuple:
+    fields = ("phase", "score", "seed", "fraction", "fold", "steps", "original_steps")
+    return tuple(row.get(f) for f in fields)
+
+
+# --------------------------------------------------------------------------------------------------
+# Setup: the fine-tuned original, its scores, the held-out data and the original's outputs
+
+
+def finetuned_original(work: Path, steps: int | None):
+    folder = work / ("original" if steps is None else f"original-{steps}steps")
+    result = finetune(str(builtin_model_path()), TASK, folder, seed=0, max_steps=steps, eval_steps=steps, name="minilm")
+    model, tokenizer = load_for_task(result.model_dir, TASK, fresh_head=False)
+    return model.eval(), tokenizer, result
+
+
+def scored_table(model, tokenizer, task, seeds: list[int], folder: Path) -> ImportanceTable:
+    """The fine-tuned model's λ table with every score of SCORES as a column (``random_<seed>`` per seed)."""
+    if (folder / "importance.csv").is_file():
+        table = ImportanceTable.load(folder)
+        missing = [f"random_{s}" for s in seeds if f"random_{s}" not in table.value_columns]
+        if not missing:
+            return table
+    start = time.perf_counter()
+    table = obce.analyze(model, tokenizer=tokenizer, n_sentences=N_ANALYSED, seed=0, heads=True, progress=False)
+    acts = compute_activations(model, tokenizer, table.sentences, token="cls", progress=False)
+    tokens = compute_importance(compute_activations(model, tokenizer, table.sentences, token="tokens", progress=False))
+    batches = task_batches(task, tokenizer, n_batches=8, batch_size=32, seed=0)
+    columns = {
+        "lam_tokens": table_score(table, tokens),
+        "lam_head": head_score(table),
+        "lam_weighted": lam_weighted_score(table, model),
+        "abs_mean": abs_mean_score(table, acts),
+        "weight": weight_score(table, model),
+        "taylor": taylor_score(table, model, batches),
+        **{f"random_{s}": random_score(table, s) for s in seeds},
+    }
+    table = table.with_columns(columns)
+    table.settings["scores_s"] = round(time.perf_counter() - start, 1)
+    table.save(folder, overwrite=True)
+    return table
+
+
+def held_out_sentences(analysed: list[str]) -> list[str]:
+    seen = set(analysed)
+    pool = obce.sample_sentences(None, N_HELD_OUT + 2 * N_ANALYSED, seed=1)
+    held_out = [s for s in pool if s not in seen][:N_HELD_OUT]
+    if len(held_out) < N_HELD_OUT:
+        raise ValueError(f"only {len(held_out)} held-out sentences")
+    return held_out
+
+
+@torch.no_grad()
+def run_outputs(model, tokenizer, texts: list[str], *, pooled: bool, batch_size: int = 64) -> torch.Tensor:
+    """Logits of the head, or mean-pooled last hidden states of the encoder, in the order of ``texts``."""
+    model.eval()
+    order = np.argsort([len(t) for t in texts])
+    out = [None] * len(texts)
+    for start in range(0, len(texts), batch_size):
+        rows = order[start : start + batch_size]
+        enc = tokenizer([texts[i] for i in rows], truncation=True, max_length=128, padding=True, return_tensors="pt")
+        if pooled:
+            hidden = model.base_model(**enc).last_hidden_state
+            mask = enc["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            values = (hidden * mask).sum(1) / mask.sum(1)
+        else:
+            values = model(**enc).logits
+        for i, v in zip(rows, values, strict=True):
+            out[i] = v.double()
+    return torch.stack(out)
+
+
+def measure(model, tokenizer, data: dict) -> dict:
+    logits = run_outputs(model, tokenizer, data["test_texts"], pooled=False)
+    embeddings = run_outputs(model, tokenizer, data["held_out"], pooled=True)
+    predictions = logits.argmax(-1)
+    n = len(predictions)
+    accuracy = float((predictions == data["test_labels"]).double().mean())
+    ref_log_p = F.log_softmax(data["ref_logits"], -1)
+    kl = (ref_log_p.exp() * (ref_log_p - F.log_softmax(logits, -1))).sum(-1)
+    cosine = F.cosine_similarity(embeddings, data["ref_embeddings"], dim=-1)
+    return {
+        "accuracy": accuracy,
+        "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
+        "n_test": n,
+        "agreement": float((predictions == data["ref_logits"].argmax(-1)).double().mean()),
+        "kl": float(kl.mean()),
+        "kl_se": float(kl.std() / math.sqrt(n)),
+        "cosine": float(cosine.mean()),
+        "cosine_se": float(cosine.std() / math.sqrt(len(cosine))),
+        "n_held_out": len(cosine),
+    }
+
+
+def score_column(score: str, seed: int | None) -> str:
+    return f"random_{seed}" if score == "random" else score
+
+
+# --------------------------------------------------------------------------------------------------
+# Phases
+
+
+def retention(model, tokenizer, table, data, args, done: set, after) -> None:
+    plans = {}
+    # The default folding first, over every score and size, so that a partial run answers the main question.
+    for fold in ("mean", "none", "mean+std"):
+        for fraction in args.fractions:
+            for score in SCORES:
+                for seed in args.seeds if score == "random" else [None]:
+                    column = score_column(score, seed)
+                    row = {"phase": "retention", "score": score, "seed": seed, "fraction": fraction, "fold": fold}
+                    row.update(steps=0, original_steps=args.finetune_steps)
+                    if key(row) in done:
+                        continue
+                    start = time.perf_counter()
+                    if (column, fraction) not in plans:
+                        plans[(column, fraction)] = target_plan(model, table, fraction, score=column)
+                    plan = plans[(column, fraction)]
+                    report = dry_run(model, table, plan, score=column)
+                    small = prune_model(model, table, plan, fold=fold, score=column)
+                    row.update(measure(small, tokenizer, data))
+                    row.update(
+                        encoder_fraction=report.encoder_fraction,
+                        model_params=report.model_after,
+                        plan=plan.to_dict()["levels"],
+                        seconds=round(time.perf_counter() - start, 1),
+                    )
+                    append_result(row)
+                    done.add(key(row))
+                    after()
+                    log(f"retention {score} seed={seed} {fraction:.0%} fold={fold}: acc {row['accuracy']:.4f}")
+
+
+def recovery(model, tokenizer, table, data, args, done: set, after) -> None:
+    task = obce.load_task(TASK)
+    for seed in args.seeds:
+        for fraction in args.fractions:
+            for score in SCORES:
+                row = {"phase": "recovery", "score": score, "seed": seed, "fraction": fraction, "fold": "mean"}
+                row.update(steps=args.recovery_steps, original_steps=args.finetune_steps)
+                if key(row) in done:
+                    continue
+                start = time.perf_counter()
+                column = score_column(score, seed)
+                plan = target_plan(model, table, fraction, score=column)
+                small = prune_model(model, table, plan, fold="mean", score=column)
+                name = f"{score}-{fraction:g}-seed{seed}-{args.recovery_steps}steps"
+                result = finetune(
+                    small,
+                    task,
+                    args.work / "recovery" / name,
+                    seed=seed,
+                    max_steps=args.recovery_steps,
+                    eval_steps=args.recovery_steps,
+                    patience=0,
+                    tokenizer=tokenizer,
+                    name=name,
+                )
+                row.update(measure(small, tokenizer, data))
+                row.update(
+                    encoder_fraction=dry_run(model, table, plan, score=column).encoder_fraction,
+                    train_seconds=round(result.train_seconds, 1),
+                    seconds=round(time.perf_counter() - start, 1),
+                )
+                append_result(row)
+                done.add(key(row))
+                after()
+                log(f"recovery {score} seed={seed} {fraction:.0%}: acc {row['accuracy']:.4f}")
+
+
+def stability(done: set) -> None:
+    """Jaccard overlap of the neurons kept at P50 (per layer and component) between corpus samples."""
+    samples = {"150/s0": (150, 0), "150/s1": (150, 1), "700/s0": (700, 0), "1500/s0": (1500, 0)}
+    pairs = [("150/s0", "150/s1"), ("150/s0", "700/s0"), ("150/s0", "1500/s0"), ("700/s0", "1500/s0")]
+    todo = [p for p in pairs if ("stability", f"{p[0]} vs {p[1]}", None, None, None, None, None) not in done]
+    if not todo:
+        return
+    model, tokenizer = obce.load_model(device="cpu")
+    tables = {}
+    for name, (n, seed) in samples.items():
+        start = time.perf_counter()
+        tables[name] = obce.analyze(model, tokenizer=tokenizer, n_sentences=n, seed=seed, progress=False)
+        log(f"stability: analysed {name} in {time.perf_counter() - start:.0f} s")
+    shape = EncoderShape.from_model(model)
+    plan = uniform_plan(shape.num_layers, 50, start_layer=1)
+    for a, b in todo:
+        row = {"phase": "stability", "score": f"{a} vs {b}", "seed": None, "fraction": None, "fold": None}
+        row["steps"] = None
+        for score in ("lam", "std"):
+            sel_a = select_neurons(plan, tables[a], shape, score=score)
+            sel_b = select_neurons(plan, tables[b], shape, score=score)
+            for part in ("qk", "value", "intermediate"):
+                overlaps = [
+                    len(np.intersect1d(getattr(x, part), getattr(y, part)))
+                    / len(np.union1d(getattr(x, part), getattr(y, part)))
+                    for x, y in zip(sel_a, sel_b, strict=True)
+                ]
+                row[f"{score}_{part}"] = float(np.mean(overlaps))
+                row[f"{score}_{part}_per_layer"] = [round(o, 4) for o in overlaps]
+        append_result(row)
+        done.add(key(row))
+        log(f"stability {a} vs {b}: λ intermediate {row['lam_intermediate']:.3f}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+
+
+def cell(values: pd.Series, digits: int = 1, scale: float = 100.0) -> str:
+    v = values.to_numpy(dtype=float) * scale
+    if len(v) == 0:
+        return "–"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {v.std(ddof=1):.{digits}f}"
+
+
+def acc_cell(rows: pd.DataFrame) -> str:
+    se = 100 * rows["accuracy_se"].mean()
+    return f"{cell(rows['accuracy'])} (SE {se:.1f})" if len(rows) else "–"
+
+
+def report(args_line: str, original: dict | None) -> str:
+    rows = pd.DataFrame(read_results())
+    lines = [
+        "# Neuron scores and bias folding: λ against simpler scores at the same size",
+        "",
+        f"Command: `{args_line}` (resumable: the same command skips what is done)  ",
+        (
+            f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
+            f"torch {torch.__version__}, CPU only.  "
+        ),
+        (
+            "Model: built-in all-MiniLM-L6-v2, fine-tuned once on `polarity` (seed 0, "
+            f"{'3 epochs' if not original or not original.get('steps') else str(original['steps']) + ' steps'}) "
+            "= the original.  "
+        ),
+    ]
+    if original:
+        lines.append(
+            f"Original fine-tuned: test accuracy {100 * original['accuracy']:.1f} (SE "
+            f"{100 * original['accuracy_se']:.1f}), n = {original['n_test']}."
+        )
+    lines += ["", (__doc__ or "").split("\n\n", 2)[2].strip(), ""]
+    if rows.empty:
+        return "\n".join([*lines, "No configuration has finished yet.", ""])
+    done = {p: int((rows["phase"] == p).sum()) for p in ("retention", "stability", "recovery")}
+    lines += [f"Configurations finished: {done}.", ""]
+
+    ret = rows[rows["phase"] == "retention"]
+    if not ret.empty:
+        lines += [
+            "## 1. Retention (no training after compression)",
+            "",
+            (
+                "Accuracy and agreement in %, KL in nats (mean over the 400 test sentences), cosine of mean-pooled "
+                "embeddings on 400 held-out Wikipedia sentences. `x ± s`: mean ± std over the random score's seeds; "
+                "SE: standard error of the accuracy from the test-set size. Kept: encoder parameters kept."
+            ),
+            "",
+        ]
+        for fraction in sorted(ret["fraction"].unique(), reverse=True):
+            part = ret[ret["fraction"] == fraction]
+            lines += [
+                f"### {fraction:.0%} of the encoder",
+                "",
+                "| score | kept % | "
+                + " | ".join(f"acc {f}" for f in FOLDS)
+                + " | agree (mean) | "
+                + " | ".join(f"KL {f}" for f in FOLDS)
+                + " | "
+                + " | ".join(f"cos {f}" for f in FOLDS)
+                + " |",
+                "|---" * (3 + 3 * len(FOLDS)) + "|---|",
+            ]
+            for score in SCORES:
+                s = part[part["score"] == score]
+                if s.empty:
+                    continue
+                by = {f: s[s["fold"] == f] for f in FOLDS}
+                kept = 100 * s["encoder_fraction"].mean()
+                lines.append(
+                    f"| {score} | {kept:.2f} | "
+                    + " | ".join(acc_cell(by[f]) for f in FOLDS)
+                    + f" | {cell(by['mean']['agreement'])} | "
+                    + " | ".join(cell(by[f]["kl"], 3, 1) for f in FOLDS)
+                    + " | "
+                    + " | ".join(cell(by[f]["cosine"], 3, 1) for f in FOLDS)
+                    + " |"
+                )
+            lines.append("")
+
+    stab = rows[rows["phase"] == "stability"]
+    if not stab.empty:
+        lines += [
+            "## 2. Corpus stability of the kept sets (pretrained MiniLM, P50 in every layer)",
+            "",
+            (
+                "Jaccard overlap |A ∩ B| / |A ∪ B| of the neurons kept at P50, mean over the 6 layers "
+                "(two random halves would give about 0.33)."
+            ),
+            "",
+            "| samples | λ query/key | λ value | λ intermediate | std query/key | std value | std intermediate |",
+            "|---|---|---|---|---|---|---|",
+        ]
+        for _, r in stab.iterrows():
+            lines.append(
+                f"| {r['score']} | "
+                + " | ".join(f"{r[f'{s}_{p}']:.3f}" for s in ("lam", "std") for p in ("qk", "value", "intermediate"))
+                + " |"
+            )
+        lines.append("")
+
+    rec = rows[rows["phase"] == "recovery"]
+    if not rec.empty:
+        steps = sorted(rec["steps"].unique())
+        lines += [
+            f"## 3. Recovery: {', '.join(map(str, steps))} fine-tuning steps after compression (fold mean)",
+            "",
+            "`x ± s`: mean ± std over the fine-tune seeds (n seeds in brackets); SE as above, per run.",
+            "",
+            "| score | " + " | ".join(f"acc {f:.0%} | KL {f:.0%} | cos {f:.0%}" for f in args_fractions(rec)) + " |",
+            "|---" * (1 + 3 * len(args_fractions(rec))) + "|",
+        ]
+        for score in SCORES:
+            s = rec[rec["score"] == score]
+            if s.empty:
+                continue
+            cells = []
+            for fraction in args_fractions(rec):
+                r = s[s["fraction"] == fraction]
+                cells += [f"{acc_cell(r)} [{len(r)}]", cell(r["kl"], 3, 1), cell(r["cosine"], 3, 1)]
+            lines.append(f"| {score} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def args_fractions(rows: pd.DataFrame) -> list[float]:
+    return sorted(rows["fraction"].unique(), reverse=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--fractions", type=float, nargs="+", default=[0.6, 0.45])
+    p.add_argument("--recovery-steps", type=int, default=50)
+    p.add_argument(
+        "--finetune-steps", type=int, default=None, help="steps of the original's fine-tune (default: 3 epochs)"
+    )
+    p.add_argument("--work", type=Path, default=Path("runs/ablate"))
+    p.add_argument("--report", action="store_true", help="only rewrite the Markdown report")
+    args = p.parse_args()
+    args_line = "python benchmarks/ablate.py " + " ".join(a for a in sys.argv[1:] if a != "--report")
+    RESULTS.mkdir(exist_ok=True)
+    original_file = args.work / "original_measures.json"
+
+    def write_report() -> None:
+        original = json.loads(original_file.read_text()) if original_file.is_file() else None
+        atomic_write(MARKDOWN, report(args_line.strip(), original) + "\n")
+
+    if args.report:
+        write_report()
+        return
+    torch.set_num_threads(os.cpu_count() or 1)
+    done = {key(r) for r in read_results()}
+    log("fine-tuning the original (or reading the finished run)")
+    model, tokenizer, _ = finetuned_original(args.work, args.finetune_steps)
+    task = obce.load_task(TASK)
+    table = scored_table(model, tokenizer, task, args.seeds, args.work / f"scores-{args.finetune_steps or 'default'}")
+    log("scores ready")
+    data = {
+        "test_texts": task.texts("test")[0],
+        "test_labels": torch.as_tensor(task.labels("test")),
+        "held_out": held_out_sentences(table.sentences),
+    }
+    data["ref_logits"] = run_outputs(model, tokenizer, data["test_texts"], pooled=False)
+    data["ref_embeddings"] = run_outputs(model, tokenizer, data["held_out"], pooled=True)
+    original = {**measure(model, tokenizer, data), "steps": args.finetune_steps}
+    atomic_write(original_file, json.dumps(original, indent=2) + "\n")
+    log(f"original: acc {original['accuracy']:.4f}")
+
+    retention(model, tokenizer, table, data, args, done, write_report)
+    stability(done)
+    write_report()
+    recovery(model, tokenizer, table, data, args, done, write_report)
+    log("all done")
+
+
+if __name__ == "__main__":
+    main()
