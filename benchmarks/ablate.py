@@ -366,7 +366,7 @@ def report(args_line: str, original: dict | None) -> str:
                 + " | "
                 + " | ".join(f"cos {f}" for f in FOLDS)
                 + " |",
-                "|---" * (3 + 3 * len(FOLDS)) + "|---|",
+                "|---" * (3 + 3 * len(FOLDS)) + "|",
             ]
             for score in SCORES:
                 s = part[part["score"] == score]
@@ -408,7 +408,7 @@ def report(args_line: str, original: dict | None) -> str:
 
     rec = rows[rows["phase"] == "recovery"]
     if not rec.empty:
-        steps = sorted(rec["steps"].unique())
+        steps = sorted(int(x) for x in rec["steps"].unique())
         lines += [
             f"## 3. Recovery: {', '.join(map(str, steps))} fine-tuning steps after compression (fold mean)",
             "",
