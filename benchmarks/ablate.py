@@ -315,7 +315,7 @@ def acc_cell(rows: pd.DataFrame) -> str:
     return f"{cell(rows['accuracy'])} (SE {se:.1f})" if len(rows) else "–"
 
 
-def report(args_line: str, original: dict | None) -> str:
+def report(args_line: str, original: dict | None, expected: dict[str, int]) -> str:
     rows = pd.DataFrame(read_results())
     lines = [
         "# Neuron scores and bias folding: λ against simpler scores at the same size",
@@ -339,8 +339,14 @@ def report(args_line: str, original: dict | None) -> str:
     lines += ["", (__doc__ or "").split("\n\n", 2)[2].strip(), ""]
     if rows.empty:
         return "\n".join([*lines, "No configuration has finished yet.", ""])
-    done = {p: int((rows["phase"] == p).sum()) for p in ("retention", "stability", "recovery")}
-    lines += [f"Configurations finished: {done}.", ""]
+    done = {p: int((rows["phase"] == p).sum()) for p in expected}
+    lines.append(f"Configurations finished: {done} of {expected}.")
+    if done != expected:
+        lines.append(
+            "**Partial run**: every finished configuration is reported below; the rest have not run yet. "
+            "Running the same command again resumes where this stopped."
+        )
+    lines.append("")
 
     ret = rows[rows["phase"] == "retention"]
     if not ret.empty:
@@ -451,7 +457,13 @@ def main() -> None:
 
     def write_report() -> None:
         original = json.loads(original_file.read_text()) if original_file.is_file() else None
-        atomic_write(MARKDOWN, report(args_line.strip(), original) + "\n")
+        n_scores = len(SCORES) - 1 + len(args.seeds)  # one random score per seed
+        expected = {
+            "retention": len(args.fractions) * n_scores * len(FOLDS),
+            "stability": 4,
+            "recovery": len(args.seeds) * len(args.fractions) * len(SCORES),
+        }
+        atomic_write(MARKDOWN, report(args_line.strip(), original, expected) + "\n")
 
     if args.report:
         write_report()
