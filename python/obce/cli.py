@@ -27,6 +27,7 @@ from .pipeline import COMPRESSED, ORIGINAL, Budget, RunFolder, SpeedSettings
 __all__ = ["app", "main"]
 
 _DEFAULT_OUTPUT = Path("obce-run")
+_INTERRUPTED = 130  # 128 + SIGINT, the shell's status for Ctrl-C
 _BUDGET, _SPEED = Budget(), SpeedSettings()
 # What a user gets wrong (an input, a file, a clash with the run folder): one line, no traceback.
 _USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
@@ -185,15 +186,20 @@ def _stage(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
-def _command_line() -> list[str]:
-    return ["obce", *sys.argv[1:]]
+def _command_line(ctx: typer.Context) -> list[str]:
+    """The command line as typed (main() passes it down), recorded in the run's settings."""
+    return ctx.obj["command"] if isinstance(ctx.obj, dict) else ["obce", ctx.info_name or ""]
 
 
-def _open_run(output: Path, overwrite: bool) -> RunFolder:
+def _open_run(ctx: typer.Context, output: Path, overwrite: bool) -> RunFolder:
     run = RunFolder(output)
     run.prepare(overwrite=overwrite)
-    run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line())])
+    _record_command(ctx, run)
     return run
+
+
+def _record_command(ctx: typer.Context, run: RunFolder) -> None:
+    run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line(ctx))])
 
 
 def _analysis(run: RunFolder, model, corpus, sentences, seed, token, device, progress) -> None:
@@ -214,6 +220,7 @@ def _report(run: RunFolder) -> None:
 
 @app.command()
 def analyze(
+    ctx: typer.Context,
     model: Model = None,
     corpus: Corpus = None,
     sentences: Sentences = 150,
@@ -225,7 +232,7 @@ def analyze(
     progress: Progress = True,
 ) -> None:
     """Compute λ of every neuron over a corpus sample: the importance table and its figures."""
-    run = _open_run(output, overwrite)
+    run = _open_run(ctx, output, overwrite)
     _analysis(run, model, corpus, sentences, seed, token, device, progress)
     stats = run.table().stats()
     _echo(stats.pivot(index="layer", columns="component", values="median").to_string(float_format="{:.4g}".format))
@@ -234,6 +241,7 @@ def analyze(
 
 @app.command()
 def prune(
+    ctx: typer.Context,
     model: Model = None,
     corpus: Corpus = None,
     sentences: Sentences = 150,
@@ -250,7 +258,7 @@ def prune(
     progress: Progress = True,
 ) -> None:
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
-    run = _open_run(output, overwrite)
+    run = _open_run(ctx, output, overwrite)
     _analysis(run, model, corpus, sentences, seed, token, device, progress)
     loaded = pipeline.ModelLoader(run, device)
     if dry_run:
@@ -269,6 +277,7 @@ def prune(
 
 @app.command()
 def finetune(
+    ctx: typer.Context,
     models: Models = None,
     task: Task = "polarity",
     glue_dir: GlueDir = None,
@@ -300,7 +309,7 @@ def finetune(
     run.prepare()
     if overwrite:
         _clear_finetuning(run)
-    run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line())])
+    _record_command(ctx, run)
     chosen = _labelled(run, models)
     budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
     settings = pipeline.finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16)
@@ -344,6 +353,7 @@ def _labelled(run: RunFolder, models: Sequence[str] | None) -> dict[str, str]:
 
 @app.command()
 def evaluate(
+    ctx: typer.Context,
     models: Models = None,
     task: Task = "polarity",
     split: Annotated[
@@ -366,7 +376,7 @@ def evaluate(
     from .tasks import load_task
     from .train import evaluate as score
 
-    run = _open_run(output, overwrite=False)
+    run = _open_run(ctx, output, overwrite=False)
     chosen = run.finetuned() if not models else _labelled(run, models)
     if not chosen:
         raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
@@ -396,6 +406,7 @@ def _finetuned_length(folder: Path) -> int:
 
 @app.command()
 def compress(
+    ctx: typer.Context,
     model: Model = None,
     corpus: Corpus = None,
     sentences: Sentences = 150,
@@ -440,7 +451,7 @@ def compress(
         device=device,
         overwrite=overwrite,
         progress=progress,
-        command=_command_line(),
+        command=_command_line(ctx),
         log=_stage,
     )
     _echo(f"report: {report}")
@@ -482,20 +493,26 @@ def main(argv: Sequence[str] | None = None) -> None:
     """Run the ``obce`` command (``argv`` defaults to the process's arguments) and exit with its status."""
     import transformers
 
-    # The command prints its own stage lines; transformers' load reports and notes would drown them.
+    # The command prints its own stage lines; transformers' load reports, notes and weight-loading
+    # bars would drown them (training and analysis keep their progress bars).
     transformers.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = list(sys.argv[1:] if argv is None else argv)
     try:
-        code = app(args=args, prog_name="obce", standalone_mode=False)
+        code = app(args=args, prog_name="obce", standalone_mode=False, obj={"command": ["obce", *args]})
     except _CLICK_ERROR as err:
+        if not args:  # `obce` alone: the help was shown
+            sys.exit(err.exit_code)
         ctx = getattr(err, "ctx", None)
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         _fail(f"{err.format_message()}{where}", err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted; run the same command again to resume", 130)
+        _fail("interrupted; run the same command again to resume", _INTERRUPTED)
     except _USER_ERRORS as err:
         _fail(str(err), 1)
+    if code == _INTERRUPTED:  # typer turns Ctrl-C into this status
+        _fail("interrupted; run the same command again to resume", _INTERRUPTED)
     sys.exit(code or 0)
 
 

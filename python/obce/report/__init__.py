@@ -1,1 +1,7 @@
-"""Reports of an analysis: figures of neuron importance."""
+"""Reports of a run: figures of neuron importance (:mod:`obce.report.figures`) and the page that
+gathers a run folder's results into one self-contained HTML file and a Markdown summary
+(:mod:`obce.report.page`, :func:`write_report`; ``obce report`` on the command line)."""
+
+from .page import write_report
+
+__all__ = ["write_report"]

