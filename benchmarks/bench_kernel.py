@@ -205,7 +205,7 @@ def check(got, want) -> tuple[float, str | None]:
     bad = int(np.argmax(err))
     if err[bad] <= RTOL:
         return float(err[bad]), None
-    return float(err[bad]), f"cloud {bad}: {got[bad]!r} vs obce {want[bad]!r}"
+    return float(err[bad]), f"cloud {bad}: {float(got[bad])!r} vs obce {float(want[bad])!r}"
 
 
 def choose_subset(peer: Peer, total: int, per_cloud_s: float, budget_s: float) -> int:
@@ -527,7 +527,10 @@ def verdicts(records: list[dict]) -> list[str]:
 def write_atomic(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    umask = os.umask(0)
+    os.umask(umask)
     try:
+        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; results are for everyone
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
