@@ -7,7 +7,7 @@ the pipeline leaves a plain file behind, so each step can be rerun, skipped or r
     sentences.txt           the corpus sample            ┐
     importance.csv          λ and statistics per neuron  ├ analysis (ImportanceTable.save)
     importance.json         the analysis's settings      ┘
-    persistence.json        outputs of a high-λ and a low-λ neuron (their persistence diagrams)
+    persistence.json        outputs of a high-λ and a low-λ neuron (for their persistence diagrams)
     plan.json               the pruning plan (PruningPlan.load reads it)
     compressed/             the compressed model and its tokenizer (AutoModel.from_pretrained)
     parameters.csv          parameters and neurons per layer and component, original and compressed
@@ -483,7 +483,8 @@ def run_analysis(
     model: ModelLoader | None = None,
 ) -> bool:
     """λ of every neuron over a corpus sample (``importance.*``, ``sentences.txt``), and the outputs of
-    the highest- and lowest-λ neurons of the middle layer's intermediate component (``persistence.json``).
+    the highest- and lowest-λ (non-zero) neurons of the middle layer's intermediate component
+    (``persistence.json``).
 
     Parameters
     ----------
@@ -545,9 +546,15 @@ def _diagram_points(table: ImportanceTable, model, tokenizer, progress: bool) ->
             "lam": float(lam[neuron]),
             "points": values[:, neuron].tolist(),
         }
-        for role, neuron in (("high", int(np.argmax(lam))), ("low", int(np.argmin(lam))))
+        for role, neuron in (("high", int(np.argmax(lam))), ("low", _lowest_positive(lam)))
     ]
     return {"token": table.settings["token"], "neurons": neurons}
+
+
+def _lowest_positive(lam: np.ndarray) -> int:
+    """The neuron of lowest non-zero λ (a dead neuron, λ = 0, has a diagram of one point), else of lowest λ."""
+    positive = np.flatnonzero(lam > 0)
+    return int(positive[np.argmin(lam[positive])]) if positive.size else int(np.argmin(lam))
 
 
 def _plan_setting(spec: str | PruningPlan) -> dict:

@@ -33,6 +33,7 @@ __all__ = ["Figure", "Section", "Table", "report_sections", "write_report"]
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
+_ROLES = {"high": "highest λ", "low": "lowest non-zero λ"}
 _ENCODER_LAYERS = (
     "Encoder layers are the transformer layers only (attention and feed-forward blocks with their layer norms); "
     "the embeddings and the pooler are never pruned and not counted in that fraction. The whole model adds them."
@@ -277,8 +278,8 @@ def _diagrams(persistence: dict, removed: list | None, files: Sequence[str]) -> 
         section.blocks.append(
             Figure(
                 file,
-                f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, the {entry['role']}est λ of "
-                f"its layer: λ = {_g(entry['lam'])}{fate}.",
+                f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, the "
+                f"{_ROLES[entry['role']]} of its layer: λ = {_g(entry['lam'])}{fate}.",
             )
         )
     return section
@@ -430,10 +431,10 @@ def _markdown(title: str, sections: list[Section]) -> str:
 
 
 _STYLE = """
-body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 70em;
+body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 2em auto; max-width: 80em;
        padding: 0 1em; color: #222; line-height: 1.45; }
 h1 { font-size: 1.6em; } h2 { font-size: 1.25em; border-bottom: 1px solid #ddd; padding-bottom: .2em; margin-top: 2em; }
-table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
+.scroll { overflow-x: auto; } table { border-collapse: collapse; margin: .8em 0; font-size: .9em; }
 th, td { border: 1px solid #ccc; padding: .25em .6em; } th { background: #f3f3f3; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; white-space: nowrap; }
 figure { display: inline-block; margin: .5em 1em .5em 0; vertical-align: top; width: 32em; max-width: 100%; }
@@ -457,7 +458,8 @@ def _html(title: str, sections: list[Section], folder: Path) -> str:
         out.append(f"<section><h2>{html.escape(section.title)}</h2>")
         for block in section.blocks:
             if isinstance(block, Table):
-                out.append("<table><thead><tr>" + "".join(f"<th>{html.escape(h)}</th>" for h in block.header))
+                out.append('<div class="scroll"><table><thead><tr>')
+                out.append("".join(f"<th>{html.escape(h)}</th>" for h in block.header))
                 out.append("</tr></thead><tbody>")
                 for row in block.rows:
                     cells = [
@@ -467,7 +469,7 @@ def _html(title: str, sections: list[Section], folder: Path) -> str:
                         for i, c in enumerate(row)
                     ]
                     out.append("<tr>" + "".join(cells) + "</tr>")
-                out.append("</tbody></table>")
+                out.append("</tbody></table></div>")
             elif isinstance(block, Figure):
                 data = base64.b64encode((folder / block.file).read_bytes()).decode("ascii")
                 caption = _inline_markdown(block.caption)
