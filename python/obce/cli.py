@@ -183,7 +183,8 @@ def _echo(text: str) -> None:
 
 
 def _stage(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
+    if pipeline.is_main_process():  # one copy of each line under torchrun
+        print(text, file=sys.stderr, flush=True)
 
 
 def _command_line(ctx: typer.Context) -> list[str]:
