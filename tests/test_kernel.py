@@ -109,6 +109,13 @@ def test_duplicate_heavy(dim, dtype):
     check(clouds.astype(dtype))
 
 
+def test_signed_zeros_are_zeros():
+    """-0.0 and +0.0 are one value: a cloud of negatives and signed zeros has its gap at the zeros."""
+    acts = np.array([[-0.0], [-0.0], [-1.0], [0.0], [-3.0]], dtype=np.float32)
+    assert obce.fast_death_radii(acts).tolist() == [2.0]
+    assert obce.h0_deaths(acts).tolist() == [[0.0, 0.0, 1.0, 2.0]]
+
+
 @pytest.mark.parametrize("dim", DIMS)
 def test_all_points_equal(dim):
     clouds = np.full((2, 50, dim), 3.25)
@@ -378,6 +385,9 @@ def cuda_cases():
     yield "line-big", rng.normal(size=(20000, 3))  # buckets beyond shared memory for float64
     yield "duplicates", rng.normal(size=(4, 9))[rng.integers(0, 4, size=200)]
     yield "all-equal", np.full((3, 40, 5), 2.0)
+    # GELU outputs hold many -0.0 next to small negatives: signed zeros must order as zeros.
+    z = rng.normal(scale=4, size=(150, 4000))
+    yield "signed-zeros", np.where(z < -2, -0.0, np.where(z < 0, z * 1e-3, z))
     yield "offset", 1e4 + rng.normal(scale=1e-2, size=(4, 100, 17))
     for dim in (2, 3, 17, 64):
         for n in (2, 3, 150, 700, 3000):

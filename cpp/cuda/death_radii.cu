@@ -59,20 +59,25 @@ template <class T> __device__ T infinity() { return std::numeric_limits<T>::infi
 template <class T> __device__ bool finite(T x) { return x - x == T(0); }
 
 // Float min/max through integer atomics: non-negative floats order like their bits as signed
-// integers, negative ones in reverse as unsigned integers.
+// integers, negative ones in reverse as unsigned integers. -0.0 would take the signed branch with
+// the bits of INT_MIN and lose every comparison, so it is first made +0.0 (v + 0 does that).
 __device__ void atomic_min(float *a, float v) {
+  v += 0.0f;
   if (v >= 0) atomicMin(reinterpret_cast<int *>(a), __float_as_int(v));
   else atomicMax(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
 }
 __device__ void atomic_max(float *a, float v) {
+  v += 0.0f;
   if (v >= 0) atomicMax(reinterpret_cast<int *>(a), __float_as_int(v));
   else atomicMin(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
 }
 __device__ void atomic_min(double *a, double v) {
+  v += 0.0;
   if (v >= 0) atomicMin(reinterpret_cast<long long *>(a), __double_as_longlong(v));
   else atomicMax(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
 }
 __device__ void atomic_max(double *a, double v) {
+  v += 0.0;
   if (v >= 0) atomicMax(reinterpret_cast<long long *>(a), __double_as_longlong(v));
   else atomicMin(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
 }
