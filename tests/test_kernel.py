@@ -148,9 +148,9 @@ def test_activation_matrix_layout():
 
 
 def test_one_large_cloud_split_over_threads():
-    """Above 2048 points a single cloud's Prim steps are shared among threads."""
+    """A single cloud of over 2048 points and 2^18 coordinates shares its Prim steps among threads."""
     rng = np.random.default_rng(1)
-    clouds = rng.normal(size=(1, 2500, 5))
+    clouds = rng.normal(size=(1, 2500, 105))
     check(clouds, n_threads=2)
     check(clouds.astype(np.float32), n_threads=2)
 

@@ -158,14 +158,16 @@ void parallel_prim(T *W, index_t stride, index_t n, index_t dim, T *dist,
   }
 }
 
-// Points per cloud from which one cloud is worth splitting over threads.
-constexpr index_t split_cloud_points = 2048;
+// A cloud is split over threads only when each Prim step has enough work (points × dimensions) to
+// dwarf the step's two barriers: on a busy machine a barrier can wait a whole scheduler time slice.
+constexpr index_t split_cloud_points = 2048, split_cloud_work = index_t(1) << 18;
 
 template <class T, class PerCloud, class BigCloud>
 index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud, BigCloud big_cloud) {
   const int nt = thread_count(n_threads);
   index_t first_bad = std::numeric_limits<index_t>::max();
-  if (v.dim > 1 && nt > 1 && v.n_clouds < nt && v.n_points >= split_cloud_points) {
+  if (v.dim > 1 && nt > 1 && v.n_clouds < nt && v.n_points >= split_cloud_points &&
+      v.n_points * v.dim >= split_cloud_work) {
     Scratch<T> s;
     s.reserve(v.n_points, v.dim);
     std::vector<Nearest<T>> candidates(nt);
