@@ -11,30 +11,36 @@ namespace obce {
 
 template <class T> struct Nearest {
   T dist2;       // squared distance to the tree
-  index_t index; // column of the point outside the tree, -1 when none
+  index_t index; // the point outside the tree, -1 when none
 };
 
-// Columns of W are points (structure of arrays: coordinate k of column j at W[k * stride + j]), so
-// the inner loop runs over contiguous points and vectorizes for any dimension.
-// Lowers dist[j] to the squared distance between column j and p for j in [lo, hi), and returns the
-// column nearest the tree (ties keep the lowest column; lo when every distance overflowed to inf).
+// Points are stored in tiles of `tile_points` (structure of arrays within a tile): coordinate k of
+// point j is W[tiled(j, k, dim)]. The distance loop runs over contiguous points, so it vectorizes
+// for any dimension, and a tile's rows are adjacent, so it streams through memory in one sequence
+// instead of `dim` sequences far apart (which hardware prefetchers cannot follow for large dim).
+constexpr index_t tile_points = 64;
+
+inline index_t tiled(index_t j, index_t k, index_t dim) {
+  return (j / tile_points) * dim * tile_points + k * tile_points + j % tile_points;
+}
+
+// Lowers dist[j] to the squared distance between point j and p for j in [lo, hi), and returns the
+// point nearest the tree (ties keep the lowest index; lo when every distance overflowed to inf).
 // VectorBytes is the register width to compile for (GCC/Clang vector extensions): blocks of four
 // registers of points keep their partial sums in registers across the whole coordinate loop.
-// The last block is computed whole, so W's rows must be readable (finite values) up to
-// lo + round_up(hi - lo, column_padding); only [lo, hi) of dist is touched.
-constexpr index_t column_padding = 64;
-
+// lo must start a tile, and the last block is computed whole, so W must hold finite values up to the
+// end of hi's tile; only [lo, hi) of dist is touched.
 template <class T, int VectorBytes>
-OBCE_ALWAYS_INLINE Nearest<T> relax(const T *W, index_t stride, index_t dim, const T *p, T *dist,
-                                    index_t lo, index_t hi) {
+OBCE_ALWAYS_INLINE Nearest<T> relax(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
   typedef T vec __attribute__((vector_size(VectorBytes)));
   constexpr index_t lanes = VectorBytes / sizeof(T), unroll = 4, block = unroll * lanes;
-  static_assert(column_padding % block == 0, "a block must not outrun the padding");
+  static_assert(tile_points % block == 0, "a block must not straddle two tiles");
   Nearest<T> best{std::numeric_limits<T>::infinity(), hi > lo ? lo : index_t(-1)};
   for (index_t j0 = lo; j0 < hi; j0 += block) {
     vec acc[unroll] = {};
+    const T *rows = W + tiled(j0, 0, dim);
     for (index_t k = 0; k < dim; ++k) {
-      const T *row = W + k * stride + j0;
+      const T *row = rows + k * tile_points;
       const vec pk = vec{} + p[k];
       for (index_t u = 0; u < unroll; ++u) {
         vec x;
@@ -69,32 +75,30 @@ OBCE_ALWAYS_INLINE Nearest<T> relax(const T *W, index_t stride, index_t dim, con
   return best;
 }
 
-template <class T> inline void copy_column(const T *W, index_t stride, index_t dim, index_t j, T *p) {
-  for (index_t k = 0; k < dim; ++k) p[k] = W[k * stride + j];
+template <class T> inline void copy_point(const T *W, index_t dim, index_t j, T *p) {
+  for (index_t k = 0; k < dim; ++k) p[k] = W[tiled(j, k, dim)];
 }
 
-// Removes column j from the active columns [lo, end) by moving column end - 1 into its place.
-template <class T>
-inline void swap_remove(T *W, index_t stride, index_t dim, T *dist, index_t j, index_t end) {
-  for (index_t k = 0; k < dim; ++k) W[k * stride + j] = W[k * stride + end - 1];
+// Removes point j from the active points [lo, end) by moving point end - 1 into its place.
+template <class T> inline void swap_remove(T *W, index_t dim, T *dist, index_t j, index_t end) {
+  for (index_t k = 0; k < dim; ++k) W[tiled(j, k, dim)] = W[tiled(end - 1, k, dim)];
   dist[j] = dist[end - 1];
 }
 
-// Prim's algorithm over the n columns of W (row stride `stride`, padded as relax requires),
-// starting from column n - 1. Calls on_edge with the squared length of each of the n - 1 tree
-// edges. Permutes W's columns; dist and p are scratch of n and dim elements. relax is the distance update above (passed in so that callers can pick a
-// build of it for the running CPU).
+// Prim's algorithm over the n points of W (tiled as above, padded to whole tiles), starting from
+// point n - 1. Calls on_edge with the squared length of each of the n - 1 tree edges. Permutes W's
+// points; dist and p are scratch of n and dim elements. relax is the distance update above (passed
+// in so that callers can pick a build of it for the running CPU).
 template <class T, class Relax, class OnEdge>
-void prim(T *W, index_t stride, index_t n, index_t dim, T *dist, T *p, Relax relax_fn,
-          OnEdge on_edge) {
+void prim(T *W, index_t n, index_t dim, T *dist, T *p, Relax relax_fn, OnEdge on_edge) {
   index_t active = n - 1;
-  copy_column(W, stride, dim, active, p);
+  copy_point(W, dim, active, p);
   std::fill(dist, dist + active, std::numeric_limits<T>::infinity());
   while (active > 0) {
-    const Nearest<T> nearest = relax_fn(W, stride, dim, p, dist, index_t(0), active);
+    const Nearest<T> nearest = relax_fn(W, dim, p, dist, index_t(0), active);
     on_edge(nearest.dist2);
-    copy_column(W, stride, dim, nearest.index, p);
-    swap_remove(W, stride, dim, dist, nearest.index, active);
+    copy_point(W, dim, nearest.index, p);
+    swap_remove(W, dim, dist, nearest.index, active);
     --active;
   }
 }

@@ -18,25 +18,23 @@ namespace {
 // The distance loop is compiled for several instruction sets, and the widest one the running CPU
 // supports is picked once, so one build is fast everywhere without assuming AVX-512. (Feature
 // lists rather than arch= levels: GCC inlines across the former only.)
-template <class T>
-using RelaxFn = Nearest<T> (*)(const T *, index_t, index_t, const T *, T *, index_t, index_t);
+template <class T> using RelaxFn = Nearest<T> (*)(const T *, index_t, const T *, T *, index_t, index_t);
 
 #if defined(__x86_64__) && defined(__GNUC__)
 template <class T>
 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma"))) Nearest<T>
-relax_avx512(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
-  return relax<T, 64>(W, stride, dim, p, dist, lo, hi);
+relax_avx512(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+  return relax<T, 64>(W, dim, p, dist, lo, hi);
 }
 template <class T>
 __attribute__((target("avx2,fma"))) Nearest<T>
-relax_avx2(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
-  return relax<T, 32>(W, stride, dim, p, dist, lo, hi);
+relax_avx2(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+  return relax<T, 32>(W, dim, p, dist, lo, hi);
 }
 #endif
 template <class T>
-Nearest<T> relax_baseline(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo,
-                          index_t hi) {
-  return relax<T, 16>(W, stride, dim, p, dist, lo, hi);
+Nearest<T> relax_baseline(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+  return relax<T, 16>(W, dim, p, dist, lo, hi);
 }
 
 enum class Simd { baseline, avx2, avx512 };
@@ -60,15 +58,13 @@ template <class T> RelaxFn<T> pick_relax() {
   }
 }
 
-template <class T> Nearest<T> relax_best(const T *W, index_t stride, index_t dim, const T *p, T *dist,
-                                         index_t lo, index_t hi) {
+template <class T> Nearest<T> relax_best(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
   static const RelaxFn<T> fn = pick_relax<T>();
-  return fn(W, stride, dim, p, dist, lo, hi);
+  return fn(W, dim, p, dist, lo, hi);
 }
 template <class T> struct RelaxBest {
-  Nearest<T> operator()(const T *W, index_t stride, index_t dim, const T *p, T *dist, index_t lo,
-                        index_t hi) const {
-    return relax_best(W, stride, dim, p, dist, lo, hi);
+  Nearest<T> operator()(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) const {
+    return relax_best(W, dim, p, dist, lo, hi);
   }
 };
 
@@ -85,65 +81,82 @@ int this_thread() {
 // x - x is 0 for every finite x and NaN for NaN and ±inf.
 template <class T> bool finite(T x) { return x - x == T(0); }
 
-// Per-thread buffers, grown on demand and reused across the clouds a thread handles. Rows of
-// `points` are padded (with finite values) to a multiple of column_padding, as relax requires.
+// Per-thread buffers, grown on demand and reused across the clouds a thread handles. `points` holds
+// whole tiles (padding with finite values), as relax requires.
 template <class T> struct Scratch {
   std::vector<T> points, a, b;
-  index_t stride = 0;
   void reserve(index_t n, index_t dim) {
-    stride = (n + column_padding - 1) / column_padding * column_padding;
-    if (index_t(points.size()) < stride * dim) points.resize(stride * dim);
+    const index_t padded = (n + tile_points - 1) / tile_points * tile_points;
+    if (index_t(points.size()) < padded * dim) points.resize(padded * dim);
     for (auto *v : {&a, &b})
-      if (index_t(v->size()) < std::max(stride, dim)) v->resize(std::max(stride, dim));
+      if (index_t(v->size()) < std::max(padded, dim)) v->resize(std::max(padded, dim));
   }
 };
 
-// Copies cloud c into s.points as a structure of arrays (coordinate-major). False if not finite.
+// Copies cloud c into s.points in the tiled layout of prim.hpp (for dim 1, plainly contiguous).
+// False if a value is not finite.
 template <class T> bool gather(const CloudView<T> &v, index_t c, Scratch<T> &s) {
   bool ok = true;
   const T *src = v.cloud(c);
+  T *dst = s.points.data();
   for (index_t k = 0; k < v.dim; ++k) {
-    T *dst = s.points.data() + k * s.stride;
     const T *col = src + k * v.dim_stride;
     for (index_t i = 0; i < v.n_points; ++i) {
       const T x = col[i * v.point_stride];
-      dst[i] = x;
+      dst[tiled(i, k, v.dim)] = x;
       ok &= finite(x);
     }
   }
   return ok;
 }
 
-template <class T> T line_death_radius(Scratch<T> &s, index_t n) {
-  const T *x = s.points.data();
-  const auto [lo, hi] = std::minmax_element(x, x + n);
-  return max_gap(x, n, *lo, *hi, s.a.data(), s.b.data());
+// 1-D clouds are gathered in groups: in the (n_points, n_neurons) layout the group's values for one
+// input share a cache line, read once for all of them. Column by column, a large power-of-two row
+// stride would also map every row of a column to the same L1 set.
+constexpr index_t line_group = 16;
+
+// Copies clouds [c0, c0 + count) into s.points, cloud g at g * n_points, and flags the finite ones.
+template <class T> void gather_lines(const CloudView<T> &v, index_t c0, index_t count, Scratch<T> &s, bool *finite_cloud) {
+  const index_t n = v.n_points;
+  T *dst = s.points.data();
+  std::fill(finite_cloud, finite_cloud + count, true);
+  for (index_t i = 0; i < n; ++i) {
+    const T *row = v.data + i * v.point_stride + c0 * v.cloud_stride;
+    for (index_t g = 0; g < count; ++g) {
+      const T x = row[g * v.cloud_stride];
+      dst[g * n + i] = x;
+      finite_cloud[g] &= finite(x);
+    }
+  }
+}
+
+template <class T> T line_death_radius(T *x, index_t n, Scratch<T> &s) {
+  return max_gap(x, n, s.a.data(), s.b.data());
 }
 
 // Prim's tree edges (squared lengths) of the cloud in s.points, one thread.
 template <class T, class OnEdge> void serial_prim(Scratch<T> &s, index_t n, index_t dim, OnEdge on_edge) {
-  prim(s.points.data(), s.stride, n, dim, s.a.data(), s.b.data(), RelaxBest<T>{}, on_edge);
+  prim(s.points.data(), n, dim, s.a.data(), s.b.data(), RelaxBest<T>{}, on_edge);
 }
 
 // Prim's algorithm on one large cloud with the points split among the threads of the enclosing
 // parallel region: each step every thread relaxes its own points, then all agree on the nearest.
-// W's columns [0, n - 1) are shared out; column n - 1 is the root.
+// Points [0, n - 1) are shared out in whole tiles; point n - 1 is the root.
 template <class T, class OnEdge>
-void parallel_prim(T *W, index_t stride, index_t n, index_t dim, T *dist,
-                   std::vector<Nearest<T>> &candidates, std::vector<T> &p, OnEdge on_edge) {
+void parallel_prim(T *W, index_t n, index_t dim, T *dist, std::vector<Nearest<T>> &candidates,
+                   std::vector<T> &p, OnEdge on_edge) {
 #ifdef _OPENMP
   const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
 #else
   const int t = 0, n_threads = 1;
 #endif
-  // Shares start on padding boundaries, so a share's last block never reads past the rows.
-  auto share_start = [&](int r) { return r == n_threads ? n - 1 : (n - 1) * r / n_threads / column_padding * column_padding; };
+  auto share_start = [&](int r) { return r == n_threads ? n - 1 : (n - 1) * r / n_threads / tile_points * tile_points; };
   const index_t lo = share_start(t), hi = share_start(t + 1);
   index_t end = hi; // this thread's active points are [lo, end)
-  copy_column(W, stride, dim, n - 1, p.data());
+  copy_point(W, dim, n - 1, p.data());
   std::fill(dist + lo, dist + hi, std::numeric_limits<T>::infinity());
   for (index_t step = 0; step + 1 < n; ++step) {
-    candidates[t] = relax_best(W, stride, dim, p.data(), dist, lo, end);
+    candidates[t] = relax_best(W, dim, p.data(), dist, lo, end);
 #pragma omp barrier
     int owner = 0;
     for (int r = 1; r < n_threads; ++r) {
@@ -152,9 +165,9 @@ void parallel_prim(T *W, index_t stride, index_t n, index_t dim, T *dist,
     }
     const Nearest<T> nearest = candidates[owner];
     if (t == 0) on_edge(nearest.dist2);
-    copy_column(W, stride, dim, nearest.index, p.data());
+    copy_point(W, dim, nearest.index, p.data());
 #pragma omp barrier
-    if (t == owner) swap_remove(W, stride, dim, dist, nearest.index, end--);
+    if (t == owner) swap_remove(W, dim, dist, nearest.index, end--);
   }
 }
 
@@ -181,16 +194,28 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
       big_cloud(c, s, candidates, p[this_thread()]);
     }
   } else {
-    // Small clouds in chunks of 16 neighbouring ones: in the (n_points, n_neurons) layout they
-    // share cache lines.
 #pragma omp parallel num_threads(nt) reduction(min : first_bad)
     {
       Scratch<T> s;
-      s.reserve(v.n_points, v.dim);
-#pragma omp for schedule(dynamic, 16)
-      for (index_t c = 0; c < v.n_clouds; ++c) {
-        if (gather(v, c, s)) per_cloud(c, s);
-        else first_bad = std::min(first_bad, c);
+      if (v.dim == 1) {
+        s.reserve(v.n_points * line_group, 1);
+        bool finite_cloud[line_group];
+#pragma omp for schedule(dynamic, 1)
+        for (index_t c0 = 0; c0 < v.n_clouds; c0 += line_group) {
+          const index_t count = std::min(line_group, v.n_clouds - c0);
+          gather_lines(v, c0, count, s, finite_cloud);
+          for (index_t g = 0; g < count; ++g) {
+            if (finite_cloud[g]) per_cloud(c0 + g, s.points.data() + g * v.n_points, s);
+            else first_bad = std::min(first_bad, c0 + g);
+          }
+        }
+      } else {
+        s.reserve(v.n_points, v.dim);
+#pragma omp for schedule(dynamic, 1)
+        for (index_t c = 0; c < v.n_clouds; ++c) {
+          if (gather(v, c, s)) per_cloud(c, s.points.data(), s);
+          else first_bad = std::min(first_bad, c);
+        }
       }
     }
   }
@@ -204,9 +229,9 @@ template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_thre
   std::fill(out, out + v.n_clouds, std::numeric_limits<T>::quiet_NaN());
   return for_each_cloud(
       v, n_threads,
-      [&](index_t c, Scratch<T> &s) {
+      [&](index_t c, T *points, Scratch<T> &s) {
         if (dim == 1) {
-          out[c] = line_death_radius(s, n);
+          out[c] = line_death_radius(points, n, s);
           return;
         }
         T longest = 0;
@@ -215,7 +240,7 @@ template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_thre
       },
       [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
         T longest = 0;
-        parallel_prim(s.points.data(), s.stride, n, dim, s.a.data(), candidates, p,
+        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p,
                       [&](T d2) { longest = std::max(longest, d2); });
         if (this_thread() == 0) out[c] = std::sqrt(longest);
       });
@@ -230,10 +255,10 @@ template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_thread
   };
   return for_each_cloud(
       v, n_threads,
-      [&](index_t c, Scratch<T> &s) {
+      [&](index_t c, T *points, Scratch<T> &s) {
         T *row = out + c * (n - 1);
         if (dim == 1) {
-          sorted_gaps(s.points.data(), n, row);
+          sorted_gaps(points, n, row);
           return;
         }
         index_t e = 0;
@@ -243,7 +268,7 @@ template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_thread
       [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
         T *row = out + c * (n - 1);
         index_t e = 0;
-        parallel_prim(s.points.data(), s.stride, n, dim, s.a.data(), candidates, p,
+        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p,
                       [&](T d2) { row[e++] = d2; });
         if (this_thread() == 0) finish(row);
       });
