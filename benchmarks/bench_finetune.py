@@ -68,8 +68,6 @@ def main() -> None:
         f"Plan (target {args.fraction:.0%} of the encoder, levels from λ medians):",
         "",
         "```",
-        str(plan),
-        "",
         str(report),
         "```",
         "",

@@ -19,15 +19,15 @@ import bz2
 import os
 import random
 import re
-import tempfile
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from ._io import atomic_write_text
+
 __all__ = [
     "Corpus",
-    "atomic_write_text",
     "builtin_dump_path",
     "load_sentences",
     "sample_sentences",
@@ -401,42 +401,6 @@ def _accepted(stream: Iterable[str], accept: Callable[[list[str]], Iterable[bool
             chunk = []
     if chunk:
         yield from (s for s, ok in zip(chunk, accept(chunk), strict=True) if ok)
-
-
-def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = False) -> Path:
-    """Write a UTF-8 text file atomically: a temporary file in the same folder, then a rename.
-
-    Parameters
-    ----------
-    path : str or path-like
-        Destination; its folder is created if missing.
-    text : str
-        Content.
-    overwrite : bool
-        Replace an existing file; otherwise an existing file is an error.
-
-    Returns
-    -------
-    pathlib.Path
-
-    Raises
-    ------
-    FileExistsError
-        If ``path`` exists and ``overwrite`` is False.
-    """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def save_sentences(sentences: Sequence[str], path: str | os.PathLike, *, overwrite: bool = False) -> Path:

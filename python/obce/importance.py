@@ -24,7 +24,8 @@ import torch
 
 from ._version import __version__
 from .activations import Activations, check_token_mode, compute_activations
-from .corpus import Corpus, atomic_write_text, load_sentences, sample_sentences, save_sentences
+from ._io import atomic_write_text
+from .corpus import Corpus, load_sentences, sample_sentences, save_sentences
 from .kernel import fast_death_radii
 from .models.adapters import (
     COMPONENTS,

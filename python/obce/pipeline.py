@@ -43,7 +43,8 @@ import numpy as np
 import pandas as pd
 
 from ._version import __version__
-from .corpus import Corpus, atomic_write_text
+from ._io import atomic_write_text
+from .corpus import Corpus
 from .importance import ImportanceTable, analyze
 from .models.adapters import ARCHITECTURES, COMPONENTS, builtin_model_path, encoder_layers, max_sequence_length
 from .plans import EncoderShape, PruningPlan, dry_run, paper_plan, select_neurons, target_plan, uniform_plan

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from ._io import atomic_write_text
 from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
 
 __all__ = [
@@ -66,19 +67,8 @@ def _is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 def _write_json(path: Path, obj) -> None:
-    _atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n", overwrite=True)
 
 
 def _json_default(obj):
@@ -612,7 +602,7 @@ def finetune(
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
         _write_json(output_dir / _RESULTS_FILE, result.to_dict())
-        _atomic_write_text(output_dir / "results.md", results_table([result]))
+        atomic_write_text(output_dir / "results.md", results_table([result]), overwrite=True)
         if not keep_checkpoints:
             for checkpoint in output_dir.glob("checkpoint-*"):
                 shutil.rmtree(checkpoint)
@@ -804,5 +794,5 @@ def compare(
         _write_json(
             output_dir / "comparison.json", {"summary": comparison.summary, "runs": [r.to_dict() for r in runs]}
         )
-        _atomic_write_text(output_dir / "comparison.md", comparison.to_markdown())
+        atomic_write_text(output_dir / "comparison.md", comparison.to_markdown(), overwrite=True)
     return comparison

@@ -11,7 +11,6 @@ involved, and each file is written atomically.
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,6 +19,7 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from .._io import atomic_open
 from ..activations import Activations
 from ..importance import ImportanceTable
 from ..kernel import h0_deaths
@@ -36,16 +36,9 @@ def _save(figure: Figure, path: str | os.PathLike, overwrite: bool) -> Path:
         raise ValueError(f"figures are PNG files; expected a path ending in .png, got {os.fspath(path)!r}")
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
     FigureCanvasAgg(figure)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            figure.savefig(f, format="png", dpi=150, bbox_inches="tight")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_open(path, "wb", overwrite=overwrite) as f:
+        figure.savefig(f, format="png", dpi=150, bbox_inches="tight")
     return path
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import pandas as pd
 
 from ..activations import Activations
-from ..corpus import atomic_write_text
+from .._io import atomic_open, atomic_write_text
 from ..importance import ImportanceTable
 from ..models.adapters import COMPONENTS
 from ..pipeline import COMPRESSED, ORIGINAL, RunFolder
@@ -406,9 +406,8 @@ def _plot_parameters(parameters: pd.DataFrame, path: Path) -> Path:
     ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
     ax.set_title("Parameters per layer: original (outline), compressed (filled)", fontsize="medium")
     FigureCanvasAgg(figure)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, format="png", dpi=150)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb", overwrite=True) as f:
+        figure.savefig(f, format="png", dpi=150)
     return path
 
 
