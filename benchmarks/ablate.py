@@ -11,11 +11,13 @@ that score (so every score prunes to the same size). The levels are the paper's 
 where those cannot reach the size (with layers 1-2 untouched, P70 everywhere else keeps about 53 % of the
 encoder, so 45 % needs it).
 
-1. Retention: the fine-tuned model compressed with each score and each bias folding (none, mean, mean+std),
-   evaluated with no further training.
+1. Retention: the fine-tuned model compressed with each score and each bias folding, evaluated with no further
+   training. Foldings: ``none``; ``mean`` and ``mean+std`` of each neuron over every real token of the corpus;
+   ``mean@cls`` and ``mean+std@cls`` of its [CLS] outputs (``statistics="point"``).
 2. Corpus stability of the kept sets at P50 in layers 3-6 (pretrained MiniLM): 150 vs 700 vs 1500 sentences,
    and two seeds of 150.
-3. Recovery: the retention model with the default folding (mean), fine-tuned ``--recovery-steps`` more steps.
+3. Recovery: the retention model with the library's default folding (``mean@cls``), fine-tuned
+   ``--recovery-steps`` more steps.
 
 What varies with the seed: the random score's draw (retention and recovery) and the recovery fine-tune's seed
 (head is kept; data order and dropout). Deterministic scores give one retention result (no seed).
@@ -67,7 +69,16 @@ RESULTS = Path(__file__).resolve().parent / "results"
 JSONL = RESULTS / "ablation.jsonl"
 MARKDOWN = RESULTS / "ablation.md"
 SCORES = ("lam", "lam_tokens", "lam_head", "lam_weighted", "std", "abs_mean", "weight", "taylor", "random")
-FOLDS = ("none", "mean", "mean+std")
+# Fold label -> prune_model's (fold, statistics): over every real token ("token"), or at [CLS] ("point").
+FOLD_ARGS = {
+    "none": ("none", "token"),
+    "mean": ("mean", "token"),
+    "mean+std": ("mean+std", "token"),
+    "mean@cls": ("mean", "point"),
+    "mean+std@cls": ("mean+std", "point"),
+}
+FOLDS = tuple(FOLD_ARGS)
+RECOVERY_FOLD = "mean@cls"  # the library's default folding
 TASK = "polarity"
 N_ANALYSED = 150
 N_HELD_OUT = 400
@@ -214,7 +225,7 @@ def score_column(score: str, seed: int | None) -> str:
 def retention(model, tokenizer, table, data, args, done: set, after) -> None:
     plans = {}
     # The default folding first, over every score and size, so that a partial run answers the main question.
-    for fold in ("mean", "none", "mean+std"):
+    for fold in ("mean", "none", "mean+std", "mean@cls", "mean+std@cls"):
         for fraction in args.fractions:
             for score in SCORES:
                 for seed in args.seeds if score == "random" else [None]:
@@ -228,7 +239,8 @@ def retention(model, tokenizer, table, data, args, done: set, after) -> None:
                         plans[(column, fraction)] = plan_for(model, table, fraction, column)
                     plan = plans[(column, fraction)]
                     report = dry_run(model, table, plan, score=column)
-                    small = prune_model(model, table, plan, fold=fold, score=column)
+                    fold_mode, statistics = FOLD_ARGS[fold]
+                    small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
                     row.update(measure(small, tokenizer, data))
                     row.update(
                         encoder_fraction=report.encoder_fraction,
@@ -248,14 +260,15 @@ def recovery(model, tokenizer, table, data, args, done: set, after) -> None:
     for seed in args.seeds:
         for fraction in args.fractions:
             for score in SCORES:
-                row = {"phase": "recovery", "score": score, "seed": seed, "fraction": fraction, "fold": "mean"}
+                row = {"phase": "recovery", "score": score, "seed": seed, "fraction": fraction, "fold": RECOVERY_FOLD}
                 row.update(steps=args.recovery_steps, original_steps=args.finetune_steps)
                 if key(row) in done:
                     continue
                 start = time.perf_counter()
                 column = score_column(score, seed)
                 plan = plan_for(model, table, fraction, column)
-                small = prune_model(model, table, plan, fold="mean", score=column)
+                fold_mode, statistics = FOLD_ARGS[RECOVERY_FOLD]
+                small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
                 name = f"{score}-{fraction:g}-seed{seed}-{args.recovery_steps}steps"
                 result = finetune(
                     small,
@@ -437,7 +450,7 @@ def report(args_line: str, original: dict | None, expected: dict[str, int]) -> s
     if not rec.empty:
         steps = sorted(int(x) for x in rec["steps"].unique())
         lines += [
-            f"## 3. Recovery: {', '.join(map(str, steps))} fine-tuning steps after compression (fold mean)",
+            f"## 3. Recovery: {', '.join(map(str, steps))} fine-tuning steps after compression (fold {RECOVERY_FOLD})",
             "",
             "`x ± s`: mean ± std over the fine-tune seeds (n seeds in brackets); SE as above, per run.",
             "",
