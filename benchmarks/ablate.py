@@ -23,9 +23,11 @@ What varies with the seed: the random score's draw (retention and recovery) and 
 (head is kept; data order and dropout). Deterministic scores give one retention result (no seed).
 
 Measures on held-out data, for every configuration: test accuracy (400 sentences) and its standard error
-sqrt(p(1-p)/n); agreement with the original's predictions; the mean KL divergence KL(original ‖ compressed)
-of the head's predictions on the test split; the mean cosine between mean-pooled encoder outputs of the
-compressed and the original fine-tuned encoder on 400 Wikipedia sentences not among the 150 analysed.
+sqrt(p(1-p)/n); ROC AUC of the head's margin (accuracy without the decision threshold, which pruning can shift
+while the ranking of sentences survives); agreement with the original's predictions; the mean KL divergence
+KL(original ‖ compressed) of the head's predictions on the test split; the mean cosine between mean-pooled
+encoder outputs of the compressed and the original fine-tuned encoder on 400 Wikipedia sentences not among the
+150 analysed.
 
 Each configuration writes one JSON line to benchmarks/results/ablation.jsonl as soon as it is done; a rerun skips
 configurations already there (resumable). The Markdown report goes to benchmarks/results/ablation.md.
@@ -46,6 +48,7 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 import obce
 from obce.activations import compute_activations
@@ -191,6 +194,7 @@ def measure(model, tokenizer, data: dict) -> dict:
         "accuracy": accuracy,
         "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
         "n_test": n,
+        "auc": float(roc_auc_score(data["test_labels"], logits[:, 1] - logits[:, 0])),
         "agreement": float((predictions == data["ref_logits"].argmax(-1)).double().mean()),
         "kl": float(kl.mean()),
         "kl_se": float(kl.std() / math.sqrt(n)),
@@ -387,43 +391,36 @@ def report(args_line: str, original: dict | None, expected: dict[str, int]) -> s
             "## 1. Retention (no training after compression)",
             "",
             (
-                "Accuracy and agreement in %, KL in nats (mean over the 400 test sentences), cosine of mean-pooled "
-                "embeddings on 400 held-out Wikipedia sentences. `x ± s`: mean ± std over the random score's seeds; "
-                "SE: standard error of the accuracy from the test-set size; the KL and cosine means have standard "
-                "errors of about 0.01 (`kl_se`, `cosine_se` in the JSON lines). Kept: encoder parameters kept."
+                "One table per measure, a row per score and a column per folding. Accuracy and AUC on the 400 test "
+                "sentences, KL averaged over them, cosine over 400 held-out Wikipedia sentences. `x ± s`: mean ± std "
+                "over the random score's seeds. The KL and cosine means have standard errors of about 0.01 "
+                "(`kl_se`, `cosine_se` in the JSON lines); agreement with the original's predictions is there too."
             ),
             "",
         ]
+        measures = {
+            "test accuracy, % (SE from the test-set size)": acc_cell,
+            "ROC AUC, % (threshold-free: a classifier whose decision threshold moved keeps its AUC)": lambda r: cell(
+                r["auc"]
+            ),
+            "KL(original ‖ compressed), nats": lambda r: cell(r["kl"], 3, 1),
+            "cosine of mean-pooled embeddings": lambda r: cell(r["cosine"], 3, 1),
+        }
         for fraction in sorted(ret["fraction"].unique(), reverse=True):
             part = ret[ret["fraction"] == fraction]
-            lines += [
-                f"### {fraction:.0%} of the encoder",
-                "",
-                "| score | kept % | "
-                + " | ".join(f"acc {f}" for f in FOLDS)
-                + " | agree (mean) | "
-                + " | ".join(f"KL {f}" for f in FOLDS)
-                + " | "
-                + " | ".join(f"cos {f}" for f in FOLDS)
-                + " |",
-                "|---" * (3 + 3 * len(FOLDS)) + "|",
-            ]
-            for score in SCORES:
-                s = part[part["score"] == score]
-                if s.empty:
-                    continue
-                by = {f: s[s["fold"] == f] for f in FOLDS}
-                kept = 100 * s["encoder_fraction"].mean()
-                lines.append(
-                    f"| {score} | {kept:.2f} | "
-                    + " | ".join(acc_cell(by[f]) for f in FOLDS)
-                    + f" | {cell(by['mean']['agreement'])} | "
-                    + " | ".join(cell(by[f]["kl"], 3, 1) for f in FOLDS)
-                    + " | "
-                    + " | ".join(cell(by[f]["cosine"], 3, 1) for f in FOLDS)
-                    + " |"
-                )
-            lines.append("")
+            kept = ", ".join(
+                f"{score} {100 * part[part['score'] == score]['encoder_fraction'].mean():.2f}"
+                for score in SCORES
+                if (part["score"] == score).any()
+            )
+            lines += [f"### {fraction:.0%} of the encoder", "", f"Encoder parameters kept (%): {kept}.", ""]
+            for title, show in measures.items():
+                lines += [f"**{title}**", "", "| score | " + " | ".join(FOLDS) + " |", "|---" * (1 + len(FOLDS)) + "|"]
+                for score in SCORES:
+                    s = part[part["score"] == score]
+                    if not s.empty:
+                        lines.append(f"| {score} | " + " | ".join(show(s[s["fold"] == f]) for f in FOLDS) + " |")
+                lines.append("")
 
     stab = rows[rows["phase"] == "stability"]
     if not stab.empty:

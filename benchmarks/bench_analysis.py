@@ -25,9 +25,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
+
 import obce
 import obce.models
-import torch
 from obce.importance import analyze
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -40,8 +41,9 @@ CORPUS: str | None = None  # --corpus: the corpus to sample
 
 def bert_base(device: str):
     """A randomly initialised BERT-base (seed 0) and the built-in model's tokenizer."""
-    from obce.models import builtin_model_path
     from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from obce.models import builtin_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(TOKENIZER or builtin_model_path(), local_files_only=True)
     torch.manual_seed(0)

@@ -57,28 +57,42 @@ def main() -> None:
 
     RESULTS.mkdir(exist_ok=True)
     machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
-    text = "\n".join([
-        f"# Fine-tuning original vs compressed MiniLM on `{args.task}`",
-        "",
-        f"Command: `python benchmarks/bench_finetune.py --fraction {args.fraction} --seeds {' '.join(map(str, args.seeds))} "
-        f"--steps {args.steps}`  ",
-        f"Machine: {machine}; CPU only. Wall time {total / 60:.1f} min "
-        f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × 2 models).",
-        "",
-        f"Plan (target {args.fraction:.0%} of the encoder, levels from λ medians):",
-        "",
-        "```",
-        str(report),
-        "```",
-        "",
-        comparison.to_markdown(),
-        "",
-    ])
+    text = "\n".join(
+        [
+            f"# Fine-tuning original vs compressed MiniLM on `{args.task}`",
+            "",
+            f"Command: `python benchmarks/bench_finetune.py --fraction {args.fraction} "
+            f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`  ",
+            f"Machine: {machine}; CPU only. Wall time {total / 60:.1f} min "
+            f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × 2 models).",
+            "",
+            f"Plan (target {args.fraction:.0%} of the encoder, levels from λ medians):",
+            "",
+            "```",
+            str(report),
+            "```",
+            "",
+            comparison.to_markdown(),
+            "",
+        ]
+    )
     (RESULTS / f"finetune_{args.task}.md").write_text(text)
-    (RESULTS / f"finetune_{args.task}.json").write_text(json.dumps(
-        {"fraction": args.fraction, "seeds": args.seeds, "steps": args.steps, "wall_s": total,
-         "encoder_fraction": report.encoder_fraction, "model_fraction": report.model_fraction,
-         "plan": plan.to_dict(), "runs": [r.to_dict() for r in comparison.runs]}, indent=2, default=str))
+    (RESULTS / f"finetune_{args.task}.json").write_text(
+        json.dumps(
+            {
+                "fraction": args.fraction,
+                "seeds": args.seeds,
+                "steps": args.steps,
+                "wall_s": total,
+                "encoder_fraction": report.encoder_fraction,
+                "model_fraction": report.model_fraction,
+                "plan": plan.to_dict(),
+                "runs": [r.to_dict() for r in comparison.runs],
+            },
+            indent=2,
+            default=str,
+        )
+    )
     print(text)
 
 

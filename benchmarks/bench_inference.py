@@ -32,13 +32,14 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from transformers import BertConfig, BertModel
+
 import obce
 from obce.corpus import sample_sentences
 from obce.importance import ImportanceTable, analyze
 from obce.models import COMPONENTS, encoder_layers, load_model
 from obce.plans import dry_run, paper_plan, uniform_plan
 from obce.prune import FOLD_MODES, STATISTICS, prune_model
-from transformers import BertConfig, BertModel
 
 MINILM_LEVEL = 50
 
@@ -154,7 +155,7 @@ def time_forwards(models: list, batch: dict, repeats: int) -> list[float]:
         model(**batch)  # warm-up
     times = [[] for _ in models]
     for _ in range(repeats):
-        for model, bucket in zip(models, times):
+        for model, bucket in zip(models, times, strict=True):
             start = time.perf_counter()
             model(**batch)
             bucket.append(time.perf_counter() - start)
@@ -183,7 +184,7 @@ def speed(repeats: int, batch_size: int, tokens: int) -> list[dict]:
             raise RuntimeError(f"{name}: padded and loop heads disagree or produce non-finite outputs")
         base_time, *mode_times = time_forwards([model, *pruned.values()], batch, repeats)
         base_flops = encoder_flops(model, tokens)
-        for attention, t in zip(modes, mode_times):
+        for attention, t in zip(modes, mode_times, strict=True):
             flop_ratio = base_flops / encoder_flops(pruned[attention], tokens)
             records.append(
                 emit(
@@ -224,7 +225,8 @@ def markdown(fold_records: list[dict], speed_records: list[dict]) -> str:
         ]
     if speed_records:
         lines += [
-            "| model | plan | heads | params kept | original (s) | compressed (s) | speed-up | FLOP ratio | speed-up / FLOP ratio |",
+            "| model | plan | heads | params kept | original (s) | compressed (s) | speed-up | FLOP ratio "
+            "| speed-up / FLOP ratio |",
             "|---|---|---|---|---|---|---|---|---|",
             *(
                 f"| {r['model']} | {r['plan']} | {r['attention']} | "

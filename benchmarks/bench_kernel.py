@@ -79,9 +79,7 @@ def machine_info(device: str) -> dict:
 
     info = {
         "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "python": platform.python_version(),
         "numpy": np.__version__,
         "build_info": obce.build_info(),
@@ -154,7 +152,7 @@ def warm_up(peer: Peer, device: str) -> str | None:
             want = _obce_numpy(tiny(kind))
             if not np.allclose(got, want, rtol=RTOL, atol=0):
                 return f"wrong λ on a tiny {kind} input: {got} vs obce {want}"
-        except Exception as exc:  # noqa: BLE001  (a failing third-party tool is reported)
+        except Exception as exc:
             return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -381,9 +379,7 @@ def evaluate_targets(case, records: list[dict]) -> None:
     for name, least in case.targets:
         if name == "best":
             timed_peers = [
-                r
-                for r in records
-                if r["tool"] != "obce" and r["status"] == "ok" and not r["tool"].startswith("obce")
+                r for r in records if r["tool"] != "obce" and r["status"] == "ok" and not r["tool"].startswith("obce")
             ]
             if not timed_peers:
                 continue
@@ -438,9 +434,7 @@ def case_table(records: list[dict]) -> list[str]:
         mem = r.get("torch_alloc_peak_mib", r.get("peak_rss_mib"))
         mem = "—" if mem is None else f"{mem:,.1f} MiB"
         if r["status"] != "ok":
-            lines.append(
-                f"| {r['tool']} | {r['version']} | {r['status']}: {r['reason']} | | | | | | |"
-            )
+            lines.append(f"| {r['tool']} | {r['version']} | {r['status']}: {r['reason']} | | | | | | |")
             continue
         if r["scale"] == 1:
             clouds = f"{r['clouds_timed']:,} (all)"
@@ -449,8 +443,7 @@ def case_table(records: list[dict]) -> list[str]:
         if r["tool"] == "obce":
             ratio = "—"
             target = (
-                f"floor {_fmt_s(r['floor_s'])} at {r['gemm_gflops']:.0f} GFLOP/s: "
-                f"{r['floor_fraction']:.1%} of it"
+                f"floor {_fmt_s(r['floor_s'])} at {r['gemm_gflops']:.0f} GFLOP/s: {r['floor_fraction']:.1%} of it"
                 if "floor_s" in r
                 else ""
             )
@@ -462,7 +455,7 @@ def case_table(records: list[dict]) -> list[str]:
             f"| {_fmt_s(r['per_cloud_s'])} | {mem} | {ratio} | {target} "
             f"| {r.get('verdict', '')} |"
         )
-    return lines + [""]
+    return [*lines, ""]
 
 
 def _series(records: list[dict]) -> dict:
@@ -513,15 +506,10 @@ def verdicts(records: list[dict]) -> list[str]:
     for r in rows:
         measured = _fmt_x(r["speedup"]) if r["status"] == "ok" else r["status"]
         lines.append(f"| {r['case']} | {r['tool']} | {r['target']} | {measured} | {r['verdict']} |")
-    floors = [
-        r for r in records if r["tool"] == "obce" and "floor_fraction" in r and r["group"] == "main"
-    ]
+    floors = [r for r in records if r["tool"] == "obce" and "floor_fraction" in r and r["group"] == "main"]
     for r in floors:
-        lines.append(
-            f"| {r['case']} | pair-distance floor | (fraction of floor) "
-            f"| {r['floor_fraction']:.1%} | |"
-        )
-    return lines + [""]
+        lines.append(f"| {r['case']} | pair-distance floor | (fraction of floor) | {r['floor_fraction']:.1%} | |")
+    return [*lines, ""]
 
 
 def write_atomic(path: Path, data: bytes) -> None:
@@ -557,9 +545,7 @@ def write_markdown(path: Path, records, machine: dict, command: str, plot_name: 
     bi = machine["build_info"]
     where = machine["gpu"] or machine["cpu"]
     gemm = "torch 8192² on the GPU" if machine["gpu"] else "numpy 2048²"
-    load = (
-        f"{machine['load_before']:.2f} before, {machine.get('load_after', float('nan')):.2f} after"
-    )
+    load = f"{machine['load_before']:.2f} before, {machine.get('load_after', float('nan')):.2f} after"
     lines = [
         f"# obce kernel benchmark ({machine['device']}: {where})",
         "",
@@ -602,7 +588,7 @@ def write_plot(path: Path, records, title: str) -> None:
     # One colour per tool in every panel; obce drawn thick and black.
     style = {t: {"color": f"C{i % 10}", "lw": 1.2} for i, t in enumerate(names)}
     style["obce"] = {"color": "black", "lw": 2.5}
-    for ax, group in zip(axes.flat, case_defs.SERIES):
+    for ax, group in zip(axes.flat, case_defs.SERIES, strict=True):
         axis, what = case_defs.SERIES[group]
         for tool, pts in sorted(series.get(group, {}).items()):
             pts = sorted(pts)
@@ -663,9 +649,7 @@ def select_cases(names):
         return case_defs.ALL
     out = []
     for n in names:
-        out += {"main": case_defs.MAIN, "scaling": case_defs.SCALING}.get(n) or [
-            case_defs.by_name(n)
-        ]
+        out += {"main": case_defs.MAIN, "scaling": case_defs.SCALING}.get(n) or [case_defs.by_name(n)]
     return out
 
 
@@ -683,9 +667,7 @@ def main(argv=None) -> int:
     if args.tools:
         unknown = set(args.tools) - set(peer_defs.PEERS) - {"obce-cpu"}
         if unknown:
-            raise SystemExit(
-                f"unknown or missing peers {sorted(unknown)}; have {sorted(peer_defs.PEERS)}"
-            )
+            raise SystemExit(f"unknown or missing peers {sorted(unknown)}; have {sorted(peer_defs.PEERS)}")
     selected = select_cases(args.cases)
     name = args.name or f"kernel_{'gpu' if args.device == 'cuda' else 'cpu'}"
     command = "python benchmarks/bench_kernel.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
@@ -728,9 +710,7 @@ def main(argv=None) -> int:
         else:
             print(
                 f"{case.name}: "
-                + ", ".join(
-                    f"{r['tool']} {_fmt_s(r.get('full_s'))}" for r in recs if r["status"] == "ok"
-                )
+                + ", ".join(f"{r['tool']} {_fmt_s(r.get('full_s'))}" for r in recs if r["status"] == "ok")
             )
         print(f"  ({time.perf_counter() - t0:.1f} s)", flush=True)
         write_all(args.out, name, records, machine, command)

@@ -74,9 +74,7 @@ class Case:
     @property
     def describe(self) -> str:
         if self.dim == 1:
-            return (
-                f"{self.n_clouds:,} neurons × {self.n_points:,} points, 1-D, (n_points, n_neurons)"
-            )
+            return f"{self.n_clouds:,} neurons × {self.n_points:,} points, 1-D, (n_points, n_neurons)"
         clouds = "1 cloud" if self.n_clouds == 1 else f"{self.n_clouds:,} clouds"
         return f"{clouds} × {self.n_points:,} points, d = {self.dim}"
 
@@ -175,8 +173,7 @@ MAIN = [
         memory=True,
         skip={
             **_DENSE_SKIPS,
-            "mlpack-emst": "dual-tree Borůvka prunes nothing at d = 64: 4.5 s at 3,000 "
-            "points, minutes at 20,000",
+            "mlpack-emst": "dual-tree Borůvka prunes nothing at d = 64: 4.5 s at 3,000 points, minutes at 20,000",
         },
         targets=(("best", 1.0),),
     ),

@@ -20,9 +20,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import peers  # noqa: E402
+import peers
 
-import obce  # noqa: E402
+import obce
 
 # (name, shape, target ms or None)
 CASES = [
@@ -84,26 +84,44 @@ def main() -> None:
         ours = obce.fast_death_radii(x)
         ref = baseline(x)
         rel_err = float(((ours.double() - ref.double()).abs() / ref.double().abs().clamp_min(1e-30)).max())
-        t_async = median_ms(lambda: obce.fast_death_radii(x, check_finite=False))
-        t_checked = median_ms(lambda: obce.fast_death_radii(x))
+        t_async = median_ms(lambda x=x: obce.fast_death_radii(x, check_finite=False))
+        t_checked = median_ms(lambda x=x: obce.fast_death_radii(x))
         t0 = time.perf_counter()
-        t_torch = median_ms(lambda: baseline(x), min_time_s=1.0, max_reps=10, warmup=1)
+        t_torch = median_ms(lambda x=x: baseline(x), min_time_s=1.0, max_reps=10, warmup=1)
         floor_us = x.numel() * x.element_size() / bandwidth * 1e6
-        rows.append(dict(case=name, shape=list(shape), obce_ms=t_async, obce_checked_ms=t_checked,
-                         torch_ms=t_torch, speedup=t_torch / t_async, target_ms=target,
-                         met=None if target is None else t_async <= target, floor_us=floor_us,
-                         max_rel_err_vs_torch=rel_err, card=card, build=info,
-                         copy_bandwidth_gb_s=bandwidth / 1e9, seconds=time.perf_counter() - t0))
+        rows.append(
+            dict(
+                case=name,
+                shape=list(shape),
+                obce_ms=t_async,
+                obce_checked_ms=t_checked,
+                torch_ms=t_torch,
+                speedup=t_torch / t_async,
+                target_ms=target,
+                met=None if target is None else t_async <= target,
+                floor_us=floor_us,
+                max_rel_err_vs_torch=rel_err,
+                card=card,
+                build=info,
+                copy_bandwidth_gb_s=bandwidth / 1e9,
+                seconds=time.perf_counter() - t0,
+            )
+        )
         print(f"{name}: obce {t_async:.4f} ms, torch {t_torch:.3f} ms, err {rel_err:.1e}", flush=True)
 
-    lines = [f"GPU: {card}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; obce {info['version']} "
-             f"(CUDA {info['cuda_version']}, archs {info['cuda_archs']}); float32, torch {torch.__version__}",
-             "", "| case | obce ms | obce ms (checked) | torch ms | speed-up | target | floor µs | max rel err |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"GPU: {card}; copy bandwidth {bandwidth / 1e9:.0f} GB/s; obce {info['version']} "
+        f"(CUDA {info['cuda_version']}, archs {info['cuda_archs']}); float32, torch {torch.__version__}",
+        "",
+        "| case | obce ms | obce ms (checked) | torch ms | speed-up | target | floor µs | max rel err |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         target = "—" if r["target_ms"] is None else f"≤ {r['target_ms']} ms: {'MET' if r['met'] else 'MISSED'}"
-        lines.append(f"| {r['case']} | {r['obce_ms']:.4f} | {r['obce_checked_ms']:.4f} | {r['torch_ms']:.3f} | "
-                     f"{r['speedup']:.0f}× | {target} | {r['floor_us']:.1f} | {r['max_rel_err_vs_torch']:.1e} |")
+        lines.append(
+            f"| {r['case']} | {r['obce_ms']:.4f} | {r['obce_checked_ms']:.4f} | {r['torch_ms']:.3f} | "
+            f"{r['speedup']:.0f}× | {target} | {r['floor_us']:.1f} | {r['max_rel_err_vs_torch']:.1e} |"
+        )
     table = "\n".join(lines)
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -39,9 +39,7 @@ def clouds(acts):
     elif acts.ndim == 3:
         yield from acts
     else:
-        raise ValueError(
-            f"expected (n_points, n_neurons) or (n_clouds, n_points, dim), got {acts.shape}"
-        )
+        raise ValueError(f"expected (n_points, n_neurons) or (n_clouds, n_points, dim), got {acts.shape}")
 
 
 def n_clouds(acts) -> int:
@@ -148,9 +146,7 @@ def numpy_sort_diff(acts):
     Works on the ``(n_points, n_neurons)`` matrix as given (sort along axis 0).
     """
     if acts.ndim != 2:
-        raise ValueError(
-            f"numpy_sort_diff takes 1-D clouds as (n_points, n_neurons), got {acts.shape}"
-        )
+        raise ValueError(f"numpy_sort_diff takes 1-D clouds as (n_points, n_neurons), got {acts.shape}")
     return np.diff(np.sort(acts, axis=0), axis=0).max(axis=0).astype(np.float64)
 
 
@@ -223,9 +219,7 @@ def _as_tensor(acts):
 def torch_sort_diff_tensor(x):
     """λ of the columns of a ``(n_points, n_neurons)`` tensor, on its device: sort, diff, max."""
     if x.ndim != 2:
-        raise ValueError(
-            f"torch_sort_diff takes 1-D clouds as (n_points, n_neurons), got {tuple(x.shape)}"
-        )
+        raise ValueError(f"torch_sort_diff takes 1-D clouds as (n_points, n_neurons), got {tuple(x.shape)}")
     import torch
 
     s = torch.sort(x, dim=0).values
@@ -332,9 +326,7 @@ _ALL = [
         device="cuda",
         tensor_fn=torch_sort_diff_tensor,
     ),
-    Peer(
-        "torch-prim", torch_prim, "torch", kinds=("nd",), device="cuda", tensor_fn=torch_prim_tensor
-    ),
+    Peer("torch-prim", torch_prim, "torch", kinds=("nd",), device="cuda", tensor_fn=torch_prim_tensor),
 ]
 
 _MODULES = {

@@ -23,9 +23,11 @@ for dtype in (torch.float32, torch.float64):
         torch.randn(1, 2600, 200, device="cuda", dtype=dtype, generator=gen),  # Prim, coordinates in global memory
     ]
     if "--tiny" in sys.argv:
-        cases = [torch.randn(60, 40, device="cuda", dtype=dtype, generator=gen),
-                 torch.randn(2, 60, 5, device="cuda", dtype=dtype, generator=gen),
-                 torch.randn(1, 300, 8, device="cuda", dtype=dtype, generator=gen)]
+        cases = [
+            torch.randn(60, 40, device="cuda", dtype=dtype, generator=gen),
+            torch.randn(2, 60, 5, device="cuda", dtype=dtype, generator=gen),
+            torch.randn(1, 300, 8, device="cuda", dtype=dtype, generator=gen),
+        ]
     for x in cases:
         lam = obce.fast_death_radii(x)
         deaths = obce.h0_deaths(x)

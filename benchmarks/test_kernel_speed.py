@@ -16,9 +16,9 @@ import pytest
 
 obce = pytest.importorskip("obce")
 
-import bench_kernel
-import cases
-import peers
+import bench_kernel  # noqa: E402 (after the skip: needs obce)
+import cases  # noqa: E402
+import peers  # noqa: E402
 
 CASES = ("1d-bert-layer", "1d-768x3000", "d64-144x150", "d64-144x1500")
 TOOLS = ("obce", "numpy-sort-diff", "numba-prim", "fastcluster", "scipy-linkage", "ripser")
@@ -51,11 +51,7 @@ def test_cpu(benchmark, name, tool):
     if case.kind not in peer.kinds:
         pytest.skip(f"{tool} does not take {case.kind} clouds")
     acts, lam = data(name)
-    k = (
-        SUBSET[name]
-        if peer.per_cloud
-        else SUBSET_VECTORIZED.get((name, tool), peers.n_clouds(acts))
-    )
+    k = SUBSET[name] if peer.per_cloud else SUBSET_VECTORIZED.get((name, tool), peers.n_clouds(acts))
     arg = peers.subset(acts, k)
     benchmark.group = f"{name}: {case.describe}"
     benchmark.extra_info.update(
@@ -118,10 +114,7 @@ def test_peer_agrees_with_scipy(tool):
     for acts in (one_d, n_d):
         if ("1d" if acts.ndim == 2 else "nd") not in peer.kinds:
             continue
-        want = [
-            minimum_spanning_tree(squareform(pdist(c.astype(np.float64)))).data.max()
-            for c in peers.clouds(acts)
-        ]
+        want = [minimum_spanning_tree(squareform(pdist(c.astype(np.float64)))).data.max() for c in peers.clouds(acts)]
         np.testing.assert_allclose(peer.fn(acts), want, rtol=1e-5)
 
 

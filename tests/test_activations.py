@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+
 from obce.activations import TOKEN_MODES, compute_activations
 from obce.models.adapters import COMPONENTS
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from torch import nn
+
 from obce.models.adapters import (
     ARCHITECTURES,
     COMPONENTS,
@@ -14,7 +16,6 @@ from obce.models.adapters import (
     max_sequence_length,
     to_user_layer,
 )
-from torch import nn
 
 TINY = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37, vocab_size=100)
 

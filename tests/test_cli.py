@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import typer
+
 from obce import cli, pipeline
 
 COMMANDS = ("analyze", "prune", "finetune", "evaluate", "compress", "report", "info")

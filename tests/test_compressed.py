@@ -5,16 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from obce.models.adapters import encoder_layers
-from obce.models.compressed import (
-    LayerSizes,
-    compressed_class_for,
-    compressed_config,
-    export_onnx,
-    is_compressed,
-    layer_sizes,
-)
-from obce.prune import prune_model
 from test_plans import random_table
 from test_prune import MIXED_PLAN
 from transformers import (
@@ -26,6 +16,17 @@ from transformers import (
     RobertaConfig,
     RobertaForSequenceClassification,
 )
+
+from obce.models.adapters import encoder_layers
+from obce.models.compressed import (
+    LayerSizes,
+    compressed_class_for,
+    compressed_config,
+    export_onnx,
+    is_compressed,
+    layer_sizes,
+)
+from obce.prune import prune_model
 
 SIZES = [
     LayerSizes.full(4, 8, 37),

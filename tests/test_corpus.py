@@ -9,6 +9,7 @@ import types
 from collections import Counter
 
 import pytest
+
 from obce.corpus import (
     Corpus,
     builtin_dump_path,

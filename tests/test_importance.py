@@ -8,12 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
+
 from obce.activations import compute_activations
 from obce.importance import NEURON_COLUMNS, ImportanceTable, analyze, compute_importance, head_importance
 from obce.kernel import fast_death_radii
 from obce.models.adapters import COMPONENTS, encoder_layers
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
 
 
 def max_gap(values: np.ndarray) -> np.ndarray:

@@ -259,8 +259,14 @@ def test_matrix_equals_3d_with_dim_1(acts):
 def test_any_strides_are_read_in_place():
     rng = np.random.default_rng(3)
     base = rng.normal(size=(6, 90, 10))
-    views = [base[::2], base[:, ::3], base[:, :, ::2], base.transpose(1, 0, 2).copy().transpose(1, 0, 2),
-             base[::-1], np.asfortranarray(base)]
+    views = [
+        base[::2],
+        base[:, ::3],
+        base[:, :, ::2],
+        base.transpose(1, 0, 2).copy().transpose(1, 0, 2),
+        base[::-1],
+        np.asfortranarray(base),
+    ]
     for view in views:
         np.testing.assert_array_equal(obce.fast_death_radii(view), obce.fast_death_radii(np.ascontiguousarray(view)))
 
@@ -418,7 +424,9 @@ def test_cuda_matches_scipy():
     for x in (rng.normal(size=(120, 6)), rng.normal(size=(4, 300, 9))):
         lam_ref, deaths_ref = reference(x)
         np.testing.assert_allclose(obce.fast_death_radii(torch.from_numpy(x).cuda()).cpu().numpy(), lam_ref, rtol=1e-12)
-        np.testing.assert_allclose(obce.h0_deaths(torch.from_numpy(x).cuda()).cpu().numpy(), deaths_ref, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(
+            obce.h0_deaths(torch.from_numpy(x).cuda()).cpu().numpy(), deaths_ref, rtol=1e-12, atol=1e-12
+        )
 
 
 @needs_cuda
@@ -436,7 +444,9 @@ def test_cuda_half_inputs(dtype):
 def test_cuda_non_contiguous():
     base = torch.randn(300, 2000, device="cuda")
     for view in (base[::2, ::3], base.T[:, :, None][::2], base.view(300, 100, 20).transpose(0, 1)):
-        torch.testing.assert_close(obce.fast_death_radii(view).cpu(), obce.fast_death_radii(view.cpu()), rtol=1e-5, atol=0)
+        torch.testing.assert_close(
+            obce.fast_death_radii(view).cpu(), obce.fast_death_radii(view.cpu()), rtol=1e-5, atol=0
+        )
 
 
 @needs_cuda

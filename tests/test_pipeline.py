@@ -9,15 +9,16 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-import obce
 import pytest
 import torch
+from test_tasks import write_glue_task
+from transformers import AutoModel, BertConfig, BertModel, TrainerCallback
+
+import obce
 from obce import cli, pipeline, train
 from obce.importance import ImportanceTable
 from obce.models.compressed import layer_sizes
 from obce.plans import PruningPlan, dry_run
-from test_tasks import write_glue_task
-from transformers import AutoModel, BertConfig, BertModel, TrainerCallback
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _WORDS = [
@@ -238,7 +239,8 @@ class _Interrupt(TrainerCallback):
 def test_interrupted_finetuning_resumes(run, tmp_path, capsys, monkeypatch):
     path = tmp_path / "run"
     args = ["finetune", str(run["path"] / "compressed"), "--task", "sst2", "--glue-dir", str(run["inputs"]["glue"]),
-            "--steps", "4", "--batch-size", "8", "--max-length", "32", "--device", "cpu", "--output", str(path)]  # fmt: skip
+            "--steps", "4", "--batch-size", "8", "--max-length", "32", "--device", "cpu",
+            "--output", str(path)]  # fmt: skip
     finetune = train.finetune
     monkeypatch.setattr(train, "finetune", lambda *a, **k: finetune(*a, callbacks=[_Interrupt()], **k))
     code, _, err = run_cli(capsys, args)

@@ -8,6 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from transformers import BertConfig, BertModel
+
 from obce.importance import ImportanceTable
 from obce.models.adapters import COMPONENTS, encoder_layers
 from obce.plans import (
@@ -19,7 +21,6 @@ from obce.plans import (
     target_plan,
     uniform_plan,
 )
-from transformers import BertConfig, BertModel
 
 
 def random_table(model, seed: int = 0, overrides: dict | None = None) -> ImportanceTable:
@@ -279,8 +280,8 @@ def test_target_plan_lands_on_the_budget(tiny_bert_config):
         assert report.encoder_fraction >= target
         assert report.encoder_fraction - target < 40 / report.encoder_before  # within one neuron's parameters
         assert 1 not in plan.levels and 2 not in plan.levels
-        off_level = [(l, c) for l, row in plan.levels.items() for c, v in row.items() if v not in (30, 50, 70)]
-        assert len({(l, "query" if c == "key" else c) for l, c in off_level}) <= 1
+        off_level = [(n, c) for n, row in plan.levels.items() for c, v in row.items() if v not in (30, 50, 70)]
+        assert len({(n, "query" if c == "key" else c) for n, c in off_level}) <= 1
         strength = [sum(plan.level(layer, c) or 0 for c in ("query", "value", "intermediate")) for layer in range(3, 7)]
         assert strength == sorted(strength, reverse=True) and strength[0] > strength[-1]
     with pytest.raises(ValueError, match="out of reach"):

@@ -7,11 +7,12 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_plans import random_table
+from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
+
 from obce.models.adapters import encoder_layers
 from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons, uniform_plan
 from obce.prune import STATISTICS, prune_model
-from test_plans import random_table
-from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
 
 
 @pytest.fixture
@@ -45,7 +46,7 @@ def masked_reference(model, table, plan, fold="mean", statistics="token"):
     """
     ref = copy.deepcopy(model)
     mean_col, std_col = STATISTICS[statistics]
-    for layer, sel in zip(encoder_layers(ref), select_neurons(plan, table, EncoderShape.from_model(ref))):
+    for layer, sel in zip(encoder_layers(ref), select_neurons(plan, table, EncoderShape.from_model(ref)), strict=True):
 
         def constants(component, removed, layer_number=sel.layer):
             if fold == "none":

@@ -12,10 +12,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from transformers import BertConfig, BertModel
+
 from obce import pipeline
 from obce.pipeline import Budget, RunFolder, SpeedSettings
 from obce.report.page import cutoffs, report_sections, write_report
-from transformers import BertConfig, BertModel
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _PNG = b"\x89PNG\r\n\x1a\n"

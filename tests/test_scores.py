@@ -7,6 +7,10 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
+from transformers import BertForSequenceClassification
+
 from obce.activations import compute_activations
 from obce.importance import ImportanceTable, compute_importance
 from obce.models.adapters import COMPONENTS
@@ -22,9 +26,6 @@ from obce.scores import (
     taylor_score,
     weight_score,
 )
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
-from transformers import BertForSequenceClassification
 
 
 def linears(model, index: int) -> dict[str, torch.nn.Linear]:
@@ -187,8 +188,9 @@ def test_taylor_matches_finite_differences(tiny_bert_config, tiny_tokenizer, sen
 
     eps = 1e-5
     checked = 0
-    for layer, component, neuron in [(1, "query", 3), (1, "value", 17), (2, "key", 30), (2, "intermediate", 5),
-                                     (2, "intermediate", 36), (1, "attention_output", 0), (2, "output", 31)]:  # fmt: skip
+    probes = [(1, "query", 3), (1, "value", 17), (2, "key", 30), (2, "intermediate", 5), (2, "intermediate", 36),
+              (1, "attention_output", 0), (2, "output", 31)]  # fmt: skip
+    for layer, component, neuron in probes:
         derivatives = [
             (sentence_loss(i, layer, component, neuron, eps) - sentence_loss(i, layer, component, neuron, -eps))
             / (2 * eps)

@@ -5,17 +5,16 @@ from __future__ import annotations
 import json
 import math
 import shutil
-
 from pathlib import Path
 
 import pytest
 import torch
+from test_tasks import write_glue_task
 from transformers import TrainerCallback
 
 from obce import train
 from obce.tasks import load_task
 from obce.train import FinetuneResult, compare, evaluate, finetune, load_for_task, results_table
-from test_tasks import write_glue_task
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 # Few steps, small batches: each run takes about a second on two cores.
@@ -81,8 +80,9 @@ def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, name):
 
 
 def test_compressed_model_folder_takes_the_same_path(tiny_model, glue_dir, tmp_path):
-    from obce.models.compressed import LayerSizes, compressed_config
     from transformers import AutoConfig, AutoModel
+
+    from obce.models.compressed import LayerSizes, compressed_config
 
     config = AutoConfig.from_pretrained(tiny_model)
     sizes = [LayerSizes.full(4, 8, 37), LayerSizes((8, 0, 4, 8), (8, 0, 8, 4), 20)]

@@ -433,7 +433,8 @@ def compress(
 ) -> None:
     """Analyze, prune, time, fine-tune and evaluate both models, and write the report, in one run.
 
-    By default: the built-in MiniLM keeps about 60% of its encoder layers' parameters, and both models are fine-tuned for 100 steps on the offline polarity task (minutes on 2 CPU cores).
+    By default: the built-in MiniLM keeps about 60% of its encoder layers' parameters, and both models are
+    fine-tuned for 100 steps on the offline polarity task (minutes on 2 CPU cores).
     """
     report = pipeline.compress(
         output,

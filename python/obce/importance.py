@@ -22,9 +22,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from ._io import atomic_write_text
 from ._version import __version__
 from .activations import Activations, check_token_mode, compute_activations
-from ._io import atomic_write_text
 from .corpus import Corpus, load_sentences, sample_sentences, save_sentences
 from .kernel import fast_death_radii
 from .models.adapters import (

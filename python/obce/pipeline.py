@@ -42,8 +42,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._version import __version__
 from ._io import atomic_write_text
+from ._version import __version__
 from .corpus import Corpus
 from .importance import ImportanceTable, analyze
 from .models.adapters import ARCHITECTURES, COMPONENTS, builtin_model_path, encoder_layers, max_sequence_length

@@ -373,7 +373,7 @@ def uniform_plan(
         raise TypeError(f"components must be a sequence of names, got the string {components!r}")
     row = {_check_component(c, "uniform_plan"): level for c in components}
     return PruningPlan(
-        {layer: row for layer in range(start_layer, num_layers + 1)},
+        dict.fromkeys(range(start_layer, num_layers + 1), row),
         name=f"uniform-P{level:g}",
         notes=f"P{level:g} for {', '.join(row)} from layer {start_layer} on",
     )

@@ -172,7 +172,7 @@ def _pruned_state(model, selections: list[LayerSelection], folds: list[dict]) ->
         prefix = names[id(module)]
         state[f"{prefix}.weight"], state[f"{prefix}.bias"] = weight.contiguous(), bias.contiguous()
 
-    for layer, sel, fold in zip(encoder_layers(model), selections, folds):
+    for layer, sel, fold in zip(encoder_layers(model), selections, folds, strict=True):
         device = layer.query.weight.device
         qk, v, inter = (torch.as_tensor(i, device=device) for i in (sel.qk, sel.value, sel.intermediate))
         for module in (layer.query, layer.key):

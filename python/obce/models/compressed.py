@@ -104,7 +104,7 @@ class LayerSizes:
             raise ValueError(f"qk_head_sizes and v_head_sizes must have one entry per head, got {qk} and {v}")
         if any(not isinstance(s, int) or s < 0 for s in qk + v + (self.intermediate_size,)):
             raise ValueError(f"sizes must be non-negative integers, got {qk}, {v}, {self.intermediate_size!r}")
-        if any(e == 0 and d > 0 for d, e in zip(qk, v)):
+        if any(e == 0 and d > 0 for d, e in zip(qk, v, strict=True)):
             raise ValueError(f"a head without value dimensions must have no query/key dimensions, got {qk}, {v}")
         if sum(v) == 0 or self.intermediate_size == 0:
             raise ValueError(f"a layer needs at least one value dimension and one intermediate neuron, got {self}")
@@ -280,7 +280,7 @@ class UnequalHeadSelfAttention(nn.Module):
             torch.split(q.unsqueeze(1), self.qk_sizes, dim=-1),
             torch.split(k.unsqueeze(1), self.qk_sizes, dim=-1),
         )
-        for q_h, k_h, v_h in zip(*qk_parts, torch.split(v.unsqueeze(1), self.v_sizes, dim=-1)):
+        for q_h, k_h, v_h in zip(*qk_parts, torch.split(v.unsqueeze(1), self.v_sizes, dim=-1), strict=True):
             out, weights = self._attend(q_h, k_h, v_h, attention_mask, want_weights)
             outs.append(out)
             all_weights.append(weights)
@@ -330,7 +330,7 @@ def _shape_encoder(model: nn.Module, config) -> None:
     family = config.model_type.removeprefix("obce_")
     head_size = config.hidden_size // config.num_attention_heads
     full = LayerSizes.full(config.num_attention_heads, head_size, config.intermediate_size)
-    for i, (layer, sizes) in enumerate(zip(model.base_model.encoder.layer, layer_sizes(config))):
+    for i, (layer, sizes) in enumerate(zip(model.base_model.encoder.layer, layer_sizes(config), strict=True)):
         if sizes.qk_head_sizes != full.qk_head_sizes or sizes.v_head_sizes != full.v_head_sizes:
             layer.attention.self = _ATTENTIONS[family](config, sizes, layer_idx=i)
             layer.attention.output.dense = nn.Linear(sum(sizes.v_head_sizes), config.hidden_size)
@@ -488,8 +488,8 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
     """Export a (compressed or original) encoder to ONNX with ``torch.onnx.export``.
 
     The graph takes ``input_ids`` and ``attention_mask`` (int64, shape ``(batch, tokens)``, both dynamic) and
-    returns ``last_hidden_state`` for a base model, ``logits`` for a classification or masked-LM head. Needs the ``onnx`` and
-    ``onnxscript`` packages (``pip install obce[onnx]``); run it with onnxruntime.
+    returns ``last_hidden_state`` for a base model, ``logits`` for a classification or masked-LM head. Needs the
+    ``onnx`` and ``onnxscript`` packages (``pip install obce[onnx]``); run it with onnxruntime.
 
     Parameters
     ----------

@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ..activations import Activations
 from .._io import atomic_open, atomic_write_text
+from ..activations import Activations
 from ..importance import ImportanceTable
 from ..models.adapters import COMPONENTS
 from ..pipeline import COMPRESSED, ORIGINAL, RunFolder
@@ -150,7 +150,8 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
                 "fine-tuning",
                 (
                     f"{ft['task']}: {ft['steps']} steps of batch {ft['batch_size']}, max length {ft['max_length']}, "
-                    f"lr {ft['lr']:g}, {ft['evaluations']} evaluations on dev (every {ft['eval_steps']} steps, best kept), "
+                    f"lr {ft['lr']:g}, {ft['evaluations']} evaluations on dev "
+                    f"(every {ft['eval_steps']} steps, best kept), "
                     f"seed {ft['seed']}"
                 ),
             ]
@@ -204,8 +205,9 @@ def _importance(table: ImportanceTable, figure: str) -> Section:
         "Neuron importance λ",
         [
             (
-                "λ of a neuron is the largest finite 0-dimensional persistence death (the longest edge of the Euclidean "
-                f"minimum spanning tree) of its outputs at the {table.settings.get('token', 'cls')} token over the "
+                "λ of a neuron is the largest finite 0-dimensional persistence death (the longest edge of the "
+                "Euclidean minimum spanning tree) of its outputs at the "
+                f"{table.settings.get('token', 'cls')} token over the "
                 f"{table.settings.get('n_points', len(table.sentences or []))} sentences."
             ),
             Figure(figure, "Median λ per layer for each component (the paper's Figure 6)."),
@@ -302,8 +304,8 @@ def _removed(removed: list) -> Section:
         "Removed neurons and heads",
         [
             (
-                "Neurons removed per layer (indices in `removed.json`); a head left without value dimensions is removed "
-                "whole (heads counted from 0)."
+                "Neurons removed per layer (indices in `removed.json`); a head left without value dimensions is "
+                "removed whole (heads counted from 0)."
             ),
             Table(["layer", "query/key", "value", "intermediate", "removed heads"], rows),
         ],
