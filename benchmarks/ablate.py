@@ -16,8 +16,8 @@ encoder, so 45 % needs it).
    ``mean@cls`` and ``mean+std@cls`` of its [CLS] outputs (``statistics="point"``).
 2. Corpus stability of the kept sets at P50 in layers 3-6 (pretrained MiniLM): 150 vs 700 vs 1500 sentences,
    and two seeds of 150.
-3. Recovery: the retention model with the library's default folding (``mean@cls``), fine-tuned
-   ``--recovery-steps`` more steps.
+3. Recovery: the retention model with folding ``mean@cls`` and with ``none``, fine-tuned ``--recovery-steps``
+   more steps.
 
 What varies with the seed: the random score's draw (retention and recovery) and the recovery fine-tune's seed
 (head is kept; data order and dropout). Deterministic scores give one retention result (no seed).
@@ -81,10 +81,13 @@ FOLD_ARGS = {
     "mean+std@cls": ("mean+std", "point"),
 }
 FOLDS = tuple(FOLD_ARGS)
-RECOVERY_FOLD = "mean@cls"  # the library's default folding
+# Recovery starts from the [CLS] means (the library's default when this was written) and from no folding:
+# retention showed the first sends some models to a constant prediction.
+RECOVERY_FOLDS = ("mean@cls", "none")
 TASK = "polarity"
 N_ANALYSED = 150
 N_HELD_OUT = 400
+MEASURES = {"accuracy", "auc", "positive_rate", "agreement", "kl", "cosine"}
 
 
 def log(message: str) -> None:
@@ -195,6 +198,7 @@ def measure(model, tokenizer, data: dict) -> dict:
         "accuracy_se": math.sqrt(accuracy * (1 - accuracy) / n),
         "n_test": n,
         "auc": float(roc_auc_score(data["test_labels"], logits[:, 1] - logits[:, 0])),
+        "positive_rate": float(predictions.double().mean()),
         "agreement": float((predictions == data["ref_logits"].argmax(-1)).double().mean()),
         "kl": float(kl.mean()),
         "kl_se": float(kl.std() / math.sqrt(n)),
@@ -261,40 +265,64 @@ def retention(model, tokenizer, table, data, args, done: set, after) -> None:
 
 def recovery(model, tokenizer, table, data, args, done: set, after) -> None:
     task = obce.load_task(TASK)
-    for seed in args.seeds:
-        for fraction in args.fractions:
-            for score in SCORES:
-                row = {"phase": "recovery", "score": score, "seed": seed, "fraction": fraction, "fold": RECOVERY_FOLD}
-                row.update(steps=args.recovery_steps, original_steps=args.finetune_steps)
-                if key(row) in done:
-                    continue
-                start = time.perf_counter()
-                column = score_column(score, seed)
-                plan = plan_for(model, table, fraction, column)
-                fold_mode, statistics = FOLD_ARGS[RECOVERY_FOLD]
-                small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
-                name = f"{score}-{fraction:g}-seed{seed}-{args.recovery_steps}steps"
-                result = finetune(
-                    small,
-                    task,
-                    args.work / "recovery" / name,
-                    seed=seed,
-                    max_steps=args.recovery_steps,
-                    eval_steps=args.recovery_steps,
-                    patience=0,
-                    tokenizer=tokenizer,
-                    name=name,
-                )
-                row.update(measure(small, tokenizer, data))
-                row.update(
-                    encoder_fraction=dry_run(model, table, plan, score=column).encoder_fraction,
-                    train_seconds=round(result.train_seconds, 1),
-                    seconds=round(time.perf_counter() - start, 1),
-                )
-                append_result(row)
-                done.add(key(row))
-                after()
-                log(f"recovery {score} seed={seed} {fraction:.0%}: acc {row['accuracy']:.4f}")
+    for fold in RECOVERY_FOLDS:
+        for seed in args.seeds:
+            for fraction in args.fractions:
+                for score in SCORES:
+                    row = {"phase": "recovery", "score": score, "seed": seed, "fraction": fraction, "fold": fold}
+                    row.update(steps=args.recovery_steps, original_steps=args.finetune_steps)
+                    if key(row) in done:
+                        continue
+                    start = time.perf_counter()
+                    column = score_column(score, seed)
+                    plan = plan_for(model, table, fraction, column)
+                    fold_mode, statistics = FOLD_ARGS[fold]
+                    small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
+                    name = recovery_name(row)
+                    result = finetune(
+                        small,
+                        task,
+                        args.work / "recovery" / name,
+                        seed=seed,
+                        max_steps=args.recovery_steps,
+                        eval_steps=args.recovery_steps,
+                        patience=0,
+                        tokenizer=tokenizer,
+                        name=name,
+                    )
+                    row.update(measure(small, tokenizer, data))
+                    row.update(
+                        encoder_fraction=dry_run(model, table, plan, score=column).encoder_fraction,
+                        train_seconds=round(result.train_seconds, 1),
+                        seconds=round(time.perf_counter() - start, 1),
+                    )
+                    append_result(row)
+                    done.add(key(row))
+                    after()
+                    log(f"recovery {score} seed={seed} {fraction:.0%} fold={fold}: acc {row['accuracy']:.4f}")
+
+
+def recovery_name(row: dict) -> str:
+    return f"{row['score']}-{row['fraction']:g}-seed{row['seed']}-{row['steps']}steps-{row['fold']}"
+
+
+def measure_missing(model, tokenizer, table, data, args) -> None:
+    """Measures added after some configurations ran, taken for those rows from the same models: retention
+    models are rebuilt (deterministic), recovery models read from their run folders."""
+    rows = read_results()
+    stale = [r for r in rows if r["phase"] in ("retention", "recovery") and MEASURES - set(r)]
+    for row in stale:
+        column = score_column(row["score"], row["seed"])
+        if row["phase"] == "retention":
+            fold_mode, statistics = FOLD_ARGS[row["fold"]]
+            plan = plan_for(model, table, row["fraction"], column)
+            small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
+        else:
+            small, _ = load_for_task(args.work / "recovery" / recovery_name(row), TASK, fresh_head=False)
+        row.update(measure(small.eval(), tokenizer, data))
+        log(f"measured again: {row['phase']} {row['score']} seed={row['seed']} {row['fraction']:.0%} {row['fold']}")
+    if stale:
+        atomic_write(JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
 
 
 def stability(done: set) -> None:
@@ -447,23 +475,44 @@ def report(args_line: str, original: dict | None, expected: dict[str, int]) -> s
     if not rec.empty:
         steps = sorted(int(x) for x in rec["steps"].unique())
         lines += [
-            f"## 3. Recovery: {', '.join(map(str, steps))} fine-tuning steps after compression (fold {RECOVERY_FOLD})",
+            f"## 3. Recovery: {', '.join(map(str, steps))} fine-tuning steps after compression",
             "",
-            "`x ± s`: mean ± std over the fine-tune seeds (n seeds in brackets); SE as above, per run.",
+            (
+                "`x ± s`: mean ± std over the fine-tune seeds (n runs in brackets); SE as above, per run. "
+                "Constant: runs that predict one class for 95 % or more of the test sentences."
+            ),
             "",
-            "| score | " + " | ".join(f"acc {f:.0%} | KL {f:.0%} | cos {f:.0%}" for f in args_fractions(rec)) + " |",
-            "|---" * (1 + 3 * len(args_fractions(rec))) + "|",
         ]
-        for score in SCORES:
-            s = rec[rec["score"] == score]
-            if s.empty:
+        for fold in RECOVERY_FOLDS:
+            part = rec[rec["fold"] == fold]
+            if part.empty:
                 continue
-            cells = []
-            for fraction in args_fractions(rec):
-                r = s[s["fraction"] == fraction]
-                cells += [f"{acc_cell(r)} [{len(r)}]", cell(r["kl"], 3, 1), cell(r["cosine"], 3, 1)]
-            lines.append(f"| {score} | " + " | ".join(cells) + " |")
-        lines.append("")
+            fractions = args_fractions(part)
+            lines += [
+                f"### Folding {fold}",
+                "",
+                "| score | "
+                + " | ".join(f"acc {f:.0%} | AUC {f:.0%} | KL {f:.0%} | cos {f:.0%} | constant" for f in fractions)
+                + " |",
+                "|---" * (1 + 5 * len(fractions)) + "|",
+            ]
+            for score in SCORES:
+                s = part[part["score"] == score]
+                if s.empty:
+                    continue
+                cells = []
+                for fraction in fractions:
+                    r = s[s["fraction"] == fraction]
+                    constant = int(((r["positive_rate"] >= 0.95) | (r["positive_rate"] <= 0.05)).sum())
+                    cells += [
+                        f"{acc_cell(r)} [{len(r)}]",
+                        cell(r["auc"]),
+                        cell(r["kl"], 3, 1),
+                        cell(r["cosine"], 3, 1),
+                        f"{constant} of {len(r)}",
+                    ]
+                lines.append(f"| {score} | " + " | ".join(cells) + " |")
+            lines.append("")
     return "\n".join(lines)
 
 
@@ -492,7 +541,7 @@ def main() -> None:
         expected = {
             "retention": len(args.fractions) * n_scores * len(FOLDS),
             "stability": 4,
-            "recovery": len(args.seeds) * len(args.fractions) * len(SCORES),
+            "recovery": len(args.seeds) * len(args.fractions) * len(SCORES) * len(RECOVERY_FOLDS),
         }
         atomic_write(MARKDOWN, report(args_line.strip(), original, expected) + "\n")
 
@@ -517,6 +566,7 @@ def main() -> None:
     atomic_write(original_file, json.dumps(original, indent=2) + "\n")
     log(f"original: acc {original['accuracy']:.4f}")
 
+    measure_missing(model, tokenizer, table, data, args)
     retention(model, tokenizer, table, data, args, done, write_report)
     stability(done)
     write_report()

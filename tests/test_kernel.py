@@ -6,6 +6,8 @@ ripser's dgms[0]. CUDA tests compare the GPU with the CPU on the same inputs.
 """
 
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -153,6 +155,48 @@ def test_one_large_cloud_split_over_threads():
     clouds = rng.normal(size=(1, 2500, 105))
     check(clouds, n_threads=2)
     check(clouds.astype(np.float32), n_threads=2)
+
+
+SIMD_SCRIPT = """
+import sys, numpy as np, obce
+print(obce.build_info()["cpu_simd"], file=sys.stderr)
+data = np.load(sys.argv[1])
+np.savez(sys.argv[2], **{name: obce.h0_deaths(x) for name, x in data.items()})
+"""
+
+
+@pytest.mark.parametrize("level", ["baseline", "avx2", "avx512"])
+def test_every_simd_build(level, tmp_path):
+    """Each build of the distance loop that this CPU can run (OBCE_SIMD picks one; the kernel is chosen at import)."""
+    rng = np.random.default_rng(11)
+    # Sizes around the vector widths (2..16 lanes, blocks of 4 registers, tiles of 64) and dims around the
+    # loop's 8-way split of the coordinates.
+    clouds = {
+        f"d{dim}-n{n}-{dtype.__name__}": rng.normal(size=(2, n, dim)).astype(dtype)
+        for dim in (2, 7, 8, 9, 64)
+        for n in (2, 5, 17, 63, 64, 65, 150)
+        for dtype in (np.float32, np.float64)
+    }
+    np.savez(tmp_path / "in.npz", **clouds)
+    env = {**os.environ, "OBCE_SIMD": level}
+    run = subprocess.run(
+        [sys.executable, "-c", SIMD_SCRIPT, tmp_path / "in.npz", tmp_path / "out.npz"],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    chosen = run.stderr.strip().splitlines()[-1]
+    if {"baseline": "", "avx2": "(AVX2)", "avx512": "(AVX-512)"}[level] not in chosen:
+        pytest.skip(f"this CPU runs {chosen}")
+    out = np.load(tmp_path / "out.npz")
+    for name, x in clouds.items():
+        rtol = RTOL[x.dtype.type]
+        deaths_ref = reference(x)[1]
+        np.testing.assert_allclose(out[name], deaths_ref, rtol=rtol, atol=rtol * deaths_ref.max(), err_msg=name)
+
+
+def test_bad_simd_level_fails_the_import():
+    env = {**os.environ, "OBCE_SIMD": "sse9"}
+    run = subprocess.run([sys.executable, "-c", "import obce"], env=env, capture_output=True, text=True)
+    assert run.returncode != 0 and "OBCE_SIMD must be baseline, avx2 or avx512, got 'sse9'" in run.stderr
 
 
 def test_against_ripser():

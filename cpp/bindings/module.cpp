@@ -151,6 +151,7 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "obce's compiled kernels; use the wrappers in obce.kernel";
+  obce::cpu::simd_level(); // picks the distance loop's build now: a bad OBCE_SIMD fails the import, not a kernel
   // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
   const char *args_doc = "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";
   m.def("death_radii", [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {

@@ -2,6 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
 #include <limits>
 #include <vector>
 
@@ -39,17 +42,34 @@ Nearest<T> relax_baseline(const T *W, index_t dim, const T *p, T *dist, index_t 
 
 enum class Simd { baseline, avx2, avx512 };
 
+// The widest level the CPU supports, or a lower one asked for in OBCE_SIMD (baseline, avx2, avx512),
+// so that every build of the distance loop can be tested on one machine.
 Simd detect_simd() {
+  Simd supported = Simd::baseline;
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) return Simd::avx512;
-  if (__builtin_cpu_supports("x86-64-v3")) return Simd::avx2;
+  if (__builtin_cpu_supports("x86-64-v4")) supported = Simd::avx512;
+  else if (__builtin_cpu_supports("x86-64-v3")) supported = Simd::avx2;
 #endif
-  return Simd::baseline;
+  const char *asked = std::getenv("OBCE_SIMD");
+  if (asked == nullptr || *asked == '\0') return supported;
+  const std::string level(asked);
+  Simd wanted;
+  if (level == "baseline") wanted = Simd::baseline;
+  else if (level == "avx2") wanted = Simd::avx2;
+  else if (level == "avx512") wanted = Simd::avx512;
+  else throw std::invalid_argument("OBCE_SIMD must be baseline, avx2 or avx512, got '" + level + "'");
+  return std::min(wanted, supported);
+}
+
+// Decided once, when the module loads (an exception must not reach the kernels' parallel regions).
+Simd chosen_simd() {
+  static const Simd simd = detect_simd();
+  return simd;
 }
 
 template <class T> RelaxFn<T> pick_relax() {
-  switch (detect_simd()) {
+  switch (chosen_simd()) {
 #if defined(__x86_64__) && defined(__GNUC__)
   case Simd::avx512: return relax_avx512<T>;
   case Simd::avx2: return relax_avx2<T>;
@@ -283,7 +303,7 @@ int default_threads() {
 }
 
 const char *simd_level() {
-  switch (detect_simd()) {
+  switch (chosen_simd()) {
   case Simd::avx512: return "x86-64-v4 (AVX-512)";
   case Simd::avx2: return "x86-64-v3 (AVX2)";
   default: return "baseline";
