@@ -91,6 +91,20 @@ def test_built_model_has_the_sizes(tiny_bert_config):
     assert type(layers[0].attention).__name__ == "BertSelfAttention"  # an untouched layer keeps its module
 
 
+def test_layer_without_query_key(tiny_bert_config, batch):
+    """Every query/key dimension removed: zero-size projections (built without warnings), uniform attention."""
+    sizes = [SIZES[0], LayerSizes((0, 0, 0, 0), (8, 5, 2, 1), 20), SIZES[2]]
+    outputs = []
+    for attention in ("padded", "loop"):
+        torch.manual_seed(0)
+        config = compressed_config(tiny_bert_config(num_hidden_layers=3), sizes, attention=attention)
+        model = AutoModel.from_config(config)
+        assert encoder_layers(model)[1].query.out_features == 0
+        outputs.append(model.eval()(**batch).last_hidden_state)
+    torch.testing.assert_close(outputs[0], outputs[1])
+    assert torch.isfinite(outputs[0]).all()
+
+
 def test_padded_and_loop_heads_agree(tiny_bert_config, batch):
     outputs = []
     for attention in ("padded", "loop"):

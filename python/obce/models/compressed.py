@@ -47,6 +47,7 @@ import importlib
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -130,6 +131,13 @@ class LayerSizes:
         return cls(tuple(data["qk_head_sizes"]), tuple(data["v_head_sizes"]), data["intermediate_size"])
 
 
+def _linear(in_features: int, out_features: int) -> nn.Linear:
+    """``nn.Linear``, without torch's warning that initializing a zero-size weight does nothing."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="Initializing zero-element tensors is a no-op")
+        return nn.Linear(in_features, out_features)
+
+
 def _pad_index(sizes: Sequence[int], width: int) -> tuple[list[int], list[int]] | None:
     """Gather index that lays the concatenated head slices out as heads x ``width``, and its padding slots.
 
@@ -195,8 +203,9 @@ class UnequalHeadSelfAttention(nn.Module):
         # The original scale, so kept score terms are unchanged.
         self.scaling = (config.hidden_size // config.num_attention_heads) ** -0.5
         self.is_causal = False
-        self.query = nn.Linear(config.hidden_size, sum(self.qk_sizes))
-        self.key = nn.Linear(config.hidden_size, sum(self.qk_sizes))
+        # A layer may lose every query/key dimension (its attention is then uniform over the tokens).
+        self.query = _linear(config.hidden_size, sum(self.qk_sizes))
+        self.key = _linear(config.hidden_size, sum(self.qk_sizes))
         self.value = nn.Linear(config.hidden_size, sum(self.v_sizes))
         self.dropout = nn.Dropout(config.attention_probs_dropout_prob)
         # One width for q, k and v: SDPA's fast kernels want equal head sizes, and the padding costs little.
@@ -231,6 +240,9 @@ class UnequalHeadSelfAttention(nn.Module):
 
     def _project(self, linear: nn.Linear, name: str, x: torch.Tensor) -> torch.Tensor:
         """``linear(x)`` laid out as (batch, heads, tokens, width), zero in the padding slots."""
+        if linear.out_features == 0:  # no query/key dimension left: every score is 0
+            y = linear(x)  # run anyway, for hooks
+            return self._heads(y.new_zeros(*y.shape[:-1], self.num_attention_heads * self.width))
         index = self._index(name, x.device)
         if index is None:
             return self._heads(linear(x))
