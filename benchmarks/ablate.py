@@ -81,8 +81,8 @@ FOLD_ARGS = {
     "mean+std@cls": ("mean+std", "point"),
 }
 FOLDS = tuple(FOLD_ARGS)
-# Recovery starts from the [CLS] means (the library's default when this was written) and from no folding:
-# retention showed the first sends some models to a constant prediction.
+# Recovery starts from the [CLS] means (the library's default before these results) and from no folding (the
+# default since): retention showed the first sends some models to a constant prediction.
 RECOVERY_FOLDS = ("mean@cls", "none")
 TASK = "polarity"
 N_ANALYSED = 150

@@ -133,11 +133,11 @@ def test_constant_neurons_are_folded_exactly(tiny3, batch):
     plan = PruningPlan({2: {"value": 0}, 3: {"intermediate": 0}})  # P0 drops exactly the one λ = 0 neuron
     reference = hidden(tiny3, batch)
     for statistics in ("token", "point"):
-        pruned = prune_model(tiny3, table, plan, statistics=statistics)
+        pruned = prune_model(tiny3, table, plan, fold="mean", statistics=statistics)
         assert pruned.config.obce_layers[1]["v_head_sizes"] == [7, 8, 8, 8]
         assert pruned.config.obce_layers[2]["intermediate_size"] == 36
         torch.testing.assert_close(hidden(pruned, batch), reference, atol=1e-6, rtol=0)
-    unfolded = prune_model(tiny3, table, plan, fold="none")
+    unfolded = prune_model(tiny3, table, plan)  # the default folds nothing
     assert (hidden(unfolded, batch) - reference).abs().max() > 1e-3
 
 

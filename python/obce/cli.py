@@ -135,7 +135,7 @@ Plan = Annotated[
 ]
 Fold = Annotated[
     str | None,
-    typer.Option(callback=_check_fold, help="Bias folding of removed neurons: mean, mean+std or none (default: mean)."),
+    typer.Option(callback=_check_fold, help="Bias folding of removed neurons: none, mean or mean+std (default: none)."),
 ]
 Task = Annotated[
     str,

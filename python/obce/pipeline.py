@@ -870,7 +870,7 @@ def compress(
         Which token gives a neuron's points.
     plan : str or PruningPlan
         See :func:`check_plan_spec`; by default 60 % of the encoder layers' parameters are kept.
-    fold : {"mean", "mean+std", "none"}, optional
+    fold : {"none", "mean", "mean+std"}, optional
         Bias folding (default: :func:`obce.prune.prune_model`'s).
     finetune : bool
         Fine-tune the original and the compressed model on ``task`` and score them on its report split.

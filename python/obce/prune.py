@@ -16,14 +16,19 @@ to the next linear layer, so adding that to the next layer's bias removes it wit
   attention, whatever the probabilities.
 
 For a neuron that is not constant, ``c = f(neuron)`` replaces it by a typical value. ``fold`` chooses ``f``:
-``"mean"`` (the default: the removed term is then right in expectation), ``"mean+std"`` (the paper's choice) or
-``"none"`` (drop the term). ``statistics`` chooses where the mean and standard deviation come from:
-``"token"`` (``token_mean``/``token_std`` of the importance table: over every real token of the corpus) or
-``"point"`` (``mean``/``std``: at the token λ was computed on, [CLS] by default). ``"point"`` is the default:
-on a fine-tuned MiniLM classifier, which reads [CLS], pruned to 60% of the encoder, token statistics sent the
-test accuracy to chance (50.0%) while point statistics kept it (73.8%, as dropping the terms does; original
-77.3%); token statistics only win on mean-pooled embeddings, and there by less than 0.02 in cosine
-(``benchmarks/results/inference_speed.md``, ``benchmarks/bench_folding.py``).
+``"none"`` (the default: drop the term, ``c = 0``), ``"mean"`` (the removed term is then right in expectation) or
+``"mean+std"`` (the paper's choice). ``statistics`` chooses where the mean and standard deviation come from:
+``"token"`` (the default: ``token_mean``/``token_std`` of the importance table, over every real token of the corpus,
+since the bias is added at every token) or ``"point"`` (``mean``/``std``: at the token λ was computed on, [CLS] by
+default).
+
+Why nothing is folded by default (``benchmarks/results/ablation.md``): a fine-tuned MiniLM classifier, which reads
+[CLS], pruned to 60% or 45% of its encoder, ranks the test sentences about as well with every folding (ROC AUC within
+about 0.02), but a folded constant shifts its decision threshold: with token means every such model predicted a
+single class, with [CLS] means most did at 45%, and 50 fine-tuning steps did not undo it in 11 of 27 runs at 45%
+(2 of 27 at 60%); without folding none of the 54 runs collapsed, and accuracy after fine-tuning was level or
+higher. Token means do keep mean-pooled sentence embeddings closest to the original's (cosine 0.48 against 0.37 at
+60%): ``fold="mean"`` suits an embedding model read by mean pooling.
 
 Query and key have nothing exact to fold: a removed dimension ``j`` takes ``q_j k_j`` out of every score, and
 that term depends on both the query and the key token. Only if ``k_j`` is constant over the tokens is the term
@@ -42,7 +47,7 @@ from .plans import EncoderShape, LayerSelection, PruningPlan, select_neurons
 
 __all__ = ["FOLD_MODES", "STATISTICS", "prune_model"]
 
-FOLD_MODES: tuple[str, ...] = ("mean", "mean+std", "none")
+FOLD_MODES: tuple[str, ...] = ("none", "mean", "mean+std")
 """How a removed neuron's output is folded into the next layer's bias."""
 STATISTICS: dict[str, tuple[str, str]] = {"token": ("token_mean", "token_std"), "point": ("mean", "std")}
 """Source of the folded statistics -> the importance table's (mean, std) columns."""
@@ -77,8 +82,8 @@ def prune_model(
     table,
     plan: PruningPlan,
     *,
-    fold: str = "mean",
-    statistics: str = "point",
+    fold: str = "none",
+    statistics: str = "token",
     attention: str = "loop",
     score: str = "lam",
 ):
@@ -93,10 +98,11 @@ def prune_model(
         λ per neuron and the mean/std columns used for folding.
     plan : PruningPlan
         Levels per layer and component (:func:`obce.plans.paper_plan`, ...).
-    fold : {"mean", "mean+std", "none"}
+    fold : {"none", "mean", "mean+std"}
         The constant each removed value/intermediate neuron is folded as (see the module docstring).
     statistics : {"token", "point"}
-        Statistics over all real tokens of the corpus, or at the token λ was computed on.
+        For ``"mean"`` and ``"mean+std"``: statistics over all real tokens of the corpus, or at the token λ was
+        computed on.
     attention : {"loop", "padded"}
         How the compressed model computes unequal heads (:mod:`obce.models.compressed`).
     score : str
