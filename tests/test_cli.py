@@ -63,6 +63,7 @@ def test_defaults_are_shared_with_the_pipeline():
         (("analyze", "--sentences", "many"), "--sentences"),
         (("analyze", "--token", "last"), "last"),
         (("prune", "--fold", "median"), "median"),
+        (("prune", "--score", "taylor"), "taylor"),
         (("compress", "--device", "tpu:x"), "tpu:x"),
         (("frobnicate",), "frobnicate"),
         ((), "Usage"),

@@ -18,7 +18,8 @@ import obce
 from obce import cli, pipeline, train
 from obce.importance import ImportanceTable
 from obce.models.compressed import layer_sizes
-from obce.plans import PruningPlan, dry_run
+from obce.pipeline import RunFolder
+from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _WORDS = [
@@ -116,7 +117,8 @@ def test_run_folder_holds_every_piece(run):
     assert settings["seed"] == 0 and settings["versions"]["obce"] == obce.__version__
     assert set(settings["steps"]) == {"analyze", "plan", "prune", "speed", "finetune"}
     assert settings["steps"]["analyze"]["model_path"] == str(run["inputs"]["model"])
-    assert settings["steps"]["finetune"]["steps"] == 4 and settings["steps"]["plan"] == {"plan": "target:0.7"}
+    assert settings["steps"]["finetune"]["steps"] == 4
+    assert settings["steps"]["plan"] == {"plan": "target:0.7", "score": "lam"}
     assert settings["commands"][-1].startswith("obce compress --model")
     assert len(ImportanceTable.load(path).sentences) == 24
 
@@ -225,7 +227,7 @@ def test_other_settings_are_refused_without_overwrite(run, capsys):
     args[args.index("target:0.7")] = "uniform:P50"
     code, _, err = run_cli(capsys, args)
     assert code == 1 and err.count("\n") == 1 and "other plan settings" in err and "--overwrite" in err
-    assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7"}
+    assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7", "score": "lam"}
 
 
 class _Interrupt(TrainerCallback):
@@ -289,9 +291,34 @@ def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
     assert code == 1 and "other plan settings" in err and "--overwrite" in err
     code, _, err = run_cli(capsys, [*args, "--plan", "target:0.7", "--overwrite"])
     assert code == 0, err
-    assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7"}
+    assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7", "score": "lam"}
     assert PruningPlan.load(path / "plan.json").name.startswith("target-70.0%")
     assert (path / "mine.txt").read_text() == "kept\n" and "(done before" not in err
+
+
+def test_prune_by_std(inputs, tmp_path, capsys):
+    """--score std: the plan is sized and the neurons chosen by the std column, and the run says so."""
+    path = tmp_path / "run"
+    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
+            "--plan", "target:0.7", "--score", "std", "--device", "cpu", "--no-progress",
+            "--output", str(path)]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    steps = json.loads((path / "settings.json").read_text())["steps"]
+    assert steps["plan"]["score"] == steps["prune"]["score"] == "std"
+    run = RunFolder(path)
+    table, plan = run.table(), run.plan()
+    model = BertModel.from_pretrained(inputs["model"])
+    shape = EncoderShape.from_model(model)
+    by_std = select_neurons(plan, table, shape, score="std")
+    by_lam = select_neurons(plan, table, shape, score="lam")
+    removed = json.loads((path / "removed.json").read_text())
+    for entry, sel in zip(removed, by_std, strict=True):
+        kept = np.setdiff1d(np.arange(entry["intermediate"]["total"]), entry["intermediate"]["removed"])
+        np.testing.assert_array_equal(kept, sel.intermediate)
+    assert any(not np.array_equal(a.intermediate, b.intermediate) for a, b in zip(by_std, by_lam, strict=True))
+    report = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "standard deviation" in report and "(std > " in report
 
 
 def test_evaluate_and_report_commands(run, capsys):

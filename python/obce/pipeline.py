@@ -55,6 +55,7 @@ __all__ = [
     "COMPRESSED",
     "DEFAULT_PLAN",
     "ORIGINAL",
+    "TABLE_SCORES",
     "Budget",
     "ModelLoader",
     "RunFolder",
@@ -62,6 +63,7 @@ __all__ = [
     "analysis_settings",
     "build_plan",
     "check_plan_spec",
+    "check_score",
     "compress",
     "finetune_settings",
     "is_main_process",
@@ -86,6 +88,10 @@ ORIGINAL, COMPRESSED = "original", "compressed"
 """Labels of the two models of a run, also the names of their fine-tuning folders."""
 DIAGRAM_COMPONENT = "intermediate"
 """Component whose highest- and lowest-λ neurons get a persistence diagram."""
+
+TABLE_SCORES = ("lam", "std")
+"""Neuron scores every importance table holds: λ, and the standard deviation of the same points (the better of
+the two at strong compression in ``benchmarks/results/ablation.md``; :mod:`obce.scores` has more for the API)."""
 
 _PRUNE_DEFAULTS = {
     name: p.default for name, p in inspect.signature(prune_model).parameters.items() if name in ("fold", "statistics")
@@ -352,11 +358,11 @@ def check_plan_spec(spec: str) -> str:
     return spec
 
 
-def build_plan(spec: str | PruningPlan, model, table) -> PruningPlan:
+def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> PruningPlan:
     """Turn a plan given as text (see :func:`check_plan_spec`) into a :class:`PruningPlan`.
 
     With ``model`` None only the syntax is checked (the returned plan is then None for the forms
-    that need the model).
+    that need the model). ``score`` is the table column a ``target:`` plan ranks by.
     """
     if isinstance(spec, PruningPlan):
         return spec
@@ -379,7 +385,7 @@ def build_plan(spec: str | PruningPlan, model, table) -> PruningPlan:
             raise ValueError(f"plan {spec!r}: after the fraction write :encoder or :model, got {of!r}")
         if not 0 < fraction < 1:
             raise ValueError(f"plan {spec!r}: the fraction must be in (0, 1), e.g. target:0.6")
-        return None if model is None else target_plan(model, table, fraction, of=of or "encoder")
+        return None if model is None else target_plan(model, table, fraction, of=of or "encoder", score=score)
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -434,9 +440,22 @@ def _local_or_name(source: str | None) -> str | None:
     return str(Path(source).expanduser().absolute())
 
 
-def prune_settings(fold: str | None = None) -> dict:
-    """The settings of the pruning step: :func:`obce.prune.prune_model`'s defaults unless told."""
-    return {**_PRUNE_DEFAULTS, **({"fold": fold} if fold is not None else {})}
+def prune_settings(fold: str | None = None, score: str = "lam") -> dict:
+    """The settings of the pruning step: :func:`obce.prune.prune_model`'s defaults unless told.
+
+    Raises
+    ------
+    ValueError
+        A score that an analysis does not provide (see :data:`TABLE_SCORES`).
+    """
+    return {**_PRUNE_DEFAULTS, **({"fold": fold} if fold is not None else {}), "score": check_score(score)}
+
+
+def check_score(score: str) -> str:
+    """``score`` if it is one of :data:`TABLE_SCORES`, else a ValueError that names them."""
+    if score not in TABLE_SCORES:
+        raise ValueError(f"score must be one of {', '.join(TABLE_SCORES)}, got {score!r}")
+    return score
 
 
 def finetune_settings(
@@ -558,33 +577,33 @@ def _lowest_positive(lam: np.ndarray) -> int:
     return int(positive[np.argmin(lam[positive])]) if positive.size else int(np.argmin(lam))
 
 
-def _plan_setting(spec: str | PruningPlan) -> dict:
-    return {"plan": spec.to_dict() if isinstance(spec, PruningPlan) else spec}
+def _plan_setting(spec: str | PruningPlan, score: str) -> dict:
+    return {"plan": spec.to_dict() if isinstance(spec, PruningPlan) else spec, "score": score}
 
 
-def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader) -> bool:
-    """Build the pruning plan from the run's importance table: ``plan.json``.
+def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score: str = "lam") -> bool:
+    """Build the pruning plan from the run's importance table, ranking by ``score``: ``plan.json``.
 
     Returns
     -------
     bool
         False when the folder already held this plan.
     """
-    run.check_step("plan", _plan_setting(spec))
+    run.check_step("plan", _plan_setting(spec, score))
     if (run / run.PLAN).is_file():
         return False
-    plan = build_plan(spec, model.get()[0], run.table())
-    run.record("plan", _plan_setting(spec))
+    plan = build_plan(spec, model.get()[0], run.table(), score)
+    run.record("plan", _plan_setting(spec, score))
     if is_main_process():
         plan.save(run / run.PLAN, overwrite=True)
     return True
 
 
-def plan_report(run: RunFolder, spec: str | PruningPlan, model: ModelLoader):
+def plan_report(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score: str = "lam"):
     """What ``spec`` would keep of the run's model (:func:`obce.plans.dry_run`); nothing is written."""
     loaded = model.get()[0]
     table = run.table()
-    return dry_run(loaded, table, build_plan(spec, loaded, table))
+    return dry_run(loaded, table, build_plan(spec, loaded, table, score), score=score)
 
 
 def parameter_table(model) -> pd.DataFrame:
@@ -621,12 +640,12 @@ def _param_totals(model) -> dict[str, int]:
     }
 
 
-def _removed(plan: PruningPlan, table: ImportanceTable, model) -> list[dict]:
+def _removed(plan: PruningPlan, table: ImportanceTable, model, score: str) -> list[dict]:
     """Per layer, the indices of the removed query/key, value and intermediate neurons, and the removed heads."""
     shape = EncoderShape.from_model(model)
     widths = {"query_key": shape.qk_width, "value": shape.qk_width, "intermediate": shape.intermediate_size}
     entries = []
-    for sel in select_neurons(plan, table, shape):
+    for sel in select_neurons(plan, table, shape, score=score):
         entry = {"layer": sel.layer, "removed_heads": sel.removed_heads}
         for name, kept in (("query_key", sel.qk), ("value", sel.value), ("intermediate", sel.intermediate)):
             entry[name] = {"total": widths[name], "removed": np.setdiff1d(np.arange(widths[name]), kept).tolist()}
@@ -674,7 +693,7 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     run.write_text(run.PARAMETERS, both.to_csv(index=False, lineterminator="\n"))
     run.write_json(run.PARAMS, {ORIGINAL: _param_totals(original), COMPRESSED: _param_totals(compressed)})
     # Written last: its presence marks the step as done.
-    run.write_json(run.REMOVED, _removed(plan, table, original))
+    run.write_json(run.REMOVED, _removed(plan, table, original, settings["score"]))
     run.record(timings_s={"prune": round(time.perf_counter() - start, 2)})
     return True
 
@@ -838,6 +857,7 @@ def compress(
     token: str = "cls",
     plan: str | PruningPlan = DEFAULT_PLAN,
     fold: str | None = None,
+    score: str = "lam",
     finetune: bool = True,
     task: str = "polarity",
     glue_dir: str | os.PathLike | None = None,
@@ -872,6 +892,8 @@ def compress(
         See :func:`check_plan_spec`; by default 60 % of the encoder layers' parameters are kept.
     fold : {"none", "mean", "mean+std"}, optional
         Bias folding (default: :func:`obce.prune.prune_model`'s).
+    score : {"lam", "std"}
+        What neurons are ranked by (:data:`TABLE_SCORES`).
     finetune : bool
         Fine-tune the original and the compressed model on ``task`` and score them on its report split.
     task : str
@@ -912,8 +934,8 @@ def compress(
         check_plan_spec(plan)
     steps = {
         "analyze": analysis_settings(model, corpus, n_sentences, seed, token),
-        "plan": _plan_setting(plan),
-        "prune": prune_settings(fold),
+        "plan": _plan_setting(plan, score),
+        "prune": prune_settings(fold, score),
         "speed": asdict(speed),
     }
     if finetune:
@@ -933,7 +955,7 @@ def compress(
     log(f"obce: run folder {run.path}")
     did = run_analysis(run, steps["analyze"], device=device, progress=progress, model=loaded)
     stage(1, f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
-    did = run_plan(run, plan, loaded)
+    did = run_plan(run, plan, loaded, score)
     stage(2, f"plan: {run.plan().name}", did)
     did = run_prune(run, steps["prune"], loaded)
     params = run.read_json(run.PARAMS)

@@ -142,7 +142,10 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
         plan_text = steps["plan"]["plan"]
         rows.append(["plan", plan_text if isinstance(plan_text, str) else json.dumps(plan_text)])
     if "prune" in steps:
-        rows.append(["bias folding", ", ".join(f"{k} {v}" for k, v in steps["prune"].items())])
+        prune = steps["prune"]
+        rows.append(["neurons ranked by", {"lam": "λ", "std": "standard deviation"}.get(prune.get("score"), "λ")])
+        folding = prune["fold"] if prune["fold"] == "none" else f"{prune['fold']} of {prune['statistics']} statistics"
+        rows.append(["bias folding", folding])
     if "finetune" in steps:
         ft = steps["finetune"]
         rows.append(
@@ -216,37 +219,44 @@ def _importance(table: ImportanceTable, figure: str) -> Section:
     )
 
 
-def cutoffs(table: ImportanceTable, plan: PruningPlan) -> dict[tuple[int, str], float]:
-    """The λ threshold of each value and intermediate unit the plan prunes (kept: λ above it)."""
+SCORE_NAMES = {"lam": "λ", "std": "std"}
+"""How the report writes the score neurons were ranked by."""
+
+
+def cutoffs(table: ImportanceTable, plan: PruningPlan, score: str = "lam") -> dict[tuple[int, str], float]:
+    """The threshold of each value and intermediate unit the plan prunes, on the score column neurons were ranked
+    by (kept: above it)."""
     return {
-        (layer, c): float(np.percentile(table.lam(layer, c), level))
+        (layer, c): float(np.percentile(table.column(score, layer, c), level))
         for layer, row in plan.levels.items()
         for c, level in row.items()
         if c in ("value", "intermediate")
     }
 
 
-def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str) -> Section:
+def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str, score: str) -> Section:
     section = Section("λ distributions and the plan's cut-offs")
     if plan is None:
         section.blocks.append(Figure(figure, "λ per layer and component.", wide=True))
         return section
-    cuts = cutoffs(table, plan)
+    cuts, name = cutoffs(table, plan, score), SCORE_NAMES[score]
+    caption = (
+        "λ per layer and component; the red lines are the plan's cut-offs (neurons above them are kept). Query "
+        "and key are ranked jointly (product of their λ ranks), so they have no single λ cut-off."
+        if score == "lam"
+        else f"λ per layer and component. Neurons were ranked by their {name}, so the cut-offs in the table below "
+        "are on that score, not on λ."
+    )
     section.blocks += [
         f"Plan `{plan.name}`" + (f": {plan.notes}." if plan.notes else "."),
-        Figure(
-            figure,
-            "λ per layer and component; the red lines are the plan's cut-offs (neurons above them are kept). Query "
-            "and key are ranked jointly (product of their λ ranks), so they have no single λ cut-off.",
-            wide=True,
-        ),
+        Figure(figure, caption, wide=True),
     ]
     rows = []
     for layer in table.layers:
         row = [str(layer), _level(plan.level(layer, "query"))]
         for c in ("value", "intermediate"):
             level = plan.level(layer, c)
-            row.append(_level(level) + (f" (λ > {_g(cuts[layer, c])})" if level is not None else ""))
+            row.append(_level(level) + (f" ({name} > {_g(cuts[layer, c])})" if level is not None else ""))
         rows.append(row)
     section.blocks.append(Table(["layer", "query/key", "value", "intermediate"], rows))
     return section
@@ -535,9 +545,10 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         sections.append(_parameters(parameters, params, draw("parameters.png", _plot_parameters, parameters)))
     if table is not None:
         sections.append(_importance(table, draw("lambda_by_layer.png", plot_lambda_by_layer, table, overwrite=True)))
-        cuts = cutoffs(table, plan) if plan is not None else None
+        score = settings.get("steps", {}).get("prune", {}).get("score", "lam")
+        cuts = cutoffs(table, plan) if plan is not None and score == "lam" else None  # drawn on the λ axis
         name = draw("lambda_distributions.png", plot_lambda_distributions, table, cutoffs=cuts, overwrite=True)
-        sections.append(_distributions(table, plan, name))
+        sections.append(_distributions(table, plan, name, score))
     if persistence:
         files = []
         for entry in persistence["neurons"]:
