@@ -397,7 +397,7 @@ def report(args_line: str, original: dict | None, expected: dict[str, int]) -> s
     if original:
         lines.append(
             f"Original fine-tuned: test accuracy {100 * original['accuracy']:.1f} (SE "
-            f"{100 * original['accuracy_se']:.1f}), n = {original['n_test']}."
+            f"{100 * original['accuracy_se']:.1f}), ROC AUC {100 * original['auc']:.1f}, n = {original['n_test']}."
         )
     lines += ["", (__doc__ or "").split("\n\n", 2)[2].strip(), ""]
     if (RESULTS / "ablation_notes.md").is_file():
