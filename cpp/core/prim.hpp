@@ -3,7 +3,9 @@
 // large offset lose no precision to cancellation.
 #pragma once
 #include <algorithm>
+#include <cstdint>
 #include <limits>
+#include <type_traits>
 
 #include "cloud_view.hpp"
 
@@ -27,52 +29,62 @@ inline index_t tiled(index_t j, index_t k, index_t dim) {
 // Lowers dist[j] to the squared distance between point j and p for j in [lo, hi), and returns the
 // point nearest the tree (ties keep the lowest index; lo when every distance overflowed to inf).
 // VectorBytes is the register width to compile for (GCC/Clang vector extensions): blocks of four
-// registers of points keep their partial sums in registers across the whole coordinate loop.
-// lo must start a tile, and the last block is computed whole, so W must hold finite values up to the
-// end of hi's tile; only [lo, hi) of dist is touched.
+// registers of points keep their partial sums in registers across the whole coordinate loop. The
+// nearest point is tracked per lane (value and index) and reduced across lanes once, at the end, so
+// a step pays one horizontal reduction, not one per block. lo must start a tile, and the last block is
+// computed whole, so W must hold finite values up to the end of hi's tile and dist must span that
+// tile too: its slots past hi are rewritten with their own values.
 template <class T, int VectorBytes>
 OBCE_ALWAYS_INLINE Nearest<T> relax(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
   typedef T vec __attribute__((vector_size(VectorBytes)));
+  // Indices relative to lo, in integers as wide as T so that a comparison of T selects among them.
+  using Index = std::conditional_t<sizeof(T) == 4, std::int32_t, std::int64_t>;
+  typedef Index ivec __attribute__((vector_size(VectorBytes)));
   constexpr index_t lanes = VectorBytes / sizeof(T), unroll = 4, block = unroll * lanes;
   static_assert(tile_points % block == 0, "a block must not straddle two tiles");
-  Nearest<T> best{std::numeric_limits<T>::infinity(), hi > lo ? lo : index_t(-1)};
+  constexpr T inf = std::numeric_limits<T>::infinity();
+  ivec lane{};
+  for (index_t l = 0; l < lanes; ++l) lane[l] = Index(l);
+  vec best = vec{} + inf;
+  ivec best_index = ivec{};
   for (index_t j0 = lo; j0 < hi; j0 += block) {
     vec acc[unroll] = {};
     const T *rows = W + tiled(j0, 0, dim);
     for (index_t k = 0; k < dim; ++k) {
       const T *row = rows + k * tile_points;
-      const vec pk = vec{} + p[k];
       for (index_t u = 0; u < unroll; ++u) {
         vec x;
         __builtin_memcpy(&x, row + u * lanes, sizeof x);
-        x -= pk;
+        x -= p[k];
         acc[u] += x * x;
       }
     }
     T *d = dist + j0;
-    const index_t len = std::min(block, hi - j0);
-    T block_min = std::numeric_limits<T>::infinity();
-    if (len == block) {
-      vec low = acc[0] + std::numeric_limits<T>::infinity();
-      for (index_t u = 0; u < unroll; ++u) {
-        vec du;
-        __builtin_memcpy(&du, d + u * lanes, sizeof du);
-        du = du < acc[u] ? du : acc[u];
-        __builtin_memcpy(d + u * lanes, &du, sizeof du);
-        low = low < du ? low : du;
+    const bool whole = j0 + block <= hi;
+    for (index_t u = 0; u < unroll; ++u) {
+      vec du;
+      __builtin_memcpy(&du, d + u * lanes, sizeof du);
+      const ivec index = lane + Index(j0 - lo + u * lanes);
+      vec lowered = du < acc[u] ? du : acc[u];
+      vec candidate = lowered;
+      if (!whole) { // points past hi keep their distance and cannot be the nearest
+        const auto live = index < Index(hi - lo);
+        lowered = live ? lowered : du;
+        candidate = live ? lowered : vec{} + inf;
       }
-      for (index_t l = 0; l < lanes; ++l) block_min = std::min(block_min, T(low[l]));
-    } else {
-      T sums[block];
-      __builtin_memcpy(sums, acc, sizeof sums);
-      for (index_t j = 0; j < len; ++j) {
-        d[j] = std::min(d[j], sums[j]);
-        block_min = std::min(block_min, d[j]);
-      }
+      __builtin_memcpy(d + u * lanes, &lowered, sizeof lowered);
+      const auto closer = candidate < best;
+      best = closer ? candidate : best;
+      best_index = closer ? index : best_index;
     }
-    if (block_min < best.dist2) best = {block_min, j0 + index_t(std::find(d, d + len, block_min) - d)};
   }
-  return best;
+  T nearest = inf;
+  for (index_t l = 0; l < lanes; ++l) nearest = std::min(nearest, T(best[l]));
+  Index first = std::numeric_limits<Index>::max();
+  for (index_t l = 0; l < lanes; ++l)
+    if (best[l] == nearest) first = std::min(first, Index(best_index[l]));
+  if (hi <= lo) return {inf, index_t(-1)};
+  return {nearest, lo + (nearest < inf ? index_t(first) : 0)};
 }
 
 template <class T> inline void copy_point(const T *W, index_t dim, index_t j, T *p) {
