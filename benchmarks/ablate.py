@@ -54,7 +54,8 @@ import obce
 from obce.activations import compute_activations
 from obce.importance import ImportanceTable, compute_importance
 from obce.models import builtin_model_path
-from obce.plans import EncoderShape, dry_run, select_neurons, target_plan, uniform_plan
+from obce.pipeline import build_plan
+from obce.plans import EncoderShape, dry_run, select_neurons, uniform_plan
 from obce.prune import prune_model
 from obce.scores import (
     abs_mean_score,
@@ -209,17 +210,11 @@ def measure(model, tokenizer, data: dict) -> dict:
 
 
 def plan_for(model, table, fraction: float, column: str):
-    """target_plan on the paper's levels P30/P50/P70, or with P90 added where those cannot reach ``fraction``.
-
-    With layers 1-2 untouched, P70 everywhere else keeps about 53 % of MiniLM's encoder: 45 % needs a
-    higher level. Every score goes through the same rule, so sizes still match.
+    """The plan ``obce prune --plan target:<fraction>`` makes: the paper's levels P30/P50/P70, with P90 added where
+    those cannot reach ``fraction`` (with layers 1-2 untouched, P70 everywhere else keeps about 53 % of MiniLM's
+    encoder: 45 % needs a higher level). Every score goes through the same rule, so sizes still match.
     """
-    try:
-        return target_plan(model, table, fraction, score=column)
-    except ValueError as err:
-        if "out of reach" not in str(err):
-            raise
-        return target_plan(model, table, fraction, score=column, levels=(30, 50, 70, 90))
+    return build_plan(f"target:{fraction}", model, table, score=column)
 
 
 def score_column(score: str, seed: int | None) -> str:

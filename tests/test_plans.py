@@ -12,6 +12,7 @@ from transformers import BertConfig, BertModel
 
 from obce.importance import ImportanceTable
 from obce.models.adapters import COMPONENTS, encoder_layers
+from obce.pipeline import build_plan
 from obce.plans import (
     EncoderShape,
     PruningPlan,
@@ -262,6 +263,22 @@ def test_paper_plan_on_bert_base_sized_model():
     assert report.encoder_after == 53_416_243
     assert report.encoder_fraction == pytest.approx(0.6280, abs=5e-5)
     assert report.model_fraction == pytest.approx(0.7110, abs=5e-5)
+
+
+def test_target_spec_adds_p90_when_the_paper_levels_fall_short(tiny_bert_config):
+    """`--plan target:F` below what P70 everywhere keeps: the pipeline adds P90 to the levels instead of failing."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=6)).eval()
+    table = random_table(model)
+    with pytest.raises(ValueError, match="out of reach"):
+        target_plan(model, table, 0.5)  # P70 everywhere from layer 3 keeps 55% here
+    plan = build_plan("target:0.5", model, table)
+    report = dry_run(model, table, plan)
+    assert 0.5 <= report.encoder_fraction < 0.502  # within a neuron or two of this tiny model
+    assert "P30/P50/P70/P90" in plan.notes and max(max(row.values()) for row in plan.levels.values()) > 70
+    assert build_plan("target:0.8", model, table).notes.startswith("levels P30/P50/P70 from")
+    with pytest.raises(ValueError, match="out of reach"):
+        build_plan("target:0.05", model, table)
 
 
 def test_target_plan_lands_on_the_budget(tiny_bert_config):

@@ -47,7 +47,7 @@ from ._version import __version__
 from .corpus import Corpus
 from .importance import ImportanceTable, analyze
 from .models.adapters import ARCHITECTURES, COMPONENTS, builtin_model_path, encoder_layers, max_sequence_length
-from .plans import EncoderShape, PruningPlan, dry_run, paper_plan, select_neurons, target_plan, uniform_plan
+from .plans import LEVEL_SETS, EncoderShape, PruningPlan, dry_run, paper_plan, select_neurons, target_plan, uniform_plan
 from .prune import prune_model
 
 __all__ = [
@@ -385,7 +385,7 @@ def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> Pru
             raise ValueError(f"plan {spec!r}: after the fraction write :encoder or :model, got {of!r}")
         if not 0 < fraction < 1:
             raise ValueError(f"plan {spec!r}: the fraction must be in (0, 1), e.g. target:0.6")
-        return None if model is None else target_plan(model, table, fraction, of=of or "encoder", score=score)
+        return None if model is None else _target_plan(model, table, fraction, of or "encoder", score)
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -395,6 +395,17 @@ def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> Pru
         f"unknown plan {spec!r}; expected bert-base, bert-large (optionally :quartiles), uniform:P50, "
         "target:0.6 or a .json/.yaml plan file"
     )
+
+
+def _target_plan(model, table, fraction: float, of: str, score: str) -> PruningPlan:
+    """:func:`obce.plans.target_plan` on the paper's levels, with P90 added where those cannot reach ``fraction``
+    (from layer 3, P70 everywhere keeps about 53% of a BERT encoder)."""
+    try:
+        return target_plan(model, table, fraction, of=of, score=score)
+    except ValueError as err:
+        if "out of reach" not in str(err):
+            raise
+        return target_plan(model, table, fraction, of=of, score=score, levels=(*LEVEL_SETS["paper"], 90))
 
 
 def _number(text: str, spec: str, expected: str) -> float:
