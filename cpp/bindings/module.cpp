@@ -69,8 +69,7 @@ private:
 
 // A 2-D input is an (n_points, n_neurons) activation matrix: one 1-D cloud per column.
 template <class T> obce::CloudView<T> cloud_view(const BorrowedTensor &t) {
-  if (t->ndim == 2)
-    return {t.data<T>(), t->shape[1], t->shape[0], 1, t.stride(1), t.stride(0), 0};
+  if (t->ndim == 2) return {t.data<T>(), t->shape[1], t->shape[0], 1, t.stride(1), t.stride(0), 0};
   if (t->ndim == 3)
     return {t.data<T>(), t->shape[0], t->shape[1], t->shape[2], t.stride(0), t.stride(1), t.stride(2)};
   throw std::invalid_argument("expected a 2-D or 3-D array");
@@ -90,20 +89,22 @@ index_t run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &d
                ? obce::cuda::death_radii(v, out, device.device_id, stream, check_finite)
                : obce::cuda::h0_deaths(v, out, device.device_id, stream, check_finite);
 #else
-    throw std::runtime_error("obce was built without CUDA: reinstall on a machine with nvcc, or pass a CPU array");
+    throw std::runtime_error(
+        "obce was built without CUDA: reinstall on a machine with nvcc, or pass a CPU array");
 #endif
   }
   return op == Operation::death_radii ? obce::cpu::death_radii(v, out, n_threads)
                                       : obce::cpu::h0_deaths(v, out, n_threads);
 }
 
-index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule &out_capsule,
-                int n_threads, std::uintptr_t stream, bool check_finite) {
+index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule &out_capsule, int n_threads,
+                std::uintptr_t stream, bool check_finite) {
   BorrowedTensor acts(acts_capsule, false), out(out_capsule, true);
   const DLDataType dt = acts->dtype;
   if (dt.code != kDLFloat || (dt.bits != 32 && dt.bits != 64) || dt.lanes != 1)
     throw std::invalid_argument("expected float32 or float64 input");
-  if (std::memcmp(&dt, &out->dtype, sizeof dt) != 0) throw std::invalid_argument("output dtype differs from input");
+  if (std::memcmp(&dt, &out->dtype, sizeof dt) != 0)
+    throw std::invalid_argument("output dtype differs from input");
   if (acts->device.device_type != out->device.device_type || acts->device.device_id != out->device.device_id)
     throw std::invalid_argument("output is on another device than the input");
   if (acts->device.device_type != kDLCPU && !is_cuda(acts->device))
@@ -117,7 +118,8 @@ index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule
   const index_t expected = op == Operation::death_radii ? n_clouds : n_clouds * (n_points - 1);
   index_t out_size = 1;
   for (int a = 0; a < out->ndim; ++a) out_size *= out->shape[a];
-  if (out_size != expected || out.stride(out->ndim - 1) != 1 || (out->ndim == 2 && out.stride(0) != n_points - 1))
+  if (out_size != expected || out.stride(out->ndim - 1) != 1 ||
+      (out->ndim == 2 && out.stride(0) != n_points - 1))
     throw std::invalid_argument("output must be a contiguous array of the result's shape");
 
   py::gil_scoped_release release;
@@ -151,14 +153,24 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "obce's compiled kernels; use the wrappers in obce.kernel";
-  obce::cpu::simd_level(); // picks the distance loop's build now: a bad OBCE_SIMD fails the import, not a kernel
+  // Picks the distance loop's build now: a bad OBCE_SIMD fails the import, not a kernel.
+  obce::cpu::simd_level();
   // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
-  const char *args_doc = "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";
-  m.def("death_radii", [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
-    return compute(Operation::death_radii, a, o, t, s, c);
-  }, py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"), args_doc);
-  m.def("h0_deaths", [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
-    return compute(Operation::h0_deaths, a, o, t, s, c);
-  }, py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"), args_doc);
+  const char *args_doc =
+      "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";
+  m.def(
+      "death_radii",
+      [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
+        return compute(Operation::death_radii, a, o, t, s, c);
+      },
+      py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"),
+      args_doc);
+  m.def(
+      "h0_deaths",
+      [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
+        return compute(Operation::h0_deaths, a, o, t, s, c);
+      },
+      py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"),
+      args_doc);
   m.def("build_info", &build_info, "What was compiled in, and the GPUs usable now");
 }

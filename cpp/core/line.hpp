@@ -40,8 +40,10 @@ template <class T> T max_gap(const T *x, index_t n, T *bucket_min, T *bucket_max
     }
   };
   // In float the index error stays below the margin for n below about 2900 points.
-  if (sizeof(T) == sizeof(float) && n <= 2048) fill(float(n) / (float(hi) - float(lo)));
-  else fill(double(n) / (double(hi) - double(lo)));
+  if (sizeof(T) == sizeof(float) && n <= 2048)
+    fill(float(n) / (float(hi) - float(lo)));
+  else
+    fill(double(n) / (double(hi) - double(lo)));
   // Branch-free: about a third of the buckets are empty, at random, which a branch mispredicts.
   // Tops of non-empty buckets increase, so the running maximum of the tops is the previous top.
   T gap = 0, prev = bucket_max[0]; // bucket 0 holds lo

@@ -3,9 +3,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdlib>
+#include <limits>
 #include <stdexcept>
 #include <string>
-#include <limits>
 #include <vector>
 
 #include "../core/line.hpp"
@@ -30,8 +30,8 @@ relax_avx512(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t h
   return relax<T, 64>(W, dim, p, dist, lo, hi);
 }
 template <class T>
-__attribute__((target("avx2,fma"))) Nearest<T>
-relax_avx2(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+__attribute__((target("avx2,fma"))) Nearest<T> relax_avx2(const T *W, index_t dim, const T *p, T *dist,
+                                                          index_t lo, index_t hi) {
   return relax<T, 32>(W, dim, p, dist, lo, hi);
 }
 #endif
@@ -48,17 +48,23 @@ Simd detect_simd() {
   Simd supported = Simd::baseline;
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("x86-64-v4")) supported = Simd::avx512;
-  else if (__builtin_cpu_supports("x86-64-v3")) supported = Simd::avx2;
+  if (__builtin_cpu_supports("x86-64-v4"))
+    supported = Simd::avx512;
+  else if (__builtin_cpu_supports("x86-64-v3"))
+    supported = Simd::avx2;
 #endif
   const char *asked = std::getenv("OBCE_SIMD");
   if (asked == nullptr || *asked == '\0') return supported;
   const std::string level(asked);
   Simd wanted;
-  if (level == "baseline") wanted = Simd::baseline;
-  else if (level == "avx2") wanted = Simd::avx2;
-  else if (level == "avx512") wanted = Simd::avx512;
-  else throw std::invalid_argument("OBCE_SIMD must be baseline, avx2 or avx512, got '" + level + "'");
+  if (level == "baseline")
+    wanted = Simd::baseline;
+  else if (level == "avx2")
+    wanted = Simd::avx2;
+  else if (level == "avx512")
+    wanted = Simd::avx512;
+  else
+    throw std::invalid_argument("OBCE_SIMD must be baseline, avx2 or avx512, got '" + level + "'");
   return std::min(wanted, supported);
 }
 
@@ -78,7 +84,8 @@ template <class T> RelaxFn<T> pick_relax() {
   }
 }
 
-template <class T> Nearest<T> relax_best(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
+template <class T>
+Nearest<T> relax_best(const T *W, index_t dim, const T *p, T *dist, index_t lo, index_t hi) {
   static const RelaxFn<T> fn = pick_relax<T>();
   return fn(W, dim, p, dist, lo, hi);
 }
@@ -136,7 +143,8 @@ template <class T> bool gather(const CloudView<T> &v, index_t c, Scratch<T> &s) 
 constexpr index_t line_group = 16;
 
 // Copies clouds [c0, c0 + count) into s.points, cloud g at g * n_points, and flags the finite ones.
-template <class T> void gather_lines(const CloudView<T> &v, index_t c0, index_t count, Scratch<T> &s, bool *finite_cloud) {
+template <class T>
+void gather_lines(const CloudView<T> &v, index_t c0, index_t count, Scratch<T> &s, bool *finite_cloud) {
   const index_t n = v.n_points;
   T *dst = s.points.data();
   std::fill(finite_cloud, finite_cloud + count, true);
@@ -170,7 +178,9 @@ void parallel_prim(T *W, index_t n, index_t dim, T *dist, std::vector<Nearest<T>
 #else
   const int t = 0, n_threads = 1;
 #endif
-  auto share_start = [&](int r) { return r == n_threads ? n - 1 : (n - 1) * r / n_threads / tile_points * tile_points; };
+  auto share_start = [&](int r) {
+    return r == n_threads ? n - 1 : (n - 1) * r / n_threads / tile_points * tile_points;
+  };
   const index_t lo = share_start(t), hi = share_start(t + 1);
   index_t end = hi; // this thread's active points are [lo, end)
   copy_point(W, dim, n - 1, p.data());
@@ -225,16 +235,20 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
           const index_t count = std::min(line_group, v.n_clouds - c0);
           gather_lines(v, c0, count, s, finite_cloud);
           for (index_t g = 0; g < count; ++g) {
-            if (finite_cloud[g]) per_cloud(c0 + g, s.points.data() + g * v.n_points, s);
-            else first_bad = std::min(first_bad, c0 + g);
+            if (finite_cloud[g])
+              per_cloud(c0 + g, s.points.data() + g * v.n_points, s);
+            else
+              first_bad = std::min(first_bad, c0 + g);
           }
         }
       } else {
         s.reserve(v.n_points, v.dim);
 #pragma omp for schedule(dynamic, 1)
         for (index_t c = 0; c < v.n_clouds; ++c) {
-          if (gather(v, c, s)) per_cloud(c, s.points.data(), s);
-          else first_bad = std::min(first_bad, c);
+          if (gather(v, c, s))
+            per_cloud(c, s.points.data(), s);
+          else
+            first_bad = std::min(first_bad, c);
         }
       }
     }
@@ -288,8 +302,7 @@ template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_thread
       [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
         T *row = out + c * (n - 1);
         index_t e = 0;
-        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p,
-                      [&](T d2) { row[e++] = d2; });
+        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p, [&](T d2) { row[e++] = d2; });
         if (this_thread() == 0) finish(row);
       });
 }

@@ -1,9 +1,9 @@
 #include "death_radii.cuh"
 
 #include <cub/device/device_segmented_sort.cuh>
+#include <cuda_runtime.h>
 #include <thrust/iterator/counting_iterator.h>
 #include <thrust/iterator/transform_iterator.h>
-#include <cuda_runtime.h>
 
 #include <algorithm>
 #include <limits>
@@ -24,8 +24,7 @@ constexpr unsigned long long kNoBadCloud = ~0ull;
 void check(cudaError_t err, const char *what) {
   if (err == cudaSuccess) return;
   cudaGetLastError(); // clear a sticky launch error so later calls start clean
-  if (err == cudaErrorMemoryAllocation)
-    throw std::runtime_error(std::string("GPU out of memory in ") + what);
+  if (err == cudaErrorMemoryAllocation) throw std::runtime_error(std::string("GPU out of memory in ") + what);
   throw std::runtime_error(std::string(what) + ": " + cudaGetErrorString(err));
 }
 
@@ -46,7 +45,8 @@ template <class T> struct DeviceBuffer {
   T *ptr = nullptr;
   cudaStream_t stream;
   DeviceBuffer(size_t count, cudaStream_t s) : stream(s) {
-    if (count) check(cudaMallocAsync(reinterpret_cast<void **>(&ptr), count * sizeof(T), s), "cudaMallocAsync");
+    if (count)
+      check(cudaMallocAsync(reinterpret_cast<void **>(&ptr), count * sizeof(T), s), "cudaMallocAsync");
   }
   ~DeviceBuffer() {
     if (ptr) cudaFreeAsync(ptr, stream);
@@ -63,23 +63,31 @@ template <class T> __device__ bool finite(T x) { return x - x == T(0); }
 // the bits of INT_MIN and lose every comparison, so it is first made +0.0 (v + 0 does that).
 __device__ void atomic_min(float *a, float v) {
   v += 0.0f;
-  if (v >= 0) atomicMin(reinterpret_cast<int *>(a), __float_as_int(v));
-  else atomicMax(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
+  if (v >= 0)
+    atomicMin(reinterpret_cast<int *>(a), __float_as_int(v));
+  else
+    atomicMax(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
 }
 __device__ void atomic_max(float *a, float v) {
   v += 0.0f;
-  if (v >= 0) atomicMax(reinterpret_cast<int *>(a), __float_as_int(v));
-  else atomicMin(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
+  if (v >= 0)
+    atomicMax(reinterpret_cast<int *>(a), __float_as_int(v));
+  else
+    atomicMin(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
 }
 __device__ void atomic_min(double *a, double v) {
   v += 0.0;
-  if (v >= 0) atomicMin(reinterpret_cast<long long *>(a), __double_as_longlong(v));
-  else atomicMax(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
+  if (v >= 0)
+    atomicMin(reinterpret_cast<long long *>(a), __double_as_longlong(v));
+  else
+    atomicMax(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
 }
 __device__ void atomic_max(double *a, double v) {
   v += 0.0;
-  if (v >= 0) atomicMax(reinterpret_cast<long long *>(a), __double_as_longlong(v));
-  else atomicMin(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
+  if (v >= 0)
+    atomicMax(reinterpret_cast<long long *>(a), __double_as_longlong(v));
+  else
+    atomicMin(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
 }
 
 template <class T> __device__ T warp_min(T x) {
@@ -155,16 +163,15 @@ __device__ bool warp_max_gap(const T *x, index_t stride, index_t n, T *bucket_mi
   return true;
 }
 
-constexpr int kLineWarps = 8;     // warps per block in the 1-D kernels
-constexpr int kTileClouds = 32;   // clouds per block in the tiled kernel
-constexpr int kTileStride = 33;   // padded: a warp reading one cloud's column hits 32 banks
+constexpr int kLineWarps = 8;   // warps per block in the 1-D kernels
+constexpr int kTileClouds = 32; // clouds per block in the tiled kernel
+constexpr int kTileStride = 33; // padded: a warp reading one cloud's column hits 32 banks
 
 // Small 1-D clouds: a block first copies 32 neighbouring clouds into shared memory with coalesced
 // reads (along whichever axis is contiguous), then each warp takes clouds from the tile. In the
 // (n_points, n_neurons) layout a warp reading one column from global memory would touch a
 // different row, and sector, for every value.
-template <class T>
-__global__ void line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
+template <class T> __global__ void line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
   extern __shared__ __align__(16) unsigned char shared_raw[];
   const index_t n = v.n_points, c0 = index_t(blockIdx.x) * kTileClouds;
   const int clouds_here = int(min(index_t(kTileClouds), v.n_clouds - c0));
@@ -178,7 +185,8 @@ __global__ void line_tile_kernel(CloudView<T> v, T *out, unsigned long long *fir
   }
   __syncthreads();
   for (int cloud = threadIdx.x / 32; cloud < clouds_here; cloud += blockDim.x / 32) {
-    if (!warp_max_gap(tile + cloud, index_t(kTileStride), n, buckets, out + c0 + cloud) && threadIdx.x % 32 == 0) {
+    if (!warp_max_gap(tile + cloud, index_t(kTileStride), n, buckets, out + c0 + cloud) &&
+        threadIdx.x % 32 == 0) {
       report_bad(first_bad, c0 + cloud);
       out[c0 + cloud] = std::numeric_limits<T>::quiet_NaN();
     }
@@ -255,8 +263,8 @@ template <class P> __device__ P *cluster_peer(P *p, unsigned rank) {
 }
 
 template <class T>
-__global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T *out,
-                            bool all_edges, unsigned long long *first_bad) {
+__global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T *out, bool all_edges,
+                            unsigned long long *first_bad) {
   extern __shared__ __align__(16) unsigned char shared_raw[];
   __shared__ Candidate<T> candidates[2];
   __shared__ Candidate<T> warp_candidates[32];
@@ -345,8 +353,9 @@ __global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T
     }
     if (owner == rank && threadIdx.x == 0) dist[w - lo] = T(-1);
     for (index_t k = threadIdx.x; k < dim; k += blockDim.x)
-      p[k] = shared_coords ? cluster_peer(coords, owner)[k * shape.coord_stride + (w - owner * shape.per_block)]
-                           : cloud[w * v.point_stride + k * v.dim_stride];
+      p[k] = shared_coords
+                 ? cluster_peer(coords, owner)[k * shape.coord_stride + (w - owner * shape.per_block)]
+                 : cloud[w * v.point_stride + k * v.dim_stride];
     __syncthreads();
   }
   if (!all_edges && rank == 0 && threadIdx.x == 0) out[c] = sqrt(longest);
@@ -358,7 +367,8 @@ __global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T
 template <class T>
 __global__ void gather_lines_kernel(CloudView<T> v, T *dst, unsigned long long *first_bad) {
   const index_t total = v.n_clouds * v.n_points;
-  for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total; t += index_t(gridDim.x) * blockDim.x) {
+  for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total;
+       t += index_t(gridDim.x) * blockDim.x) {
     const index_t c = t / v.n_points, i = t % v.n_points;
     const T x = v.cloud(c)[i * v.point_stride];
     if (!finite(x)) report_bad(first_bad, c);
@@ -368,7 +378,8 @@ __global__ void gather_lines_kernel(CloudView<T> v, T *dst, unsigned long long *
 
 template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds, index_t n, T *gaps) {
   const index_t total = n_clouds * (n - 1);
-  for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total; t += index_t(gridDim.x) * blockDim.x) {
+  for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total;
+       t += index_t(gridDim.x) * blockDim.x) {
     const index_t c = t / (n - 1), i = t % (n - 1);
     gaps[t] = sorted[c * n + i + 1] - sorted[c * n + i];
   }
@@ -386,12 +397,12 @@ void segmented_sort(const T *in, T *out, index_t n_segments, index_t length, cud
       thrust::make_transform_iterator(thrust::make_counting_iterator<index_t>(0), SegmentOffset{length});
   const auto ends = begins + 1;
   size_t bytes = 0;
-  check(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, in, out, n_segments * length, n_segments,
-                                           begins, ends, stream),
+  check(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, in, out, n_segments * length, n_segments, begins,
+                                           ends, stream),
         "cub::DeviceSegmentedSort");
   DeviceBuffer<unsigned char> temp(bytes, stream);
-  check(cub::DeviceSegmentedSort::SortKeys(temp.ptr, bytes, in, out, n_segments * length, n_segments,
-                                           begins, ends, stream),
+  check(cub::DeviceSegmentedSort::SortKeys(temp.ptr, bytes, in, out, n_segments * length, n_segments, begins,
+                                           ends, stream),
         "cub::DeviceSegmentedSort");
 }
 
@@ -402,18 +413,21 @@ unsigned grid_for(index_t items, int threads) {
 struct Device {
   int id, major, shared_optin, sms;
   explicit Device(int device) : id(device) {
-    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device), "cudaDeviceGetAttribute");
-    check(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device), "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device),
+          "cudaDeviceGetAttribute");
+    check(cudaDeviceGetAttribute(&shared_optin, cudaDevAttrMaxSharedMemoryPerBlockOptin, device),
+          "cudaDeviceGetAttribute");
     check(cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device), "cudaDeviceGetAttribute");
   }
 };
 
 template <class T>
-void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *first_bad,
-                             const Device &dev, cudaStream_t stream) {
+void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *first_bad, const Device &dev,
+                             cudaStream_t stream) {
   const size_t tile_bytes = size_t(v.n_points) * (kTileStride + 2 * kLineWarps) * sizeof(T);
   if (tile_bytes <= size_t(dev.shared_optin)) {
-    check(cudaFuncSetAttribute(line_tile_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(tile_bytes)),
+    check(cudaFuncSetAttribute(line_tile_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                               int(tile_bytes)),
           "cudaFuncSetAttribute");
     const unsigned blocks = unsigned((v.n_clouds + kTileClouds - 1) / kTileClouds);
     line_tile_kernel<T><<<blocks, kLineWarps * 32, tile_bytes, stream>>>(v, out, first_bad);
@@ -425,7 +439,8 @@ void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *
   DeviceBuffer<T> buckets(warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points, stream);
   const size_t shared = warps ? warps * per_warp : 0;
   if (!warps) warps = kLineWarps;
-  check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
+  check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(shared)),
         "cudaFuncSetAttribute");
   const unsigned blocks = unsigned((v.n_clouds + warps - 1) / warps);
   line_death_radii_kernel<T><<<blocks, warps * 32, shared, stream>>>(v, out, first_bad, buckets.ptr);
@@ -437,7 +452,9 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
                  const Device &dev, cudaStream_t stream) {
   constexpr index_t points_per_block = 256;
   const unsigned cluster =
-      dev.major >= 9 ? unsigned(std::clamp<index_t>((v.n_points + points_per_block - 1) / points_per_block, 1, 8)) : 1;
+      dev.major >= 9
+          ? unsigned(std::clamp<index_t>((v.n_points + points_per_block - 1) / points_per_block, 1, 8))
+          : 1;
   PrimShape shape{(v.n_points + cluster - 1) / cluster, 0};
   const size_t base = (shape.per_block + v.dim) * sizeof(T);
   const index_t stride = shape.per_block | 1; // odd row stride: the winner's column reads spread over banks
@@ -466,7 +483,8 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
 }
 
 // Runs `body` with a device flag for the first non-finite cloud and returns that cloud or -1.
-template <class Body> index_t with_bad_flag(int device, std::uintptr_t stream_handle, bool check_finite, Body body) {
+template <class Body>
+index_t with_bad_flag(int device, std::uintptr_t stream_handle, bool check_finite, Body body) {
   DeviceGuard guard(device);
   const Device dev(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
@@ -475,7 +493,8 @@ template <class Body> index_t with_bad_flag(int device, std::uintptr_t stream_ha
   body(dev, stream, flag.ptr);
   if (!check_finite) return -1;
   unsigned long long first_bad = kNoBadCloud;
-  check(cudaMemcpyAsync(&first_bad, flag.ptr, sizeof first_bad, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
+  check(cudaMemcpyAsync(&first_bad, flag.ptr, sizeof first_bad, cudaMemcpyDeviceToHost, stream),
+        "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
   return first_bad == kNoBadCloud ? -1 : index_t(first_bad);
 }
@@ -485,33 +504,37 @@ template <class Body> index_t with_bad_flag(int device, std::uintptr_t stream_ha
 template <class T>
 index_t death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, bool check_finite) {
   if (v.n_clouds == 0) return -1;
-  return with_bad_flag(device, stream, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
-    if (v.dim == 1) launch_line_death_radii(v, out, bad, dev, s);
-    else launch_prim(v, out, false, bad, dev, s);
-  });
+  return with_bad_flag(device, stream, check_finite,
+                       [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
+                         if (v.dim == 1)
+                           launch_line_death_radii(v, out, bad, dev, s);
+                         else
+                           launch_prim(v, out, false, bad, dev, s);
+                       });
 }
 
 template <class T>
 index_t h0_deaths(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, bool check_finite) {
   if (v.n_clouds == 0) return -1;
-  return with_bad_flag(device, stream, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
-    const index_t n = v.n_points, n_gaps = v.n_clouds * (n - 1);
-    constexpr int threads = 256;
-    if (v.dim == 1) {
-      DeviceBuffer<T> values(v.n_clouds * n, s), sorted(v.n_clouds * n, s);
-      gather_lines_kernel<T><<<grid_for(v.n_clouds * n, threads), threads, 0, s>>>(v, values.ptr, bad);
-      check_launch("gather_lines_kernel");
-      segmented_sort(values.ptr, sorted.ptr, v.n_clouds, n, s);
-      // values now holds the unsorted gaps, sorted into out
-      gaps_kernel<T><<<grid_for(n_gaps, threads), threads, 0, s>>>(sorted.ptr, v.n_clouds, n, values.ptr);
-      check_launch("gaps_kernel");
-      segmented_sort(values.ptr, out, v.n_clouds, n - 1, s);
-    } else {
-      DeviceBuffer<T> edges(n_gaps, s);
-      launch_prim(v, edges.ptr, true, bad, dev, s);
-      segmented_sort(edges.ptr, out, v.n_clouds, n - 1, s);
-    }
-  });
+  return with_bad_flag(
+      device, stream, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
+        const index_t n = v.n_points, n_gaps = v.n_clouds * (n - 1);
+        constexpr int threads = 256;
+        if (v.dim == 1) {
+          DeviceBuffer<T> values(v.n_clouds * n, s), sorted(v.n_clouds * n, s);
+          gather_lines_kernel<T><<<grid_for(v.n_clouds * n, threads), threads, 0, s>>>(v, values.ptr, bad);
+          check_launch("gather_lines_kernel");
+          segmented_sort(values.ptr, sorted.ptr, v.n_clouds, n, s);
+          // values now holds the unsorted gaps, sorted into out
+          gaps_kernel<T><<<grid_for(n_gaps, threads), threads, 0, s>>>(sorted.ptr, v.n_clouds, n, values.ptr);
+          check_launch("gaps_kernel");
+          segmented_sort(values.ptr, out, v.n_clouds, n - 1, s);
+        } else {
+          DeviceBuffer<T> edges(n_gaps, s);
+          launch_prim(v, edges.ptr, true, bad, dev, s);
+          segmented_sort(edges.ptr, out, v.n_clouds, n - 1, s);
+        }
+      });
 }
 
 int device_count() {
