@@ -51,22 +51,14 @@ import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
 import obce
+from obce._io import atomic_write_text
 from obce.activations import compute_activations
 from obce.importance import ImportanceTable, compute_importance
 from obce.models import builtin_model_path
 from obce.pipeline import build_plan
 from obce.plans import EncoderShape, dry_run, select_neurons, uniform_plan
 from obce.prune import prune_model
-from obce.scores import (
-    abs_mean_score,
-    head_score,
-    lam_weighted_score,
-    random_score,
-    table_score,
-    task_batches,
-    taylor_score,
-    weight_score,
-)
+from obce.scores import add_scores, random_score, task_batches
 from obce.train import finetune, load_for_task
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -95,12 +87,6 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
 def read_results() -> list[dict]:
     if not JSONL.is_file():
         return []
@@ -110,7 +96,7 @@ def read_results() -> list[dict]:
 def append_result(row: dict) -> None:
     """Append one configuration's line (the file is rewritten atomically, so a crash never leaves half a line)."""
     lines = JSONL.read_text(encoding="utf-8") if JSONL.is_file() else ""
-    atomic_write(JSONL, lines + json.dumps(row, sort_keys=True) + "\n")
+    atomic_write_text(JSONL, lines + json.dumps(row, sort_keys=True) + "\n", overwrite=True)
 
 
 def key(row: dict) -> tuple:
@@ -140,17 +126,15 @@ def scored_table(model, tokenizer, task, seeds: list[int], folder: Path) -> Impo
     table = obce.analyze(model, tokenizer=tokenizer, n_sentences=N_ANALYSED, seed=0, heads=True, progress=False)
     acts = compute_activations(model, tokenizer, table.sentences, token="cls", progress=False)
     tokens = compute_importance(compute_activations(model, tokenizer, table.sentences, token="tokens", progress=False))
-    batches = task_batches(task, tokenizer, n_batches=8, batch_size=32, seed=0)
-    columns = {
-        "lam_tokens": table_score(table, tokens),
-        "lam_head": head_score(table),
-        "lam_weighted": lam_weighted_score(table, model),
-        "abs_mean": abs_mean_score(table, acts),
-        "weight": weight_score(table, model),
-        "taylor": taylor_score(table, model, batches),
-        **{f"random_{s}": random_score(table, s) for s in seeds},
-    }
-    table = table.with_columns(columns)
+    table = add_scores(
+        table,
+        model,
+        ["lam_tokens", "lam_head", "lam_weighted", "abs_mean", "weight", "taylor"],
+        acts=acts,
+        tokens_table=tokens,
+        batches=task_batches(task, tokenizer, n_batches=8, batch_size=32, seed=0),
+    )
+    table = table.with_columns({f"random_{s}": random_score(table, s) for s in seeds})
     table.settings["scores_s"] = round(time.perf_counter() - start, 1)
     table.save(folder, overwrite=True)
     return table
@@ -317,7 +301,7 @@ def measure_missing(model, tokenizer, table, data, args) -> None:
         row.update(measure(small.eval(), tokenizer, data))
         log(f"measured again: {row['phase']} {row['score']} seed={row['seed']} {row['fraction']:.0%} {row['fold']}")
     if stale:
-        atomic_write(JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows))
+        atomic_write_text(JSONL, "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows), overwrite=True)
 
 
 def stability(done: set) -> None:
@@ -538,7 +522,7 @@ def main() -> None:
             "stability": 4,
             "recovery": len(args.seeds) * len(args.fractions) * len(SCORES) * len(RECOVERY_FOLDS),
         }
-        atomic_write(MARKDOWN, report(args_line.strip(), original, expected) + "\n")
+        atomic_write_text(MARKDOWN, report(args_line.strip(), original, expected) + "\n", overwrite=True)
 
     if args.report:
         write_report()
@@ -558,7 +542,7 @@ def main() -> None:
     data["ref_logits"] = run_outputs(model, tokenizer, data["test_texts"], pooled=False)
     data["ref_embeddings"] = run_outputs(model, tokenizer, data["held_out"], pooled=True)
     original = {**measure(model, tokenizer, data), "steps": args.finetune_steps}
-    atomic_write(original_file, json.dumps(original, indent=2) + "\n")
+    atomic_write_text(original_file, json.dumps(original, indent=2) + "\n", overwrite=True)
     log(f"original: acc {original['accuracy']:.4f}")
 
     measure_missing(model, tokenizer, table, data, args)

@@ -26,7 +26,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -513,18 +512,10 @@ def verdicts(records: list[dict]) -> list[str]:
 
 
 def write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    umask = os.umask(0)
-    os.umask(umask)
-    try:
-        os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes it private; results are for everyone
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    from obce._io import atomic_open
+
+    with atomic_open(path, "wb", overwrite=True) as f:
+        f.write(data)
 
 
 METHOD = (
@@ -599,10 +590,11 @@ def write_plot(path: Path, records, title: str) -> None:
             ax.legend(fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    from obce._io import atomic_open
+
+    with atomic_open(path, "wb", overwrite=True) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
 
 
 def write_all(out: Path, name: str, records, machine, command) -> None:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import shutil
+import stat
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +112,11 @@ def test_run_folder_holds_every_piece(run):
     ):  # fmt: skip
         assert (path / name).is_file(), name
     assert not list(path.rglob("*.tmp")) and not list(path.glob(".compressed.*"))
+    # Written through temporary files and folders, yet with the usual permissions (not private to the owner).
+    umask = os.umask(0)
+    os.umask(umask)
+    for name, usual in (("settings.json", 0o666), ("report/report.html", 0o666), ("compressed", 0o777)):
+        assert stat.S_IMODE((path / name).stat().st_mode) == usual & ~umask, name
     assert f"report: {path / 'report' / 'report.html'}" in run["out"]
     assert "[6/6]" in run["err"]
 

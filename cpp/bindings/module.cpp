@@ -8,6 +8,7 @@
 #include <cstring>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../cpu/death_radii.hpp"
@@ -158,19 +159,16 @@ PYBIND11_MODULE(_core, m) {
   // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
   const char *args_doc =
       "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";
-  m.def(
-      "death_radii",
-      [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
-        return compute(Operation::death_radii, a, o, t, s, c);
-      },
-      py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"),
-      args_doc);
-  m.def(
-      "h0_deaths",
-      [](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
-        return compute(Operation::h0_deaths, a, o, t, s, c);
-      },
-      py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"),
-      args_doc);
+  for (const auto &[name, op] :
+       {std::pair{"death_radii", Operation::death_radii}, std::pair{"h0_deaths", Operation::h0_deaths}}) {
+    const Operation operation = op; // a lambda cannot capture a structured binding before C++20
+    m.def(
+        name,
+        [operation](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
+          return compute(operation, a, o, t, s, c);
+        },
+        py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"),
+        args_doc);
+  }
   m.def("build_info", &build_info, "What was compiled in, and the GPUs usable now");
 }

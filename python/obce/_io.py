@@ -6,10 +6,22 @@ A reader never sees a half-written file, and an interrupted write leaves the old
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_permissions(path: Path, *, folder: bool) -> None:
+    """The mode ``open``/``mkdir`` would have given: tempfile makes its files and folders private to the owner."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
 
 
 @contextmanager
@@ -38,6 +50,7 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, overwrite: bool = F
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        _usual_permissions(Path(tmp), folder=False)
         text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
         with os.fdopen(fd, mode, **text) as f:
             yield f
@@ -52,3 +65,20 @@ def atomic_write_text(path: str | os.PathLike, text: str, *, overwrite: bool = F
     with atomic_open(path, "w", overwrite=overwrite) as f:
         f.write(text)
     return Path(path)
+
+
+@contextmanager
+def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill; on success it replaces ``path`` (and whatever was there), so
+    the folder appears whole or not at all. On failure it is removed and ``path`` is left as it was."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    try:
+        _usual_permissions(staging, folder=True)
+        yield staging
+        if path.exists():
+            shutil.rmtree(path)
+        os.replace(staging, path)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)

@@ -87,7 +87,7 @@ def _check_fold(value: str | None) -> str | None:
 
 def _check_score(value: str) -> str:
     try:
-        return pipeline.check_score(value)
+        return pipeline.check_run_score(value)
     except ValueError as err:
         raise typer.BadParameter(str(err)) from None
 

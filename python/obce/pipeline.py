@@ -33,7 +33,6 @@ import platform
 import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
@@ -42,12 +41,22 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_write_text
+from ._io import atomic_folder, atomic_write_text
 from ._version import __version__
 from .corpus import Corpus
 from .importance import ImportanceTable, analyze
 from .models.adapters import ARCHITECTURES, COMPONENTS, builtin_model_path, encoder_layers, max_sequence_length
-from .plans import LEVEL_SETS, EncoderShape, PruningPlan, dry_run, paper_plan, select_neurons, target_plan, uniform_plan
+from .plans import (
+    LEVEL_SETS,
+    EncoderShape,
+    PruningPlan,
+    TargetOutOfReach,
+    dry_run,
+    paper_plan,
+    select_neurons,
+    target_plan,
+    uniform_plan,
+)
 from .prune import prune_model
 
 __all__ = [
@@ -55,7 +64,7 @@ __all__ = [
     "COMPRESSED",
     "DEFAULT_PLAN",
     "ORIGINAL",
-    "TABLE_SCORES",
+    "RUN_SCORES",
     "Budget",
     "ModelLoader",
     "RunFolder",
@@ -63,7 +72,7 @@ __all__ = [
     "analysis_settings",
     "build_plan",
     "check_plan_spec",
-    "check_score",
+    "check_run_score",
     "compress",
     "finetune_settings",
     "is_main_process",
@@ -89,7 +98,7 @@ ORIGINAL, COMPRESSED = "original", "compressed"
 DIAGRAM_COMPONENT = "intermediate"
 """Component whose highest- and lowest-λ neurons get a persistence diagram."""
 
-TABLE_SCORES = ("lam", "std")
+RUN_SCORES = ("lam", "std")
 """Neuron scores every importance table holds: λ, and the standard deviation of the same points (the better of
 the two at strong compression in ``benchmarks/results/ablation.md``; :mod:`obce.scores` has more for the API)."""
 
@@ -402,9 +411,7 @@ def _target_plan(model, table, fraction: float, of: str, score: str) -> PruningP
     (from layer 3, P70 everywhere keeps about 53% of a BERT encoder)."""
     try:
         return target_plan(model, table, fraction, of=of, score=score)
-    except ValueError as err:
-        if "out of reach" not in str(err):
-            raise
+    except TargetOutOfReach:
         return target_plan(model, table, fraction, of=of, score=score, levels=(*LEVEL_SETS["paper"], 90))
 
 
@@ -457,15 +464,15 @@ def prune_settings(fold: str | None = None, score: str = "lam") -> dict:
     Raises
     ------
     ValueError
-        A score that an analysis does not provide (see :data:`TABLE_SCORES`).
+        A score that an analysis does not provide (see :data:`RUN_SCORES`).
     """
-    return {**_PRUNE_DEFAULTS, **({"fold": fold} if fold is not None else {}), "score": check_score(score)}
+    return {**_PRUNE_DEFAULTS, **({"fold": fold} if fold is not None else {}), "score": check_run_score(score)}
 
 
-def check_score(score: str) -> str:
-    """``score`` if it is one of :data:`TABLE_SCORES`, else a ValueError that names them."""
-    if score not in TABLE_SCORES:
-        raise ValueError(f"score must be one of {', '.join(TABLE_SCORES)}, got {score!r}")
+def check_run_score(score: str) -> str:
+    """``score`` if it is one of :data:`RUN_SCORES`, else a ValueError that names them."""
+    if score not in RUN_SCORES:
+        raise ValueError(f"score must be one of {', '.join(RUN_SCORES)}, got {score!r}")
     return score
 
 
@@ -687,17 +694,9 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     compressed = prune_model(original, table, plan, **settings)
     if not is_main_process():
         return True
-    target = run / run.COMPRESSED
-    # Saved aside, then renamed into place: the folder appears whole or not at all.
-    staging = Path(tempfile.mkdtemp(dir=run.path, prefix=f".{run.COMPRESSED}."))
-    try:
+    with atomic_folder(run / run.COMPRESSED) as staging:
         compressed.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(staging, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     both = parameter_table(original).merge(
         parameter_table(compressed), on=["layer", "component"], suffixes=("_original", "_compressed"), sort=False
     )
@@ -904,7 +903,7 @@ def compress(
     fold : {"none", "mean", "mean+std"}, optional
         Bias folding (default: :func:`obce.prune.prune_model`'s).
     score : {"lam", "std"}
-        What neurons are ranked by (:data:`TABLE_SCORES`).
+        What neurons are ranked by (:data:`RUN_SCORES`).
     finetune : bool
         Fine-tune the original and the compressed model on ``task`` and score them on its report split.
     task : str

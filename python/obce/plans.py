@@ -50,6 +50,7 @@ __all__ = [
     "LayerSelection",
     "PlanReport",
     "PruningPlan",
+    "TargetOutOfReach",
     "check_score",
     "dry_run",
     "paper_plan",
@@ -712,6 +713,10 @@ def _plan_fraction(plan: PruningPlan, table, shape: EncoderShape, of: str, score
     return report.encoder_fraction if of == "encoder" else report.model_fraction
 
 
+class TargetOutOfReach(ValueError):
+    """A :func:`target_plan` fraction below what the highest of its levels keeps everywhere."""
+
+
 def target_plan(
     model,
     table,
@@ -761,7 +766,8 @@ def target_plan(
     Raises
     ------
     ValueError
-        ``target`` outside (0, 1) or below what the highest level reaches, or an unknown ``score``.
+        ``target`` outside (0, 1) or an unknown ``score``; :class:`TargetOutOfReach` (a ValueError) for a
+        ``target`` below what the highest level reaches.
     """
     if of not in ("encoder", "model"):
         raise ValueError(f"of must be 'encoder' or 'model', got {of!r}")
@@ -791,7 +797,7 @@ def target_plan(
 
     top = level_values[-1] + spread
     if fraction(build(top)) > target:
-        raise ValueError(
+        raise TargetOutOfReach(
             f"target {target:.2%} of the {of} is out of reach: the highest level everywhere from layer "
             f"{start_layer} keeps {fraction(build(top)):.2%}"
         )

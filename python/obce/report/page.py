@@ -143,7 +143,8 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
         rows.append(["plan", plan_text if isinstance(plan_text, str) else json.dumps(plan_text)])
     if "prune" in steps:
         prune = steps["prune"]
-        rows.append(["neurons ranked by", {"lam": "λ", "std": "standard deviation"}.get(prune.get("score"), "λ")])
+        # Runs recorded before the score was a setting ranked by λ.
+        rows.append(["neurons ranked by", SCORE_TITLES[prune.get("score", "lam")]])
         folding = prune["fold"] if prune["fold"] == "none" else f"{prune['fold']} of {prune['statistics']} statistics"
         rows.append(["bias folding", folding])
     if "finetune" in steps:
@@ -219,8 +220,8 @@ def _importance(table: ImportanceTable, figure: str) -> Section:
     )
 
 
-SCORE_NAMES = {"lam": "λ", "std": "std"}
-"""How the report writes the score neurons were ranked by."""
+SCORE_TITLES = {"lam": "λ", "std": "standard deviation"}
+"""How the report names the score neurons were ranked by (``obce.pipeline.RUN_SCORES``)."""
 
 
 def cutoffs(table: ImportanceTable, plan: PruningPlan, score: str = "lam") -> dict[tuple[int, str], float]:
@@ -239,13 +240,13 @@ def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str
     if plan is None:
         section.blocks.append(Figure(figure, "λ per layer and component.", wide=True))
         return section
-    cuts, name = cutoffs(table, plan, score), SCORE_NAMES[score]
+    cuts, name = cutoffs(table, plan, score), "λ" if score == "lam" else score
     caption = (
         "λ per layer and component; the red lines are the plan's cut-offs (neurons above them are kept). Query "
         "and key are ranked jointly (product of their λ ranks), so they have no single λ cut-off."
         if score == "lam"
-        else f"λ per layer and component. Neurons were ranked by their {name}, so the cut-offs in the table below "
-        "are on that score, not on λ."
+        else f"λ per layer and component. Neurons were ranked by their {SCORE_TITLES[score]}, so the cut-offs in "
+        "the table below are on that score, not on λ."
     )
     section.blocks += [
         f"Plan `{plan.name}`" + (f": {plan.notes}." if plan.notes else "."),
