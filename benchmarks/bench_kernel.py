@@ -709,7 +709,8 @@ def main(argv=None) -> int:
     machine["load_after"] = os.getloadavg()[0]
     write_all(args.out, name, records, machine, command)
     print("\n".join(scaling_table(records) + verdicts(records)))
-    print(f"total {time.perf_counter() - started:.0f} s; wrote {args.out}/{name}.{{jsonl,md,png}}")
+    written = ",".join(ext for ext in ("jsonl", "md", "png") if (args.out / f"{name}.{ext}").is_file())
+    print(f"total {time.perf_counter() - started:.0f} s; wrote {args.out}/{name}.{{{written}}}")
     return 0
 
 
