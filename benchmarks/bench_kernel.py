@@ -560,8 +560,9 @@ def write_markdown(path: Path, records, machine: dict, command: str, plot_name: 
     main = [r for r in records if r["group"] == "main"]
     for name in dict.fromkeys(r["case"] for r in main):
         lines += case_table([r for r in main if r["case"] == name])
-    lines += ["## Scaling", "", f"![time vs size]({plot_name})", ""]
-    lines += scaling_table(records)
+    if _series(records):  # the plot is drawn only for the scaling cases
+        lines += ["## Scaling", "", f"![time vs size]({plot_name})", ""]
+        lines += scaling_table(records)
     write_atomic(path, "\n".join(lines).encode())
 
 
