@@ -99,8 +99,9 @@ template <class T> __device__ T warp_max(T x) {
   return x;
 }
 
+// first_bad is null when the caller does not check (the cloud's NaN result is all it gets).
 __device__ void report_bad(unsigned long long *first_bad, index_t c) {
-  atomicMin(first_bad, static_cast<unsigned long long>(c));
+  if (first_bad) atomicMin(first_bad, static_cast<unsigned long long>(c));
 }
 
 // ---- 1-D clouds: the bucket maximum gap of obce::max_gap, one warp per cloud --------------------
@@ -483,15 +484,19 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
 }
 
 // Runs `body` with a device flag for the first non-finite cloud and returns that cloud or -1.
+// Unchecked calls pass no flag: no allocation, no memset, nothing to wait for.
 template <class Body>
 index_t with_bad_flag(int device, std::uintptr_t stream_handle, bool check_finite, Body body) {
   DeviceGuard guard(device);
   const Device dev(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
+  if (!check_finite) {
+    body(dev, stream, nullptr);
+    return -1;
+  }
   DeviceBuffer<unsigned long long> flag(1, stream);
   check(cudaMemsetAsync(flag.ptr, 0xff, sizeof(unsigned long long), stream), "cudaMemsetAsync");
   body(dev, stream, flag.ptr);
-  if (!check_finite) return -1;
   unsigned long long first_bad = kNoBadCloud;
   check(cudaMemcpyAsync(&first_bad, flag.ptr, sizeof first_bad, cudaMemcpyDeviceToHost, stream),
         "cudaMemcpyAsync");
