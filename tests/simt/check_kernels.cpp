@@ -1,0 +1,177 @@
+// Runs obce's CUDA kernels on the CPU through the SIMT emulator and checks them against plain
+// references (a sort for 1-D clouds, Prim in double precision): random clouds with signed zeros,
+// ties and duplicate points, partial tiles, both 1-D layouts, NaN and infinite inputs.
+// Prints one line per check; exits 1 if any failed. Built and run by tests/test_kernels_emulated.py.
+#include <cstdio>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "simt.hpp"
+// simt.hpp first: it defines what the kernels take from CUDA.
+#include "../../cpp/cuda/kernels.cuh"
+
+using namespace obce;
+using namespace obce::cuda;
+
+namespace {
+
+int failures = 0;
+
+void expect(bool ok, const std::string &what) {
+  if (!ok) {
+    ++failures;
+    std::printf("FAIL %s\n", what.c_str());
+  }
+}
+
+// Largest gap between sorted neighbours, each difference taken in T as the kernels do.
+template <class T> double reference_max_gap(std::vector<T> x) {
+  std::sort(x.begin(), x.end());
+  T gap = 0;
+  for (size_t i = 1; i < x.size(); ++i) gap = std::max(gap, T(x[i] - x[i - 1]));
+  return gap;
+}
+
+// Sorted MST edge lengths by Prim's algorithm in double precision.
+template <class T> std::vector<double> reference_edges(const T *x, int n, int dim) {
+  std::vector<double> dist(n, INFINITY), edges;
+  std::vector<bool> in_tree(n, false);
+  in_tree[0] = true;
+  for (int step = 1, joined = 0; step < n; ++step) {
+    int best = -1;
+    for (int j = 0; j < n; ++j) {
+      if (in_tree[j]) continue;
+      double d = 0;
+      for (int k = 0; k < dim; ++k) {
+        const double diff = double(x[j * dim + k]) - double(x[joined * dim + k]);
+        d += diff * diff;
+      }
+      dist[j] = std::min(dist[j], d);
+      if (best < 0 || dist[j] < dist[best]) best = j;
+    }
+    edges.push_back(std::sqrt(dist[best]));
+    in_tree[best] = true;
+    joined = best;
+  }
+  std::sort(edges.begin(), edges.end());
+  return edges;
+}
+
+// 1-D clouds with GELU-like values: many -0.0, small negatives, values on a grid (ties).
+template <class T> std::vector<T> line_values(size_t count, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal(0, 4);
+  std::vector<T> x(count);
+  for (auto &v : x) {
+    const double z = normal(rng);
+    v = z < -2 ? T(-0.0) : z < 0 ? T(z * 1e-3) : T(std::round(z * 8) / 8);
+  }
+  return x;
+}
+
+template <class T> void check_line(int n, int clouds, bool clouds_contiguous, unsigned seed) {
+  std::vector<T> data = line_values<T>(size_t(n) * clouds, seed);
+  const int bad_cloud = clouds > 3 ? 3 : -1;
+  if (bad_cloud >= 0) data[clouds_contiguous ? size_t(bad_cloud) * n + 1 : size_t(clouds) + bad_cloud] = NAN;
+  CloudView<T> v{data.data(), clouds, n, 1, clouds_contiguous ? n : 1, clouds_contiguous ? 1 : clouds, 0};
+  const std::string name = std::string(sizeof(T) == 4 ? "float" : "double") + " n=" + std::to_string(n) +
+                           " clouds=" + std::to_string(clouds) +
+                           (clouds_contiguous ? " contiguous" : " matrix");
+  auto verify = [&](const std::vector<T> &out, unsigned long long first_bad, const char *kernel) {
+    for (int c = 0; c < clouds; ++c) {
+      std::vector<T> x(n);
+      for (int i = 0; i < n; ++i) x[i] = v.cloud(c)[i * v.point_stride];
+      if (c == bad_cloud)
+        expect(std::isnan(double(out[c])), std::string(kernel) + " " + name + ": NaN cloud not NaN");
+      else
+        expect(double(out[c]) == reference_max_gap(x), std::string(kernel) + " " + name + " cloud " +
+                                                           std::to_string(c) + ": " + std::to_string(out[c]));
+    }
+    expect(first_bad == (bad_cloud >= 0 ? (unsigned long long)bad_cloud : ~0ull),
+           std::string(kernel) + " flag");
+  };
+
+  std::vector<T> out(clouds, T(-1));
+  unsigned long long first_bad = ~0ull;
+  simt_launch(dim3((clouds + kTileClouds - 1) / kTileClouds), dim3(kLineWarps * 32),
+              [&] { line_tile_kernel<T>(v, out.data(), &first_bad); });
+  verify(out, first_bad, "line_tile_kernel");
+
+  for (bool global_buckets : {false, true}) {
+    std::vector<unsigned char> buckets(global_buckets ? 2 * sizeof(T) * n * clouds : 0);
+    std::fill(out.begin(), out.end(), T(-1));
+    first_bad = ~0ull;
+    simt_launch(dim3((clouds + kLineWarps - 1) / kLineWarps), dim3(kLineWarps * 32), [&] {
+      line_death_radii_kernel<T>(v, out.data(), &first_bad,
+                                 global_buckets ? reinterpret_cast<decltype(&out[0])>(buckets.data())
+                                                : nullptr);
+    });
+    verify(out, first_bad,
+           global_buckets ? "line_death_radii_kernel (global buckets)" : "line_death_radii_kernel");
+  }
+  std::printf("ok 1-D %s\n", name.c_str());
+}
+
+template <class T>
+void check_prim(int clouds, int n, int dim, bool shared_coords, unsigned seed, int bad_cloud = -1,
+                T bad = 0) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<double> normal;
+  std::vector<T> data(size_t(clouds) * n * dim);
+  for (auto &x : data) x = T(normal(rng));
+  if (n > 5)
+    for (int k = 0; k < dim; ++k) data[3 * dim + k] = data[5 * dim + k]; // a duplicate point
+  if (bad_cloud >= 0) data[(size_t(bad_cloud) * n + n / 2) * dim + dim - 1] = bad;
+  const CloudView<T> v{data.data(), clouds, n, dim, index_t(n) * dim, dim, 1};
+  const PrimShape shape{n, shared_coords ? index_t(n | 1) : 0}; // one block per cloud (no clusters)
+  const unsigned threads = std::clamp((n + 31) / 32 * 32, 64, 512);
+  const std::string name = std::string(sizeof(T) == 4 ? "float" : "double") +
+                           " clouds=" + std::to_string(clouds) + " n=" + std::to_string(n) +
+                           " dim=" + std::to_string(dim) + (shared_coords ? " shared" : " global") +
+                           " coordinates";
+  const double rtol = sizeof(T) == 4 ? 1e-5 : 1e-12;
+  for (bool all_edges : {false, true}) {
+    const int per_cloud = all_edges ? n - 1 : 1;
+    std::vector<T> out(size_t(clouds) * per_cloud, T(-1));
+    unsigned long long first_bad = ~0ull;
+    simt_launch(dim3(clouds), dim3(threads),
+                [&] { prim_kernel<T>(v, shape, 1, out.data(), all_edges, &first_bad); });
+    for (int c = 0; c < clouds; ++c) {
+      const std::string cloud = name + (all_edges ? " edges" : " lambda") + " cloud " + std::to_string(c);
+      if (c == bad_cloud) {
+        expect(std::isnan(double(out[size_t(c) * per_cloud])), cloud + ": non-finite cloud not NaN");
+        continue;
+      }
+      const std::vector<double> ref = reference_edges(data.data() + size_t(c) * n * dim, n, dim);
+      std::vector<double> got(out.begin() + size_t(c) * per_cloud, out.begin() + size_t(c + 1) * per_cloud);
+      std::sort(got.begin(), got.end());
+      const std::vector<double> want = all_edges ? ref : std::vector<double>{ref.back()};
+      for (size_t e = 0; e < want.size(); ++e)
+        expect(std::abs(got[e] - want[e]) <= rtol * ref.back(),
+               cloud + ": " + std::to_string(got[e]) + " vs " + std::to_string(want[e]));
+    }
+    expect(first_bad == (bad_cloud >= 0 ? (unsigned long long)bad_cloud : ~0ull), name + ": flag");
+  }
+  std::printf("ok Prim %s\n", name.c_str());
+}
+
+} // namespace
+
+int main() {
+  for (bool contiguous : {false, true}) {
+    check_line<float>(150, 70, contiguous, 1); // three tiles, the last one partial
+    check_line<double>(150, 40, contiguous, 2);
+    check_line<float>(2, 33, contiguous, 3);
+    check_line<float>(37, 3, contiguous, 4);
+  }
+  for (bool shared_coords : {true, false}) {
+    check_prim<float>(3, 150, 17, shared_coords, 10);
+    check_prim<double>(2, 90, 64, shared_coords, 11);
+    check_prim<float>(2, 2, 3, shared_coords, 12);
+  }
+  check_prim<float>(3, 60, 5, true, 13, 1, NAN);
+  check_prim<double>(2, 60, 5, true, 14, 0, INFINITY);
+  std::printf("%d failures\n", failures);
+  return failures ? 1 : 0;
+}

@@ -1,0 +1,201 @@
+// A small SIMT emulator that runs obce's CUDA kernels (cpp/cuda/kernels.cuh) on the CPU, so that their
+// logic (indexing, barriers, warp exchanges, atomics) is tested where there is no GPU. The blocks of
+// a launch run one after another, so `__shared__` variables can be function statics. Only what the kernels
+// use is provided. It says nothing about speed, and GPU memory-model subtleties beyond barriers and atomics
+// are not modelled.
+#pragma once
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <vector>
+
+#include <ucontext.h>
+
+struct dim3 {
+  unsigned x = 1, y = 1, z = 1;
+  dim3(unsigned a = 1, unsigned b = 1, unsigned c = 1) : x(a), y(b), z(c) {}
+};
+inline dim3 threadIdx, blockIdx;
+inline dim3 blockDim, gridDim;
+
+#define __global__
+#define __device__
+#define __host__
+#define __shared__ static
+#define __align__(n) __attribute__((aligned(n)))
+#define __launch_bounds__(...)
+alignas(16) inline unsigned char simt_dynamic_shared[1 << 20];
+#define OBCE_DYNAMIC_SHARED(name) unsigned char *name = simt_dynamic_shared
+
+using std::fma;
+using std::isnan;
+using std::sqrt;
+template <class T> T min(T a, T b) { return b < a ? b : a; }
+template <class T> T max(T a, T b) { return a < b ? b : a; }
+
+template <class To, class From> To simt_bits(From x) {
+  static_assert(sizeof(To) == sizeof(From));
+  To y;
+  std::memcpy(&y, &x, sizeof y);
+  return y;
+}
+inline int __float_as_int(float x) { return simt_bits<int>(x); }
+inline unsigned __float_as_uint(float x) { return simt_bits<unsigned>(x); }
+inline float __uint_as_float(unsigned x) { return simt_bits<float>(x); }
+inline long long __double_as_longlong(double x) { return simt_bits<long long>(x); }
+inline double __longlong_as_double(long long x) { return simt_bits<double>(x); }
+
+// Emulated threads are coroutines (ucontext) on one OS thread: a thread runs until it waits at a
+// barrier, then the next one runs. Deterministic, no data races in the emulator itself, and a
+// barrier that not every thread reaches is reported as a deadlock instead of hanging.
+struct SimtThread {
+  ucontext_t context;
+  std::vector<char> stack;
+  const void *waiting_on = nullptr; // the barrier it waits at, if any
+  unsigned long long generation = 0;
+  bool done = false;
+};
+inline ucontext_t simt_scheduler;
+inline SimtThread *simt_current;
+inline std::vector<std::unique_ptr<SimtThread>> *simt_threads;
+
+class Barrier {
+public:
+  explicit Barrier(unsigned count) : count_(count) {}
+  void wait() {
+    if (++arrived_ == count_) { // the last one releases the others and runs on
+      arrived_ = 0;
+      ++generation_;
+      return;
+    }
+    simt_current->waiting_on = this;
+    simt_current->generation = generation_;
+    swapcontext(&simt_current->context, &simt_scheduler);
+  }
+  bool released(unsigned long long generation) const { return generation != generation_; }
+
+private:
+  unsigned count_, arrived_ = 0;
+  unsigned long long generation_ = 0;
+};
+
+struct SimtWarp {
+  Barrier barrier{32};
+  std::uint64_t slots[32];
+};
+struct SimtBlock {
+  explicit SimtBlock(unsigned threads) : barrier(threads), votes(threads, 0) {
+    for (unsigned w = 0; w < (threads + 31) / 32; ++w) warps.push_back(std::make_unique<SimtWarp>());
+  }
+  Barrier barrier;
+  std::vector<std::unique_ptr<SimtWarp>> warps;
+  std::vector<int> votes;
+};
+inline SimtBlock *simt_block;
+inline SimtWarp *simt_warp;
+
+inline void __syncthreads() { simt_block->barrier.wait(); }
+inline int __syncthreads_or(int predicate) {
+  simt_block->votes[threadIdx.x] = predicate != 0;
+  simt_block->barrier.wait();
+  int any = 0;
+  for (int v : simt_block->votes) any |= v;
+  simt_block->barrier.wait(); // nobody votes again before everyone has counted
+  return any;
+}
+inline void __syncwarp(unsigned = 0xffffffffu) { simt_warp->barrier.wait(); }
+
+// Every lane posts its value, then reads lane `source`'s.
+template <class V> V simt_exchange(V v, int source) {
+  static_assert(sizeof(V) <= sizeof(std::uint64_t));
+  const int lane = threadIdx.x % 32;
+  std::memcpy(&simt_warp->slots[lane], &v, sizeof v);
+  simt_warp->barrier.wait();
+  V r;
+  std::memcpy(&r, &simt_warp->slots[source], sizeof r);
+  simt_warp->barrier.wait();
+  return r;
+}
+template <class V> V __shfl_xor_sync(unsigned, V v, int mask) {
+  return simt_exchange(v, (threadIdx.x % 32) ^ mask);
+}
+template <class V> V __shfl_up_sync(unsigned, V v, unsigned delta) {
+  const int lane = threadIdx.x % 32, source = lane - int(delta);
+  return simt_exchange(v, source < 0 ? lane : source); // lanes below delta keep their own value
+}
+inline int __all_sync(unsigned, int predicate) {
+  int all = predicate != 0;
+  for (int mask = 1; mask < 32; mask <<= 1) all &= __shfl_xor_sync(0u, all, mask);
+  return all;
+}
+// Threads switch only at barriers, so a read-modify-write is atomic as it stands.
+template <class A> A atomicMin(A *a, A v) {
+  const A old = *a;
+  if (v < old) *a = v;
+  return old;
+}
+template <class A> A atomicMax(A *a, A v) {
+  const A old = *a;
+  if (old < v) *a = v;
+  return old;
+}
+
+// kernel<<<grid, block>>>(): calls `kernel` once per emulated thread, block after block.
+template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
+  gridDim = grid;
+  blockDim = block;
+  static Kernel *body;
+  body = &kernel;
+  for (unsigned bz = 0; bz < grid.z; ++bz)
+    for (unsigned by = 0; by < grid.y; ++by)
+      for (unsigned bx = 0; bx < grid.x; ++bx) {
+        SimtBlock state(block.x);
+        simt_block = &state;
+        blockIdx = dim3(bx, by, bz);
+        std::vector<std::unique_ptr<SimtThread>> threads;
+        simt_threads = &threads;
+        for (unsigned t = 0; t < block.x; ++t) {
+          auto thread = std::make_unique<SimtThread>();
+          thread->stack.resize(1 << 16);
+          getcontext(&thread->context);
+          thread->context.uc_stack.ss_sp = thread->stack.data();
+          thread->context.uc_stack.ss_size = thread->stack.size();
+          thread->context.uc_link = &simt_scheduler;
+          makecontext(
+              &thread->context,
+              (void (*)()) +
+                  [] {
+                    (*body)();
+                    simt_current->done = true;
+                  },
+              0);
+          threads.push_back(std::move(thread));
+        }
+        for (bool progress = true; progress;) {
+          progress = false;
+          for (unsigned t = 0; t < block.x; ++t) {
+            SimtThread &thread = *threads[t];
+            if (thread.done) continue;
+            if (thread.waiting_on &&
+                !static_cast<const Barrier *>(thread.waiting_on)->released(thread.generation))
+              continue;
+            thread.waiting_on = nullptr;
+            threadIdx = dim3(t);
+            simt_warp = state.warps[t / 32].get();
+            simt_current = &thread;
+            swapcontext(&simt_scheduler, &thread.context);
+            progress = true;
+          }
+        }
+        for (const auto &thread : threads)
+          if (!thread->done) {
+            std::fprintf(stderr, "simt: deadlock in block (%u, %u, %u): a barrier not every thread reached\n",
+                         bx, by, bz);
+            std::exit(2);
+          }
+      }
+}
