@@ -7,6 +7,7 @@
 coordinates: that path shares the shared-memory code of the others).
 """
 
+import os
 import sys
 
 import torch
@@ -20,7 +21,7 @@ for dtype in (torch.float32, torch.float64):
         torch.randn(40000, 3, device="cuda", dtype=dtype, generator=gen),  # 1-D, global buckets (f64)
         torch.randn(5, 150, 17, device="cuda", dtype=dtype, generator=gen),  # Prim, one block
         torch.randn(2, 700, 64, device="cuda", dtype=dtype, generator=gen),  # Prim, a cluster
-        torch.randn(1, 2600, 200, device="cuda", dtype=dtype, generator=gen),  # Prim, coordinates in global memory
+        torch.randn(1, 2600, 200, device="cuda", dtype=dtype, generator=gen),  # cluster: coordinates in global memory
     ]
     if "--tiny" in sys.argv:
         cases = [
@@ -29,9 +30,12 @@ for dtype in (torch.float32, torch.float64):
             torch.randn(1, 300, 8, device="cuda", dtype=dtype, generator=gen),
         ]
     for x in cases:
-        lam = obce.fast_death_radii(x)
-        deaths = obce.h0_deaths(x)
-        assert torch.allclose(deaths[:, -1], lam), (tuple(x.shape), dtype)
+        # d > 1: the matrix path (default) and the cluster kernel
+        for path in ("matrix", "cluster") if x.dim() == 3 else ("",):
+            os.environ["OBCE_CUDA_PRIM"] = path
+            lam = obce.fast_death_radii(x)
+            deaths = obce.h0_deaths(x)
+            assert torch.allclose(deaths[:, -1], lam), (tuple(x.shape), dtype, path)
     bad = torch.randn(3, 50, 4, device="cuda", dtype=dtype, generator=gen)
     bad[1, 3, 0] = float("nan")
     try:

@@ -444,12 +444,23 @@ def cuda_cases():
             yield f"d{dim}-n{n}", rng.normal(size=(3, n, dim))
 
 
+# d > 1 clouds take the matrix path where the distance matrices fit, else the cluster kernel; both
+# are checked (OBCE_CUDA_PRIM=cluster forces the latter).
+PRIM_PATHS = ("matrix", "cluster")
+
+
+def cuda_cases_and_paths():
+    for name, x in cuda_cases():
+        for path in PRIM_PATHS if x.ndim == 3 else ("",):
+            yield pytest.param(x, path, id=f"{name}-{path}" if path else name)
+
+
 @needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-@pytest.mark.parametrize("case", list(cuda_cases()), ids=lambda c: c[0])
-def test_cuda_matches_cpu(case, dtype):
-    _, x = case
+@pytest.mark.parametrize(("x", "prim_path"), list(cuda_cases_and_paths()))
+def test_cuda_matches_cpu(x, prim_path, dtype, monkeypatch):
+    monkeypatch.setenv("OBCE_CUDA_PRIM", prim_path)
     cpu = torch.from_numpy(x).to(dtype)
     gpu = cpu.cuda()
     rtol = 1e-5 if dtype == torch.float32 else 1e-12
@@ -521,10 +532,12 @@ def test_cuda_no_host_transfer():
 
 @needs_cuda
 @pytest.mark.cuda
-@pytest.mark.parametrize("dim", [1, 5])
-def test_cuda_non_finite(dim):
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+@pytest.mark.parametrize(("dim", "prim_path"), [(1, ""), (5, "matrix"), (5, "cluster")])
+def test_cuda_non_finite(dim, prim_path, bad, monkeypatch):
+    monkeypatch.setenv("OBCE_CUDA_PRIM", prim_path)
     x = torch.randn(6, 40, dim, device="cuda")
-    x[3, 2, 0] = float("nan")
+    x[3, 2, 0] = bad
     with pytest.raises(ValueError, match="cloud 3"):
         obce.fast_death_radii(x)
     with pytest.raises(ValueError, match="cloud 3"):

@@ -9,6 +9,7 @@
 #include <thrust/iterator/transform_iterator.h>
 
 #include <algorithm>
+#include <cstdlib>
 #include <stdexcept>
 #include <string>
 
@@ -102,7 +103,7 @@ void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *
   }
   const size_t per_warp = 2 * size_t(v.n_points) * sizeof(T);
   int warps = int(std::min<size_t>(kLineWarps, dev.shared_optin / per_warp));
-  DeviceBuffer<T> buckets(warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points, stream);
+  DeviceBuffer<key_t<T>> buckets(warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points, stream);
   const size_t shared = warps ? warps * per_warp : 0;
   if (!warps) warps = kLineWarps;
   check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -113,9 +114,48 @@ void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *
   check_launch("line_death_radii_kernel");
 }
 
+// The matrix path, in chunks of clouds whose matrices fit the scratch budget (half the free memory,
+// at most kMatrixBudget). Returns false, launching nothing, where one cloud's matrix does not fit.
+template <class T>
+bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned long long *first_bad,
+                        const Device &dev, cudaStream_t stream) {
+  const index_t n = v.n_points;
+  const size_t per_cloud = size_t(n) * size_t(n) * sizeof(T), dist_bytes = size_t(n) * sizeof(T);
+  if (dist_bytes + 1024 > size_t(dev.shared_optin)) return false;
+  size_t free_bytes = 0, total_bytes = 0;
+  check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
+  const size_t budget = std::min(free_bytes / 2, kMatrixBudget);
+  if (per_cloud > budget) return false;
+  const index_t chunk = index_t(std::min<size_t>({size_t(v.n_clouds), budget / per_cloud, 65535}));
+  DeviceBuffer<T> matrices(size_t(chunk) * per_cloud / sizeof(T), stream);
+  const unsigned tiles = unsigned((n + kPairTile - 1) / kPairTile);
+  const int threads = int(std::clamp<index_t>((n + 31) / 32 * 32, 64, 1024));
+  check(cudaFuncSetAttribute(prim_matrix_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
+                             int(dist_bytes)),
+        "cudaFuncSetAttribute");
+  for (index_t c0 = 0; c0 < v.n_clouds; c0 += chunk) {
+    CloudView<T> part = v;
+    part.data = v.cloud(c0);
+    part.n_clouds = std::min(chunk, v.n_clouds - c0);
+    pairwise_kernel<T><<<dim3(tiles, tiles, unsigned(part.n_clouds)), 256, 0, stream>>>(part, matrices.ptr);
+    check_launch("pairwise_kernel");
+    prim_matrix_kernel<T><<<unsigned(part.n_clouds), threads, dist_bytes, stream>>>(matrices.ptr, n, c0, out,
+                                                                                    all_edges, first_bad);
+    check_launch("prim_matrix_kernel");
+  }
+  return true;
+}
+
+// OBCE_CUDA_PRIM=cluster keeps d > 1 clouds on the cluster kernel (for tests and benchmarks of it).
+bool matrix_path_allowed() {
+  const char *path = std::getenv("OBCE_CUDA_PRIM");
+  return path == nullptr || std::string(path) != "cluster";
+}
+
 template <class T>
 void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long long *first_bad,
                  const Device &dev, cudaStream_t stream) {
+  if (matrix_path_allowed() && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream)) return;
   constexpr index_t points_per_block = 256;
   const unsigned cluster =
       dev.major >= 9

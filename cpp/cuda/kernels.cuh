@@ -22,37 +22,31 @@ constexpr unsigned kFullMask = 0xffffffffu;
 template <class T> __device__ T infinity() { return std::numeric_limits<T>::infinity(); }
 template <class T> __device__ bool finite(T x) { return x - x == T(0); }
 
-// Float min/max through integer atomics: non-negative floats order like their bits as signed
-// integers, negative ones in reverse as unsigned integers. -0.0 would take the signed branch with
-// the bits of INT_MIN and lose every comparison, so it is first made +0.0 (v + 0 does that).
-inline __device__ void atomic_min(float *a, float v) {
-  v += 0.0f;
-  if (v >= 0)
-    atomicMin(reinterpret_cast<int *>(a), __float_as_int(v));
-  else
-    atomicMax(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
-}
-inline __device__ void atomic_max(float *a, float v) {
-  v += 0.0f;
-  if (v >= 0)
-    atomicMax(reinterpret_cast<int *>(a), __float_as_int(v));
-  else
-    atomicMin(reinterpret_cast<unsigned *>(a), __float_as_uint(v));
-}
-inline __device__ void atomic_min(double *a, double v) {
-  v += 0.0;
-  if (v >= 0)
-    atomicMin(reinterpret_cast<long long *>(a), __double_as_longlong(v));
-  else
-    atomicMax(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
-}
-inline __device__ void atomic_max(double *a, double v) {
-  v += 0.0;
-  if (v >= 0)
-    atomicMax(reinterpret_cast<long long *>(a), __double_as_longlong(v));
-  else
-    atomicMin(reinterpret_cast<unsigned long long *>(a), (unsigned long long)__double_as_longlong(v));
-}
+// Order-preserving unsigned keys: for finite a and b, a < b exactly when key(a) < key(b) (and -0 <
+// +0), so a bucket's extremes take one branch-free integer atomic each. No finite value has key 0
+// or the all-ones key, which mark "none".
+template <class T> struct Keys;
+template <> struct Keys<float> {
+  using type = unsigned;
+  static __device__ unsigned of(float x) {
+    const unsigned bits = __float_as_uint(x);
+    return bits ^ (bits >> 31 ? 0xffffffffu : 0x80000000u);
+  }
+  static __device__ float value(unsigned k) {
+    return __uint_as_float(k ^ (k >> 31 ? 0x80000000u : 0xffffffffu));
+  }
+};
+template <> struct Keys<double> {
+  using type = unsigned long long;
+  static __device__ unsigned long long of(double x) {
+    const unsigned long long bits = __double_as_longlong(x);
+    return bits ^ (bits >> 63 ? ~0ull : 1ull << 63);
+  }
+  static __device__ double value(unsigned long long k) {
+    return __longlong_as_double(k ^ (k >> 63 ? 1ull << 63 : ~0ull));
+  }
+};
+template <class T> using key_t = typename Keys<T>::type;
 
 template <class T> __device__ T warp_min(T x) {
   for (int o = 16; o; o >>= 1) x = min(x, __shfl_xor_sync(kFullMask, x, o));
@@ -70,10 +64,11 @@ inline __device__ void report_bad(unsigned long long *first_bad, index_t c) {
 
 // ---- 1-D clouds: the bucket maximum gap of obce::max_gap, one warp per cloud --------------------
 
-// λ of the n values x[i * stride] by one warp, with 2n elements of bucket scratch. Returns false
+// λ of the n values x[i * stride] by one warp, with 2n keys of bucket scratch. Returns false
 // (writing nothing) when a value is not finite.
 template <class T>
-__device__ bool warp_max_gap(const T *x, index_t stride, index_t n, T *bucket_min, T *out) {
+__device__ bool warp_max_gap(const T *x, index_t stride, index_t n, key_t<T> *bucket_min, T *out) {
+  using K = key_t<T>;
   const int lane = threadIdx.x % 32;
   T lo = infinity<T>(), hi = -infinity<T>();
   bool ok = true;
@@ -90,36 +85,43 @@ __device__ bool warp_max_gap(const T *x, index_t stride, index_t n, T *bucket_mi
     if (lane == 0) *out = T(0);
     return true;
   }
-  T *bucket_max = bucket_min + n;
+  K *bucket_max = bucket_min + n;
   for (index_t b = lane; b < n; b += 32) {
-    bucket_min[b] = infinity<T>();
-    bucket_max[b] = -infinity<T>();
+    bucket_min[b] = ~K(0);
+    bucket_max[b] = 0;
   }
   __syncwarp();
-  const double scale = double(n) / (double(hi) - double(lo));
-  for (index_t i = lane; i < n; i += 32) {
-    const T xi = x[i * stride];
-    const index_t b = min(n - 1, index_t((double(xi) - double(lo)) * scale));
-    atomic_min(bucket_min + b, xi);
-    atomic_max(bucket_max + b, xi);
-  }
+  auto fill = [&](auto scale) { // scale's type is the precision of the index arithmetic (see max_gap)
+    using C = decltype(scale);
+    for (index_t i = lane; i < n; i += 32) {
+      const T xi = x[i * stride];
+      const index_t b = min(n - 1, index_t((C(xi) - C(lo)) * scale));
+      const K key = Keys<T>::of(xi);
+      atomicMin(bucket_min + b, key);
+      atomicMax(bucket_max + b, key);
+    }
+  };
+  if (sizeof(T) == sizeof(float) && n <= 2048)
+    fill(float(n) / (float(hi) - float(lo)));
+  else
+    fill(double(n) / (double(hi) - double(lo)));
   __syncwarp();
 
-  // Each lane scans a contiguous run of buckets; the maximum of all buckets before its run (an
+  // Each lane scans a contiguous run of buckets; the largest key of all buckets before its run (an
   // exclusive max-scan over lanes) is the top of the previous non-empty bucket.
   const index_t run = (n + 31) / 32, b0 = min(n, lane * run), b1 = min(n, b0 + run);
-  T run_max = -infinity<T>();
+  K run_max = 0;
   for (index_t b = b0; b < b1; ++b) run_max = max(run_max, bucket_max[b]);
   for (int o = 1; o < 32; o <<= 1) {
-    const T y = __shfl_up_sync(kFullMask, run_max, o);
+    const K y = __shfl_up_sync(kFullMask, run_max, o);
     if (lane >= o) run_max = max(run_max, y);
   }
-  T prev = __shfl_up_sync(kFullMask, run_max, 1);
-  if (lane == 0) prev = -infinity<T>();
+  K prev = __shfl_up_sync(kFullMask, run_max, 1);
+  if (lane == 0) prev = 0;
   T gap = 0;
   for (index_t b = b0; b < b1; ++b) {
     if (bucket_min[b] <= bucket_max[b]) {
-      if (prev > -infinity<T>()) gap = max(gap, bucket_min[b] - prev);
+      if (prev) gap = max(gap, Keys<T>::value(bucket_min[b]) - Keys<T>::value(prev));
       prev = bucket_max[b];
     }
   }
@@ -140,18 +142,22 @@ template <class T> __global__ void line_tile_kernel(CloudView<T> v, T *out, unsi
   OBCE_DYNAMIC_SHARED(shared_raw);
   const index_t n = v.n_points, c0 = index_t(blockIdx.x) * kTileClouds;
   const int clouds_here = int(min(index_t(kTileClouds), v.n_clouds - c0));
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
   T *tile = reinterpret_cast<T *>(shared_raw); // tile[i * kTileStride + cloud]
-  T *buckets = tile + n * kTileStride + (threadIdx.x / 32) * 2 * n;
-  const bool points_contiguous = v.point_stride == 1 && v.cloud_stride != 1;
-  for (index_t t = threadIdx.x; t < n * kTileClouds; t += blockDim.x) {
-    const index_t cloud = points_contiguous ? t / n : t % kTileClouds;
-    const index_t i = points_contiguous ? t % n : t / kTileClouds;
-    if (cloud < clouds_here) tile[i * kTileStride + cloud] = v.cloud(c0 + cloud)[i * v.point_stride];
+  key_t<T> *buckets = reinterpret_cast<key_t<T> *>(tile + n * kTileStride) + warp * 2 * n;
+  // Plain 2-D loops: a flat index split by n would cost a 64-bit division per value.
+  if (v.point_stride == 1 && v.cloud_stride != 1) { // each cloud contiguous: a warp reads whole clouds
+    for (int cloud = warp; cloud < clouds_here; cloud += n_warps) {
+      const T *src = v.cloud(c0 + cloud);
+      for (index_t i = lane; i < n; i += 32) tile[i * kTileStride + cloud] = src[i];
+    }
+  } else if (lane < clouds_here) { // clouds side by side: a warp reads one point of each cloud
+    const T *src = v.cloud(c0 + lane);
+    for (index_t i = warp; i < n; i += n_warps) tile[i * kTileStride + lane] = src[i * v.point_stride];
   }
   __syncthreads();
-  for (int cloud = threadIdx.x / 32; cloud < clouds_here; cloud += blockDim.x / 32) {
-    if (!warp_max_gap(tile + cloud, index_t(kTileStride), n, buckets, out + c0 + cloud) &&
-        threadIdx.x % 32 == 0) {
+  for (int cloud = warp; cloud < clouds_here; cloud += n_warps) {
+    if (!warp_max_gap(tile + cloud, index_t(kTileStride), n, buckets, out + c0 + cloud) && lane == 0) {
       report_bad(first_bad, c0 + cloud);
       out[c0 + cloud] = std::numeric_limits<T>::quiet_NaN();
     }
@@ -163,13 +169,14 @@ template <class T> __global__ void line_tile_kernel(CloudView<T> v, T *out, unsi
 // Buckets live in shared memory, or in `global_buckets` when a cloud has too many points.
 template <class T>
 __global__ void line_death_radii_kernel(CloudView<T> v, T *out, unsigned long long *first_bad,
-                                        T *global_buckets) {
+                                        key_t<T> *global_buckets) {
   OBCE_DYNAMIC_SHARED(shared_raw);
   const int warp = threadIdx.x / 32;
   const index_t c = index_t(blockIdx.x) * (blockDim.x / 32) + warp;
   if (c >= v.n_clouds) return;
   const index_t n = v.n_points;
-  T *buckets = global_buckets ? global_buckets + c * 2 * n : reinterpret_cast<T *>(shared_raw) + warp * 2 * n;
+  key_t<T> *buckets =
+      global_buckets ? global_buckets + c * 2 * n : reinterpret_cast<key_t<T> *>(shared_raw) + warp * 2 * n;
   if (!warp_max_gap(v.cloud(c), v.point_stride, n, buckets, out + c) && threadIdx.x % 32 == 0) {
     report_bad(first_bad, c);
     out[c] = std::numeric_limits<T>::quiet_NaN();
@@ -325,6 +332,132 @@ __global__ void prim_kernel(CloudView<T> v, PrimShape shape, unsigned cluster, T
   }
   if (!all_edges && rank == 0 && threadIdx.x == 0) out[c] = sqrt(longest);
   cluster_sync(); // peers may still be reading this block's coordinates and candidates
+}
+
+// ---- d-dimensional clouds, matrix path: all squared distances first, then Prim on the matrix ---
+//
+// In prim_kernel every step recomputes a row of distances from coordinates in shared memory: n·d
+// loads per step on the critical path, and the shared-memory pipe bounds the whole run. Here the
+// n²·d work runs first as one fully parallel tiled kernel (a matrix product with differences), and
+// each Prim step reads one row of the matrix: one block per cloud, one barrier per step, no cluster.
+// It needs n² values of scratch per cloud, so it is taken while that fits a budget.
+
+constexpr int kPairTile = 64;              // points per side of a distance tile
+constexpr int kPairDims = 16;              // coordinates per shared-memory chunk
+constexpr int kPairStride = kPairTile + 4; // rows stay 16-byte aligned for vector loads
+constexpr size_t kMatrixBudget = size_t(4) << 30;
+
+// matrices[c][i][j] = |x_i - x_j|^2 of cloud c, by 64 x 64 tiles (a 4 x 4 block per thread). The
+// diagonal is 0 unless point i has an infinite or NaN coordinate; then it is NaN.
+template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudView<T> v, T *matrices) {
+  __shared__ __align__(16) T a[kPairDims][kPairStride], b[kPairDims][kPairStride];
+  const index_t n = v.n_points, c = blockIdx.z;
+  const index_t i0 = index_t(blockIdx.y) * kPairTile, j0 = index_t(blockIdx.x) * kPairTile;
+  const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
+  const T *cloud = v.cloud(c);
+  T acc[4][4] = {};
+  for (index_t k0 = 0; k0 < v.dim; k0 += kPairDims) {
+    // Consecutive threads read consecutive coordinates of a point; padding is 0 on both sides.
+    for (int t = threadIdx.x; t < kPairTile * kPairDims; t += blockDim.x) {
+      const int p = t / kPairDims, k = t % kPairDims;
+      const bool k_in = k0 + k < v.dim;
+      const index_t offset = (k0 + k) * v.dim_stride;
+      a[k][p] = k_in && i0 + p < n ? cloud[(i0 + p) * v.point_stride + offset] : T(0);
+      b[k][p] = k_in && j0 + p < n ? cloud[(j0 + p) * v.point_stride + offset] : T(0);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int k = 0; k < kPairDims; ++k) {
+      T x[4], y[4];
+#pragma unroll
+      for (int r = 0; r < 4; ++r) {
+        x[r] = a[k][ty * 4 + r];
+        y[r] = b[k][tx * 4 + r];
+      }
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) {
+          const T d = x[r] - y[s];
+          acc[r][s] = fma(d, d, acc[r][s]);
+        }
+    }
+    __syncthreads();
+  }
+  T *m = matrices + c * n * n;
+#pragma unroll
+  for (int r = 0; r < 4; ++r) {
+    const index_t i = i0 + ty * 4 + r;
+#pragma unroll
+    for (int s = 0; s < 4; ++s) {
+      const index_t j = j0 + tx * 4 + s;
+      if (i < n && j < n) m[i * n + j] = acc[r][s];
+    }
+  }
+}
+
+// Prim on cloud c0 + blockIdx.x's distance matrix, one block. Slot j of `dist` (squared distance to
+// the tree, -1 once in it) is only ever touched by thread j % blockDim.x, so the one barrier per step
+// is the one that gathers the warps' candidates (double-buffered by step parity).
+template <class T>
+__global__ void __launch_bounds__(1024) prim_matrix_kernel(const T *matrices, index_t n, index_t c0, T *out,
+                                                           bool all_edges, unsigned long long *first_bad) {
+  OBCE_DYNAMIC_SHARED(shared_raw);
+  __shared__ Candidate<T> warp_candidates[2][32];
+  T *dist = reinterpret_cast<T *>(shared_raw);
+  const index_t c = c0 + blockIdx.x;
+  const T *m = matrices + index_t(blockIdx.x) * n * n;
+  bool ok = true;
+  for (index_t j = threadIdx.x; j < n; j += blockDim.x) {
+    ok &= !isnan(m[j * n + j]);
+    dist[j] = j == 0 ? T(-1) : infinity<T>(); // point 0 is the root
+  }
+  if (__syncthreads_or(!ok)) {
+    if (threadIdx.x == 0) {
+      report_bad(first_bad, c);
+      const index_t n_out = all_edges ? n - 1 : 1;
+      for (index_t e = 0; e < n_out; ++e) out[c * n_out + e] = std::numeric_limits<T>::quiet_NaN();
+    }
+    return;
+  }
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
+  const Candidate<T> none{infinity<T>(), std::numeric_limits<index_t>::max()};
+  index_t joined = 0; // the point that joined the tree last
+  T longest = 0;
+  constexpr int kLoads = 4; // row values a thread loads before it uses the first
+  for (index_t step = 0; step + 1 < n; ++step) {
+    const T *row = m + joined * n;
+    Candidate<T> best = none;
+    for (index_t j0 = threadIdx.x; j0 < n; j0 += kLoads * blockDim.x) {
+      T to_joined[kLoads];
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const index_t j = j0 + u * blockDim.x;
+        to_joined[u] = j < n ? row[j] : T(0);
+      }
+#pragma unroll
+      for (int u = 0; u < kLoads; ++u) {
+        const index_t j = j0 + u * blockDim.x;
+        if (j >= n || dist[j] < 0) continue;
+        const T d = min(dist[j], to_joined[u]);
+        dist[j] = d;
+        const Candidate<T> mine{d, j};
+        if (better(mine, best)) best = mine;
+      }
+    }
+    const index_t mine = best.index; // the winner is some thread's own best: that thread owns its slot
+    best = warp_best(best);
+    if (lane == 0) warp_candidates[step & 1][warp] = best;
+    __syncthreads();
+    best = warp_best(lane < n_warps ? warp_candidates[step & 1][lane] : none);
+    joined = best.index;
+    if (mine == joined) dist[joined] = T(-1);
+    if (threadIdx.x == 0) {
+      if (all_edges) out[c * (n - 1) + step] = sqrt(best.dist2);
+      longest = max(longest, best.dist2);
+    }
+  }
+  if (!all_edges && threadIdx.x == 0) out[c] = sqrt(longest);
 }
 
 // ---- h0_deaths helpers -------------------------------------------------------------------------

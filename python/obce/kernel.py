@@ -38,7 +38,9 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     λ is the length of the longest edge of the cloud's Euclidean minimum spanning tree, the
     smallest scale at which the cloud is connected. 1-D clouds are sorted-gap problems solved in
     linear time per cloud; d-dimensional ones run Prim's algorithm with distances computed on the
-    fly (O(n) memory, no distance matrix).
+    fly (O(n) memory, no distance matrix). On a GPU, d-dimensional clouds whose squared-distance
+    matrices fit half the free GPU memory (4 GiB at most) compute those first, as scratch, and run
+    Prim on them.
 
     Parameters
     ----------
