@@ -18,6 +18,12 @@ namespace {
 
 int failures = 0;
 
+// Scratch that converts to whatever element pointer a kernel takes.
+struct Scratch {
+  void *data;
+  template <class U> operator U *() const { return static_cast<U *>(data); }
+};
+
 void expect(bool ok, const std::string &what) {
   if (!ok) {
     ++failures;
@@ -104,8 +110,7 @@ template <class T> void check_line(int n, int clouds, bool clouds_contiguous, un
     first_bad = ~0ull;
     simt_launch(dim3((clouds + kLineWarps - 1) / kLineWarps), dim3(kLineWarps * 32), [&] {
       line_death_radii_kernel<T>(v, out.data(), &first_bad,
-                                 global_buckets ? reinterpret_cast<decltype(&out[0])>(buckets.data())
-                                                : nullptr);
+                                 Scratch{global_buckets ? buckets.data() : nullptr});
     });
     verify(out, first_bad,
            global_buckets ? "line_death_radii_kernel (global buckets)" : "line_death_radii_kernel");
@@ -113,30 +118,28 @@ template <class T> void check_line(int n, int clouds, bool clouds_contiguous, un
   std::printf("ok 1-D %s\n", name.c_str());
 }
 
-template <class T>
-void check_prim(int clouds, int n, int dim, bool shared_coords, unsigned seed, int bad_cloud = -1,
-                T bad = 0) {
+// d > 1: random clouds with a duplicate point (and optionally one non-finite coordinate in
+// bad_cloud) through run(v, all_edges, out, first_bad), against reference_edges.
+template <class T, class Run>
+void check_mst(const std::string &kernel, int clouds, int n, int dim, unsigned seed, int bad_cloud, T bad,
+               Run run) {
   std::mt19937 rng(seed);
   std::normal_distribution<double> normal;
   std::vector<T> data(size_t(clouds) * n * dim);
   for (auto &x : data) x = T(normal(rng));
   if (n > 5)
-    for (int k = 0; k < dim; ++k) data[3 * dim + k] = data[5 * dim + k]; // a duplicate point
+    for (int k = 0; k < dim; ++k) data[3 * dim + k] = data[5 * dim + k];
   if (bad_cloud >= 0) data[(size_t(bad_cloud) * n + n / 2) * dim + dim - 1] = bad;
   const CloudView<T> v{data.data(), clouds, n, dim, index_t(n) * dim, dim, 1};
-  const PrimShape shape{n, shared_coords ? index_t(n | 1) : 0}; // one block per cloud (no clusters)
-  const unsigned threads = std::clamp((n + 31) / 32 * 32, 64, 512);
-  const std::string name = std::string(sizeof(T) == 4 ? "float" : "double") +
+  const std::string name = kernel + (sizeof(T) == 4 ? " float" : " double") +
                            " clouds=" + std::to_string(clouds) + " n=" + std::to_string(n) +
-                           " dim=" + std::to_string(dim) + (shared_coords ? " shared" : " global") +
-                           " coordinates";
+                           " dim=" + std::to_string(dim);
   const double rtol = sizeof(T) == 4 ? 1e-5 : 1e-12;
   for (bool all_edges : {false, true}) {
     const int per_cloud = all_edges ? n - 1 : 1;
     std::vector<T> out(size_t(clouds) * per_cloud, T(-1));
     unsigned long long first_bad = ~0ull;
-    simt_launch(dim3(clouds), dim3(threads),
-                [&] { prim_kernel<T>(v, shape, 1, out.data(), all_edges, &first_bad); });
+    run(v, all_edges, out.data(), &first_bad);
     for (int c = 0; c < clouds; ++c) {
       const std::string cloud = name + (all_edges ? " edges" : " lambda") + " cloud " + std::to_string(c);
       if (c == bad_cloud) {
@@ -153,7 +156,21 @@ void check_prim(int clouds, int n, int dim, bool shared_coords, unsigned seed, i
     }
     expect(first_bad == (bad_cloud >= 0 ? (unsigned long long)bad_cloud : ~0ull), name + ": flag");
   }
-  std::printf("ok Prim %s\n", name.c_str());
+  std::printf("ok %s\n", name.c_str());
+}
+
+// The cluster kernel with one block per cloud, coordinates in shared or in global memory.
+template <class T>
+void check_prim(int clouds, int n, int dim, bool shared_coords, unsigned seed, int bad_cloud = -1,
+                T bad = 0) {
+  const PrimShape shape{n, shared_coords ? index_t(n | 1) : 0};
+  const unsigned threads = std::clamp((n + 31) / 32 * 32, 64, 512);
+  check_mst<T>(shared_coords ? "prim_kernel (shared coordinates)" : "prim_kernel (global coordinates)",
+               clouds, n, dim, seed, bad_cloud, bad,
+               [&](const CloudView<T> &v, bool all_edges, T *out, unsigned long long *first_bad) {
+                 simt_launch(dim3(clouds), dim3(threads),
+                             [&] { prim_kernel<T>(v, shape, 1, out, all_edges, first_bad); });
+               });
 }
 
 } // namespace

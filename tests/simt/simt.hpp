@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <random>
 #include <vector>
 
 #include <ucontext.h>
@@ -67,13 +68,12 @@ class Barrier {
 public:
   explicit Barrier(unsigned count) : count_(count) {}
   void wait() {
-    if (++arrived_ == count_) { // the last one releases the others and runs on
-      arrived_ = 0;
-      ++generation_;
-      return;
-    }
     simt_current->waiting_on = this;
     simt_current->generation = generation_;
+    if (++arrived_ == count_) { // the last one releases everyone, itself included
+      arrived_ = 0;
+      ++generation_;
+    }
     swapcontext(&simt_current->context, &simt_scheduler);
   }
   bool released(unsigned long long generation) const { return generation != generation_; }
@@ -97,6 +97,7 @@ struct SimtBlock {
 };
 inline SimtBlock *simt_block;
 inline SimtWarp *simt_warp;
+inline std::mt19937 simt_random(12345);
 
 inline void __syncthreads() { simt_block->barrier.wait(); }
 inline int __syncthreads_or(int predicate) {
@@ -175,11 +176,19 @@ template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
               0);
           threads.push_back(std::move(thread));
         }
-        for (bool progress = true; progress;) {
-          progress = false;
-          for (unsigned t = 0; t < block.x; ++t) {
+        // Released threads resume in a shuffled order, and one warp at a time lags: it runs only when
+        // no other thread can, so the others get as far ahead of it as the barriers allow. Each run
+        // thus tries other interleavings, the adverse ones included.
+        std::vector<unsigned> order(block.x);
+        for (unsigned t = 0; t < block.x; ++t) order[t] = t;
+        const unsigned n_warps = (block.x + 31) / 32;
+        unsigned lagging = simt_random() % n_warps;
+        auto run_pass = [&](bool lagging_warp) {
+          bool ran = false;
+          std::shuffle(order.begin(), order.end(), simt_random);
+          for (unsigned t : order) {
             SimtThread &thread = *threads[t];
-            if (thread.done) continue;
+            if (thread.done || (t / 32 == lagging) != lagging_warp) continue;
             if (thread.waiting_on &&
                 !static_cast<const Barrier *>(thread.waiting_on)->released(thread.generation))
               continue;
@@ -188,8 +197,14 @@ template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
             simt_warp = state.warps[t / 32].get();
             simt_current = &thread;
             swapcontext(&simt_scheduler, &thread.context);
-            progress = true;
+            ran = true;
           }
+          return ran;
+        };
+        for (;;) {
+          if (n_warps > 1 && run_pass(false)) continue;
+          if (!run_pass(true)) break;
+          lagging = simt_random() % n_warps;
         }
         for (const auto &thread : threads)
           if (!thread->done) {
