@@ -173,9 +173,38 @@ void check_prim(int clouds, int n, int dim, bool shared_coords, unsigned seed, i
                });
 }
 
+// The 1-D helpers of the full diagram (gather into runs, then neighbour gaps of the sorted runs).
+template <class T> void check_h0_helpers(int n, int clouds, unsigned seed) {
+  std::vector<T> data = line_values<T>(size_t(n) * clouds, seed);
+  data[size_t(clouds) * 2 + 1] = INFINITY; // point 2 of cloud 1
+  const CloudView<T> v{data.data(), clouds, n, 1, 1, clouds, 0};
+  std::vector<T> runs(size_t(n) * clouds, T(-1)), gaps(size_t(n - 1) * clouds, T(-1));
+  unsigned long long first_bad = ~0ull;
+  simt_launch(dim3(3), dim3(64), [&] { gather_lines_kernel<T>(v, runs.data(), &first_bad); });
+  bool gathered = first_bad == 1;
+  for (int c = 0; c < clouds; ++c)
+    for (int i = 0; i < n; ++i)
+      gathered &= simt_bits<std::uint64_t>(double(runs[size_t(c) * n + i])) ==
+                  simt_bits<std::uint64_t>(double(data[size_t(i) * clouds + c]));
+  expect(gathered, "gather_lines_kernel");
+  for (int c = 0; c < clouds; ++c) std::sort(runs.begin() + size_t(c) * n, runs.begin() + size_t(c + 1) * n);
+  simt_launch(dim3(2), dim3(64), [&] { gaps_kernel<T>(runs.data(), clouds, n, gaps.data()); });
+  bool gapped = true;
+  for (int c = 0; c < clouds; ++c)
+    for (int i = 0; i + 1 < n; ++i) {
+      const T want = runs[size_t(c) * n + i + 1] - runs[size_t(c) * n + i];
+      const T got = gaps[size_t(c) * (n - 1) + i];
+      gapped &= got == want || (std::isnan(double(got)) && std::isnan(double(want)));
+    }
+  expect(gapped, "gaps_kernel");
+  std::printf("ok h0 helpers n=%d clouds=%d\n", n, clouds);
+}
+
 } // namespace
 
 int main() {
+  check_h0_helpers<float>(150, 7, 5); // grid-stride loops: more values than threads
+  check_h0_helpers<double>(3, 2, 6);
   for (bool contiguous : {false, true}) {
     check_line<float>(150, 70, contiguous, 1); // three tiles, the last one partial
     check_line<double>(150, 40, contiguous, 2);
