@@ -84,7 +84,8 @@ template <class T> void check_line(int n, int clouds, bool clouds_contiguous, un
   const std::string name = std::string(sizeof(T) == 4 ? "float" : "double") + " n=" + std::to_string(n) +
                            " clouds=" + std::to_string(clouds) +
                            (clouds_contiguous ? " contiguous" : " matrix");
-  auto verify = [&](const std::vector<T> &out, unsigned long long first_bad, const char *kernel) {
+  // first_bad null: an unchecked call (no flag; the NaN result is all there is)
+  auto verify = [&](const std::vector<T> &out, const unsigned long long *first_bad, const char *kernel) {
     for (int c = 0; c < clouds; ++c) {
       std::vector<T> x(n);
       for (int i = 0; i < n; ++i) x[i] = v.cloud(c)[i * v.point_stride];
@@ -94,15 +95,19 @@ template <class T> void check_line(int n, int clouds, bool clouds_contiguous, un
         expect(double(out[c]) == reference_max_gap(x), std::string(kernel) + " " + name + " cloud " +
                                                            std::to_string(c) + ": " + std::to_string(out[c]));
     }
-    expect(first_bad == (bad_cloud >= 0 ? (unsigned long long)bad_cloud : ~0ull),
-           std::string(kernel) + " flag");
+    if (first_bad)
+      expect(*first_bad == (bad_cloud >= 0 ? (unsigned long long)bad_cloud : ~0ull),
+             std::string(kernel) + " flag");
   };
 
   std::vector<T> out(clouds, T(-1));
   unsigned long long first_bad = ~0ull;
-  simt_launch(dim3((clouds + kTileClouds - 1) / kTileClouds), dim3(kLineWarps * 32),
-              [&] { line_tile_kernel<T>(v, out.data(), &first_bad); });
-  verify(out, first_bad, "line_tile_kernel");
+  for (unsigned long long *flag : {&first_bad, static_cast<unsigned long long *>(nullptr)}) {
+    std::fill(out.begin(), out.end(), T(-1));
+    simt_launch(dim3((clouds + kTileClouds - 1) / kTileClouds), dim3(kLineWarps * 32),
+                [&] { line_tile_kernel<T>(v, out.data(), flag); });
+    verify(out, flag, flag ? "line_tile_kernel" : "line_tile_kernel (unchecked)");
+  }
 
   for (bool global_buckets : {false, true}) {
     std::vector<unsigned char> buckets(global_buckets ? 2 * sizeof(T) * n * clouds : 0);
@@ -112,7 +117,7 @@ template <class T> void check_line(int n, int clouds, bool clouds_contiguous, un
       line_death_radii_kernel<T>(v, out.data(), &first_bad,
                                  Scratch{global_buckets ? buckets.data() : nullptr});
     });
-    verify(out, first_bad,
+    verify(out, &first_bad,
            global_buckets ? "line_death_radii_kernel (global buckets)" : "line_death_radii_kernel");
   }
   std::printf("ok 1-D %s\n", name.c_str());
@@ -196,9 +201,38 @@ void check_matrix(int clouds, int n, int dim, unsigned seed, int bad_cloud = -1,
                });
 }
 
+// The 1-D helpers of the full diagram (gather into runs, then neighbour gaps of the sorted runs).
+template <class T> void check_h0_helpers(int n, int clouds, unsigned seed) {
+  std::vector<T> data = line_values<T>(size_t(n) * clouds, seed);
+  data[size_t(clouds) * 2 + 1] = INFINITY; // point 2 of cloud 1
+  const CloudView<T> v{data.data(), clouds, n, 1, 1, clouds, 0};
+  std::vector<T> runs(size_t(n) * clouds, T(-1)), gaps(size_t(n - 1) * clouds, T(-1));
+  unsigned long long first_bad = ~0ull;
+  simt_launch(dim3(3), dim3(64), [&] { gather_lines_kernel<T>(v, runs.data(), &first_bad); });
+  bool gathered = first_bad == 1;
+  for (int c = 0; c < clouds; ++c)
+    for (int i = 0; i < n; ++i)
+      gathered &= simt_bits<std::uint64_t>(double(runs[size_t(c) * n + i])) ==
+                  simt_bits<std::uint64_t>(double(data[size_t(i) * clouds + c]));
+  expect(gathered, "gather_lines_kernel");
+  for (int c = 0; c < clouds; ++c) std::sort(runs.begin() + size_t(c) * n, runs.begin() + size_t(c + 1) * n);
+  simt_launch(dim3(2), dim3(64), [&] { gaps_kernel<T>(runs.data(), clouds, n, gaps.data()); });
+  bool gapped = true;
+  for (int c = 0; c < clouds; ++c)
+    for (int i = 0; i + 1 < n; ++i) {
+      const T want = runs[size_t(c) * n + i + 1] - runs[size_t(c) * n + i];
+      const T got = gaps[size_t(c) * (n - 1) + i];
+      gapped &= got == want || (std::isnan(double(got)) && std::isnan(double(want)));
+    }
+  expect(gapped, "gaps_kernel");
+  std::printf("ok h0 helpers n=%d clouds=%d\n", n, clouds);
+}
+
 } // namespace
 
 int main() {
+  check_h0_helpers<float>(150, 7, 5); // grid-stride loops: more values than threads
+  check_h0_helpers<double>(3, 2, 6);
   for (bool contiguous : {false, true}) {
     check_line<float>(150, 70, contiguous, 1); // three tiles, the last one partial
     check_line<double>(150, 40, contiguous, 2);
