@@ -151,6 +151,18 @@ template <class Kernel> void simt_run_thread() {
   simt_current->done = true;
 }
 
+// A coroutine that will run `entry` on its own stack and then return to the scheduler.
+inline std::unique_ptr<SimtThread> simt_new_thread(void (*entry)()) {
+  auto thread = std::make_unique<SimtThread>();
+  thread->stack.resize(1 << 16);
+  getcontext(&thread->context);
+  thread->context.uc_stack.ss_sp = thread->stack.data();
+  thread->context.uc_stack.ss_size = thread->stack.size();
+  thread->context.uc_link = &simt_scheduler;
+  makecontext(&thread->context, entry, 0);
+  return thread;
+}
+
 // kernel<<<grid, block>>>(): calls `kernel` once per emulated thread, block after block.
 template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
   gridDim = grid;
@@ -163,16 +175,7 @@ template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
         simt_block = &state;
         blockIdx = dim3(bx, by, bz);
         std::vector<std::unique_ptr<SimtThread>> threads;
-        for (unsigned t = 0; t < block.x; ++t) {
-          auto thread = std::make_unique<SimtThread>();
-          thread->stack.resize(1 << 16);
-          getcontext(&thread->context);
-          thread->context.uc_stack.ss_sp = thread->stack.data();
-          thread->context.uc_stack.ss_size = thread->stack.size();
-          thread->context.uc_link = &simt_scheduler; // where a finished thread returns
-          makecontext(&thread->context, simt_run_thread<Kernel>, 0);
-          threads.push_back(std::move(thread));
-        }
+        for (unsigned t = 0; t < block.x; ++t) threads.push_back(simt_new_thread(simt_run_thread<Kernel>));
         // Released threads resume in a shuffled order, and one warp at a time lags: it runs only when
         // no other thread can, so the others get as far ahead of it as the barriers allow. Each run
         // thus tries other interleavings, the adverse ones included.
