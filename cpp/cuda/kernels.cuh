@@ -230,6 +230,7 @@ template <class P> __device__ P *cluster_peer(P *p, unsigned rank) {
 #ifdef OBCE_CLUSTERS
   return cooperative_groups::this_cluster().map_shared_rank(p, rank);
 #else
+  (void)rank; // one block: every rank is this block
   return p;
 #endif
 }

@@ -51,18 +51,18 @@ inline long long __double_as_longlong(double x) { return simt_bits<long long>(x)
 inline double __longlong_as_double(long long x) { return simt_bits<double>(x); }
 
 // Emulated threads are coroutines (ucontext) on one OS thread: a thread runs until it waits at a
-// barrier, then the next one runs. Deterministic, no data races in the emulator itself, and a
-// barrier that not every thread reaches is reported as a deadlock instead of hanging.
+// barrier, then another one runs. No data races in the emulator itself, the same schedule on every
+// run (fixed seed), and a barrier that not every thread reaches is reported instead of hanging.
+class Barrier;
 struct SimtThread {
   ucontext_t context;
   std::vector<char> stack;
-  const void *waiting_on = nullptr; // the barrier it waits at, if any
-  unsigned long long generation = 0;
+  const Barrier *waiting_on = nullptr;
+  unsigned long long generation = 0; // of waiting_on, when the thread arrived
   bool done = false;
 };
 inline ucontext_t simt_scheduler;
 inline SimtThread *simt_current;
-inline std::vector<std::unique_ptr<SimtThread>> *simt_threads;
 
 class Barrier {
 public:
@@ -145,12 +145,29 @@ template <class A> A atomicMax(A *a, A v) {
   return old;
 }
 
+template <class Kernel> inline std::unique_ptr<Kernel> simt_body;
+template <class Kernel> void simt_run_thread() {
+  (*simt_body<Kernel>)();
+  simt_current->done = true;
+}
+
+// A coroutine that will run `entry` on its own stack and then return to the scheduler.
+inline std::unique_ptr<SimtThread> simt_new_thread(void (*entry)()) {
+  auto thread = std::make_unique<SimtThread>();
+  thread->stack.resize(1 << 16);
+  getcontext(&thread->context);
+  thread->context.uc_stack.ss_sp = thread->stack.data();
+  thread->context.uc_stack.ss_size = thread->stack.size();
+  thread->context.uc_link = &simt_scheduler;
+  makecontext(&thread->context, entry, 0);
+  return thread;
+}
+
 // kernel<<<grid, block>>>(): calls `kernel` once per emulated thread, block after block.
 template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
   gridDim = grid;
   blockDim = block;
-  static Kernel *body;
-  body = &kernel;
+  simt_body<Kernel> = std::make_unique<Kernel>(kernel);
   for (unsigned bz = 0; bz < grid.z; ++bz)
     for (unsigned by = 0; by < grid.y; ++by)
       for (unsigned bx = 0; bx < grid.x; ++bx) {
@@ -158,24 +175,7 @@ template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
         simt_block = &state;
         blockIdx = dim3(bx, by, bz);
         std::vector<std::unique_ptr<SimtThread>> threads;
-        simt_threads = &threads;
-        for (unsigned t = 0; t < block.x; ++t) {
-          auto thread = std::make_unique<SimtThread>();
-          thread->stack.resize(1 << 16);
-          getcontext(&thread->context);
-          thread->context.uc_stack.ss_sp = thread->stack.data();
-          thread->context.uc_stack.ss_size = thread->stack.size();
-          thread->context.uc_link = &simt_scheduler;
-          makecontext(
-              &thread->context,
-              (void (*)()) +
-                  [] {
-                    (*body)();
-                    simt_current->done = true;
-                  },
-              0);
-          threads.push_back(std::move(thread));
-        }
+        for (unsigned t = 0; t < block.x; ++t) threads.push_back(simt_new_thread(simt_run_thread<Kernel>));
         // Released threads resume in a shuffled order, and one warp at a time lags: it runs only when
         // no other thread can, so the others get as far ahead of it as the barriers allow. Each run
         // thus tries other interleavings, the adverse ones included.
@@ -189,9 +189,7 @@ template <class Kernel> void simt_launch(dim3 grid, dim3 block, Kernel kernel) {
           for (unsigned t : order) {
             SimtThread &thread = *threads[t];
             if (thread.done || (t / 32 == lagging) != lagging_warp) continue;
-            if (thread.waiting_on &&
-                !static_cast<const Barrier *>(thread.waiting_on)->released(thread.generation))
-              continue;
+            if (thread.waiting_on && !thread.waiting_on->released(thread.generation)) continue;
             thread.waiting_on = nullptr;
             threadIdx = dim3(t);
             simt_warp = state.warps[t / 32].get();
