@@ -29,7 +29,7 @@ def test_cuda_kernels_on_cpu(tmp_path):
         pytest.skip("no C++ compiler")
     program = tmp_path / "check_kernels"
     build = subprocess.run(
-        [compiler, "-std=c++17", "-O1", str(SIMT / "check_kernels.cpp"), "-o", str(program)],
+        [compiler, "-std=c++17", "-O1", "-pthread", str(SIMT / "check_kernels.cpp"), "-o", str(program)],
         capture_output=True,
         text=True,
     )

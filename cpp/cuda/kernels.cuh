@@ -5,7 +5,8 @@
 
 #include "../core/cloud_view.hpp"
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+// Thread-block clusters (Hopper and later; the emulator supplies its own).
+#if !defined(OBCE_CLUSTERS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #include <cooperative_groups.h>
 #define OBCE_CLUSTERS 1
 #endif

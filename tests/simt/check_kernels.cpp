@@ -164,17 +164,21 @@ void check_mst(const std::string &kernel, int clouds, int n, int dim, unsigned s
   std::printf("ok %s\n", name.c_str());
 }
 
-// The cluster kernel with one block per cloud, coordinates in shared or in global memory.
+// The cluster kernel: `cluster` blocks per cloud (their points split as the launcher splits them),
+// coordinates in shared or in global memory.
 template <class T>
-void check_prim(int clouds, int n, int dim, bool shared_coords, unsigned seed, int bad_cloud = -1,
-                T bad = 0) {
-  const PrimShape shape{n, shared_coords ? index_t(n | 1) : 0};
-  const unsigned threads = std::clamp((n + 31) / 32 * 32, 64, 512);
-  check_mst<T>(shared_coords ? "prim_kernel (shared coordinates)" : "prim_kernel (global coordinates)",
-               clouds, n, dim, seed, bad_cloud, bad,
+void check_prim(int clouds, int n, int dim, unsigned cluster, bool shared_coords, unsigned seed,
+                int bad_cloud = -1, T bad = 0) {
+  const index_t per_block = (n + cluster - 1) / cluster;
+  const PrimShape shape{per_block, shared_coords ? (per_block | 1) : 0};
+  const unsigned threads = std::clamp(int(per_block + 31) / 32 * 32, 64, 512);
+  const std::string kernel = "prim_kernel (cluster of " + std::to_string(cluster) + ", " +
+                             (shared_coords ? "shared" : "global") + " coordinates)";
+  check_mst<T>(kernel, clouds, n, dim, seed, bad_cloud, bad,
                [&](const CloudView<T> &v, bool all_edges, T *out, unsigned long long *first_bad) {
-                 simt_launch(dim3(clouds), dim3(threads),
-                             [&] { prim_kernel<T>(v, shape, 1, out, all_edges, first_bad); });
+                 simt_launch(
+                     dim3(clouds * cluster), dim3(threads),
+                     [&] { prim_kernel<T>(v, shape, cluster, out, all_edges, first_bad); }, cluster);
                });
 }
 
@@ -231,7 +235,8 @@ template <class T> void check_h0_helpers(int n, int clouds, unsigned seed) {
 } // namespace
 
 int main() {
-  check_h0_helpers<float>(150, 7, 5); // grid-stride loops: more values than threads
+  std::setvbuf(stdout, nullptr, _IOLBF, 0); // every finished check shows, even if a later one crashes
+  check_h0_helpers<float>(150, 7, 5);       // grid-stride loops: more values than threads
   check_h0_helpers<double>(3, 2, 6);
   for (bool contiguous : {false, true}) {
     check_line<float>(150, 70, contiguous, 1); // three tiles, the last one partial
@@ -240,12 +245,15 @@ int main() {
     check_line<float>(37, 3, contiguous, 4);
   }
   for (bool shared_coords : {true, false}) {
-    check_prim<float>(3, 150, 17, shared_coords, 10);
-    check_prim<double>(2, 90, 64, shared_coords, 11);
-    check_prim<float>(2, 2, 3, shared_coords, 12);
+    check_prim<float>(3, 150, 17, 1, shared_coords, 10);
+    check_prim<double>(2, 90, 64, 1, shared_coords, 11);
+    check_prim<float>(2, 2, 3, 1, shared_coords, 12);
+    check_prim<float>(2, 300, 17, 3, shared_coords, 15); // points split over a cluster
   }
-  check_prim<float>(3, 60, 5, true, 13, 1, NAN);
-  check_prim<double>(2, 60, 5, true, 14, 0, INFINITY);
+  check_prim<float>(3, 60, 5, 1, true, 13, 1, NAN);
+  check_prim<double>(2, 60, 5, 1, true, 14, 0, INFINITY);
+  check_prim<double>(2, 150, 5, 4, true, 16, 1, NAN); // the NaN in the cluster's second block
+  check_prim<float>(2, 2, 3, 2, true, 17);            // one point per block
   check_matrix<float>(3, 150, 17, 20);
   check_matrix<double>(2, 90, 64, 21);
   check_matrix<float>(2, 2, 3, 22);
