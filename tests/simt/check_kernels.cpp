@@ -1,6 +1,7 @@
 // Runs obce's CUDA kernels on the CPU through the SIMT emulator and checks them against plain
 // references (a sort for 1-D clouds, Prim in double precision): random clouds with signed zeros,
-// ties and duplicate points, partial tiles, both 1-D layouts, NaN and infinite inputs.
+// ties and duplicate points, partial tiles, both 1-D layouts, unchecked calls, NaN and infinite
+// inputs, Prim in one block and in clusters of blocks.
 // Prints one line per check; exits 1 if any failed. Built and run by tests/test_kernels_emulated.py.
 #include <cstdio>
 #include <random>
