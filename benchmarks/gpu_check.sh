@@ -27,9 +27,9 @@ grep -q "skipped" <(tail -n 3 "$log") && status+=("cuda-tests: some CUDA tests S
 stage targets python3 benchmarks/gpu_targets.py --out "$out"
 stage memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_small.py
 stage racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize_small.py --tiny
-# Hardware counters of one 1-D launch (BERT-base) and one Prim launch (144 x 1500 x 64): issue
-# rate, occupancy and stall reasons, to place the time inside each kernel.
-stage ncu timeout 120 ncu --clock-control none --kernel-name regex:'line_tile_kernel|prim_kernel' --launch-count 2 \
+# Hardware counters of one 1-D launch (BERT-base) and the d > 1 launches (144 x 1500 x 64: the
+# distance and Prim kernels of the matrix path): issue rate, occupancy and stall reasons.
+stage ncu timeout 120 ncu --clock-control none --kernel-name regex:'line_tile_kernel|pairwise_kernel|prim_matrix_kernel|prim_kernel' --launch-count 3 \
   --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section SchedulerStats \
   python3 -c "import torch, obce; [obce.fast_death_radii(torch.randn(s, device='cuda'), check_finite=False) for s in ((150, 82944), (144, 1500, 64))]; torch.cuda.synchronize()"
 stage suite timeout 90 python3 benchmarks/bench_kernel.py --device cuda --no-memory --out "$out"

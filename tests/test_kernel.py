@@ -474,6 +474,14 @@ def test_cuda_matches_cpu(x, prim_path, dtype, monkeypatch):
 
 @needs_cuda
 @pytest.mark.cuda
+def test_cuda_prim_path_must_be_known(monkeypatch):
+    monkeypatch.setenv("OBCE_CUDA_PRIM", "fast")
+    with pytest.raises(ValueError, match="OBCE_CUDA_PRIM must be matrix or cluster, got 'fast'"):
+        obce.fast_death_radii(torch.randn(2, 10, 3, device="cuda"))
+
+
+@needs_cuda
+@pytest.mark.cuda
 def test_cuda_matches_scipy():
     rng = np.random.default_rng(7)
     for x in (rng.normal(size=(120, 6)), rng.normal(size=(4, 300, 9))):

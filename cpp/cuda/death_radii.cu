@@ -146,10 +146,14 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
   return true;
 }
 
-// OBCE_CUDA_PRIM=cluster keeps d > 1 clouds on the cluster kernel (for tests and benchmarks of it).
+// OBCE_CUDA_PRIM=cluster keeps d > 1 clouds on the cluster kernel (for tests and benchmarks of it);
+// unset, empty or "matrix": the matrix path where it fits.
 bool matrix_path_allowed() {
-  const char *path = std::getenv("OBCE_CUDA_PRIM");
-  return path == nullptr || std::string(path) != "cluster";
+  const char *value = std::getenv("OBCE_CUDA_PRIM");
+  const std::string path = value ? value : "";
+  if (path != "" && path != "matrix" && path != "cluster")
+    throw std::invalid_argument("OBCE_CUDA_PRIM must be matrix or cluster, got '" + path + "'");
+  return path != "cluster";
 }
 
 template <class T>
