@@ -53,10 +53,16 @@ def glue_dir(tmp_path_factory):
 
 
 @pytest.mark.parametrize("name", ["sst2", "rte", "stsb", "mnli"])
-def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, name):
+def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, capsys, name):
     out = tmp_path / "run"
     result = finetune(tiny_model, name, out, data_dir=glue_dir, seed=1, **FAST)
     task = load_task(name, glue_dir)
+    # The logged loss and dev scores are kept in the folder and shown beside the progress bar, not
+    # printed as dicts.
+    log = json.loads((out / "training_log.json").read_text())
+    assert sum("loss" in entry for entry in log) == 4
+    assert sum(f"eval_{task.info.main_metric}" in entry for entry in log) == 2
+    assert "'loss'" not in capsys.readouterr().out
     assert result.steps == 4 and result.task == name and result.name == tiny_model.name
     assert set(result.metrics) == {"dev", *task.report_splits}
     for scores in result.metrics.values():
@@ -121,6 +127,15 @@ def test_model_without_fitting_head_is_refused(tiny_model, glue_dir, tmp_path):
     with pytest.raises(ValueError, match="not a fine-tuned sequence-classification model"):
         evaluate(tiny_model, load_task("sst2", glue_dir), "dev")
     assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("progress", [True, False])
+def test_progress_bar_or_nothing(tiny_model, glue_dir, tmp_path, capsys, progress):
+    finetune(tiny_model, "sst2", tmp_path / "run", data_dir=glue_dir, name="quiet-run", progress=progress, **FAST)
+    out, err = capsys.readouterr()
+    assert ("quiet-run: 100%" in err) == progress  # the bar, labelled with the model, reaches the end
+    assert "'loss'" not in out + err
+    assert (tmp_path / "run" / "training_log.json").is_file()
 
 
 def test_model_object_with_head_trains(tiny_model, glue_dir, tmp_path):

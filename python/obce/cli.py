@@ -309,6 +309,7 @@ def finetune(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Discard the run folder's fine-tuning runs first.")
     ] = False,
+    progress: Progress = True,
 ) -> None:
     """Fine-tune models on a task with the same seed and budget, and score them on its report split.
 
@@ -331,7 +332,7 @@ def finetune(
     budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
     settings = pipeline.finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16)
     _stage(f"obce: fine-tune {', '.join(chosen)} on {task}")
-    results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage)
+    results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage, progress=progress)
     if pipeline.is_main_process():
         from .train import results_table
 

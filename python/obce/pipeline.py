@@ -14,7 +14,8 @@ the pipeline leaves a plain file behind, so each step can be rerun, skipped or r
     params.json             parameter totals, counted on both models
     removed.json            the neurons and heads removed in every layer
     speed.json              CPU inference time of both models
-    finetune/<model>/       fine-tuning runs (obce.train.finetune: settings, best model, results.json)
+    finetune/<model>/       fine-tuning runs (obce.train.finetune: settings, best model, results.json,
+                            training_log.json)
     metrics.json            task scores of every fine-tuned model
     report/                 report.html (self-contained), report.md and the figures as PNG
 
@@ -788,6 +789,7 @@ def run_finetune(
     *,
     device: str | None = None,
     log: Callable[[str], None] = _stderr,
+    progress: bool = True,
 ) -> dict:
     """Fine-tune every model with the same task, seed and budget, each into ``finetune/<label>/``.
 
@@ -802,6 +804,8 @@ def run_finetune(
         From :func:`finetune_settings`.
     device : str, optional
         ``"cpu"`` keeps training on the CPU when a GPU is present.
+    progress : bool
+        A progress bar per model.
 
     Returns
     -------
@@ -827,7 +831,7 @@ def run_finetune(
             str(source), task, folder, seed=settings["seed"], max_steps=settings["steps"],
             batch_size=settings["batch_size"], lr=settings["lr"], max_length=settings["max_length"],
             patience=settings["patience"], eval_steps=settings["eval_steps"], fp16=settings["fp16"],
-            bf16=settings["bf16"], name=label, training_args=training_args,
+            bf16=settings["bf16"], name=label, training_args=training_args, progress=progress,
         )  # fmt: skip
         if not done:
             run.record(timings_s={f"finetune_{label}": round(time.perf_counter() - start, 2)})
@@ -977,7 +981,7 @@ def compress(
     if finetune:
         log(f"obce: [5/{total}] fine-tune and evaluate both models on {task}")
         run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
-                     device=device, log=log)  # fmt: skip
+                     device=device, log=log, progress=progress)  # fmt: skip
     # Recorded before the report is drawn, so that the report shows it.
     run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
     report = write_report(run.path)

@@ -6,8 +6,9 @@ precision and multi-GPU runs come from ``Trainer`` itself: pass ``fp16``/``bf16`
 script with ``torchrun`` or ``accelerate launch``.
 
 Each run folder holds ``finetune.json`` (the settings), the best model with its tokenizer,
-``results.json`` and ``results.md``; checkpoints while training, so an interrupted run resumes
-where it stopped when called again with the same settings.
+``results.json``, ``results.md`` and ``training_log.json`` (the loss and dev scores as logged);
+checkpoints while training, so an interrupted run resumes where it stopped when called again with
+the same settings.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ PRESETS: dict[str, dict] = {
 
 _SETTINGS_FILE = "finetune.json"
 _RESULTS_FILE = "results.json"
+_LOG_FILE = "training_log.json"
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
@@ -60,6 +62,37 @@ def _common_args() -> dict:
     import torch
 
     return {"dataloader_pin_memory": torch.cuda.is_available(), "report_to": "none"}
+
+
+def _training_bar(label: str, dev_metric: str):
+    """A callback that shows training as one progress bar, with the last logged loss and dev score
+    beside it (transformers' own bar prints every log as a line of its own)."""
+    from tqdm.auto import tqdm
+    from transformers import TrainerCallback
+
+    class TrainingBar(TrainerCallback):
+        def __init__(self):
+            self.bar, self.shown = None, {}
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            if state.is_world_process_zero:
+                self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc=label, unit="step")
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs:
+                self.shown.update({key: f"{logs[key]:.4g}" for key in ("loss", dev_metric) if key in logs})
+                self.bar.set_postfix(self.shown)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+                self.bar = None
+
+    return TrainingBar()
 
 
 def _is_main_process() -> bool:
@@ -412,6 +445,7 @@ def finetune(
     keep_checkpoints: bool = False,
     training_args: Mapping | None = None,
     callbacks: Sequence | None = None,
+    progress: bool = True,
 ) -> FinetuneResult:
     """Fine-tune a model on a task with transformers' ``Trainer`` and score the best checkpoint.
 
@@ -465,6 +499,10 @@ def finetune(
         Any further ``TrainingArguments`` fields, applied last.
     callbacks : sequence of transformers.TrainerCallback, optional
         Extra callbacks for the ``Trainer``.
+    progress : bool
+        Show training as a progress bar with the last loss and dev score beside it; False shows
+        nothing (the log is in ``training_log.json`` either way). A ``disable_tqdm`` in
+        ``training_args`` leaves transformers' own display in place instead.
 
     Returns
     -------
@@ -487,6 +525,8 @@ def finetune(
     from transformers import (
         DataCollatorWithPadding,
         EarlyStoppingCallback,
+        PrinterCallback,
+        ProgressCallback,
         Trainer,
         TrainingArguments,
         set_seed,
@@ -579,6 +619,13 @@ def finetune(
         compute_metrics=_trainer_metrics(info),
         callbacks=all_callbacks,
     )
+    if "disable_tqdm" not in (training_args or {}):
+        # transformers shows either a bar that prints each log as a line, or (its default when its
+        # log level is above warnings) only those lines.
+        trainer.remove_callback(ProgressCallback)
+        trainer.remove_callback(PrinterCallback)
+        if progress:
+            trainer.add_callback(_training_bar(name, f"eval_{info.main_metric}"))
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
     if last is not None and _is_main_process():
         print(f"obce: resuming {output_dir} from {Path(last).name}", flush=True)
@@ -601,7 +648,8 @@ def finetune(
     # Every process calls save_model: sharded setups (FSDP, DeepSpeed) gather weights collectively.
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        _write_json(output_dir / _RESULTS_FILE, result.to_dict())
+        _write_json(output_dir / _LOG_FILE, trainer.state.log_history)
+        _write_json(output_dir / _RESULTS_FILE, result.to_dict())  # last: it marks the run finished
         atomic_write_text(output_dir / "results.md", results_table([result]), overwrite=True)
         if not keep_checkpoints:
             for checkpoint in output_dir.glob("checkpoint-*"):
