@@ -22,6 +22,7 @@ from obce.importance import ImportanceTable
 from obce.models.compressed import layer_sizes
 from obce.pipeline import RunFolder
 from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons
+from obce.report.page import summary_lines
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _WORDS = [
@@ -225,7 +226,10 @@ def test_rerun_skips_finished_steps(run, capsys):
     assert code == 0, err
     assert err.count("(done before, skipped)") == 4 and err.count("fine-tuned before, skipped") == 2
     assert [p.stat().st_mtime_ns for p in watched] == stamps
-    assert "report:" in out
+    # The report's summary, then where the report is.
+    summary = [line.replace("`", "") for line in summary_lines(path)]
+    assert out.splitlines()[:-1] == summary and out.splitlines()[-1].startswith("report:")
+    assert [line.split(":")[0] for line in summary[2:]] == ["original", "compressed"]
 
 
 def test_other_settings_are_refused_without_overwrite(run, capsys):

@@ -475,7 +475,12 @@ def compress(
         command=_command_line(ctx),
         log=_stage,
     )
-    _echo(f"report: {report}")
+    if pipeline.is_main_process():
+        from .report.page import summary_lines
+
+        for line in summary_lines(output):
+            _echo(line.replace("`", ""))
+        _echo(f"report: {report}")
 
 
 @app.command()

@@ -103,10 +103,25 @@ def _read(run: RunFolder, name: str):
 # Sections
 
 
-def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Section:
-    steps = settings.get("steps", {})
-    analysis = steps.get("analyze", {})
-    section = Section("Summary")
+def summary_lines(run_dir: str | os.PathLike) -> list[str]:
+    """The report's summary of a run folder, one sentence per line: what the model kept, how much
+    faster it runs and how each fine-tuned model scored (only what the folder holds so far).
+
+    Raises
+    ------
+    FileNotFoundError
+        If ``run_dir`` is not a run folder (no ``settings.json``).
+    """
+    run = RunFolder(run_dir)
+    if not (run / run.SETTINGS).is_file():
+        raise FileNotFoundError(f"{str(run.path)!r} is not a run folder (no {run.SETTINGS})")
+    plan = run.plan() if (run / run.PLAN).is_file() else None
+    metrics = (_read(run, run.METRICS) or {}).get("models")
+    return _summary_lines(run.settings(), plan, _read(run, run.PARAMS), _read(run, run.SPEED), metrics)
+
+
+def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
+    analysis = settings.get("steps", {}).get("analyze", {})
     lines = []
     if params:
         before, after = params[ORIGINAL], params[COMPRESSED]
@@ -129,7 +144,14 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
             for split in info.report_splits:
                 scores = ", ".join(f"{m} {_score(entry['metrics'][split][m])}" for m in info.metric_names)
                 lines.append(f"{label}: {info.display_name} {split} {scores} (×100).")
-    section.blocks += lines or ["The run folder holds no results yet."]
+    return lines
+
+
+def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Section:
+    steps = settings.get("steps", {})
+    analysis = steps.get("analyze", {})
+    section = Section("Summary")
+    section.blocks += _summary_lines(settings, plan, params, speed, metrics) or ["The run folder holds no results yet."]
     rows = [["run folder", str(run.path)]]
     if analysis:
         rows += [
