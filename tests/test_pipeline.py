@@ -22,7 +22,7 @@ from obce.importance import ImportanceTable
 from obce.models.compressed import layer_sizes
 from obce.pipeline import RunFolder
 from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons
-from obce.report.page import summary_lines
+from obce.report import summary_lines
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _WORDS = [
