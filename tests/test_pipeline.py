@@ -22,7 +22,7 @@ from obce.importance import ImportanceTable
 from obce.models.compressed import layer_sizes
 from obce.pipeline import RunFolder
 from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons
-from obce.report.page import summary_lines
+from obce.report import summary_lines, write_report
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _WORDS = [
@@ -213,9 +213,24 @@ def test_report_numbers_come_from_the_run_folder(run):
         assert obce.fast_death_radii(np.array(entry["points"])[:, None])[0] == pytest.approx(entry["lam"], rel=1e-5)
         assert f"λ = {entry['lam']:.4g}" in md
 
+    # Fine-tuning curves, from each model's training log.
+    assert (path / "report" / "training.png").is_file() and "](training.png)" in md
+
     # The HTML page shows the same numbers as the Markdown summary.
     for number in (f"{after['encoder_layers']:,}", f"{speed['min_s']['compressed']:.4g}"):
         assert number in html
+
+
+def test_report_of_fine_tuning_without_logs(run, tmp_path):
+    """Runs fine-tuned before the logs were kept still give a report, without the curves."""
+    folder = tmp_path / "older"
+    shutil.copytree(run["path"], folder)
+    for log in folder.glob("finetune/*/training_log.json"):
+        log.unlink()
+    (folder / "report" / "training.png").unlink()
+    write_report(folder)
+    assert "training.png" not in (folder / "report" / "report.md").read_text()
+    assert not (folder / "report" / "training.png").exists()
 
 
 def test_rerun_skips_finished_steps(run, capsys):

@@ -476,7 +476,7 @@ def compress(
         log=_stage,
     )
     if pipeline.is_main_process():
-        from .report.page import summary_lines
+        from .report import summary_lines
 
         for line in summary_lines(output):
             _echo(line.replace("`", ""))

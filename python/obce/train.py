@@ -52,7 +52,7 @@ PRESETS: dict[str, dict] = {
 
 _SETTINGS_FILE = "finetune.json"
 _RESULTS_FILE = "results.json"
-_LOG_FILE = "training_log.json"
+TRAINING_LOG = "training_log.json"  # in each run folder: the loss and dev scores as logged
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
@@ -648,7 +648,7 @@ def finetune(
     # Every process calls save_model: sharded setups (FSDP, DeepSpeed) gather weights collectively.
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        _write_json(output_dir / _LOG_FILE, trainer.state.log_history)
+        _write_json(output_dir / TRAINING_LOG, trainer.state.log_history)
         _write_json(output_dir / _RESULTS_FILE, result.to_dict())  # last: it marks the run finished
         atomic_write_text(output_dir / "results.md", results_table([result]), overwrite=True)
         if not keep_checkpoints:

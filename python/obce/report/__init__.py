@@ -2,6 +2,6 @@
 gathers a run folder's results into one self-contained HTML file and a Markdown summary
 (:mod:`obce.report.page`, :func:`write_report`; ``obce report`` on the command line)."""
 
-from .page import write_report
+from .page import summary_lines, write_report
 
-__all__ = ["write_report"]
+__all__ = ["summary_lines", "write_report"]

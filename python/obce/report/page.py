@@ -27,6 +27,7 @@ from ..models.adapters import COMPONENTS
 from ..pipeline import COMPRESSED, ORIGINAL, RunFolder
 from ..plans import PruningPlan
 from ..tasks import task_info
+from ..train import TRAINING_LOG
 from .figures import plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
 
 __all__ = ["Figure", "Section", "Table", "report_sections", "write_report"]
@@ -375,7 +376,16 @@ def _speed(speed: dict) -> Section:
     )
 
 
-def _scores(metrics: dict, settings: dict) -> Section:
+def _training_logs(run: RunFolder) -> dict[str, list[dict]]:
+    """Label -> the logged loss and dev scores of each fine-tuned model that kept its log."""
+    logs = {}
+    for label, folder in run.finetuned().items():
+        if (folder / TRAINING_LOG).is_file():
+            logs[label] = json.loads((folder / TRAINING_LOG).read_text(encoding="utf-8"))
+    return logs
+
+
+def _scores(metrics: dict, settings: dict, curves: str | None) -> Section:
     labels = list(metrics)
     info = task_info(metrics[labels[0]]["task"])
     columns = [(split, m) for split in info.report_splits for m in info.metric_names]
@@ -399,6 +409,7 @@ def _scores(metrics: dict, settings: dict) -> Section:
                 f"{', '.join(info.report_splits)}. Scores ×100; parameters include the classification head."
             ),
             Table(["model", "parameters", "steps", *(f"{split} {m}" for split, m in columns)], rows),
+            *([Figure(curves, "Training loss and dev score by step, for each model.")] if curves else []),
         ],
     )
 
@@ -414,6 +425,28 @@ def _reproduce(settings: dict) -> Section:
 
 # --------------------------------------------------------------------------------------------------
 # Figures
+
+
+def _plot_training(logs: dict[str, list[dict]], dev_metric: str, path: Path) -> Path:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure as MplFigure
+
+    figure = MplFigure(figsize=(8.4, 3.2), layout="constrained")
+    loss_ax, dev_ax = figure.subplots(1, 2)
+    for i, (label, log) in enumerate(logs.items()):
+        for ax, key, style in ((loss_ax, "loss", "-"), (dev_ax, dev_metric, "o-")):
+            points = [(entry["step"], entry[key]) for entry in log if key in entry]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=label, markersize=4)
+    for ax, title in ((loss_ax, "training loss"), (dev_ax, f"dev {dev_metric.removeprefix('eval_')}")):
+        ax.set_xlabel("step")
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize="small")
+    FigureCanvasAgg(figure)
+    with atomic_open(path, "wb", overwrite=True) as f:
+        figure.savefig(f, format="png", dpi=150)
+    return path
 
 
 def _plot_parameters(parameters: pd.DataFrame, path: Path) -> Path:
@@ -584,7 +617,10 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     if speed:
         sections.append(_speed(speed))
     if metrics:
-        sections.append(_scores(metrics, settings))
+        logs = _training_logs(run)
+        dev_metric = f"eval_{task_info(next(iter(metrics.values()))['task']).main_metric}"
+        curves = draw("training.png", _plot_training, logs, dev_metric) if logs else None
+        sections.append(_scores(metrics, settings, curves))
     sections.append(_reproduce(settings))
     model = settings.get("steps", {}).get("analyze", {}).get("model", "a model")
     return f"obce report: {model}", sections
