@@ -648,8 +648,8 @@ def finetune(
     # Every process calls save_model: sharded setups (FSDP, DeepSpeed) gather weights collectively.
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
-        _write_json(output_dir / TRAINING_LOG, trainer.state.log_history)
-        _write_json(output_dir / _RESULTS_FILE, result.to_dict())  # last: it marks the run finished
+        _write_json(output_dir / TRAINING_LOG, trainer.state.log_history)  # before results.json, the finished mark
+        _write_json(output_dir / _RESULTS_FILE, result.to_dict())
         atomic_write_text(output_dir / "results.md", results_table([result]), overwrite=True)
         if not keep_checkpoints:
             for checkpoint in output_dir.glob("checkpoint-*"):

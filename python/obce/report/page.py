@@ -30,7 +30,7 @@ from ..tasks import task_info
 from ..train import TRAINING_LOG
 from .figures import plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
 
-__all__ = ["Figure", "Section", "Table", "report_sections", "write_report"]
+__all__ = ["Figure", "Section", "Table", "report_sections", "summary_lines", "write_report"]
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
@@ -95,6 +95,13 @@ def _level(level: float | None) -> str:
     return f"P{level:g}"
 
 
+def _run_folder(run_dir: str | os.PathLike) -> RunFolder:
+    run = RunFolder(run_dir)
+    if not (run / run.SETTINGS).is_file():
+        raise FileNotFoundError(f"{str(run.path)!r} is not a run folder (no {run.SETTINGS})")
+    return run
+
+
 def _read(run: RunFolder, name: str):
     path = run / name
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -113,9 +120,7 @@ def summary_lines(run_dir: str | os.PathLike) -> list[str]:
     FileNotFoundError
         If ``run_dir`` is not a run folder (no ``settings.json``).
     """
-    run = RunFolder(run_dir)
-    if not (run / run.SETTINGS).is_file():
-        raise FileNotFoundError(f"{str(run.path)!r} is not a run folder (no {run.SETTINGS})")
+    run = _run_folder(run_dir)
     plan = run.plan() if (run / run.PLAN).is_file() else None
     metrics = (_read(run, run.METRICS) or {}).get("models")
     return _summary_lines(run.settings(), plan, _read(run, run.PARAMS), _read(run, run.SPEED), metrics)
@@ -578,9 +583,7 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     FileNotFoundError
         If ``run_dir`` is not a run folder (no ``settings.json``).
     """
-    run = RunFolder(run_dir)
-    if not (run / run.SETTINGS).is_file():
-        raise FileNotFoundError(f"{str(run.path)!r} is not a run folder (no {run.SETTINGS})")
+    run = _run_folder(run_dir)
     folder = run / run.REPORT
     folder.mkdir(exist_ok=True)
     settings = run.settings()
