@@ -349,10 +349,15 @@ constexpr int kPairDims = 16;              // coordinates per shared-memory chun
 constexpr int kPairStride = kPairTile + 4; // rows stay 16-byte aligned for vector loads
 constexpr size_t kMatrixBudget = size_t(4) << 30;
 
-// matrices[c][i][j] = |x_i - x_j|^2 of cloud c, by 64 x 64 tiles (a 4 x 4 block per thread). The
-// diagonal is 0 unless point i has an infinite or NaN coordinate; then it is NaN.
+// matrices[c][i][j] = |x_i - x_j|^2 of cloud c, by 64 x 64 tiles (a 4 x 4 block per thread). Only
+// tiles on or above the diagonal are computed; each also writes its mirror image (the same values:
+// (x_i - x_j)^2 = (x_j - x_i)^2, summed in the same order), staged through shared memory so that
+// both writes are coalesced. The diagonal is 0 unless point i has an infinite or NaN coordinate;
+// then it is NaN.
 template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudView<T> v, T *matrices) {
+  if (blockIdx.y > blockIdx.x) return; // below the diagonal: the mirror of a computed tile
   __shared__ __align__(16) T a[kPairDims][kPairStride], b[kPairDims][kPairStride];
+  __shared__ T mirror[kPairTile / 2][kPairTile + 1];
   const index_t n = v.n_points, c = blockIdx.z;
   const index_t i0 = index_t(blockIdx.y) * kPairTile, j0 = index_t(blockIdx.x) * kPairTile;
   const int tx = threadIdx.x % 16, ty = threadIdx.x / 16;
@@ -394,6 +399,22 @@ template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudV
     for (int s = 0; s < 4; ++s) {
       const index_t j = j0 + tx * 4 + s;
       if (i < n && j < n) m[i * n + j] = acc[r][s];
+    }
+  }
+  if (blockIdx.y == blockIdx.x) return;
+  // The mirror image in two halves of 32 rows, within the 48 KB of static shared memory in double.
+  for (int half = 0; half < 2; ++half) {
+    __syncthreads(); // the previous half is stored
+    if (tx / 8 == half)
+#pragma unroll
+      for (int r = 0; r < 4; ++r)
+#pragma unroll
+        for (int s = 0; s < 4; ++s) mirror[(tx % 8) * 4 + s][ty * 4 + r] = acc[r][s];
+    __syncthreads();
+    for (int e = threadIdx.x; e < kPairTile / 2 * kPairTile; e += blockDim.x) {
+      const int row = e / kPairTile, col = e % kPairTile;
+      const index_t j = j0 + half * kPairTile / 2 + row, i = i0 + col;
+      if (i < n && j < n) m[j * n + i] = mirror[row][col];
     }
   }
 }
