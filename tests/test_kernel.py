@@ -193,10 +193,14 @@ def test_every_simd_build(level, tmp_path):
         np.testing.assert_allclose(out[name], deaths_ref, rtol=rtol, atol=rtol * deaths_ref.max(), err_msg=name)
 
 
-def test_bad_simd_level_fails_the_import():
+def test_bad_simd_level_is_refused_by_the_kernels():
+    """obce still imports and says what is wrong; the CPU kernels refuse to run, with a ValueError."""
     env = {**os.environ, "OBCE_SIMD": "sse9"}
-    run = subprocess.run([sys.executable, "-c", "import obce"], env=env, capture_output=True, text=True)
-    assert run.returncode != 0 and "OBCE_SIMD must be baseline, avx2 or avx512, got 'sse9'" in run.stderr
+    problem = "OBCE_SIMD must be baseline, avx2 or avx512, got 'sse9'"
+    script = "import numpy as np, obce; print(obce.build_info()['cpu_simd']); obce.fast_death_radii(np.zeros((3, 2)))"
+    run = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True)
+    assert run.stdout.strip() == problem
+    assert run.returncode != 0 and run.stderr.strip().splitlines()[-1] == f"ValueError: {problem}"
 
 
 def test_against_ripser():

@@ -154,8 +154,6 @@ py::dict build_info() {
 
 PYBIND11_MODULE(_core, m) {
   m.doc() = "obce's compiled kernels; use the wrappers in obce.kernel";
-  // Picks the distance loop's build now: a bad OBCE_SIMD fails the import, not a kernel.
-  obce::cpu::simd_level();
   // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
   const char *args_doc =
       "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";

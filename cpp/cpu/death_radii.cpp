@@ -6,6 +6,7 @@
 #include <limits>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "../core/line.hpp"
@@ -42,9 +43,15 @@ Nearest<T> relax_baseline(const T *W, index_t dim, const T *p, T *dist, index_t 
 
 enum class Simd { baseline, avx2, avx512 };
 
+struct SimdChoice {
+  Simd level;
+  std::string problem; // a bad OBCE_SIMD value, said in words; empty when there is none
+};
+
 // The widest level the CPU supports, or a lower one asked for in OBCE_SIMD (baseline, avx2, avx512),
-// so that every build of the distance loop can be tested on one machine.
-Simd detect_simd() {
+// so that every build of the distance loop can be tested on one machine. A bad value is remembered,
+// not thrown: the kernels refuse to run with it (check_simd), before any parallel region.
+SimdChoice detect_simd() {
   Simd supported = Simd::baseline;
 #if defined(__x86_64__) && defined(__GNUC__)
   __builtin_cpu_init();
@@ -54,28 +61,26 @@ Simd detect_simd() {
     supported = Simd::avx2;
 #endif
   const char *asked = std::getenv("OBCE_SIMD");
-  if (asked == nullptr || *asked == '\0') return supported;
+  if (asked == nullptr || *asked == '\0') return {supported, ""};
   const std::string level(asked);
-  Simd wanted;
-  if (level == "baseline")
-    wanted = Simd::baseline;
-  else if (level == "avx2")
-    wanted = Simd::avx2;
-  else if (level == "avx512")
-    wanted = Simd::avx512;
-  else
-    throw std::invalid_argument("OBCE_SIMD must be baseline, avx2 or avx512, got '" + level + "'");
-  return std::min(wanted, supported);
+  for (const auto &[name, wanted] : {std::pair{"baseline", Simd::baseline}, std::pair{"avx2", Simd::avx2},
+                                     std::pair{"avx512", Simd::avx512}})
+    if (level == name) return {std::min(wanted, supported), ""};
+  return {supported, "OBCE_SIMD must be baseline, avx2 or avx512, got '" + level + "'"};
 }
 
-// Decided once, when the module loads (an exception must not reach the kernels' parallel regions).
-Simd chosen_simd() {
-  static const Simd simd = detect_simd();
-  return simd;
+// Decided once, when first asked.
+const SimdChoice &simd_choice() {
+  static const SimdChoice choice = detect_simd();
+  return choice;
+}
+
+void check_simd() {
+  if (!simd_choice().problem.empty()) throw std::invalid_argument(simd_choice().problem);
 }
 
 template <class T> RelaxFn<T> pick_relax() {
-  switch (chosen_simd()) {
+  switch (simd_choice().level) {
 #if defined(__x86_64__) && defined(__GNUC__)
   case Simd::avx512: return relax_avx512<T>;
   case Simd::avx2: return relax_avx2<T>;
@@ -259,6 +264,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
 } // namespace
 
 template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_threads) {
+  check_simd();
   const index_t n = v.n_points, dim = v.dim;
   std::fill(out, out + v.n_clouds, std::numeric_limits<T>::quiet_NaN());
   return for_each_cloud(
@@ -281,6 +287,7 @@ template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_thre
 }
 
 template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_threads) {
+  check_simd();
   const index_t n = v.n_points, dim = v.dim;
   std::fill(out, out + v.n_clouds * (n - 1), std::numeric_limits<T>::quiet_NaN());
   auto finish = [&](T *row) {
@@ -316,7 +323,8 @@ int default_threads() {
 }
 
 const char *simd_level() {
-  switch (chosen_simd()) {
+  if (!simd_choice().problem.empty()) return simd_choice().problem.c_str();
+  switch (simd_choice().level) {
   case Simd::avx512: return "x86-64-v4 (AVX-512)";
   case Simd::avx2: return "x86-64-v3 (AVX2)";
   default: return "baseline";
