@@ -1,0 +1,29 @@
+#!/usr/bin/env bash
+# Time several source trees of obce on the same card in one run: "change one thing, measure".
+#   bash benchmarks/gpu_compare.sh RESULTS-FOLDER NAME=SOURCE-DIR [NAME=SOURCE-DIR ...]
+# e.g. git archive some-branch --prefix=ab/new/ | tar -x; bash benchmarks/gpu_compare.sh out main=. new=ab/new
+# Builds every tree at once (sm_90, each into RESULTS-FOLDER/NAME/site), then runs each tree's own
+# gpu_targets.py against its own build, one after the other, and prints the tables.
+set -u
+out=$1
+shift
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+export PYTHONUNBUFFERED=1
+for spec in "$@"; do
+  name=${spec%%=*} src=${spec#*=}
+  mkdir -p "$out/$name"
+  python3 -m pip install --no-build-isolation --no-deps --target "$out/$name/site" "$src" \
+    -Cbuild-dir="/tmp/obce-compare-$name" -Ccmake.define.CMAKE_CUDA_ARCHITECTURES=90 -Ccmake.define.OBCE_CUDA=ON \
+    >"$out/$name/build.log" 2>&1 &
+done
+wait
+for spec in "$@"; do
+  name=${spec%%=*} src=${spec#*=}
+  echo "=== $name ($src)"
+  # sys.path[0] is the script's folder, so PYTHONPATH alone decides which build is imported.
+  PYTHONPATH="$out/$name/site" python3 "$src/benchmarks/gpu_targets.py" --out "$out/$name" \
+    >"$out/$name/targets.log" 2>&1 || echo "$name: FAILED (see $out/$name/build.log, targets.log)"
+  PYTHONPATH="$out/$name/site" python3 -c "import obce; print('obce from', obce.__file__)"
+  cat "$out/$name"/gpu_targets_*.md 2>/dev/null
+done
