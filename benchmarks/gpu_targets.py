@@ -9,7 +9,7 @@ bandwidth measured in the same run). Medians over repeated runs after warm-up.
 
 One call's time includes the host's work before the kernel starts (the GPU idles meanwhile), so
 two more columns split it: the kernels' own device time (torch profiler) and the time per call
-when 50 calls are queued back to back (the larger of host and device time per call). The
+when up to 50 calls are queued back to back (the larger of host and device time per call). The
 smallest case is nearly all fixed cost. For d > 1 the cluster kernel (OBCE_CUDA_PRIM=cluster) is timed
 too, beside the default matrix path.
 """
@@ -64,8 +64,10 @@ def median_ms(fn, min_time_s: float = 0.3, max_reps: int = 200, warmup: int = 3)
     return statistics.median(times)
 
 
-def queued_ms(fn, calls: int = 50, repeats: int = 5) -> float:
-    """Time per call with `calls` calls queued back to back: host launch cost overlaps the GPU."""
+def queued_ms(fn, one_call_ms: float, max_calls: int = 50, repeats: int = 5) -> float:
+    """Time per call with calls queued back to back: host launch cost overlaps the GPU. As many
+    calls as fit ~0.1 s (2 to max_calls): the slow cases are all device time anyway."""
+    calls = max(2, min(max_calls, int(100 / one_call_ms)))
     fn()
     torch.cuda.synchronize()
     times = []
@@ -80,11 +82,13 @@ def queued_ms(fn, calls: int = 50, repeats: int = 5) -> float:
     return statistics.median(times)
 
 
-def device_ms(fn, calls: int = 20) -> float | None:
+def device_ms(fn, one_call_ms: float, max_calls: int = 20) -> float | None:
     """Device time per call of everything fn runs on the GPU (kernels, memsets, copies), from the
-    torch profiler; None where the profiler gives no device times."""
+    torch profiler, over as many calls as fit ~0.2 s (2 to max_calls); None where the profiler
+    gives no device times."""
     from torch.profiler import ProfilerActivity, profile
 
+    calls = max(2, min(max_calls, int(200 / one_call_ms)))
     fn()
     torch.cuda.synchronize()
     try:
@@ -133,8 +137,8 @@ def main() -> None:
         rel_err = float(((ours.double() - ref.double()).abs() / ref.double().abs().clamp_min(1e-30)).max())
         t_async = median_ms(lambda x=x: obce.fast_death_radii(x, check_finite=False))
         t_checked = median_ms(lambda x=x: obce.fast_death_radii(x))
-        t_queued = queued_ms(lambda x=x: obce.fast_death_radii(x, check_finite=False))
-        t_device = device_ms(lambda x=x: obce.fast_death_radii(x, check_finite=False))
+        t_queued = queued_ms(lambda x=x: obce.fast_death_radii(x, check_finite=False), t_async)
+        t_device = device_ms(lambda x=x: obce.fast_death_radii(x, check_finite=False), t_async)
         t_cluster = None
         if x.dim() == 3:  # d > 1: the cluster kernel too, which the matrix path replaces where it fits
             os.environ["OBCE_CUDA_PRIM"] = "cluster"

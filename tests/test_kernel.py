@@ -484,6 +484,30 @@ def test_cuda_prim_path_must_be_known(monkeypatch):
         obce.fast_death_radii(torch.randn(2, 10, 3, device="cuda"))
 
 
+def _gpu_event_names(fn) -> set[str]:
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        fn()
+        torch.cuda.synchronize()
+    return {e.name for e in prof.events()}
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize(
+    ("shape", "expected"),
+    [((3, 3000, 64), "prim_matrix_kernel"), ((1, 9000, 3), "prim_kernel<"), ((1, 9000, 64), "prim_matrix_kernel")],
+    ids=["few-points", "many-points-coordinates-in-shared", "many-points-wide"],
+)
+def test_cuda_prim_path_choice(shape, expected, monkeypatch):
+    """Unforced, clouds of over 8,192 points whose coordinates fit a cluster's shared memory take the
+    cluster kernel; others the matrix path. Either way λ matches the CPU."""
+    monkeypatch.delenv("OBCE_CUDA_PRIM", raising=False)
+    x = torch.randn(shape, device="cuda", dtype=torch.float64)
+    names = _gpu_event_names(lambda: obce.fast_death_radii(x))
+    assert any(expected in name for name in names), names
+    torch.testing.assert_close(obce.fast_death_radii(x).cpu(), obce.fast_death_radii(x.cpu()), rtol=1e-12, atol=0)
+
+
 @needs_cuda
 @pytest.mark.cuda
 def test_cuda_matches_scipy():
@@ -534,10 +558,7 @@ def test_cuda_no_host_transfer():
     """With check_finite=False nothing comes back to the host: no device-to-host copy is recorded."""
     x = torch.randn(150, 20000, device="cuda")
     obce.fast_death_radii(x, check_finite=False)  # warm-up
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        obce.fast_death_radii(x, check_finite=False)
-        torch.cuda.synchronize()
-    names = [e.name for e in prof.events()]
+    names = _gpu_event_names(lambda: obce.fast_death_radii(x, check_finite=False))
     assert not any("DtoH" in n or "Device -> Host" in n for n in names), names
     assert any("obce::cuda" in n for n in names), names  # our kernels did run
 

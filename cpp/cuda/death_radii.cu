@@ -146,20 +146,22 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
   return true;
 }
 
-// OBCE_CUDA_PRIM=cluster keeps d > 1 clouds on the cluster kernel (for tests and benchmarks of it);
-// unset, empty or "matrix": the matrix path where it fits.
-bool matrix_path_allowed() {
+enum class PrimPath { automatic, matrix, cluster };
+
+// OBCE_CUDA_PRIM=matrix or cluster forces one path (for tests and benchmarks of each); unset or
+// empty: chosen per call.
+PrimPath prim_path_setting() {
   const char *value = std::getenv("OBCE_CUDA_PRIM");
   const std::string path = value ? value : "";
-  if (path != "" && path != "matrix" && path != "cluster")
-    throw std::invalid_argument("OBCE_CUDA_PRIM must be matrix or cluster, got '" + path + "'");
-  return path != "cluster";
+  if (path == "") return PrimPath::automatic;
+  if (path == "matrix") return PrimPath::matrix;
+  if (path == "cluster") return PrimPath::cluster;
+  throw std::invalid_argument("OBCE_CUDA_PRIM must be matrix or cluster, got '" + path + "'");
 }
 
 template <class T>
 void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long long *first_bad,
                  const Device &dev, cudaStream_t stream) {
-  if (matrix_path_allowed() && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream)) return;
   constexpr index_t points_per_block = 256;
   const unsigned cluster =
       dev.major >= 9
@@ -170,6 +172,14 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
   const index_t stride = shape.per_block | 1; // odd row stride: the winner's column reads spread over banks
   const size_t with_coords = base + size_t(v.dim) * stride * sizeof(T);
   if (with_coords + 1024 <= size_t(dev.shared_optin)) shape.coord_stride = stride;
+  // The matrix path (one block per cloud) waits on ceil(n / (kRowLoads * 1024)) dependent row loads
+  // a step; past two, the cluster kernel with coordinates in shared memory steps faster (H200:
+  // 1 x 20,000 x 8 took 144 ms by the matrix, 95 ms by the cluster kernel; benchmarks/gpu_notes.md).
+  const PrimPath path = prim_path_setting();
+  const bool cluster_first =
+      path == PrimPath::cluster ||
+      (path == PrimPath::automatic && shape.coord_stride && v.n_points > 2 * kRowLoads * 1024);
+  if (!cluster_first && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream)) return;
   const size_t shared = shape.coord_stride ? with_coords : base;
   const int threads = int(std::clamp<index_t>((shape.per_block + 31) / 32 * 32, 64, 512));
   check(cudaFuncSetAttribute(prim_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),

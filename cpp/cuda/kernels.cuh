@@ -348,6 +348,7 @@ constexpr int kPairTile = 64;              // points per side of a distance tile
 constexpr int kPairDims = 16;              // coordinates per shared-memory chunk
 constexpr int kPairStride = kPairTile + 4; // rows stay 16-byte aligned for vector loads
 constexpr size_t kMatrixBudget = size_t(4) << 30;
+constexpr int kRowLoads = 4; // row values a thread of prim_matrix_kernel loads before it uses the first
 
 // matrices[c][i][j] = |x_i - x_j|^2 of cloud c, by 64 x 64 tiles (a 4 x 4 block per thread). Only
 // tiles on or above the diagonal are computed; each also writes its mirror image (the same values:
@@ -447,19 +448,18 @@ __global__ void __launch_bounds__(1024) prim_matrix_kernel(const T *matrices, in
   const Candidate<T> none{infinity<T>(), std::numeric_limits<index_t>::max()};
   index_t joined = 0; // the point that joined the tree last
   T longest = 0;
-  constexpr int kLoads = 4; // row values a thread loads before it uses the first
   for (index_t step = 0; step + 1 < n; ++step) {
     const T *row = m + joined * n;
     Candidate<T> best = none;
-    for (index_t j0 = threadIdx.x; j0 < n; j0 += kLoads * blockDim.x) {
-      T to_joined[kLoads];
+    for (index_t j0 = threadIdx.x; j0 < n; j0 += kRowLoads * blockDim.x) {
+      T to_joined[kRowLoads];
 #pragma unroll
-      for (int u = 0; u < kLoads; ++u) {
+      for (int u = 0; u < kRowLoads; ++u) {
         const index_t j = j0 + u * blockDim.x;
         to_joined[u] = j < n ? row[j] : T(0);
       }
 #pragma unroll
-      for (int u = 0; u < kLoads; ++u) {
+      for (int u = 0; u < kRowLoads; ++u) {
         const index_t j = j0 + u * blockDim.x;
         if (j >= n || dist[j] < 0) continue;
         const T d = min(dist[j], to_joined[u]);

@@ -40,7 +40,8 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     linear time per cloud; d-dimensional ones run Prim's algorithm with distances computed on the
     fly (O(n) memory, no distance matrix). On a GPU, d-dimensional clouds whose squared-distance
     matrices fit half the free GPU memory (4 GiB at most) compute those first, as scratch, and run
-    Prim on them.
+    Prim on them, except clouds of over 8,192 points whose coordinates fit the shared memory of a
+    thread-block cluster (those step faster there).
 
     Parameters
     ----------
