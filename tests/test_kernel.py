@@ -133,6 +133,35 @@ def test_large_offset_float32(dim):
     check(clouds)
 
 
+def beyond_range(n_points: int, dtype) -> np.ndarray:
+    """1-D clouds (6 columns) spanning more than the dtype's largest value; their gaps are finite."""
+    top = np.finfo(dtype).max
+    acts = np.random.default_rng(n_points).uniform(-0.9, 0.9, size=(n_points, 6)) * top
+    acts[:3] = [-0.9 * top], [0.9 * top], [0.0]
+    return acts.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_points", [3, 150, 3000])
+def test_range_beyond_the_largest_float(n_points, dtype):
+    """hi - lo overflows but no gap does: the gaps, taken in the input's precision, are exact."""
+    acts = beyond_range(n_points, dtype)
+    gaps = np.diff(np.sort(acts, axis=0), axis=0)
+    assert np.isfinite(gaps).all()
+    assert obce.fast_death_radii(acts).tolist() == gaps.max(axis=0).tolist()
+    np.testing.assert_array_equal(obce.h0_deaths(acts), np.sort(gaps.T, axis=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gap_overflow_is_reported(dtype):
+    """Two values further apart than the largest float: an infinite gap, reported, not returned."""
+    top = np.finfo(dtype).max
+    acts = np.array([[-0.9 * top, 1.0], [0.9 * top, 2.0]], dtype=dtype)
+    for function in (obce.fast_death_radii, obce.h0_deaths):
+        with pytest.raises(ValueError, match="overflow"):
+            function(acts)
+
+
 @pytest.mark.parametrize("dim", [1, 3, 64])
 def test_float16_is_computed_in_float32(dim):
     rng = np.random.default_rng(dim)
@@ -474,6 +503,16 @@ def test_cuda_matches_cpu(x, prim_path, dtype, monkeypatch):
     deaths = obce.h0_deaths(gpu)
     scale = float(lam.max()) if lam.numel() else 1.0
     torch.testing.assert_close(deaths.cpu(), obce.h0_deaths(cpu), rtol=rtol, atol=rtol * scale)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_points", [3, 150, 3000])
+def test_cuda_range_beyond_the_largest_float(n_points, dtype):
+    cpu = torch.from_numpy(beyond_range(n_points, dtype))
+    assert torch.equal(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu))
+    assert torch.equal(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu))
 
 
 @needs_cuda

@@ -77,14 +77,24 @@ template <class T> std::vector<T> line_values(size_t count, unsigned seed) {
   return x;
 }
 
-template <class T> void check_line(int n, int clouds, bool clouds_contiguous, unsigned seed) {
-  std::vector<T> data = line_values<T>(size_t(n) * clouds, seed);
+// Values over nearly the whole range of T: hi - lo overflows, most gaps do not.
+template <class T> std::vector<T> huge_values(size_t count, unsigned seed) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> fraction(-0.9, 0.9);
+  std::vector<T> x(count);
+  for (auto &v : x) v = T(fraction(rng) * double(std::numeric_limits<T>::max()));
+  return x;
+}
+
+template <class T>
+void check_line(int n, int clouds, bool clouds_contiguous, unsigned seed, bool huge = false) {
+  std::vector<T> data = (huge ? huge_values<T> : line_values<T>)(size_t(n) * clouds, seed);
   const int bad_cloud = clouds > 3 ? 3 : -1;
   if (bad_cloud >= 0) data[clouds_contiguous ? size_t(bad_cloud) * n + 1 : size_t(clouds) + bad_cloud] = NAN;
   CloudView<T> v{data.data(), clouds, n, 1, clouds_contiguous ? n : 1, clouds_contiguous ? 1 : clouds, 0};
   const std::string name = std::string(sizeof(T) == 4 ? "float" : "double") + " n=" + std::to_string(n) +
                            " clouds=" + std::to_string(clouds) +
-                           (clouds_contiguous ? " contiguous" : " matrix");
+                           (clouds_contiguous ? " contiguous" : " matrix") + (huge ? " huge" : "");
   // first_bad null: an unchecked call (no flag; the NaN result is all there is)
   auto verify = [&](const std::vector<T> &out, const unsigned long long *first_bad, const char *kernel) {
     for (int c = 0; c < clouds; ++c) {
@@ -244,6 +254,9 @@ int main() {
     check_line<double>(150, 40, contiguous, 2);
     check_line<float>(2, 33, contiguous, 3);
     check_line<float>(37, 3, contiguous, 4);
+    check_line<float>(150, 40, contiguous, 7, true);
+    check_line<double>(150, 40, contiguous, 8, true);
+    check_line<float>(2, 33, contiguous, 9, true); // gaps beyond float's range: infinite
   }
   for (bool shared_coords : {true, false}) {
     check_prim<float>(3, 150, 17, 1, shared_coords, 10);
