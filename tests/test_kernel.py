@@ -133,19 +133,25 @@ def test_large_offset_float32(dim):
     check(clouds)
 
 
-def beyond_range(n_points: int, dtype) -> np.ndarray:
-    """1-D clouds (6 columns) spanning more than the dtype's largest value; their gaps are finite."""
-    top = np.finfo(dtype).max
-    acts = np.random.default_rng(n_points).uniform(-0.9, 0.9, size=(n_points, 6)) * top
-    acts[:3] = [-0.9 * top], [0.9 * top], [0.0]
+# Ranges at the ends of a float type: near its largest value hi - lo overflows (no gap does); among
+# subnormals the bucket scale n / (hi - lo) does.
+EXTREME_SPREADS = {"largest": lambda dtype: np.finfo(dtype).max, "subnormal": lambda dtype: np.finfo(dtype).tiny / 4}
+
+
+def extreme_range(kind: str, n_points: int, dtype) -> np.ndarray:
+    """1-D clouds (6 columns) over [-0.9, 0.9] * spread, each reaching both ends and 0."""
+    spread = float(EXTREME_SPREADS[kind](dtype))
+    acts = np.random.default_rng(n_points).uniform(-0.9, 0.9, size=(n_points, 6)) * spread
+    acts[:3] = [-0.9 * spread], [0.9 * spread], [0.0]
     return acts.astype(dtype)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_points", [3, 150, 3000])
-def test_range_beyond_the_largest_float(n_points, dtype):
-    """hi - lo overflows but no gap does: the gaps, taken in the input's precision, are exact."""
-    acts = beyond_range(n_points, dtype)
+@pytest.mark.parametrize("kind", EXTREME_SPREADS)
+def test_extreme_ranges(kind, n_points, dtype):
+    """The gaps, taken in the input's precision, are exact at both ends of its range."""
+    acts = extreme_range(kind, n_points, dtype)
     gaps = np.diff(np.sort(acts, axis=0), axis=0)
     assert np.isfinite(gaps).all()
     assert obce.fast_death_radii(acts).tolist() == gaps.max(axis=0).tolist()
@@ -509,8 +515,9 @@ def test_cuda_matches_cpu(x, prim_path, dtype, monkeypatch):
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("n_points", [3, 150, 3000])
-def test_cuda_range_beyond_the_largest_float(n_points, dtype):
-    cpu = torch.from_numpy(beyond_range(n_points, dtype))
+@pytest.mark.parametrize("kind", EXTREME_SPREADS)
+def test_cuda_extreme_ranges(kind, n_points, dtype):
+    cpu = torch.from_numpy(extreme_range(kind, n_points, dtype))
     assert torch.equal(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu))
     assert torch.equal(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu))
 

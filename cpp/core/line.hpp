@@ -10,21 +10,25 @@
 
 namespace obce {
 
-// The bucket arithmetic of max_gap, shared with the CUDA kernel: calls fill(scale, shrink), after
-// which value x belongs in bucket index_t((C(x) * shrink - C(lo) * shrink) * scale), C being scale's
+// The bucket arithmetic of max_gap, shared with the CUDA kernel: calls fill(scale, factor), after
+// which value x belongs in bucket index_t((C(x) * factor - C(lo) * factor) * scale), C being scale's
 // type, the precision of the index arithmetic. The margin between the largest gap and a bucket
 // width is a factor n / (n - 1), and the index arithmetic must stay well inside it: its relative
 // error is about n ulps, so float suffices while n^2 is well below 2^23 (float in the CPU kernel for
-// n up to 2048; the error stays below the margin up to about 2900), double beyond. Where hi - lo
-// overflows, float input takes double, and double input (beyond +-9e307) halves its values first:
-// exact for normal numbers and monotone, like every step here.
+// n up to 2048; the error stays below the margin up to about 2900), double beyond, and wherever
+// float's scale n / (hi - lo) would overflow or vanish. Where double's would too (ranges beyond
+// 1.8e308, or below n * 5.6e-309), the values are first scaled by a power of two, which keeps every
+// step monotone.
 template <class T, class Fill> OBCE_HOST_DEVICE void with_bucket_scale(T lo, T hi, index_t n, Fill fill) {
-  if (sizeof(T) == sizeof(float) && n <= 2048 && float(hi) - float(lo) <= std::numeric_limits<float>::max())
-    fill(float(n) / (float(hi) - float(lo)), 1.0f);
-  else if (double(hi) - double(lo) <= std::numeric_limits<double>::max())
-    fill(double(n) / (double(hi) - double(lo)), 1.0);
-  else
-    fill(double(n) / (double(hi) * 0.5 - double(lo) * 0.5), 0.5);
+  if (sizeof(T) == sizeof(float) && n <= 2048) {
+    const float scale = float(n) / (float(hi) - float(lo));
+    if (scale > 0 && scale <= std::numeric_limits<float>::max()) return fill(scale, 1.0f);
+  }
+  const double range = double(hi) - double(lo), largest = std::numeric_limits<double>::max();
+  // Halving brings a range below twice the largest double within reach; 2^512 lifts one below
+  // n * 5.6e-309, whose values are below range * 2^53 (an ulp of each is at most the range).
+  const double factor = range > largest ? 0.5 : double(n) / range > largest ? 0x1p512 : 1.0;
+  fill(double(n) / (double(hi) * factor - double(lo) * factor), factor);
 }
 
 // Largest gap between consecutive sorted values of x[0..n), in O(n) without sorting.
@@ -44,10 +48,10 @@ template <class T> T max_gap(const T *x, index_t n, T *bucket_min, T *bucket_max
   const T inf = std::numeric_limits<T>::infinity();
   std::fill(bucket_min, bucket_min + n, inf);
   std::fill(bucket_max, bucket_max + n, -inf);
-  with_bucket_scale(lo, hi, n, [&](auto scale, decltype(scale) shrink) {
+  with_bucket_scale(lo, hi, n, [&](auto scale, decltype(scale) factor) {
     using C = decltype(scale);
     for (index_t i = 0; i < n; ++i) {
-      index_t b = index_t((C(x[i]) * shrink - C(lo) * shrink) * scale);
+      index_t b = index_t((C(x[i]) * factor - C(lo) * factor) * scale);
       b = b < n ? b : n - 1;
       bucket_min[b] = std::min(bucket_min[b], x[i]);
       bucket_max[b] = std::max(bucket_max[b], x[i]);

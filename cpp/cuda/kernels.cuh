@@ -93,11 +93,11 @@ __device__ bool warp_max_gap(const T *x, index_t stride, index_t n, key_t<T> *bu
     bucket_max[b] = 0;
   }
   __syncwarp();
-  with_bucket_scale(lo, hi, n, [&](auto scale, decltype(scale) shrink) {
+  with_bucket_scale(lo, hi, n, [&](auto scale, decltype(scale) factor) {
     using C = decltype(scale);
     for (index_t i = lane; i < n; i += 32) {
       const T xi = x[i * stride];
-      const index_t b = min(n - 1, index_t((C(xi) * shrink - C(lo) * shrink) * scale));
+      const index_t b = min(n - 1, index_t((C(xi) * factor - C(lo) * factor) * scale));
       const K key = Keys<T>::of(xi);
       atomicMin(bucket_min + b, key);
       atomicMax(bucket_max + b, key);
