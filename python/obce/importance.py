@@ -454,6 +454,10 @@ def analyze(
     >>> table.save("runs/minilm")  # doctest: +SKIP
     """
     check_token_mode(token)
+    if token != "tokens" and n_sentences == 1:  # checked before any model is loaded
+        raise ValueError(
+            f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
+        )
     components = tuple(dict.fromkeys(check_component(c) for c in components))
     timings = {}
     start = time.perf_counter()
