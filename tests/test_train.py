@@ -81,7 +81,7 @@ def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, capsys, name):
     config = json.loads((out / "config.json").read_text())
     assert len(config["id2label"]) == task.num_labels
     assert config["problem_type"] == ("regression" if name == "stsb" else "single_label_classification")
-    again = evaluate(out, task, "dev", max_length=32)
+    again = evaluate(out, task, "dev", max_length=32, device="cpu")
     assert again == pytest.approx(result.metrics["dev"])
 
 
@@ -268,6 +268,21 @@ def _result(name, task, seed, metrics, encoder=22_700_000):
         model_dir="",
         settings={},
     )
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_trainer_device_args(monkeypatch, gpus):
+    """The Trainer takes no GPU index: one is honoured only where it cannot mean anything else."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert train.trainer_device_args(None) == train.trainer_device_args("cuda") == {}
+    assert train.trainer_device_args("cpu") == {"use_cpu": True}
+    if gpus == 1:
+        assert train.trainer_device_args("cuda:0") == {}
+    else:
+        with pytest.raises(ValueError, match=r"'cuda:0' alone; choose GPUs with CUDA_VISIBLE_DEVICES"):
+            train.trainer_device_args("cuda:0")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        train.trainer_device_args("cuda:1")
 
 
 def test_results_table_by_hand():

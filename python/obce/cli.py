@@ -178,7 +178,8 @@ Device = Annotated[
         "--device",
         "-d",
         callback=_check_device,
-        help="Device: cpu, cuda or cuda:N (default: cuda when available); cpu also keeps fine-tuning on the CPU.",
+        help="Device: cpu, cuda or cuda:N (default: cuda when available); fine-tuning and evaluation take no GPU "
+        "index (they use every visible GPU: choose with CUDA_VISIBLE_DEVICES), and cpu keeps them on the CPU.",
     ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Clear the results already in the run folder first.")]
@@ -386,6 +387,7 @@ def evaluate(
             "--max-length", min=8, help="Truncation length (default: the model's fine-tuning length, or 128)."
         ),
     ] = None,
+    device: Device = None,
 ) -> None:
     """Score fine-tuned models on a split of a task; results go to <output>/evaluation.json.
 
@@ -405,7 +407,7 @@ def evaluate(
     for label, folder in chosen.items():
         length = max_length or _finetuned_length(Path(folder))
         _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
-        metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length)
+        metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
         results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
     recorded = run.read_json(run.EVALUATION) if (run / run.EVALUATION).is_file() else {}
     key = f"{loaded.name}/{split}"

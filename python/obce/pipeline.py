@@ -811,7 +811,7 @@ def run_finetune(
     settings : mapping
         From :func:`finetune_settings`.
     device : str, optional
-        ``"cpu"`` keeps training on the CPU when a GPU is present.
+        ``"cpu"`` keeps training on the CPU when a GPU is present (see :func:`obce.train.trainer_device_args`).
     progress : bool
         A progress bar per model.
 
@@ -820,12 +820,12 @@ def run_finetune(
     dict of str to obce.train.FinetuneResult
     """
     from .tasks import load_task
-    from .train import finetune
+    from .train import finetune, trainer_device_args
 
     run.check_step("finetune", settings)
+    training_args = trainer_device_args(device)
     task = load_task(settings["task"], settings["glue_dir"])
     run.record("finetune", settings)  # before any checkpoint: resuming one needs the same settings
-    training_args = {"use_cpu": True} if device is not None and str(device) == "cpu" else None
     results = {}
     for label, source in models.items():
         folder = run / run.FINETUNE / label

@@ -56,6 +56,28 @@ TRAINING_LOG = "training_log.json"  # in each run folder: the loss and dev score
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
+def trainer_device_args(device) -> dict:
+    """TrainingArguments that put transformers' Trainer on ``device``.
+
+    ``"cpu"`` keeps it on the CPU; None and ``"cuda"`` leave its default, every visible GPU. It
+    takes no GPU index, so ``"cuda:N"`` is refused while several GPUs are visible (rather than
+    quietly training on all of them): ``CUDA_VISIBLE_DEVICES=N`` picks one.
+    """
+    import torch
+
+    if device is None:
+        return {}
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"use_cpu": True}
+    if device.index is not None and (device.index > 0 or torch.cuda.device_count() > 1):
+        raise ValueError(
+            f"fine-tuning and evaluation run on every visible GPU (transformers' Trainer) and cannot be given "
+            f"{str(device)!r} alone; choose GPUs with CUDA_VISIBLE_DEVICES (e.g. ={device.index}) and device cuda"
+        )
+    return {}
+
+
 def _common_args() -> dict:
     """TrainingArguments of both training and evaluation: no experiment trackers, and pinned memory
     only with a GPU (torch warns about it on a CPU-only machine)."""
@@ -270,6 +292,7 @@ def evaluate(
     data_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
     max_length: int = 128,
+    device: str | None = None,
 ) -> dict[str, float]:
     """Score a fine-tuned model on one split of a task.
 
@@ -287,6 +310,8 @@ def evaluate(
         Local GLUE folder, when ``task`` is a GLUE name.
     batch_size, max_length : int
         Evaluation batch size and truncation length.
+    device : str, optional
+        ``"cpu"`` keeps evaluation on the CPU (default: every visible GPU); see :func:`trainer_device_args`.
 
     Returns
     -------
@@ -296,7 +321,8 @@ def evaluate(
     Raises
     ------
     ValueError
-        Unknown task or split, or a model without a trained head for the task.
+        Unknown task or split, a model without a trained head for the task, or a GPU index with
+        several GPUs visible.
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -307,7 +333,9 @@ def evaluate(
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
     dataset = _encode(task, split, tokenizer, max_length)
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args())
+        args = TrainingArguments(
+            output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args(), **trainer_device_args(device)
+        )
         trainer = Trainer(
             model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer
         )
