@@ -72,8 +72,8 @@ def trainer_device_args(device) -> dict:
         return {"use_cpu": True}
     if device.index is not None and (device.index > 0 or torch.cuda.device_count() > 1):
         raise ValueError(
-            f"fine-tuning and evaluation run on every visible GPU (transformers' Trainer) and cannot be given "
-            f"{str(device)!r} alone; choose GPUs with CUDA_VISIBLE_DEVICES (e.g. ={device.index}) and device cuda"
+            f"fine-tuning and evaluation run on every visible GPU (transformers' Trainer), not on {str(device)!r} "
+            f"alone: to use that GPU alone, run with CUDA_VISIBLE_DEVICES={device.index} and device cuda"
         )
     return {}
 
