@@ -49,6 +49,7 @@ __all__ = [
     "task_info",
 ]
 
+
 @dataclass(frozen=True)
 class TaskInfo:
     """What a task is, independent of where its data comes from.

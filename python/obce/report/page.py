@@ -193,6 +193,7 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
                     f"lr {ft['lr']:g}, {ft['evaluations']} evaluations on dev "
                     f"(every {ft['eval_steps']} steps, best kept), "
                     f"seed {ft['seed']}"
+                    + ("; the compressed model distilled the fine-tuned original" if ft.get("distill") else "")
                 ),
             ]
         )
@@ -428,8 +429,14 @@ def _scores(metrics: dict, settings: dict, curves: str | None) -> Section:
         f"Task scores: {info.display_name}",
         [
             (
-                f"Each model was fine-tuned{budget}; the best of the dev evaluations was kept and scored on "
-                f"{', '.join(info.report_splits)}. Scores ×100; parameters include the classification head."
+                f"Each model was fine-tuned{budget}"
+                + (
+                    "; the compressed model also learned from the fine-tuned original's outputs"
+                    if ft.get("distill")
+                    else ""
+                )
+                + f"; the best of the dev evaluations was kept and scored on {', '.join(info.report_splits)}. Scores "
+                "×100; parameters include the classification head."
             ),
             Table(["model", "parameters", "steps", *(f"{split} {m}" for split, m in columns)], rows),
             *([Figure(curves, "Training loss and dev score by step, for each model.")] if curves else []),
