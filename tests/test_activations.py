@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from obce.activations import TOKEN_MODES, compute_activations
+from obce.activations import TOKEN_MODES, compute_activations, reader_input_moments
 from obce.models.adapters import COMPONENTS
 
 
@@ -39,6 +39,7 @@ def manual_components(model, tokenizer, sentence: str) -> list[dict[str, torch.T
                     attention_output=attention_output,
                     intermediate=intermediate,
                     output=output,
+                    context=context,  # what attention_output reads
                 )
             )
     return layers
@@ -85,6 +86,22 @@ def test_batch_size_does_not_change_values(tiny_bert, tiny_tokenizer, sentences,
             torch.testing.assert_close(many.values[component], one.values[component], rtol=1e-5, atol=1e-5)
             torch.testing.assert_close(many.token_mean[component], one.token_mean[component])
             torch.testing.assert_close(many.token_std[component], one.token_std[component])
+
+
+def test_reader_moments_equal_the_manual_forward(tiny_bert, tiny_tokenizer, sentences, manual):
+    wanted = [(0, "value"), (1, "intermediate"), (1, "value")]
+    moments = reader_input_moments(tiny_bert, tiny_tokenizer, sentences, wanted, batch_size=5, progress=False)
+    assert set(moments) == set(wanted)
+    for (layer, component), source in zip(wanted, ("context", "intermediate", "context"), strict=True):
+        x = torch.cat([m[layer][source] for m in manual]).double()
+        got = moments[layer, component]
+        assert got.n_tokens == len(x)
+        torch.testing.assert_close(got.mean, x.mean(0), rtol=1e-6, atol=1e-6)
+        torch.testing.assert_close(got.covariance, torch.cov(x.T, correction=0), rtol=1e-5, atol=1e-7)
+    with pytest.raises(ValueError, match="only value and intermediate are read by one linear layer, got 'query'"):
+        reader_input_moments(tiny_bert, tiny_tokenizer, sentences, [(0, "query")], progress=False)
+    with pytest.raises(ValueError, match="sentences is empty"):
+        reader_input_moments(tiny_bert, tiny_tokenizer, [], wanted, progress=False)
 
 
 def test_layout_and_views(tiny_bert, tiny_tokenizer, sentences):

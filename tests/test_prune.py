@@ -7,9 +7,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from test_activations import manual_components
 from test_plans import random_table
 from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
 
+import obce.prune
 from obce.models.adapters import encoder_layers
 from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons, uniform_plan
 from obce.prune import STATISTICS, prune_model
@@ -114,7 +116,7 @@ def test_matches_the_masked_original(tiny3, batch, attention, fold, statistics):
     assert not torch.allclose(hidden(pruned, batch), hidden(tiny3, batch), atol=1e-3)
 
 
-def test_constant_neurons_are_folded_exactly(tiny3, batch):
+def test_constant_neurons_are_folded_exactly(tiny3, batch, tiny_tokenizer, sentences):
     """A value dim and an intermediate neuron that are constant on every input vanish without a trace."""
     layers = encoder_layers(tiny3)
     with torch.no_grad():
@@ -132,13 +134,56 @@ def test_constant_neurons_are_folded_exactly(tiny3, batch):
     table = random_table(tiny3, overrides=overrides)
     plan = PruningPlan({2: {"value": 0}, 3: {"intermediate": 0}})  # P0 drops exactly the one λ = 0 neuron
     reference = hidden(tiny3, batch)
-    for statistics in ("token", "point"):
-        pruned = prune_model(tiny3, table, plan, fold="mean", statistics=statistics)
+    table.sentences = sentences
+    for fold, statistics in (("mean", "token"), ("mean", "point"), ("linear", "token")):
+        pruned = prune_model(tiny3, table, plan, fold=fold, statistics=statistics, tokenizer=tiny_tokenizer)
         assert pruned.config.obce_layers[1]["v_head_sizes"] == [7, 8, 8, 8]
         assert pruned.config.obce_layers[2]["intermediate_size"] == 36
         torch.testing.assert_close(hidden(pruned, batch), reference, atol=1e-6, rtol=0)
     unfolded = prune_model(tiny3, table, plan)  # the default folds nothing
     assert (hidden(unfolded, batch) - reference).abs().max() > 1e-3
+
+
+def test_linear_fold_is_the_least_squares_fit(tiny3, tiny_tokenizer, sentences, monkeypatch):
+    """Without the ridge, each reader's kept columns and bias are the least-squares fit of its original output
+    over every real token of the table's sentences (numpy's lstsq on the manual forward pass's inputs)."""
+    monkeypatch.setattr(obce.prune, "LINEAR_RIDGE", 0.0)
+    table = random_table(tiny3)
+    table.sentences = sentences
+    pruned = prune_model(tiny3, table, MIXED_PLAN, fold="linear", tokenizer=tiny_tokenizer, progress=False)
+    manual = [manual_components(tiny3, tiny_tokenizer, s) for s in sentences]
+    selections = select_neurons(MIXED_PLAN, table, EncoderShape.from_model(tiny3))
+    checked = 0
+    for i, sel in enumerate(selections):
+        for component, source, kept in (
+            ("value", "context", sel.value),
+            ("intermediate", "intermediate", sel.intermediate),
+        ):
+            original, new = encoder_layers(tiny3)[i].reader(component), encoder_layers(pruned)[i].reader(component)
+            if len(kept) == original.in_features:
+                assert torch.equal(new.weight, original.weight) and torch.equal(new.bias, original.bias)
+                continue
+            x = torch.cat([m[i][source] for m in manual]).double().numpy()
+            target = x @ original.weight.detach().double().numpy().T + original.bias.detach().double().numpy()
+            design = np.hstack([x[:, kept], np.ones((len(x), 1))])
+            coef = np.linalg.lstsq(design, target, rcond=None)[0]
+            np.testing.assert_allclose(new.weight.detach().numpy(), coef[:-1].T, rtol=0, atol=2e-4)
+            np.testing.assert_allclose(new.bias.detach().numpy(), coef[-1], rtol=0, atol=2e-4)
+            checked += 1
+    assert checked == 4
+
+
+def test_linear_fold_keeps_the_model_closer_than_mean_or_none(tiny3, tiny_tokenizer, sentences):
+    table = random_table(tiny3)
+    table.sentences = sentences
+    encoded = tiny_tokenizer(sentences, padding=True, return_tensors="pt")
+    reference = hidden(tiny3, encoded)
+    mask = encoded["attention_mask"].bool()
+    errors = {}
+    for fold in ("none", "mean", "linear"):
+        pruned = prune_model(tiny3, table, MIXED_PLAN, fold=fold, tokenizer=tiny_tokenizer, progress=False)
+        errors[fold] = float((hidden(pruned, encoded) - reference)[mask].square().mean())
+    assert errors["linear"] < 0.5 * min(errors["none"], errors["mean"]), errors
 
 
 def test_head_without_query_key_attends_uniformly(tiny3, batch):
@@ -179,6 +224,8 @@ def test_parameter_count_matches_the_dry_run(tiny3):
         ({"fold": "median"}, "fold must be one of .* got 'median'"),
         ({"statistics": "cls"}, "statistics must be one of .* got 'cls'"),
         ({"attention": "dense"}, "attention must be one of .* got 'dense'"),
+        ({"fold": "linear"}, "fold='linear' runs the model over the table's sentences: pass tokenizer="),
+        ({"fold": "linear", "tokenizer": object()}, "needs the sentences the table was computed on"),
     ],
 )
 def test_bad_input_is_rejected_before_any_weight_is_touched(tiny3, kwargs, match):

@@ -12,6 +12,7 @@ the attention mask hides it and only real tokens are read.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -27,7 +28,15 @@ from .models.adapters import (
     max_sequence_length,
 )
 
-__all__ = ["PRECISIONS", "TOKEN_MODES", "Activations", "check_token_mode", "compute_activations"]
+__all__ = [
+    "PRECISIONS",
+    "TOKEN_MODES",
+    "Activations",
+    "InputMoments",
+    "check_token_mode",
+    "compute_activations",
+    "reader_input_moments",
+]
 
 TOKEN_MODES: tuple[str, ...] = ("cls", "mean", "tokens")
 """Which token gives a neuron's point: the first ([CLS]) token, the mean over real tokens, or
@@ -177,6 +186,46 @@ class _Recorder:
         self.values[component][self.rows, columns] = points
 
 
+def _token_lengths(model, tokenizer, sentences: list[str]) -> list[int]:
+    """Tokens of each sentence with the special tokens; ValueError if one exceeds the model's limit."""
+    lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
+    limit = max_sequence_length(model, tokenizer)
+    too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
+    if too_long:
+        i, n = too_long[0]
+        raise ValueError(
+            f"{len(too_long)} sentence(s) exceed the model's limit of {limit} tokens, e.g. sentence {i} "
+            f"has {n}: {sentences[i][:80]!r}"
+        )
+    return lengths
+
+
+@contextmanager
+def _inference(model: nn.Module, precision: str = "float32"):
+    """Eval mode (restored after), no autograd, and autocast to ``precision``."""
+    was_training = model.training
+    model.eval()
+    autocast = PRECISIONS[precision]
+    device = next(model.parameters()).device
+    try:
+        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
+            yield
+    finally:
+        model.train(was_training)
+
+
+def _batches(tokenizer, sentences: list[str], lengths: list[int], batch_size: int, device, progress: bool, desc: str):
+    """Yield (sentence indices, model inputs on ``device``), longest sentences first.
+
+    Batches of similar lengths waste little on padding, and memory peaks at once.
+    """
+    order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
+    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+        batch = order[start : start + batch_size]
+        encoded = tokenizer([sentences[i] for i in batch], padding=True, padding_side="right", return_tensors="pt")
+        yield batch, {k: v.to(device) for k, v in encoded.items()}
+
+
 def compute_activations(
     model: nn.Module,
     tokenizer,
@@ -243,16 +292,7 @@ def compute_activations(
         raise ValueError("sentences is empty; the corpus needs at least one sentence")
     layers = encoder_layers(model)
     device = next(model.parameters()).device
-
-    lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
-    limit = max_sequence_length(model, tokenizer)
-    too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
-    if too_long:
-        i, n = too_long[0]
-        raise ValueError(
-            f"{len(too_long)} sentence(s) exceed the model's limit of {limit} tokens, e.g. sentence {i} "
-            f"has {n}: {sentences[i][:80]!r}"
-        )
+    lengths = _token_lengths(model, tokenizer, sentences)
     # Point rows: one per sentence, or one per real token with each sentence's tokens contiguous.
     starts = [0]
     for n in lengths:
@@ -260,20 +300,10 @@ def compute_activations(
     n_points = starts[-1] if token == "tokens" else len(sentences)
     recorder = _Recorder(layers, components, n_points, token, device)
 
-    # Longest first: batches of similar lengths waste little on padding, and memory peaks at once.
-    order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
-    batches = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
     handles = [layer.linear(c).register_forward_hook(recorder.hook(layer, c)) for layer in layers for c in components]
-    was_training = model.training
-    model.eval()
-    autocast = PRECISIONS[precision]
     try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            for batch in tqdm(batches, desc="activations", unit="batch", disable=not progress):
-                encoded = tokenizer(
-                    [sentences[i] for i in batch], padding=True, padding_side="right", return_tensors="pt"
-                )
-                inputs = {k: v.to(device) for k, v in encoded.items()}
+        with _inference(model, precision):
+            for batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, progress, "activations"):
                 if token == "tokens":
                     rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in batch])
                 else:
@@ -284,7 +314,6 @@ def compute_activations(
     finally:
         for handle in handles:
             handle.remove()
-        model.train(was_training)
 
     return Activations(
         values=recorder.values,
@@ -296,3 +325,75 @@ def compute_activations(
         head_sizes={c: tuple(layer.head_sizes(c) for layer in layers) for c in ("query", "key", "value")},
         sentences=sentences,
     )
+
+
+@dataclass
+class InputMoments:
+    """Mean and covariance of a linear layer's inputs over the real tokens of a corpus, in float64."""
+
+    mean: torch.Tensor
+    covariance: torch.Tensor
+    n_tokens: int
+
+
+def reader_input_moments(
+    model: nn.Module,
+    tokenizer,
+    sentences: Sequence[str],
+    wanted: Sequence[tuple[int, str]],
+    *,
+    batch_size: int = 32,
+    progress: bool = True,
+) -> dict[tuple[int, str], InputMoments]:
+    """Moments of what the reader of each (layer, component) in ``wanted`` takes in, over every real token.
+
+    The reader is :meth:`~obce.models.adapters.LayerModules.reader`: for ``value`` the heads' context vectors
+    that ``attention_output`` reads, for ``intermediate`` the activations that ``output`` reads. Layers are code
+    indices (from 0). One forward pass per batch; per-batch centred products are combined in float64 (Chan et
+    al.'s pairwise update), so a large common mean does not cost precision.
+
+    Raises
+    ------
+    ValueError
+        An empty corpus, a sentence longer than the model accepts, or a component without a reader.
+    """
+    sentences = list(sentences)
+    if not sentences:
+        raise ValueError("sentences is empty; the moments need at least one sentence")
+    layers = encoder_layers(model)
+    device = next(model.parameters()).device
+    lengths = _token_lengths(model, tokenizer, sentences)
+    sums: dict[tuple[int, str], list] = {}
+    mask: list[torch.Tensor] = []  # the current batch's real tokens
+
+    def hook(key):
+        def record(_module, inputs) -> None:
+            with torch.autocast(device.type, enabled=False):
+                x = inputs[0][mask[0]].to(torch.float32)
+                batch_mean = x.mean(0)
+                centred = x - batch_mean
+                scatter = (centred.T @ centred).double()
+                k = x.shape[0]
+                if key not in sums:
+                    sums[key] = [k, batch_mean.double(), scatter]
+                    return
+                n, mean, m2 = sums[key]
+                delta = batch_mean.double() - mean
+                sums[key] = [
+                    n + k,
+                    mean + delta * (k / (n + k)),
+                    m2 + scatter + torch.outer(delta, delta) * (n * k / (n + k)),
+                ]
+
+        return record
+
+    handles = [layers[i].reader(c).register_forward_pre_hook(hook((i, c))) for i, c in wanted]
+    try:
+        with _inference(model):
+            for _batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, progress, "moments"):
+                mask[:] = [inputs["attention_mask"].bool()]
+                model(**inputs)
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {key: InputMoments(mean, m2 / n, n) for key, (n, mean, m2) in sums.items()}

@@ -143,7 +143,11 @@ Plan = Annotated[
 ]
 Fold = Annotated[
     str | None,
-    typer.Option(callback=_check_fold, help="Bias folding of removed neurons: none, mean or mean+std (default: none)."),
+    typer.Option(
+        callback=_check_fold,
+        help="What stands in for removed value and intermediate neurons: none, mean or mean+std (folded into "
+        "the next bias), or linear (a least-squares fit from the kept neurons) (default: none).",
+    ),
 ]
 Score = Annotated[
     str,

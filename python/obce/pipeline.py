@@ -704,7 +704,7 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     start = time.perf_counter()
     original, tokenizer = model.get()
     table, plan = run.table(), run.plan()
-    compressed = prune_model(original, table, plan, **settings)
+    compressed = prune_model(original, table, plan, tokenizer=tokenizer, **settings)
     if not is_main_process():
         return True
     with atomic_folder(run / run.COMPRESSED) as staging:

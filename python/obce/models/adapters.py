@@ -144,6 +144,22 @@ class LayerModules:
         """The linear module whose output is ``component`` (before the activation for ``intermediate``)."""
         return getattr(self, check_component(component))
 
+    def reader(self, component: str) -> nn.Linear:
+        """The linear module that reads ``component``'s outputs: ``attention_output`` for ``value`` (after
+        attention mixes it over the tokens), ``output`` for ``intermediate``.
+
+        Raises
+        ------
+        ValueError
+            For another component (query and key are read by the attention scores, the others by the next
+            layer through the residual and LayerNorm).
+        """
+        if component == "value":
+            return self.attention_output
+        if component == "intermediate":
+            return self.output
+        raise ValueError(f"only value and intermediate are read by one linear layer, got {component!r}")
+
     def width(self, component: str) -> int:
         """Number of neurons of ``component`` in this layer."""
         return self.linear(component).out_features
