@@ -228,6 +228,47 @@ def test_every_simd_build(level, tmp_path):
         np.testing.assert_allclose(out[name], deaths_ref, rtol=rtol, atol=rtol * deaths_ref.max(), err_msg=name)
 
 
+OUT_OF_MEMORY_SCRIPT = """
+import resource, numpy as np, obce
+acts = np.random.default_rng(0).random((4, 2_000_000, 1))  # 64 MB; each thread's scratch needs 96 MB more
+used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
+resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20, resource.RLIM_INFINITY))  # room for a thread
+try:
+    obce.fast_death_radii(acts, n_threads=2)
+except MemoryError as err:
+    print(err)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and limits the address space")
+def test_out_of_memory_is_a_memory_error():
+    """A failed allocation inside the threads' region is raised after it, not a terminated process."""
+    run = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert "out of memory" in run.stdout and "4 clouds of 2000000 points" in run.stdout
+
+
+def _lambda_in_child(queue):
+    queue.put(obce.fast_death_radii(np.arange(64 * 150, dtype=np.float32).reshape(150, 64)))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_does_not_hang():
+    """GNU OpenMP's thread pool does not survive fork: a child of a parent that used threads runs on one."""
+    import multiprocessing
+
+    obce.fast_death_radii(np.random.default_rng(0).random((150, 256)), n_threads=2)
+    context = multiprocessing.get_context("fork")
+    queue = context.Queue()
+    child = context.Process(target=_lambda_in_child, args=(queue,))
+    child.start()
+    child.join(timeout=60)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("the forked child hung in the kernel")
+    np.testing.assert_array_equal(queue.get(timeout=5), np.full(64, 64, dtype=np.float32))
+
+
 def test_bad_simd_level_is_refused_by_the_kernels():
     """obce still imports and says what is wrong; the CPU kernels refuse to run, with a ValueError."""
     env = {**os.environ, "OBCE_SIMD": "sse9"}

@@ -1,8 +1,10 @@
 #include "death_radii.hpp"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdlib>
+#include <exception>
 #include <limits>
 #include <stdexcept>
 #include <string>
@@ -113,16 +115,44 @@ int this_thread() {
 // x - x is 0 for every finite x and NaN for NaN and ±inf.
 template <class T> bool finite(T x) { return x - x == T(0); }
 
-// Per-thread buffers, grown on demand and reused across the clouds a thread handles. `points` holds
-// whole tiles (padding with finite values), as relax requires.
+// Per-thread buffers, grown on demand and reused across the clouds a thread handles, so a thread
+// that gets no cloud allocates nothing. For d > 1, `points` holds whole tiles (padding with finite
+// values), as relax requires, and `a`, `b` Prim's distances; for 1-D clouds, `points` holds a group
+// of clouds side by side and `a`, `b` one cloud's buckets.
 template <class T> struct Scratch {
   std::vector<T> points, a, b;
-  void reserve(index_t n, index_t dim) {
-    const index_t padded = (n + tile_points - 1) / tile_points * tile_points;
-    if (index_t(points.size()) < padded * dim) points.resize(padded * dim);
+  void reserve(index_t n_points_values, index_t n_work) {
+    if (index_t(points.size()) < n_points_values) points.resize(n_points_values);
     for (auto *v : {&a, &b})
-      if (index_t(v->size()) < std::max(padded, dim)) v->resize(std::max(padded, dim));
+      if (index_t(v->size()) < n_work) v->resize(n_work);
   }
+  void reserve_cloud(index_t n, index_t dim) {
+    const index_t padded = (n + tile_points - 1) / tile_points * tile_points;
+    reserve(padded * dim, std::max(padded, dim));
+  }
+};
+
+// An exception must not leave an OpenMP region (it would terminate the process): the first one is
+// kept, the remaining iterations are skipped, and it is thrown again after the region.
+class RegionErrors {
+public:
+  template <class F> void run(F &&f) {
+    if (failed_.load(std::memory_order_relaxed)) return;
+    try {
+      f();
+    } catch (...) {
+#pragma omp critical(obce_region_errors)
+      if (!error_) error_ = std::current_exception();
+      failed_.store(true, std::memory_order_relaxed);
+    }
+  }
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+private:
+  std::exception_ptr error_;
+  std::atomic<bool> failed_{false};
 };
 
 // Copies cloud c into s.points in the tiled layout of prim.hpp (for dim 1, plainly contiguous).
@@ -217,7 +247,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
   if (v.dim > 1 && nt > 1 && v.n_clouds < nt && v.n_points >= split_cloud_points &&
       v.n_points * v.dim >= split_cloud_work) {
     Scratch<T> s;
-    s.reserve(v.n_points, v.dim);
+    s.reserve_cloud(v.n_points, v.dim);
     std::vector<Nearest<T>> candidates(nt);
     std::vector<std::vector<T>> p(nt, std::vector<T>(v.dim));
     for (index_t c = 0; c < v.n_clouds; ++c) {
@@ -229,34 +259,41 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
       big_cloud(c, s, candidates, p[this_thread()]);
     }
   } else {
+    RegionErrors errors;
 #pragma omp parallel num_threads(nt) reduction(min : first_bad)
     {
       Scratch<T> s;
       if (v.dim == 1) {
-        s.reserve(v.n_points * line_group, 1);
+        const index_t group = std::min(line_group, v.n_clouds);
         bool finite_cloud[line_group];
 #pragma omp for schedule(dynamic, 1)
         for (index_t c0 = 0; c0 < v.n_clouds; c0 += line_group) {
-          const index_t count = std::min(line_group, v.n_clouds - c0);
-          gather_lines(v, c0, count, s, finite_cloud);
-          for (index_t g = 0; g < count; ++g) {
-            if (finite_cloud[g])
-              per_cloud(c0 + g, s.points.data() + g * v.n_points, s);
-            else
-              first_bad = std::min(first_bad, c0 + g);
-          }
+          errors.run([&] {
+            s.reserve(group * v.n_points, v.n_points);
+            const index_t count = std::min(line_group, v.n_clouds - c0);
+            gather_lines(v, c0, count, s, finite_cloud);
+            for (index_t g = 0; g < count; ++g) {
+              if (finite_cloud[g])
+                per_cloud(c0 + g, s.points.data() + g * v.n_points, s);
+              else
+                first_bad = std::min(first_bad, c0 + g);
+            }
+          });
         }
       } else {
-        s.reserve(v.n_points, v.dim);
 #pragma omp for schedule(dynamic, 1)
         for (index_t c = 0; c < v.n_clouds; ++c) {
-          if (gather(v, c, s))
-            per_cloud(c, s.points.data(), s);
-          else
-            first_bad = std::min(first_bad, c);
+          errors.run([&] {
+            s.reserve_cloud(v.n_points, v.dim);
+            if (gather(v, c, s))
+              per_cloud(c, s.points.data(), s);
+            else
+              first_bad = std::min(first_bad, c);
+          });
         }
       }
     }
+    errors.rethrow();
   }
   return first_bad == std::numeric_limits<index_t>::max() ? -1 : first_bad;
 }

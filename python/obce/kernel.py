@@ -8,6 +8,7 @@ infinite bar is not returned. λ is the largest finite death.
 from __future__ import annotations
 
 import math
+import os
 import sys
 from typing import Any
 
@@ -16,6 +17,20 @@ import numpy as np
 from . import _core
 
 _NUMPY_FLOAT_KINDS = {np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64)}
+
+# GNU OpenMP's thread pool does not survive fork(): a child process that starts a parallel region after its
+# parent did hangs. A child of a parent that used threads therefore computes on one.
+_threads_used = False
+_single_threaded = False
+
+
+def _after_fork_in_child() -> None:
+    global _single_threaded
+    _single_threaded = _single_threaded or _threads_used
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def build_info() -> dict[str, Any]:
@@ -124,10 +139,20 @@ def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
 def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool):
     if not isinstance(n_threads, (int, np.integer)) or (n_threads < 1 and n_threads != -1):
         raise ValueError(f"n_threads must be -1 (all cores) or a positive integer, got {n_threads!r}")
+    global _threads_used
+    n_threads = 1 if _single_threaded else int(n_threads)
+    _threads_used = _threads_used or n_threads != 1
     torch = sys.modules.get("torch")
-    if torch is not None and isinstance(acts, torch.Tensor):
-        return _run_torch(torch, kernel, acts, int(n_threads), check_finite, full_diagram)
-    return _run_numpy(kernel, acts, int(n_threads), check_finite, full_diagram)
+    try:
+        if torch is not None and isinstance(acts, torch.Tensor):
+            return _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram)
+        return _run_numpy(kernel, acts, n_threads, check_finite, full_diagram)
+    except MemoryError as err:
+        n_clouds, n_points = _check_shape(tuple(np.shape(acts)))
+        raise MemoryError(
+            f"out of memory for {n_clouds} clouds of {n_points} points (each thread holds up to 16 1-D clouds or "
+            "one d-dimensional cloud at a time): pass fewer clouds per call or a smaller n_threads"
+        ) from err
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
