@@ -176,23 +176,33 @@ def test_roberta_family(batch):
         assert pruned(**batch).logits.shape == (3, 2)
 
 
-def test_onnx_export_matches_pytorch(pruned_classifier, batch, tmp_path):
+@pytest.mark.parametrize("attention", ["loop", "padded"])
+@pytest.mark.parametrize("sizes", ["plan", "empty heads"])
+def test_onnx_export_matches_pytorch(tiny_bert_config, batch, tmp_path, sizes, attention):
     pytest.importorskip("onnx")
     pytest.importorskip("onnxscript")
     ort = pytest.importorskip("onnxruntime")
     import warnings
 
+    torch.manual_seed(0)
+    config = tiny_bert_config(num_hidden_layers=3, num_labels=3)
+    if sizes == "plan":
+        original = BertForSequenceClassification(config).eval()
+        model = prune_model(original, random_table(original), MIXED_PLAN, attention=attention)
+    else:  # SIZES has heads without query/key dimensions but with values, and heads removed whole
+        model = AutoModelForSequenceClassification.from_config(compressed_config(config, SIZES, attention=attention))
+        model.eval()
     with warnings.catch_warnings():
         # The exporter's own dependencies warn about their internals; none of it concerns the graph.
         warnings.simplefilter("ignore")
-        path = export_onnx(pruned_classifier, tmp_path / "model.onnx")
+        path = export_onnx(model, tmp_path / "model.onnx")
     with pytest.raises(FileExistsError):
-        export_onnx(pruned_classifier, path)
+        export_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     feeds = {k: v.numpy() for k, v in batch.items()}
     (logits,) = session.run(None, feeds)
     with torch.no_grad():
-        expected = pruned_classifier(**batch).logits.numpy()
+        expected = model(**batch).logits.numpy()
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-4)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == "model.onnx" and set(names) <= {"model.onnx", "model.onnx.data"}  # no staging left

@@ -293,6 +293,8 @@ class UnequalHeadSelfAttention(nn.Module):
             torch.split(k.unsqueeze(1), self.qk_sizes, dim=-1),
         )
         for q_h, k_h, v_h in zip(*qk_parts, torch.split(v.unsqueeze(1), self.v_sizes, dim=-1), strict=True):
+            if q_h.shape[-1] == 0:  # every score is 0; a zero-width product would not run once exported to ONNX
+                q_h = k_h = q_h.new_zeros(*q_h.shape[:-1], 1)
             out, weights = self._attend(q_h, k_h, v_h, attention_mask, want_weights)
             outs.append(out)
             all_weights.append(weights)
