@@ -140,6 +140,18 @@ def test_save_load_round_trip(acts, tmp_path):
         ImportanceTable.load(tmp_path / "nothing")
 
 
+def test_save_over_an_older_table_removes_what_it_lacks(acts, tmp_path):
+    full = compute_importance(acts, heads=True)
+    folder = full.save(tmp_path)
+    bare = ImportanceTable(full.neurons, full.settings)
+    with pytest.raises(FileExistsError, match="importance_heads.csv, sentences.txt"):
+        bare.save(folder)
+    bare.save(folder, overwrite=True)
+    assert sorted(os.listdir(folder)) == ["importance.csv", "importance.json"]
+    loaded = ImportanceTable.load(folder)
+    assert loaded.heads is None and loaded.sentences is None
+
+
 def test_table_input_checks(acts):
     table = compute_importance(acts)
     with pytest.raises(ValueError, match=r"no neurons for layer 0 .* layers are \[1, 2\] \(counted from 1\)"):

@@ -21,7 +21,7 @@ from obce import cli, pipeline, train
 from obce.importance import ImportanceTable
 from obce.models.compressed import layer_sizes
 from obce.pipeline import RunFolder
-from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons
+from obce.plans import EncoderShape, PruningPlan, dry_run, select_neurons, uniform_plan
 from obce.report import summary_lines, write_report
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -320,6 +320,73 @@ def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
     assert json.loads((path / "settings.json").read_text())["steps"]["plan"] == {"plan": "target:0.7", "score": "lam"}
     assert PruningPlan.load(path / "plan.json").name.startswith("target-70.0%")
     assert (path / "mine.txt").read_text() == "kept\n" and "(done before" not in err
+
+
+def test_overwrite_leaves_a_folder_that_is_not_a_run_alone(tmp_path, capsys):
+    """Only a folder whose settings.json obce wrote is a run folder: another is refused, --overwrite or not."""
+    project = tmp_path / "project"
+    for name, text in (("report/notes.md", "x\n"), ("finetune/important.bin", "y\n")):
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "settings.json").write_text('{"theme": "dark", "steps": 5}\n')
+    for folder in (project, app):
+        files = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+        for extra in (["--overwrite"], []):
+            args = ["analyze", "--corpus", str(tmp_path / "missing.txt"), "--output", str(folder), *extra]
+            code, _, err = run_cli(capsys, args)
+            assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
+            assert code == 1 and err.count("\n") == 1 and "not a run folder" in err and "--overwrite" not in err
+        assert not RunFolder(folder).is_run()
+
+
+def test_a_plan_the_model_cannot_take_is_not_recorded(inputs, tmp_path, capsys):
+    """A plan refused for the model leaves nothing behind: another plan needs no --overwrite."""
+    path = tmp_path / "run"
+    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
+            "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    # BERT-base's table names layers this 4-layer model lacks; P100 keeps no neuron.
+    for plan, message in (("bert-base", "names layer(s) [5, 6"), ("uniform:P100", "keeps no neuron")):
+        code, _, err = run_cli(capsys, [*args, "--plan", plan])
+        assert code == 1 and message in err.strip().splitlines()[-1] and "Traceback" not in err
+        assert not (path / "plan.json").exists()
+        assert "plan" not in json.loads((path / "settings.json").read_text())["steps"]
+    code, _, err = run_cli(capsys, [*args, "--plan", "uniform:P50"])
+    assert code == 0, err
+    assert PruningPlan.load(path / "plan.json") == uniform_plan(4, 50)
+
+
+def test_an_edited_plan_file_is_another_plan(inputs, tmp_path, capsys):
+    """The plan file's content is a setting: edited, it is refused like any other changed setting."""
+    path, mine = tmp_path / "run", tmp_path / "mine.json"
+    first, edited = PruningPlan({3: {"intermediate": 50}}, name="mine"), PruningPlan({3: {"intermediate": 70}})
+    first.save(mine)
+    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
+            "--plan", str(mine), "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    edited.save(mine, overwrite=True)
+    code, _, err = run_cli(capsys, args)
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and "other plan settings (plan_sha256: " in last and last.endswith("pass --overwrite")
+    assert PruningPlan.load(path / "plan.json") == first
+    # The same plan written anew is the same setting.
+    mine.write_text(json.dumps(first.to_dict()))
+    code, _, err = run_cli(capsys, args)
+    assert code == 0 and "obce: plan: mine (done before, skipped)" in err
+
+
+def test_a_model_folder_typed_another_way_is_the_same_model(inputs, tmp_path, monkeypatch):
+    """The model as typed is a label: the same folder spelled otherwise is no other setting, another model is."""
+    monkeypatch.chdir(inputs["model"].parent)
+    run = RunFolder(tmp_path / "run")
+    corpus = str(inputs["corpus"])
+    run.record("analyze", pipeline.analysis_settings("tiny-bert", corpus, 24))
+    for model in ("./tiny-bert", str(inputs["model"])):
+        run.check_step("analyze", pipeline.analysis_settings(model, corpus, 24))
+    with pytest.raises(ValueError, match=r"\(model: 'tiny-bert' -> 'other'; model_path: '/.*' -> 'other'\)"):
+        run.check_step("analyze", pipeline.analysis_settings("other", corpus, 24))
 
 
 def test_compress_with_distillation(inputs, tmp_path, capsys):

@@ -208,7 +208,8 @@ class ImportanceTable:
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the table to ``folder``: ``importance.csv``, ``importance.json`` (settings), and
-        ``importance_heads.csv`` and ``sentences.txt`` when present. Each file is written atomically.
+        ``importance_heads.csv`` and ``sentences.txt`` when present. Each file is written atomically;
+        with ``overwrite``, an older table's head view or sentences that this table lacks are removed.
 
         Raises
         ------
@@ -220,9 +221,14 @@ class ImportanceTable:
         files[_SETTINGS_FILE] = json.dumps(self.settings, indent=2, sort_keys=True, default=str) + "\n"
         if self.heads is not None:
             files[_HEADS_FILE] = self.heads.to_csv(index=False, lineterminator="\n")
-        existing = [name for name in [*files, _SENTENCES_FILE] if (folder / name).exists()]
+        all_files = (_NEURONS_FILE, _SETTINGS_FILE, _HEADS_FILE, _SENTENCES_FILE)
+        existing = [name for name in all_files if (folder / name).exists()]
         if existing and not overwrite:
             raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace")
+        # load() would pair an older table's head view or sentences with this one.
+        for name, part in ((_HEADS_FILE, self.heads), (_SENTENCES_FILE, self.sentences)):
+            if part is None:
+                (folder / name).unlink(missing_ok=True)
         for name, text in files.items():
             atomic_write_text(folder / name, text, overwrite=True)
         if self.sentences is not None:

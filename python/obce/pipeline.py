@@ -26,6 +26,7 @@ from the recorded ones are refused unless the folder is cleared (``overwrite=Tru
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import math
@@ -226,27 +227,44 @@ class RunFolder:
         try:
             return json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as err:
-            raise ValueError(f"{path} is not valid JSON ({err}); repair it or pass overwrite") from None
+            raise ValueError(f"{path} is not valid JSON ({err}); repair it") from None
+
+    def is_run(self) -> bool:
+        """Whether the folder holds a run: a ``settings.json`` that obce wrote (not another program's)."""
+        try:
+            data = self.settings()
+        except ValueError:  # not JSON, or not text
+            return False
+        # record() always writes the version entries, and "steps" maps each step to its settings.
+        return (
+            isinstance(data, dict)
+            and isinstance(data.get("obce_version"), str)
+            and isinstance(data.get("versions"), dict)
+            and isinstance(data.get("steps", {}), dict)
+        )
 
     def prepare(self, *, overwrite: bool = False) -> None:
-        """Check that the folder can take a run: new, empty, or a run folder; clear it with ``overwrite``.
+        """Check that the folder can take a run: new, empty, or a run folder (:meth:`is_run`); clear a run
+        folder with ``overwrite``.
 
         Raises
         ------
         FileExistsError
-            A non-empty folder that is not a run folder, without ``overwrite``.
+            A non-empty folder that is not a run folder, even with ``overwrite``: its files are not a run's.
         NotADirectoryError
             The path is a file.
         """
         if self.path.exists() and not self.path.is_dir():
             raise NotADirectoryError(f"run folder {str(self.path)!r} is a file")
+        if overwrite and not is_main_process():
+            return  # rank 0 checks and clears the folder; the others could find it half cleared
+        if self.path.is_dir() and any(self.path.iterdir()) and not self.is_run():
+            raise FileExistsError(
+                f"{str(self.path)!r} is not empty and holds no {self.SETTINGS} of obce's: not a run folder; "
+                "choose a new or empty folder"
+            )
         if overwrite:
             self.clear()
-        elif self.path.is_dir() and any(self.path.iterdir()) and not (self / self.SETTINGS).is_file():
-            raise FileExistsError(
-                f"{str(self.path)!r} is not empty and holds no {self.SETTINGS}: not a run folder; "
-                "choose a new folder or pass --overwrite"
-            )
 
     def clear(self) -> None:
         """Remove every file and folder a run writes (other files in the folder are left alone)."""
@@ -284,7 +302,11 @@ class RunFolder:
         if before is None:
             return
         now = _plain(settings)
-        keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        # The model as typed is a label: "./bert" after "bert" names the same folder (the same model_path).
+        same_model = before.get("model_path") == now.get("model_path")
+        keys = sorted(
+            k for k in set(before) | set(now) if before.get(k) != now.get(k) and not (k == "model" and same_model)
+        )
         if keys:
             changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
             raise ValueError(
@@ -610,7 +632,14 @@ def _lowest_positive(lam: np.ndarray) -> int:
 
 
 def _plan_setting(spec: str | PruningPlan, score: str) -> dict:
-    return {"plan": spec.to_dict() if isinstance(spec, PruningPlan) else spec, "score": score}
+    """The plan step's settings; for a plan file, also a digest of the plan it holds (edited, it is another plan)."""
+    if isinstance(spec, PruningPlan):
+        return {"plan": spec.to_dict(), "score": score}
+    setting = {"plan": spec, "score": score}
+    if spec.strip().partition(":")[0] not in ("bert-base", "bert-large", "uniform", "target"):
+        content = json.dumps(build_plan(spec, None, None).to_dict(), sort_keys=True)
+        setting["plan_sha256"] = hashlib.sha256(content.encode()).hexdigest()
+    return setting
 
 
 def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score: str = "lam") -> bool:
@@ -620,12 +649,22 @@ def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score:
     -------
     bool
         False when the folder already held this plan.
+
+    Raises
+    ------
+    ValueError
+        Settings that differ from the recorded ones, or a plan the model cannot take (a layer it lacks, a level
+        that keeps no neuron); nothing is recorded then.
     """
-    run.check_step("plan", _plan_setting(spec, score))
+    setting = _plan_setting(spec, score)
+    run.check_step("plan", setting)
     if (run / run.PLAN).is_file():
         return False
-    plan = build_plan(spec, model.get()[0], run.table(), score)
-    run.record("plan", _plan_setting(spec, score))
+    loaded, table = model.get()[0], run.table()
+    plan = build_plan(spec, loaded, table, score)
+    # Checked as pruning will check it: a plan recorded and then refused would refuse every other plan.
+    select_neurons(plan, table, EncoderShape.from_model(loaded), score=score)
+    run.record("plan", setting)
     if is_main_process():
         plan.save(run / run.PLAN, overwrite=True)
     return True
@@ -963,7 +1002,7 @@ def compress(
     ValueError
         A bad setting, or settings that differ from the run recorded in the folder.
     FileExistsError
-        A non-empty folder that is not a run folder, without ``overwrite``.
+        A non-empty folder that is not a run folder (``overwrite`` or not).
     """
     from .report.page import write_report
 
