@@ -562,6 +562,17 @@ def test_squares_out_of_range(dtype, as_tensor):
     np.testing.assert_allclose(deaths, deaths_ref, rtol=rtol, atol=0)
 
 
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_a_diagram_keeps_deaths_far_below_its_lambda(as_tensor):
+    """λ in range, a smaller death whose float32 square underflows: the diagram still holds it (recomputed in
+    float64), and the duplicate's 0. (float64 has no wider type: a death about 1e154 times below the
+    coordinates stays imprecise there.)"""
+    cloud = np.array([[[0.0, 0.0], [1e-25, 0.0], [1.0, 0.0], [1.0, 0.0]]], dtype=np.float32)
+    x = torch.from_numpy(cloud) if as_tensor else cloud
+    deaths = np.asarray(obce.h0_deaths(x))
+    np.testing.assert_allclose(deaths, np.array([[0.0, 1e-25, 1.0]], dtype=np.float32), rtol=1e-6, atol=0)
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_result_overflow_is_reported(dtype):
     """A λ beyond the result's type: above ~3.4e38 for float32, ~1.8e308 for float64."""

@@ -180,6 +180,11 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
       path == PrimPath::cluster ||
       (path == PrimPath::automatic && shape.coord_stride && v.n_points > 2 * kRowLoads * 1024);
   if (!cluster_first && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream)) return;
+  if (base + 1024 > size_t(dev.shared_optin))
+    throw std::invalid_argument("a cloud of " + std::to_string(v.n_points) + " points in " +
+                                std::to_string(v.dim) + " dimensions needs " + std::to_string(base / 1024) +
+                                " KiB of shared memory a block, over this GPU's " +
+                                std::to_string(dev.shared_optin / 1024) + " KiB: compute it on the CPU");
   const size_t shared = shape.coord_stride ? with_coords : base;
   const int threads = int(std::clamp<index_t>((shape.per_block + 31) / 32 * 32, 64, 512));
   check(cudaFuncSetAttribute(prim_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),

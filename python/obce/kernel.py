@@ -199,20 +199,22 @@ def _lambdas(out, full_diagram: bool):
 
 
 # Clouds of d > 1 are computed on squared distances, whose normal range is half the coordinates'
-# (in exponent): a λ below the least whose square is normal lost precision to subnormal or zero
-# squares, and one whose square overflowed is infinite. On checked calls such clouds, those of one
-# repeated point aside (their λ is 0), are computed again in float64 on coordinates scaled by a
-# power of two to about 1 (exact), and their results scaled back.
-_LEAST_PRECISE_LAMBDA = {4: 2.0**-63, 8: 2.0**-511}  # by itemsize: sqrt of the least normal float
+# (in exponent): a death below the least whose square is normal lost precision to subnormal or zero
+# squares, and one whose square overflowed is infinite. On checked calls such clouds (by their λ, and
+# for a whole diagram by their smallest death too), those of one repeated point aside (all deaths 0),
+# are computed again in float64 on coordinates scaled by a power of two to about 1 (exact), and their
+# results scaled back. A diagram's zero deaths of duplicate points come out 0 again.
+_LEAST_PRECISE_DEATH = {4: 2.0**-63, 8: 2.0**-511}  # by itemsize: sqrt of the least normal float
 
 
-def _squares_out_of_range(lam, itemsize: int):
-    """Which λ of d > 1 clouds lie outside the range their squared distances hold."""
-    return ~((lam >= _LEAST_PRECISE_LAMBDA[itemsize]) & (lam < math.inf))
+def _squares_out_of_range(out, full_diagram: bool, itemsize: int):
+    """Which d > 1 clouds have a death outside the range their squared distances hold."""
+    smallest = out[:, 0] if full_diagram else out  # a diagram's rows ascend
+    return ~((smallest >= _LEAST_PRECISE_DEATH[itemsize]) & (_lambdas(out, full_diagram) < math.inf))
 
 
-def _redo_squares_out_of_range_numpy(kernel, acts, out, lam, n_threads, full_diagram):
-    redo = np.flatnonzero(_squares_out_of_range(lam, acts.itemsize))
+def _redo_squares_out_of_range_numpy(kernel, acts, out, n_threads, full_diagram):
+    redo = np.flatnonzero(_squares_out_of_range(out, full_diagram, acts.itemsize))
     if redo.size == 0:
         return
     clouds = acts[redo].astype(np.float64)
@@ -224,8 +226,8 @@ def _redo_squares_out_of_range_numpy(kernel, acts, out, lam, n_threads, full_dia
         out[redo] = np.ldexp(again, exponents[:, None] if full_diagram else exponents)
 
 
-def _redo_squares_out_of_range_torch(torch, kernel, acts, out, lam, n_threads, full_diagram):
-    redo = _squares_out_of_range(lam, acts.element_size()).nonzero().flatten()
+def _redo_squares_out_of_range_torch(torch, kernel, acts, out, n_threads, full_diagram):
+    redo = _squares_out_of_range(out, full_diagram, acts.element_size()).nonzero().flatten()
     if len(redo) == 0:
         return
     clouds = acts[redo].double()
@@ -267,9 +269,9 @@ def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
     first_bad = kernel(capsule, out.__dlpack__(max_version=(1, 0)), n_threads, 0, check_finite)
     _raise_if_bad(first_bad, acts.ndim)
     if check_finite:
-        lam = _lambdas(out, full_diagram)
         if acts.ndim == 3 and acts.shape[2] > 1:
-            _redo_squares_out_of_range_numpy(kernel, acts, out, lam, n_threads, full_diagram)
+            _redo_squares_out_of_range_numpy(kernel, acts, out, n_threads, full_diagram)
+        lam = _lambdas(out, full_diagram)
         _raise_if_overflow(np.flatnonzero(np.isinf(lam)), acts.ndim, acts.dtype == np.float64)
     return out
 
@@ -303,8 +305,8 @@ def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
     first_bad = kernel(*capsules, n_threads, stream, check_finite)
     _raise_if_bad(first_bad, acts.dim())
     if check_finite:
-        lam = _lambdas(out, full_diagram)
         if acts.dim() == 3 and acts.shape[2] > 1:
-            _redo_squares_out_of_range_torch(torch, kernel, acts, out, lam, n_threads, full_diagram)
+            _redo_squares_out_of_range_torch(torch, kernel, acts, out, n_threads, full_diagram)
+        lam = _lambdas(out, full_diagram)
         _raise_if_overflow(torch.isinf(lam).nonzero().flatten(), acts.dim(), acts.dtype == torch.float64)
     return out
