@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 from torch import nn
@@ -13,6 +15,7 @@ from obce.models.adapters import (
     encoder_layers,
     from_user_layer,
     load_model,
+    load_tokenizer,
     max_sequence_length,
     to_user_layer,
 )
@@ -140,3 +143,23 @@ def test_load_model_names_a_path_that_is_no_model(tmp_path, monkeypatch, where):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="holds no config.json"):
         load_model(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_folder_without_its_tokenizer_is_refused(tmp_path, tiny_bert, family):
+    """transformers reads such a folder with a tokenizer of the 5 special tokens: every word would be [UNK] (BERT) or
+    dropped (RoBERTa)."""
+    model = tiny_bert if family == "bert" else _family_models()["roberta"]
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    quoted = re.escape(repr(str(folder)))
+    with pytest.raises(FileNotFoundError, match=rf"{quoted} holds no tokenizer files: .*save_pretrained\({quoted}\)"):
+        load_model(folder, device="cpu")
+    (folder / "tokenizer_config.json").write_text('{"model_max_length": 40}')
+    with pytest.raises(ValueError, match="has 5 tokens, the model a vocabulary of 100: not the model's tokenizer"):
+        load_model(folder, device="cpu")
+
+
+def test_folder_with_its_tokenizer_loads(tiny_bert_dir, tiny_tokenizer):
+    # 88 tokens for a vocabulary of 100: a model may have unused ids.
+    assert len(load_tokenizer(tiny_bert_dir)) == len(tiny_tokenizer) == 88

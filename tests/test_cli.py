@@ -98,6 +98,55 @@ def test_user_errors_give_one_line_and_status_1(capsys, tmp_path):
 
     code, _, err = run_cli(capsys, "evaluate", "--output", str(tmp_path / "empty-run"))
     assert code == 1 and "no fine-tuned model" in err
+    assert not (tmp_path / "empty-run").exists()  # the failed command wrote nothing
+
+
+def test_model_folder_without_its_tokenizer_is_one_line(capsys, tmp_path, tiny_bert):
+    """transformers would read a folder without tokenizer files with a tokenizer of the 5 special tokens."""
+    tiny_bert.save_pretrained(tmp_path / "notok")
+    capsys.readouterr()  # the saving's progress bar
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("One two three four five six.\nSeven eight nine ten eleven twelve.\n", encoding="utf-8")
+    args = ("analyze", "-m", str(tmp_path / "notok"), "-c", str(corpus), "-n", "2", "-o", str(tmp_path / "run"))
+    code, _, err = run_cli(capsys, *args)
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert f"'{tmp_path / 'notok'}' holds no tokenizer files" in err and "tokenizer.save_pretrained(" in err
+
+
+@pytest.mark.parametrize("command", ["prune", "compress"])
+def test_family_without_compressed_model_is_refused_before_the_analysis(capsys, tmp_path, command):
+    from transformers import CamembertConfig
+
+    CamembertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(
+        tmp_path / "camembert"
+    )
+    code, _, err = run_cli(capsys, command, "-m", str(tmp_path / "camembert"), "-o", str(tmp_path / "run"))
+    assert code == 1 and err.count("\n") == 1
+    assert "cannot be pruned: no compressed counterpart for CamembertModel" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_evaluate_reads_the_scored_split_alone(monkeypatch, capsys, tmp_path):
+    from test_tasks import write_glue_task
+
+    from obce import train
+
+    glue = write_glue_task(tmp_path / "glue", "sst2")
+    (glue / "SST-2" / "train.tsv").unlink()
+    seen = []
+
+    def score(folder, task, split, **options):
+        seen.append((sorted(task.data), split))
+        return {"accuracy": 0.5}
+
+    monkeypatch.setattr(train, "evaluate", score)
+    model = tmp_path / "model"
+    model.mkdir()
+    args = ("evaluate", str(model), "--task", "sst2", "--glue-dir", str(glue), "-o", str(tmp_path / "run"))
+    code, out, err = run_cli(capsys, *args)
+    assert code == 0, err
+    assert seen == [(["dev"], "dev")] and "accuracy 50.00" in out
+    assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["sst2/dev"]["model"]["metrics"]
 
 
 def test_hub_failure_is_one_line_naming_the_model(monkeypatch, capsys, tmp_path):

@@ -194,6 +194,16 @@ def test_text_corpus_that_is_not_utf8_is_named(tmp_path):
         sample_sentences(path, 1)
 
 
+@pytest.mark.parametrize("name", ["texts.txt.bz2", "texts.xml"])
+def test_text_file_named_as_a_dump_is_refused(tmp_path, name):
+    """A .bz2 or .xml corpus is read as a MediaWiki dump: a text file named so is refused, not an XML traceback."""
+    path = tmp_path / name
+    text = b"One two three four five six.\nSeven eight nine ten eleven twelve.\n"
+    path.write_bytes(bz2.compress(text) if name.endswith(".bz2") else text)
+    with pytest.raises(ValueError, match=rf"corpus file '.*{name}' is not a MediaWiki XML dump .*decompress"):
+        sample_sentences(path, 1)
+
+
 def test_sample_larger_than_corpus_is_an_error(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text("One two three four five six.\nSeven eight nine ten eleven twelve.\n", encoding="utf-8")

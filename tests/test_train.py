@@ -85,6 +85,15 @@ def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, capsys, name):
     assert again == pytest.approx(result.metrics["dev"])
 
 
+def test_evaluate_reads_the_scored_split_alone(tiny_model, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    result = finetune(tiny_model, "sst2", out, data_dir=glue_dir, **FAST)
+    dev_only = tmp_path / "glue"
+    (dev_only / "SST-2").mkdir(parents=True)
+    shutil.copy(glue_dir / "SST-2" / "dev.tsv", dev_only / "SST-2" / "dev.tsv")
+    assert evaluate(out, "sst2", data_dir=dev_only, max_length=32) == pytest.approx(result.metrics["dev"])
+
+
 def test_compressed_model_folder_takes_the_same_path(tiny_model, glue_dir, tmp_path):
     from transformers import AutoConfig, AutoModel
 
@@ -104,6 +113,25 @@ def test_compressed_model_folder_takes_the_same_path(tiny_model, glue_dir, tmp_p
     assert result.params["encoder"] < full.params["encoder"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "obce_bert"
     assert evaluate(tmp_path / "run", "stsb", data_dir=glue_dir, max_length=32) == pytest.approx(result.metrics["dev"])
+
+
+def test_folder_without_its_tokenizer_is_refused(tiny_model, glue_dir, tmp_path):
+    """transformers fails on a compressed folder without tokenizer files with a message about sentencepiece, and
+    builds a tokenizer of the special tokens alone for a BERT folder: both are refused, naming the fix."""
+    from transformers import AutoConfig, AutoModel
+
+    from obce.models.compressed import LayerSizes, compressed_config
+
+    config = AutoConfig.from_pretrained(tiny_model)
+    folder = tmp_path / "compressed"
+    AutoModel.from_config(compressed_config(config, [LayerSizes.full(4, 8, 37)] * 2)).save_pretrained(folder)
+    with pytest.raises(FileNotFoundError, match=r"holds no tokenizer files: .*tokenizer\.save_pretrained"):
+        finetune(folder, "sst2", tmp_path / "run", data_dir=glue_dir, **FAST)
+    assert not (tmp_path / "run").exists()
+
+    (folder / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "BertTokenizer"}))
+    with pytest.raises(ValueError, match="has 5 tokens, the model a vocabulary of 30522"):
+        load_for_task(folder, "sst2")
 
 
 def test_regression_head_is_one_output(tiny_model):
@@ -226,6 +254,22 @@ def test_interrupted_run_resumes_from_last_checkpoint(tiny_model, glue_dir, tmp_
         finetune(tiny_model, "mrpc", out, **{**settings, "seed": 4})
     with pytest.raises(ValueError, match="pass resume=True"):
         finetune(tiny_model, "mrpc", out, resume=False, **settings)
+
+
+def test_run_resumes_on_another_device(tiny_model, glue_dir, tmp_path, capsys):
+    """The device is no setting of a run: one started on the CPU resumes and is found finished without it."""
+    out = tmp_path / "run"
+    settings = dict(data_dir=glue_dir, seed=3, **FAST)
+    cpu = {"training_args": train.trainer_device_args("cpu")}
+    with pytest.raises(_Interrupt):
+        finetune(tiny_model, "sst2", out, callbacks=[_StopAt(3)], **settings, **cpu)
+    steps_seen = _StepRecorder()
+    result = finetune(tiny_model, "sst2", out, callbacks=[steps_seen], **settings)
+    assert "resuming" in capsys.readouterr().out and steps_seen.steps == [3, 4]
+    assert finetune(tiny_model, "sst2", out, **settings, **cpu) == result
+    # Other training arguments still make another run.
+    with pytest.raises(ValueError, match=r"training_args: \{\} -> \{'weight_decay': 0.1\}"):
+        finetune(tiny_model, "sst2", out, training_args={"weight_decay": 0.1}, **settings)
 
 
 def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path):

@@ -232,6 +232,24 @@ def _record_command(ctx: typer.Context, run: RunFolder) -> None:
     run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line(ctx))])
 
 
+def _check_prunable(model: str | None) -> None:
+    """Refuse, before the analysis, a model whose family has no compressed counterpart (e.g. CamemBERT)."""
+    if model is None:  # the built-in MiniLM is a BERT
+        return
+    from transformers import MODEL_MAPPING, AutoConfig
+
+    from .models.compressed import compressed_class_for  # also registers the compressed types with AutoConfig
+
+    try:
+        model_class = MODEL_MAPPING[type(AutoConfig.from_pretrained(model))]
+    except (OSError, ValueError, KeyError):
+        return  # loading it for the analysis says what is wrong
+    try:
+        compressed_class_for(model_class)
+    except ValueError as err:
+        raise ValueError(f"{model!r} cannot be pruned: {err}") from None
+
+
 def _analysis(run: RunFolder, model, corpus, sentences, seed, token, device, progress) -> None:
     settings = pipeline.analysis_settings(model, corpus, sentences, seed, token)
     did = pipeline.run_analysis(run, settings, device=device, progress=progress)
@@ -289,6 +307,7 @@ def prune(
     progress: Progress = True,
 ) -> None:
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
+    _check_prunable(model)
     run = _open_run(ctx, output, overwrite)
     _analysis(run, model, corpus, sentences, seed, token, device, progress)
     loaded = pipeline.ModelLoader(run.model_source(), device)
@@ -409,16 +428,18 @@ def evaluate(
 
     Without MODELS: every model fine-tuned in the run folder.
     """
-    from .tasks import load_task
+    from .tasks import load_task, task_info
     from .train import evaluate as score
 
-    run = _open_run(ctx, output, overwrite=False)
+    run = RunFolder(output)
+    run.prepare()
     chosen = run.finetuned() if not models else _labelled(run, models)
     if not chosen:
         raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
-    loaded = load_task(task, glue_dir)
-    split = split or loaded.report_splits[0]
-    loaded.check_split(split)
+    split = split or task_info(task).report_splits[0]
+    # The scored split alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
+    loaded = load_task(task, glue_dir, splits=[split])
+    _record_command(ctx, run)  # once the inputs are checked: a command that fails on them writes nothing
     results = {}
     for label, folder in chosen.items():
         length = max_length or _finetuned_length(Path(folder))
@@ -473,6 +494,7 @@ def compress(
     By default: the built-in MiniLM keeps about 60% of its encoder layers' parameters, and both models are
     fine-tuned for 100 steps on the offline polarity task (minutes on 2 CPU cores).
     """
+    _check_prunable(model)
     report = pipeline.compress(
         output,
         model=model,

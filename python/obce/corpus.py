@@ -4,8 +4,8 @@ The method samples about 150 short English sentences: Wikipedia entries are spli
 a seeded random subset of the sentences of 6 to 25 words is kept. The same rules apply to every
 source, so a user's corpus is read exactly like the built-in one:
 
-- a MediaWiki XML dump (``.xml`` or ``.xml.bz2``), streamed page by page and cleaned with gensim's
-  Wikipedia tools; redirects and markup leftovers are dropped;
+- a MediaWiki XML dump (``.xml``, or bz2-compressed ``.bz2``), streamed page by page and cleaned with gensim's
+  Wikipedia tools; redirects and markup leftovers are dropped (a compressed text file is refused: decompress it);
 - a plain text file with one text per line, streamed;
 - a Hugging Face dataset, streamed (needs the optional ``datasets`` package and a network).
 
@@ -111,13 +111,29 @@ def _is_clean_wiki_sentence(sentence: str) -> bool:
     )
 
 
+def _dump_pages(f, path: Path) -> Iterator[tuple[str, str, str]]:
+    """(title, text, page id) of each article of the dump ``path`` opened as ``f``; a file that is no XML is
+    named as such."""
+    from xml.etree.ElementTree import ParseError
+
+    from gensim.corpora.wikicorpus import extract_pages
+
+    try:
+        # Namespace 0 holds the articles; talk, user, template ... pages are skipped.
+        yield from extract_pages(f, filter_namespaces=("0",))
+    except ParseError as err:
+        raise ValueError(
+            f"corpus file {str(path)!r} is not a MediaWiki XML dump ({err}); a .xml or .bz2 corpus must be one: "
+            "decompress a compressed text file (one text per line) first"
+        ) from None
+
+
 def _wiki_article_texts(path: Path) -> Iterator[str]:
-    from gensim.corpora.wikicorpus import extract_pages, filter_wiki
+    from gensim.corpora.wikicorpus import filter_wiki
 
     opener = bz2.open if path.suffix == ".bz2" else open
     with opener(path, "rb") as f:
-        # Namespace 0 holds the articles; talk, user, template ... pages are skipped.
-        for _title, text, _page_id in extract_pages(f, filter_namespaces=("0",)):
+        for _title, text, _page_id in _dump_pages(f, path):
             if not text or text.lstrip()[:9].upper() == "#REDIRECT":
                 continue
             # gensim keeps the bold and italic quote marks; they are not part of the text.
@@ -185,7 +201,9 @@ class Corpus:
 
     @classmethod
     def wikipedia(cls, path: str | os.PathLike, **options) -> Corpus:
-        """A MediaWiki XML dump, plain or bz2-compressed, e.g. ``enwiki-latest-pages-articles.xml.bz2``."""
+        """A MediaWiki XML dump, plain or bz2-compressed, e.g. ``enwiki-latest-pages-articles.xml.bz2``.
+
+        Reading a file that is no XML dump (a compressed text file) raises ValueError."""
         return cls("wikipedia", str(_existing_file(path)), **options)
 
     @classmethod
@@ -208,8 +226,9 @@ class Corpus:
         ----------
         source : Corpus, str, path-like or None
             None: the built-in sample dump. An existing file ending in ``.xml``, ``.bz2``: a
-            Wikipedia dump; any other existing file: a text file. ``"hf:NAME"`` or
-            ``"hf:NAME:CONFIG"``, or a name that is not a file: a Hugging Face dataset.
+            Wikipedia dump (a compressed text file is not read: decompress it); any other existing file:
+            a text file. ``"hf:NAME"`` or ``"hf:NAME:CONFIG"``, or a name that is not a file: a Hugging
+            Face dataset.
 
         Returns
         -------

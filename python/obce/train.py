@@ -53,6 +53,9 @@ PRESETS: dict[str, dict] = {
 _SETTINGS_FILE = "finetune.json"
 _RESULTS_FILE = "results.json"
 TRAINING_LOG = "training_log.json"  # in each run folder: the loss and dev scores as logged
+# TrainingArguments that only choose where the Trainer runs (see trainer_device_args): a run resumed on another
+# device continues from the same checkpoints with the same settings, so they are not compared with an earlier call's.
+_DEVICE_ARGS = frozenset({"use_cpu"})
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
@@ -175,7 +178,7 @@ def _check_head(model, info: TaskInfo, where: str) -> None:
 
 
 def _load_tokenizer(model, tokenizer):
-    from transformers import AutoTokenizer
+    from .models.adapters import load_tokenizer
 
     if tokenizer is not None:
         return tokenizer
@@ -184,7 +187,7 @@ def _load_tokenizer(model, tokenizer):
         raise TypeError(
             f"cannot find a tokenizer for the {type(model).__name__} object (name_or_path={source!r}); pass tokenizer="
         )
-    return AutoTokenizer.from_pretrained(source)
+    return load_tokenizer(source)
 
 
 def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bool = True):
@@ -211,7 +214,10 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
     Raises
     ------
     ValueError
-        A model object without a fitting head, or (``fresh_head=False``) a folder without one.
+        A model object without a fitting head, (``fresh_head=False``) a folder without one, or a folder whose
+        tokenizer is not its model's (see :func:`obce.models.adapters.load_tokenizer`).
+    FileNotFoundError
+        A folder without tokenizer files.
     TypeError
         A model object whose tokenizer cannot be found.
     """
@@ -252,10 +258,11 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
 # Data
 
 
-def _resolve_task(task, data_dir) -> Task:
+def _resolve_task(task, data_dir, splits: Sequence[str] | None = None) -> Task:
+    """``task`` itself, or the task of that name with ``splits`` (all by default) loaded."""
     if isinstance(task, Task):
         return task
-    return load_task(task, data_dir)
+    return load_task(task, data_dir, splits=splits)
 
 
 def _encode(task: Task, split: str, tokenizer, max_length: int) -> list[dict]:
@@ -301,7 +308,7 @@ def evaluate(
     model : str, path-like or transformers.PreTrainedModel
         A fine-tuned folder (e.g. a :func:`finetune` output folder) or model object with a head for the task.
     task : str or Task
-        Task name (loaded with :func:`obce.tasks.load_task`) or a loaded task.
+        Task name (its ``split`` alone is loaded with :func:`obce.tasks.load_task`) or a loaded task.
     split : str
         ``dev``, ``dev_mismatched`` (MNLI), ``test`` (offline tasks) or ``train``.
     tokenizer : transformers tokenizer, optional
@@ -326,7 +333,8 @@ def evaluate(
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
-    task = _resolve_task(task, data_dir)
+    # The scored split alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
+    task = _resolve_task(task, data_dir, splits=[split])
     task.check_split(split)
     _check_positive("batch_size", batch_size)
     _check_positive("max_length", max_length)
@@ -411,6 +419,14 @@ def _versions() -> dict:
     return {"obce": __version__, "transformers": transformers.__version__}
 
 
+def _comparable(settings: dict) -> dict:
+    """``settings`` without the device arguments in ``training_args``."""
+    args = settings.get("training_args")
+    if not isinstance(args, Mapping):
+        return settings
+    return {**settings, "training_args": {k: v for k, v in args.items() if k not in _DEVICE_ARGS}}
+
+
 def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict | None:
     """Check ``output_dir`` against a previous run; return its results if that run finished."""
     settings_path = output_dir / _SETTINGS_FILE
@@ -420,9 +436,9 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
         raise ValueError(
             f"output_dir {str(output_dir)!r} is not empty and holds no {_SETTINGS_FILE}; choose an empty or new folder"
         )
-    previous = json.loads(settings_path.read_text(encoding="utf-8"))
+    previous = _comparable(json.loads(settings_path.read_text(encoding="utf-8")))
     # Compare as stored: JSON turns tuples into lists.
-    settings = json.loads(json.dumps(settings, default=_json_default))
+    settings = _comparable(json.loads(json.dumps(settings, default=_json_default)))
     differ = sorted(k for k in set(previous) | set(settings) if k != "versions" and previous.get(k) != settings.get(k))
     if differ:
         changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
@@ -629,7 +645,9 @@ def finetune(
     keep_checkpoints : bool
         Keep the ``checkpoint-*`` folders once the run finished (the best model stays either way).
     training_args : mapping, optional
-        Any further ``TrainingArguments`` fields, applied last.
+        Any further ``TrainingArguments`` fields, applied last. Those that choose the device (``use_cpu``, see
+        :func:`trainer_device_args`) are recorded but not compared with an earlier call's: a run resumes, or
+        returns its results, whatever device it is called on.
     callbacks : sequence of transformers.TrainerCallback, optional
         Extra callbacks for the ``Trainer``.
     progress : bool

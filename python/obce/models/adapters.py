@@ -9,6 +9,7 @@ Layers are numbered from 0 inside the code and from 1 in everything a user sees;
 
 from __future__ import annotations
 
+import json
 import operator
 import os
 from collections.abc import Callable
@@ -28,6 +29,7 @@ __all__ = [
     "encoder_layers",
     "from_user_layer",
     "load_model",
+    "load_tokenizer",
     "max_sequence_length",
     "register_architecture",
     "to_user_layer",
@@ -323,6 +325,54 @@ def _is_path(source: str | os.PathLike) -> bool:
     return not isinstance(source, str) or text.startswith(("/", ".", "~")) or text.count("/") > 1
 
 
+# Files a saved tokenizer leaves in a model folder (fast tokenizers, WordPiece, BPE and SentencePiece vocabularies).
+_TOKENIZER_FILES = (
+    "tokenizer.json", "tokenizer_config.json", "vocab.txt", "vocab.json", "spiece.model", "sentencepiece.bpe.model",
+    "tokenizer.model",
+)  # fmt: skip
+
+
+def load_tokenizer(name_or_path: str | os.PathLike, **options):
+    """The tokenizer saved with a model, refusing a local folder whose tokenizer is not the model's.
+
+    For a folder without tokenizer files, transformers builds a tokenizer of the special tokens alone
+    (every word then becomes ``[UNK]`` or vanishes) or fails with an unrelated message; either is
+    refused here, as is a tokenizer with less than half of the ``vocab_size`` in the folder's ``config.json``.
+
+    Parameters
+    ----------
+    name_or_path : str or path-like
+        A model folder or hub name.
+    **options
+        Passed to ``AutoTokenizer.from_pretrained`` (e.g. ``local_files_only=True``).
+
+    Raises
+    ------
+    FileNotFoundError
+        A local folder that holds no tokenizer files.
+    ValueError
+        A local folder whose tokenizer is far smaller than the model's vocabulary.
+    """
+    from transformers import AutoTokenizer
+
+    folder = Path(name_or_path).expanduser()
+    local = folder.is_dir()
+    fix = f"save the model's tokenizer there: tokenizer.save_pretrained({str(folder)!r})"
+    if local and not any((folder / name).is_file() for name in _TOKENIZER_FILES):
+        raise FileNotFoundError(f"model folder {str(folder)!r} holds no tokenizer files: {fix}")
+    tokenizer = AutoTokenizer.from_pretrained(str(folder) if local else name_or_path, **options)
+    config = folder / "config.json"
+    if local and config.is_file():
+        vocab_size = json.loads(config.read_text(encoding="utf-8")).get("vocab_size")
+        # A model's own tokenizer covers about its whole vocabulary (some models pad it with unused ids).
+        if isinstance(vocab_size, int) and len(tokenizer) < vocab_size / 2:
+            raise ValueError(
+                f"the tokenizer in model folder {str(folder)!r} has {len(tokenizer)} tokens, the model a vocabulary "
+                f"of {vocab_size}: not the model's tokenizer; {fix}"
+            )
+    return tokenizer
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -353,13 +403,14 @@ def load_model(
     Raises
     ------
     FileNotFoundError
-        A path that is not a saved model's folder.
+        A path that is not a saved model's folder, or a folder without its tokenizer.
     OSError
         A hub name that cannot be loaded (no network, or no such model).
     ValueError
-        If the model is not a supported encoder (the message names the supported families).
+        If the model is not a supported encoder (the message names the supported families), or a
+        folder's tokenizer is not the model's (see :func:`load_tokenizer`).
     """
-    from transformers import AutoModel, AutoTokenizer
+    from transformers import AutoModel
 
     model_class = AutoModel if model_class is None else model_class
     source = builtin_model_path() if name_or_path is None else name_or_path
@@ -373,7 +424,7 @@ def load_model(
         raise FileNotFoundError(f"no model folder at {location!r}")
     options = {"local_files_only": True} if local else {}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        tokenizer = load_tokenizer(location, **options)
         model = model_class.from_pretrained(location, **options)
     except OSError as err:
         if local:
