@@ -114,15 +114,14 @@ def test_model_folder_without_its_tokenizer_is_one_line(capsys, tmp_path, tiny_b
 
 
 @pytest.mark.parametrize("command", ["prune", "compress"])
-def test_family_without_compressed_model_is_refused_before_the_analysis(capsys, tmp_path, command):
-    from transformers import CamembertConfig
+def test_a_model_that_cannot_be_pruned_is_refused_before_the_analysis(capsys, tmp_path, tiny_bert_config, command):
+    from obce.models.compressed import LayerSizes, compressed_config
 
-    CamembertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4).save_pretrained(
-        tmp_path / "camembert"
-    )
-    code, _, err = run_cli(capsys, command, "-m", str(tmp_path / "camembert"), "-o", str(tmp_path / "run"))
+    sizes = [LayerSizes.full(4, 8, 37)] * 2
+    compressed_config(tiny_bert_config(), sizes).save_pretrained(tmp_path / "compressed")
+    code, _, err = run_cli(capsys, command, "-m", str(tmp_path / "compressed"), "-o", str(tmp_path / "run"))
     assert code == 1 and err.count("\n") == 1
-    assert "cannot be pruned: no compressed counterpart for CamembertModel" in err
+    assert "cannot be pruned: ObceBertModel is compressed already: prune the original" in err
     assert not (tmp_path / "run").exists()
 
 

@@ -13,6 +13,8 @@ from transformers import (
     AutoModelForSequenceClassification,
     BertForSequenceClassification,
     BertModel,
+    CamembertConfig,
+    CamembertForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -153,9 +155,13 @@ def test_save_load_round_trip(pruned_classifier, batch, tmp_path, auto):
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
 
 
-def test_roberta_family(batch):
+@pytest.mark.parametrize(
+    ("config_class", "model_class"),
+    [(RobertaConfig, RobertaForSequenceClassification), (CamembertConfig, CamembertForSequenceClassification)],
+)
+def test_roberta_family(batch, config_class, model_class):
     torch.manual_seed(0)
-    config = RobertaConfig(
+    config = config_class(
         vocab_size=100,
         hidden_size=32,
         num_hidden_layers=3,
@@ -166,10 +172,10 @@ def test_roberta_family(batch):
         attention_probs_dropout_prob=0.0,
         num_labels=2,
     )
-    model = RobertaForSequenceClassification(config).eval()
+    model = model_class(config).eval()
     table = random_table(model)
     pruned = prune_model(model, table, MIXED_PLAN)
-    assert pruned.config.model_type == "obce_roberta"
+    assert pruned.config.model_type == f"obce_{config.model_type}"
     empty = prune_model(model, table, type(MIXED_PLAN)({}))
     with torch.no_grad():
         torch.testing.assert_close(empty(**batch).logits, model(**batch).logits, atol=1e-6, rtol=0)

@@ -233,7 +233,8 @@ def _record_command(ctx: typer.Context, run: RunFolder) -> None:
 
 
 def _check_prunable(model: str | None) -> None:
-    """Refuse, before the analysis, a model whose family has no compressed counterpart (e.g. CamemBERT)."""
+    """Refuse, before the analysis, a model without a compressed counterpart (a compressed model, a family of
+    register_architecture that obce cannot narrow)."""
     if model is None:  # the built-in MiniLM is a BERT
         return
     from transformers import MODEL_MAPPING, AutoConfig

@@ -124,7 +124,8 @@ def prune_model(
     ----------
     model : transformers.PreTrainedModel
         The original model: a base model (``BertModel``, ...) or one with a head (``*ForSequenceClassification``,
-        token classification, question answering, masked LM) of the BERT, RoBERTa, ELECTRA or XLM-RoBERTa family.
+        token classification, question answering, masked LM) of the BERT, RoBERTa, ELECTRA, XLM-RoBERTa or
+        CamemBERT family.
     table : obce.importance.ImportanceTable
         λ per neuron and the mean/std columns used for folding.
     plan : PruningPlan

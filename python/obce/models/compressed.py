@@ -1,7 +1,7 @@
 """Compressed encoders: unequal attention heads and per-layer widths, loadable with the Auto classes.
 
-A compressed model is the base family's own model (BERT, RoBERTa, ELECTRA, XLM-RoBERTa) whose encoder layers
-were narrowed: every layer has its own per-head query/key size, per-head value size and intermediate size. The
+A compressed model is the base family's own model (BERT, RoBERTa, ELECTRA, XLM-RoBERTa, CamemBERT) whose encoder
+layers were narrowed: every layer has its own per-head query/key size, per-head value size and intermediate size. The
 sizes live in the config (``obce_layers``, one entry per layer), so ``save_pretrained`` writes ordinary
 safetensors plus a ``config.json`` that describes every shape, and after ``import obce.models.compressed``::
 
@@ -9,9 +9,9 @@ safetensors plus a ``config.json`` that describes every shape, and after ``impor
     AutoModelForSequenceClassification.from_pretrained(folder)
 
 rebuild the same model. Each family gets a config type ``obce_<family>`` (``obce_bert``, ``obce_roberta``,
-``obce_electra``, ``obce_xlm-roberta``) that subclasses the family's config, and model classes that subclass the
-family's classes (``ObceBertModel(BertModel)``, ``ObceBertForSequenceClassification(...)``, ...): parameter names,
-heads, losses and attention masks are the family's own; only the narrowed layers' modules change.
+``obce_electra``, ``obce_xlm-roberta``, ``obce_camembert``) that subclasses the family's config, and model classes that
+subclass the family's classes (``ObceBertModel(BertModel)``, ``ObceBertForSequenceClassification(...)``, ...):
+parameter names, heads, losses and attention masks are the family's own; only the narrowed layers' modules change.
 
 Attention with unequal heads
 ----------------------------
@@ -308,6 +308,7 @@ _FAMILIES = {
     "roberta": ("transformers.models.roberta.modeling_roberta", "Roberta", "RobertaConfig"),
     "electra": ("transformers.models.electra.modeling_electra", "Electra", "ElectraConfig"),
     "xlm-roberta": ("transformers.models.xlm_roberta.modeling_xlm_roberta", "XLMRoberta", "XLMRobertaConfig"),
+    "camembert": ("transformers.models.camembert.modeling_camembert", "Camembert", "CamembertConfig"),
 }
 # class-name suffix -> Auto class it is registered with
 _HEADS = {
@@ -435,7 +436,7 @@ def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "
     Parameters
     ----------
     config : PretrainedConfig
-        The original (uncompressed) model's config: BERT, RoBERTa, ELECTRA or XLM-RoBERTa.
+        The original (uncompressed) model's config: BERT, RoBERTa, ELECTRA, XLM-RoBERTa or CamemBERT.
     sizes : sequence of LayerSizes
         One entry per encoder layer.
     attention : {"loop", "padded"}
