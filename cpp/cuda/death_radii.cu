@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstdlib>
+#include <limits>
 #include <stdexcept>
 #include <string>
 
@@ -57,20 +58,27 @@ struct SegmentOffset {
   __host__ __device__ index_t operator()(index_t s) const { return s * length; }
 };
 
-// Sorts each of n_segments runs of `length` keys ascending, from `in` into `out`.
+// Sorts each of n_segments runs of `length` keys ascending, from `in` into `out`; at most INT_MAX
+// keys a call, since CUB before CCCL 3 counts items in int.
 template <class T>
 void segmented_sort(const T *in, T *out, index_t n_segments, index_t length, cudaStream_t stream) {
   const auto begins =
       thrust::make_transform_iterator(thrust::make_counting_iterator<index_t>(0), SegmentOffset{length});
   const auto ends = begins + 1;
-  size_t bytes = 0;
-  check(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, in, out, n_segments * length, n_segments, begins,
-                                           ends, stream),
+  const index_t per_call = std::max<index_t>(1, std::numeric_limits<int>::max() / length);
+  const index_t first = std::min(n_segments, per_call);
+  size_t bytes = 0; // the first call's, the largest
+  check(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, in, out, first * length, first, begins, ends,
+                                           stream),
         "cub::DeviceSegmentedSort");
   DeviceBuffer<unsigned char> temp(bytes, stream);
-  check(cub::DeviceSegmentedSort::SortKeys(temp.ptr, bytes, in, out, n_segments * length, n_segments, begins,
-                                           ends, stream),
-        "cub::DeviceSegmentedSort");
+  for (index_t s0 = 0; s0 < n_segments; s0 += per_call) {
+    const index_t count = std::min(per_call, n_segments - s0);
+    size_t capacity = bytes;
+    check(cub::DeviceSegmentedSort::SortKeys(temp.ptr, capacity, in + s0 * length, out + s0 * length,
+                                             count * length, count, begins, ends, stream),
+          "cub::DeviceSegmentedSort");
+  }
 }
 
 unsigned grid_for(index_t items, int threads) {
