@@ -186,6 +186,19 @@ class _Recorder:
         self.values[component][self.rows, columns] = points
 
 
+def _checked_corpus(sentences: Sequence[str], batch_size: int) -> list[str]:
+    """``sentences`` as a list; ValueError or TypeError for an empty corpus, one that is not of str, or a bad
+    batch size."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
+        raise TypeError("sentences must be a sequence of str")
+    sentences = list(sentences)
+    if not sentences:
+        raise ValueError("sentences is empty; the corpus needs at least one sentence")
+    return sentences
+
+
 def _token_lengths(model, tokenizer, sentences: list[str]) -> list[int]:
     """Tokens of each sentence with the special tokens; ValueError if one exceeds the model's limit."""
     lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
@@ -283,13 +296,7 @@ def compute_activations(
         raise ValueError("components is empty; expected some of " + ", ".join(COMPONENTS))
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
-        raise TypeError("sentences must be a sequence of str")
-    sentences = list(sentences)
-    if not sentences:
-        raise ValueError("sentences is empty; the corpus needs at least one sentence")
+    sentences = _checked_corpus(sentences, batch_size)
     layers = encoder_layers(model)
     device = next(model.parameters()).device
     lengths = _token_lengths(model, tokenizer, sentences)
@@ -355,11 +362,10 @@ def reader_input_moments(
     Raises
     ------
     ValueError
-        An empty corpus, a sentence longer than the model accepts, or a component without a reader.
+        An empty corpus, a sentence longer than the model accepts, a non-positive batch size, or a component
+        without a reader.
     """
-    sentences = list(sentences)
-    if not sentences:
-        raise ValueError("sentences is empty; the moments need at least one sentence")
+    sentences = _checked_corpus(sentences, batch_size)
     layers = encoder_layers(model)
     device = next(model.parameters()).device
     lengths = _token_lengths(model, tokenizer, sentences)
