@@ -447,6 +447,30 @@ def test_prune_by_std(inputs, tmp_path, capsys):
     assert "standard deviation" in report and "(std > " in report
 
 
+def test_prune_with_the_linear_fold(inputs, tmp_path, capsys):
+    """--fold linear: the saved model is prune_model's with the fit over the run's sentences, and the report says so."""
+    from transformers import AutoModel, AutoTokenizer
+
+    from obce.prune import prune_model
+
+    path = tmp_path / "run"
+    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
+            "--plan", "target:0.7", "--fold", "linear", "--device", "cpu", "--no-progress",
+            "--output", str(path)]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert json.loads((path / "settings.json").read_text())["steps"]["prune"]["fold"] == "linear"
+    run = RunFolder(path)
+    model = BertModel.from_pretrained(inputs["model"]).eval()
+    tokenizer = AutoTokenizer.from_pretrained(inputs["model"])
+    expected = prune_model(model, run.table(), run.plan(), fold="linear", tokenizer=tokenizer, progress=False)
+    saved = AutoModel.from_pretrained(path / "compressed")
+    for name, tensor in expected.state_dict().items():
+        torch.testing.assert_close(saved.state_dict()[name], tensor, rtol=1e-6, atol=1e-7, msg=name)
+    report = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "linear (least-squares fit from the kept neurons)" in report
+
+
 def test_evaluate_and_report_commands(run, capsys):
     path = run["path"]
     args = ["evaluate", "--task", "sst2", "--glue-dir", str(run["inputs"]["glue"]), "--output", str(path)]

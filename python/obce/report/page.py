@@ -181,7 +181,9 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
         prune = steps["prune"]
         # Runs recorded before the score was a setting ranked by λ.
         rows.append(["neurons ranked by", SCORE_TITLES[prune.get("score", "lam")]])
-        folding = prune["fold"] if prune["fold"] == "none" else f"{prune['fold']} of {prune['statistics']} statistics"
+        folding = {"none": "none", "linear": "linear (least-squares fit from the kept neurons)"}.get(
+            prune["fold"], f"{prune['fold']} of {prune['statistics']} statistics"
+        )
         rows.append(["bias folding", folding])
     if "finetune" in steps:
         ft = steps["finetune"]
