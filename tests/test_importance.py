@@ -182,6 +182,19 @@ def test_analyze_tiny_model_from_folder(tiny_bert_dir, sentences):
         analyze(str(tiny_bert_dir), corpus=corpus, n_sentences=13, progress=False, device="cpu")
 
 
+def test_head_view_of_the_captured_head_components(tiny_bert, tiny_tokenizer, sentences):
+    table = analyze(
+        tiny_bert,
+        corpus=sentences,
+        n_sentences=5,
+        tokenizer=tiny_tokenizer,
+        components=("value", "intermediate"),
+        heads=True,
+        progress=False,
+    )
+    assert set(table.heads["component"]) == {"value"} and len(table.heads) == 2 * 4  # 2 layers of 4 heads
+
+
 def test_analyze_loaded_model(tiny_bert, tiny_tokenizer, sentences):
     table = analyze(
         tiny_bert, corpus=sentences, n_sentences=5, tokenizer=tiny_tokenizer, token="tokens", progress=False
@@ -192,7 +205,12 @@ def test_analyze_loaded_model(tiny_bert, tiny_tokenizer, sentences):
 
 
 @pytest.mark.parametrize(
-    ("options", "match"), [({"token": "pooled"}, "unknown token mode"), ({"components": ["gate"]}, "unknown component")]
+    ("options", "match"),
+    [
+        ({"token": "pooled"}, "unknown token mode"),
+        ({"components": ["gate"]}, "unknown component"),
+        ({"components": ["intermediate"], "heads": True}, "heads=True needs query, key or value"),
+    ],
 )
 def test_analyze_bad_options_fail_before_loading(options, match):
     with pytest.raises(ValueError, match=match):

@@ -107,8 +107,8 @@ def test_quartile_variant_maps_levels():
         ({3: {"qkv": 30}}, "unknown component 'qkv'"),
         ({3: {"output": 30}}, "'output' is never pruned"),
         ({3: {"attention_output": 30}}, "never pruned"),
-        ({3: {"value": -1}}, "0..100, got -1"),
-        ({3: {"value": 100.5}}, "0..100, got 100.5"),
+        ({3: {"value": -1}}, r"\[0, 100\).*got -1"),
+        ({3: {"value": 100.5}}, r"\[0, 100\).*got 100.5"),
         ({3: {"value": float("nan")}}, "got nan"),
         ({3: {"value": True}}, "got True"),
         ({3: {"value": "30"}}, "got '30'"),
@@ -160,6 +160,17 @@ def test_load_rejects_bad_files(tmp_path):
     (tmp_path / "extra.json").write_text(json.dumps({"levels": {}, "level": {}}))
     with pytest.raises(ValueError, match=r"unexpected plan keys \['level'\]"):
         PruningPlan.load(tmp_path / "extra.json")
+    # A key given twice would silently lose the first row.
+    (tmp_path / "twice.json").write_text('{"levels": {"3": {"query": 30, "key": 30}, "3": {"value": 50}}}')
+    with pytest.raises(ValueError, match="key '3' is given twice"):
+        PruningPlan.load(tmp_path / "twice.json")
+    pytest.importorskip("yaml")
+    (tmp_path / "twice.yaml").write_text("levels:\n  3: {query: 30, key: 30}\n  3: {value: 50}\n")
+    with pytest.raises(ValueError, match="not valid YAML: .*key '3' is given twice"):
+        PruningPlan.load(tmp_path / "twice.yaml")
+    (tmp_path / "bad.yaml").write_text("levels:\n  3: {query: 30, key: 30\n")
+    with pytest.raises(ValueError, match="bad.yaml is not valid YAML"):
+        PruningPlan.load(tmp_path / "bad.yaml")
 
 
 def test_summary_lists_every_layer():
@@ -179,8 +190,10 @@ def test_uniform_plan():
         uniform_plan(2, 30)
     with pytest.raises(ValueError, match="never pruned"):
         uniform_plan(4, 30, components=("output",))
-    with pytest.raises(ValueError, match="uniform_plan: level must be in 0..100, got 150"):
+    with pytest.raises(ValueError, match=r"uniform_plan: level must be a percentile in \[0, 100\).*got 150"):
         uniform_plan(4, 150)
+    with pytest.raises(ValueError, match=r"plan layer 2 value: .*\(P100 keeps no neuron\), got 100"):
+        PruningPlan({2: {"value": 100}})
 
 
 def test_plan_builders_name_a_model_passed_by_mistake(tiny3):
@@ -228,7 +241,6 @@ def test_head_without_values_is_removed_with_its_query_key(tiny3):
 @pytest.mark.parametrize(
     ("plan", "overrides", "match"),
     [
-        (PruningPlan({2: {"value": 100}}), {}, "layer 2 value: level P100 keeps no neuron"),
         (PruningPlan({3: {"intermediate": 10}}), {(3, "intermediate"): {"lam": np.ones(37)}}, "keeps no neuron"),
         (PruningPlan({2: {"query": 0, "key": 0}}), {(2, "key"): {"lam": np.full(32, np.nan)}}, "non-finite"),
     ],
@@ -303,7 +315,7 @@ def test_target_plan_lands_on_the_budget(tiny_bert_config):
         for c in ("query", "key", "value", "intermediate")
     }
     table = random_table(model, overrides=overrides)
-    for target in (0.85, 0.7):
+    for target in (0.95, 0.85, 0.7):  # at 0.95 even P0 of the last unit would cross the target: it stays whole
         plan = target_plan(model, table, target)
         report = dry_run(model, table, plan)
         assert report.encoder_fraction >= target
@@ -317,3 +329,8 @@ def test_target_plan_lands_on_the_budget(tiny_bert_config):
         target_plan(model, table, 0.05)
     with pytest.raises(ValueError, match=r"fraction in \(0, 1\), got 1.5"):
         target_plan(model, table, 1.5)
+    # Without spread every unit steps at the same strength; the target is still met.
+    report = dry_run(model, table, target_plan(model, table, 0.9, spread=0))
+    assert 0.9 <= report.encoder_fraction < 0.9 + 40 / report.encoder_before
+    with pytest.raises(ValueError, match="spread must be a number of percentile points >= 0, got -40"):
+        target_plan(model, table, 0.9, spread=-40)

@@ -49,6 +49,8 @@ NEURON_COLUMNS: tuple[str, ...] = ("layer", "component", "neuron", "lam", "mean"
 
 HEAD_COLUMNS: tuple[str, ...] = ("layer", "component", "head", "size", "lam")
 """Columns of :attr:`ImportanceTable.heads` (``layer`` and ``head`` counted from 1 and 0)."""
+HEAD_COMPONENTS: tuple[str, ...] = ("query", "key", "value")
+"""The components split into attention heads."""
 
 _KEY_COLUMNS = NEURON_COLUMNS[:3]
 _NEURONS_FILE = "importance.csv"
@@ -291,6 +293,14 @@ def _check_activations(acts, where: str) -> None:
         raise TypeError(f"{where} takes the Activations of obce.compute_activations, got {type(acts).__name__}")
 
 
+def _head_components(components: Sequence[str]) -> tuple[str, ...]:
+    """The head components among ``components``; ValueError if there is none (a head view needs one)."""
+    found = tuple(c for c in HEAD_COMPONENTS if c in components)
+    if not found:
+        raise ValueError(f"heads=True needs query, key or value among the components, got {', '.join(components)}")
+    return found
+
+
 def compute_importance(
     acts: Activations,
     *,
@@ -305,7 +315,7 @@ def compute_importance(
     acts : Activations
         From :func:`~obce.activations.compute_activations`.
     heads : bool
-        Also compute the head view (see :func:`head_importance`).
+        Also compute the head view (see :func:`head_importance`) of the captured query, key and value.
     settings : dict, optional
         Recorded in the table; the token mode and point count are added.
     n_threads : int
@@ -317,6 +327,7 @@ def compute_importance(
         ``settings["timings_s"]["kernel"]`` is the time spent in the λ kernel.
     """
     _check_activations(acts, "compute_importance")
+    head_components = _head_components(acts.components) if heads else ()
     frames = []
     kernel_s = 0.0
     for component in acts.components:
@@ -342,14 +353,14 @@ def compute_importance(
     neurons = pd.concat(frames, ignore_index=True).sort_values(["layer"], kind="stable", ignore_index=True)
     recorded = {**(settings or {}), "token": acts.token, "n_points": acts.n_points, "n_tokens": acts.n_tokens}
     start = time.perf_counter()
-    head_frame = head_importance(acts, n_threads=n_threads) if heads else None
+    head_frame = head_importance(acts, head_components, n_threads=n_threads) if heads else None
     kernel_s += time.perf_counter() - start
     recorded["timings_s"] = {**recorded.get("timings_s", {}), "kernel": round(kernel_s, 4)}
     return ImportanceTable(neurons, recorded, heads=head_frame, sentences=acts.sentences)
 
 
 def head_importance(
-    acts: Activations, components: Sequence[str] = ("query", "key", "value"), *, n_threads: int = -1
+    acts: Activations, components: Sequence[str] = HEAD_COMPONENTS, *, n_threads: int = -1
 ) -> pd.DataFrame:
     """λ of each attention head, its output taken as a cloud in ``head_size`` dimensions.
 
@@ -438,7 +449,7 @@ def analyze(
     components : sequence of str
         Components to analyse (default all six).
     heads : bool
-        Also compute the head view.
+        Also compute the head view (of the query, key and value among ``components``).
     precision : {"float32", "float16", "bfloat16"}
         Forward pass precision (half precision is meant for GPUs).
     progress : bool
@@ -472,6 +483,8 @@ def analyze(
             f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
         )
     components = tuple(dict.fromkeys(check_component(c) for c in components))
+    if heads:
+        _head_components(components)  # before any model is loaded
     timings = {}
     start = time.perf_counter()
     if model is None or isinstance(model, (str, os.PathLike)):

@@ -92,9 +92,10 @@ def _shown(value) -> str:
 
 def _check_level(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{where}: level must be a number in 0..100, got {_shown(value)}")
-    if not 0 <= value <= 100:
-        raise ValueError(f"{where}: level must be in 0..100, got {value!r}")
+        raise ValueError(f"{where}: level must be a percentile in [0, 100), got {_shown(value)}")
+    if not 0 <= value < 100:
+        # A level keeps the neurons above that percentile: at 100, none.
+        raise ValueError(f"{where}: level must be a percentile in [0, 100) (P100 keeps no neuron), got {value!r}")
     return float(value)
 
 
@@ -258,10 +259,13 @@ class PruningPlan:
                 raise ImportError(
                     f"reading {path} needs pyyaml (pip install pyyaml), or write the plan as JSON"
                 ) from err
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.load(text, Loader=_unique_key_yaml_loader(yaml))
+            except yaml.YAMLError as err:
+                raise ValueError(f"{path} is not valid YAML: {' '.join(str(err).split())}") from None
         else:
             try:
-                data = json.loads(text)
+                data = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} is not valid JSON: {err}") from None
         return cls.from_dict(data)
@@ -285,6 +289,32 @@ class PruningPlan:
 
     def __str__(self) -> str:
         return self.summary()
+
+
+def _unique_keys(pairs: list[tuple]) -> dict:
+    """A JSON object as a dict; ValueError for a key given twice (a later one would silently win)."""
+    data = {}
+    for key, value in pairs:
+        if key in data:
+            raise ValueError(f"key {key!r} is given twice")
+        data[key] = value
+    return data
+
+
+def _unique_key_yaml_loader(yaml):
+    """pyyaml's safe loader, refusing a mapping key given twice (a later one would silently win)."""
+
+    class Loader(yaml.SafeLoader):
+        def construct_mapping(self, node, deep=False):
+            keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+            repeated = sorted({str(k) for k in keys if keys.count(k) > 1})
+            if repeated:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {repeated[0]!r} is given twice", node.start_mark
+                )
+            return super().construct_mapping(node, deep=deep)
+
+    return Loader
 
 
 def _expand(layers: Iterable[int | tuple[int, int]]) -> list[int]:
@@ -784,11 +814,13 @@ def target_plan(
     Raises
     ------
     ValueError
-        ``target`` outside (0, 1) or an unknown ``score``; :class:`TargetOutOfReach` (a ValueError) for a
-        ``target`` below what the highest level reaches.
+        ``target`` outside (0, 1), a negative ``spread`` or an unknown ``score``; :class:`TargetOutOfReach` (a
+        ValueError) for a ``target`` below what the highest level reaches.
     """
     if of not in ("encoder", "model"):
         raise ValueError(f"of must be 'encoder' or 'model', got {of!r}")
+    if isinstance(spread, bool) or not isinstance(spread, numbers.Real) or not 0 <= spread < math.inf:
+        raise ValueError(f"spread must be a number of percentile points >= 0, got {spread!r}")
     if isinstance(target, bool) or not isinstance(target, numbers.Real) or not 0 < target < 1:
         raise ValueError(f"target must be a fraction in (0, 1), got {target!r}")
     level_values = _level_set(levels)
@@ -819,7 +851,8 @@ def target_plan(
             f"target {target:.2%} of the {of} is out of reach: the highest level everywhere from layer "
             f"{start_layer} keeps {fraction(build(top)):.2%}"
         )
-    lo, hi = level_values[0] - spread, top  # fraction(build(lo)) == 1 > target >= fraction(build(hi))
+    # Below every level: fraction(build(lo)) == 1 > target >= fraction(build(hi)).
+    lo, hi = level_values[0] - spread - 1, top
     while hi - lo > 1e-6:
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if fraction(build(mid)) > target else (lo, mid)
@@ -834,11 +867,13 @@ def target_plan(
         if fraction(build(lo, {**overrides, unit: step_to})) > target:
             overrides[unit] = step_to
             continue
+        if step_from is None and fraction(build(lo, {**overrides, unit: 0.0})) <= target:
+            break  # even P0 (the unit's least neuron) would cross the target: the unit stays whole
         p_lo, p_hi = (0.0 if step_from is None else step_from), step_to
         while p_hi - p_lo > 1e-3:
             mid = (p_lo + p_hi) / 2
             p_lo, p_hi = (mid, p_hi) if fraction(build(lo, {**overrides, unit: mid})) > target else (p_lo, mid)
-        overrides[unit] = round(p_lo, 3)
+        overrides[unit] = math.floor(p_lo * 1000) / 1000  # rounded down: the lighter side of the target
         break
     plan = build(lo, overrides)
     return PruningPlan(
