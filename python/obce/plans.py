@@ -291,6 +291,14 @@ class PruningPlan:
         return self.summary()
 
 
+def _check_start_layer(start_layer: int, num_layers: int) -> None:
+    if start_layer > num_layers:
+        raise ValueError(
+            f"start_layer {start_layer} is beyond the model's {num_layers} layers: layers before it are left "
+            "untouched, so nothing is left to prune; a plan file can name any layer"
+        )
+
+
 def _unique_keys(pairs: list[tuple]) -> dict:
     """A JSON object as a dict; ValueError for a key given twice (a later one would silently win)."""
     data = {}
@@ -416,8 +424,7 @@ def uniform_plan(
     num_layers = _check_layer(num_layers, "uniform_plan num_layers")
     level = _check_level(level, "uniform_plan")
     start_layer = _check_layer(start_layer, "uniform_plan start_layer")
-    if start_layer > num_layers:
-        raise ValueError(f"start_layer {start_layer} is beyond the model's {num_layers} layers")
+    _check_start_layer(start_layer, num_layers)
     if isinstance(components, str):
         raise TypeError(f"components must be a sequence of names, got the string {components!r}")
     row = {_check_component(c, "uniform_plan"): level for c in components}
@@ -826,8 +833,7 @@ def target_plan(
     level_values = _level_set(levels)
     shape = EncoderShape.from_model(model)
     start_layer = _check_layer(start_layer, "target_plan start_layer")
-    if start_layer > shape.num_layers:
-        raise ValueError(f"start_layer {start_layer} is beyond the model's {shape.num_layers} layers")
+    _check_start_layer(start_layer, shape.num_layers)
     check_score(table, score)
     units = _rank_units(table, shape, start_layer, score)
 
