@@ -13,11 +13,12 @@ encoder, so 45 % needs it).
 
 1. Retention: the fine-tuned model compressed with each score and each bias folding, evaluated with no further
    training. Foldings: ``none``; ``mean`` and ``mean+std`` of each neuron over every real token of the corpus;
-   ``mean@cls`` and ``mean+std@cls`` of its [CLS] outputs (``statistics="point"``).
+   ``mean@cls`` and ``mean+std@cls`` of its [CLS] outputs (``statistics="point"``); ``linear``, the reader's
+   removed inputs replaced by their least-squares fit from the kept ones over the corpus tokens.
 2. Corpus stability of the kept sets at P50 in layers 3-6 (pretrained MiniLM): 150 vs 700 vs 1500 sentences,
    and two seeds of 150.
-3. Recovery: the retention model with folding ``mean@cls`` and with ``none``, fine-tuned ``--recovery-steps``
-   more steps.
+3. Recovery: the retention model with folding ``mean@cls``, ``none`` and ``linear``, fine-tuned
+   ``--recovery-steps`` more steps.
 
 What varies with the seed: the random score's draw (retention and recovery) and the recovery fine-tune's seed
 (head is kept; data order and dropout). Deterministic scores give one retention result (no seed).
@@ -72,11 +73,13 @@ FOLD_ARGS = {
     "mean+std": ("mean+std", "token"),
     "mean@cls": ("mean", "point"),
     "mean+std@cls": ("mean+std", "point"),
+    "linear": ("linear", "token"),
 }
 FOLDS = tuple(FOLD_ARGS)
-# Recovery starts from the [CLS] means (the library's default before these results) and from no folding (the
-# default since): retention showed the first sends some models to a constant prediction.
-RECOVERY_FOLDS = ("mean@cls", "none")
+# Recovery starts from the [CLS] means (the library's default before these results), from no folding (the
+# default since: retention showed the first sends some models to a constant prediction) and from the
+# least-squares fit (the closest to the original without training).
+RECOVERY_FOLDS = ("mean@cls", "none", "linear")
 TASK = "polarity"
 N_ANALYSED = 150
 N_HELD_OUT = 400
@@ -201,6 +204,14 @@ def plan_for(model, table, fraction: float, column: str):
     return build_plan(f"target:{fraction}", model, table, score=column)
 
 
+def compress(model, tokenizer, table, plan, fold: str, column: str):
+    """The model pruned by ``plan``, ranking by ``column``, with the folding labelled ``fold`` (FOLD_ARGS)."""
+    fold_mode, statistics = FOLD_ARGS[fold]
+    return prune_model(
+        model, table, plan, fold=fold_mode, statistics=statistics, score=column, tokenizer=tokenizer, progress=False
+    )
+
+
 def score_column(score: str, seed: int | None) -> str:
     return f"random_{seed}" if score == "random" else score
 
@@ -211,8 +222,8 @@ def score_column(score: str, seed: int | None) -> str:
 
 def retention(model, tokenizer, table, data, args, done: set, after) -> None:
     plans = {}
-    # The default folding first, over every score and size, so that a partial run answers the main question.
-    for fold in ("mean", "none", "mean+std", "mean@cls", "mean+std@cls"):
+    # The default folding (none) first, over every score and size, so that a partial run answers the main question.
+    for fold in FOLDS:
         for fraction in args.fractions:
             for score in SCORES:
                 for seed in args.seeds if score == "random" else [None]:
@@ -226,8 +237,7 @@ def retention(model, tokenizer, table, data, args, done: set, after) -> None:
                         plans[(column, fraction)] = plan_for(model, table, fraction, column)
                     plan = plans[(column, fraction)]
                     report = dry_run(model, table, plan, score=column)
-                    fold_mode, statistics = FOLD_ARGS[fold]
-                    small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
+                    small = compress(model, tokenizer, table, plan, fold, column)
                     row.update(measure(small, tokenizer, data))
                     row.update(
                         encoder_fraction=report.encoder_fraction,
@@ -255,8 +265,7 @@ def recovery(model, tokenizer, table, data, args, done: set, after) -> None:
                     start = time.perf_counter()
                     column = score_column(score, seed)
                     plan = plan_for(model, table, fraction, column)
-                    fold_mode, statistics = FOLD_ARGS[fold]
-                    small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
+                    small = compress(model, tokenizer, table, plan, fold, column)
                     name = recovery_name(row)
                     result = finetune(
                         small,
@@ -293,9 +302,9 @@ def measure_missing(model, tokenizer, table, data, args) -> None:
     for row in stale:
         column = score_column(row["score"], row["seed"])
         if row["phase"] == "retention":
-            fold_mode, statistics = FOLD_ARGS[row["fold"]]
-            plan = plan_for(model, table, row["fraction"], column)
-            small = prune_model(model, table, plan, fold=fold_mode, statistics=statistics, score=column)
+            small = compress(
+                model, tokenizer, table, plan_for(model, table, row["fraction"], column), row["fold"], column
+            )
         else:
             small, _ = load_for_task(args.work / "recovery" / recovery_name(row), TASK, fresh_head=False)
         row.update(measure(small.eval(), tokenizer, data))

@@ -1,14 +1,16 @@
 """Original vs compressed MiniLM, fine-tuned on the offline sentence-polarity task over several seeds.
 
     python benchmarks/bench_finetune.py [--fraction 0.6] [--seeds 0 1 2] [--steps 300]
-                                        [--distill T:W [T:W ...]] [--out runs/bench_finetune]
+                                        [--distill T:W [T:W ...]] [--folds FOLD [FOLD ...]]
+                                        [--out runs/bench_finetune]
 
 The built-in MiniLM is analysed on 150 sentences of the built-in Wikipedia sample (seed 0), pruned
 by a plan that keeps ``--fraction`` of the encoder's parameters (obce.plans.target_plan), and
 both models are fine-tuned with the same seeds and budget (obce.train.compare: early stopping on
 dev accuracy, best checkpoint scored on the held-out test split). Each ``--distill T:W`` adds a row:
 the compressed model fine-tuned distilling the original's run of the same seed, at temperature T
-with weight W on the teacher term (obce.train.finetune's ``teacher``). The table, the
+with weight W on the teacher term (obce.train.finetune's ``teacher``). Each ``--folds FOLD`` adds a row: the
+model compressed with that folding of the removed neurons (obce.prune.prune_model's ``fold``). The table, the
 plan, the parameter counts and the wall time go to benchmarks/results/finetune_<task>.md. Runs
 already in ``--out`` with the same settings are reused.
 """
@@ -26,6 +28,7 @@ import torch
 
 import obce
 from obce.models import builtin_model_path
+from obce.prune import FOLD_MODES
 from obce.train import results_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -43,6 +46,13 @@ def main() -> None:
         default=[],
         metavar="T:W",
         help="rows of the compressed model distilling the original: temperature:weight, e.g. 2:0.5",
+    )
+    p.add_argument(
+        "--folds",
+        nargs="+",
+        default=[],
+        choices=[f for f in FOLD_MODES if f != "none"],
+        help="rows of the model compressed with another folding than none, e.g. linear",
     )
     p.add_argument("--out", type=Path, default=Path("runs/bench_finetune"))
     args = p.parse_args()
@@ -75,6 +85,15 @@ def main() -> None:
             distill_weight=weight,
         )
         runs += [r for r in distilled.runs if r.name == label]
+    for fold in args.folds:
+        label, folder = f"minilm-obce-{fold}", args.out / f"compressed-{fold}"
+        obce.prune_model(model, table, plan, fold=fold, tokenizer=tokenizer).save_pretrained(folder)
+        tokenizer.save_pretrained(folder)
+        folded = obce.compare(
+            {"minilm": models["minilm"], label: str(folder)}, args.task, args.out / "compare", seeds=args.seeds,
+            max_steps=args.steps,
+        )  # fmt: skip
+        runs += [r for r in folded.runs if r.name == label]
     total = time.perf_counter() - start
 
     RESULTS.mkdir(exist_ok=True)
@@ -86,9 +105,11 @@ def main() -> None:
             f"Command: `python benchmarks/bench_finetune.py --fraction {args.fraction} "
             f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
             + (f" --distill {' '.join(args.distill)}" if args.distill else "")
+            + (f" --folds {' '.join(args.folds)}" if args.folds else "")
             + "`  ",
             f"Machine: {machine}; CPU only. Wall time {total / 60:.1f} min "
-            f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × {2 + len(args.distill)} models; "
+            f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × "
+            f"{2 + len(args.distill) + len(args.folds)} models; "
             "runs found finished in the output folder are reused).",
             "",
             f"Plan (target {args.fraction:.0%} of the encoder, levels from λ medians):",
