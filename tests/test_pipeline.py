@@ -82,6 +82,13 @@ def compress_args(inputs, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def prune_args(inputs, output: Path, *extra: str, sentences: int = 24) -> list[str]:
+    return [
+        "prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", str(sentences),
+        "--device", "cpu", "--no-progress", "--output", str(output), *extra,
+    ]  # fmt: skip
+
+
 def run_cli(capsys, args: list[str]) -> tuple[int, str, str]:
     with pytest.raises(SystemExit) as exit_info:
         cli.main(args)
@@ -294,8 +301,7 @@ def test_interrupted_finetuning_resumes(run, tmp_path, capsys, monkeypatch):
 
 def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
     path = tmp_path / "run"
-    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
-            "--plan", "uniform:P50", "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    args = prune_args(inputs, path, "--plan", "uniform:P50")
     code, out, err = run_cli(capsys, [*args, "--dry-run"])
     assert code == 0, err
     assert "encoder layers:" in out and "P50" in out
@@ -344,8 +350,7 @@ def test_overwrite_leaves_a_folder_that_is_not_a_run_alone(tmp_path, capsys):
 def test_a_plan_the_model_cannot_take_is_not_recorded(inputs, tmp_path, capsys):
     """A plan refused for the model leaves nothing behind: another plan needs no --overwrite."""
     path = tmp_path / "run"
-    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
-            "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    args = prune_args(inputs, path)
     # BERT-base's table names layers this 4-layer model lacks (found once the model is read); P100 keeps no
     # neuron (a bad option: status 2).
     for plan, status, message in (("bert-base", 1, "names layer(s) [5, 6"), ("uniform:P100", 2, "keeps no neuron")):
@@ -363,8 +368,7 @@ def test_an_edited_plan_file_is_another_plan(inputs, tmp_path, capsys):
     path, mine = tmp_path / "run", tmp_path / "mine.json"
     first, edited = PruningPlan({3: {"intermediate": 50}}, name="mine"), PruningPlan({3: {"intermediate": 70}})
     first.save(mine)
-    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
-            "--plan", str(mine), "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    args = prune_args(inputs, path, "--plan", str(mine))
     code, _, err = run_cli(capsys, args)
     assert code == 0, err
     edited.save(mine, overwrite=True)
@@ -412,13 +416,10 @@ def test_compress_with_distillation(inputs, tmp_path, capsys):
 def test_a_failed_step_leaves_no_settings_behind(inputs, tmp_path, capsys):
     """The corrected command runs without --overwrite: the failed attempt recorded nothing to refuse it with."""
     path = tmp_path / "run"
-    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "1",
-            "--plan", "uniform:P50", "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
-    code, _, err = run_cli(capsys, args)
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50", sentences=1))
     assert code == 1 and "needs at least 2" in err.strip().splitlines()[-1]
     assert "steps" not in json.loads((path / "settings.json").read_text())
-    args[args.index("1")] = "24"
-    code, _, err = run_cli(capsys, args)
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50"))
     assert code == 0, err
     assert json.loads((path / "settings.json").read_text())["steps"]["analyze"]["n_sentences"] == 24
 
@@ -426,9 +427,7 @@ def test_a_failed_step_leaves_no_settings_behind(inputs, tmp_path, capsys):
 def test_prune_by_std(inputs, tmp_path, capsys):
     """--score std: the plan is sized and the neurons chosen by the std column, and the run says so."""
     path = tmp_path / "run"
-    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
-            "--plan", "target:0.7", "--score", "std", "--device", "cpu", "--no-progress",
-            "--output", str(path)]  # fmt: skip
+    args = prune_args(inputs, path, "--plan", "target:0.7", "--score", "std")
     code, _, err = run_cli(capsys, args)
     assert code == 0, err
     steps = json.loads((path / "settings.json").read_text())["steps"]
@@ -455,9 +454,7 @@ def test_prune_with_the_linear_fold(inputs, tmp_path, capsys):
     from obce.prune import prune_model
 
     path = tmp_path / "run"
-    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "24",
-            "--plan", "target:0.7", "--fold", "linear", "--device", "cpu", "--no-progress",
-            "--output", str(path)]  # fmt: skip
+    args = prune_args(inputs, path, "--plan", "target:0.7", "--fold", "linear")
     code, _, err = run_cli(capsys, args)
     assert code == 0, err
     assert json.loads((path / "settings.json").read_text())["steps"]["prune"]["fold"] == "linear"
