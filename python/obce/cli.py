@@ -242,7 +242,8 @@ def _check_prunable(model: str | None) -> None:
     from .models.compressed import compressed_class_for  # also registers the compressed types with AutoConfig
 
     try:
-        model_class = MODEL_MAPPING[type(AutoConfig.from_pretrained(model))]
+        # What is here already: a hub model not yet downloaded is checked when pruning, not waited for twice.
+        model_class = MODEL_MAPPING[type(AutoConfig.from_pretrained(model, local_files_only=True))]
     except (OSError, ValueError, KeyError):
         return  # loading it for the analysis says what is wrong
     try:
