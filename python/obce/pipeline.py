@@ -389,6 +389,10 @@ def check_plan_spec(spec: str) -> str:
     return spec
 
 
+_NAMED_PLANS = ("bert-base", "bert-large", "uniform", "target")
+"""The plan forms :func:`build_plan` knows by name (before any ``:``); any other plan text is a file."""
+
+
 def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> PruningPlan:
     """Turn a plan given as text (see :func:`check_plan_spec`) into a :class:`PruningPlan`.
 
@@ -636,7 +640,7 @@ def _plan_setting(spec: str | PruningPlan, score: str) -> dict:
     if isinstance(spec, PruningPlan):
         return {"plan": spec.to_dict(), "score": score}
     setting = {"plan": spec, "score": score}
-    if spec.strip().partition(":")[0] not in ("bert-base", "bert-large", "uniform", "target"):
+    if spec.strip().partition(":")[0] not in _NAMED_PLANS:
         content = json.dumps(build_plan(spec, None, None).to_dict(), sort_keys=True)
         setting["plan_sha256"] = hashlib.sha256(content.encode()).hexdigest()
     return setting
