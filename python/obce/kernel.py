@@ -71,7 +71,8 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         2^-511 in float64, where squares lose precision, or beyond ~1.8e19 or ~1.3e154, where
         they overflow): in float64, on coordinates scaled exactly by a power of two.
     n_threads : int, default -1
-        CPU threads; -1 uses all cores. Ignored for CUDA tensors.
+        CPU threads; -1 uses all cores. Ignored for CUDA tensors. In a process forked after its parent ran the
+        kernel on several threads, always 1 (GNU OpenMP's threads do not survive fork).
     check_finite : bool, default True
         Raise on NaN or infinity in the input or the result, and recompute clouds out of range
         (above). For CUDA tensors this waits for the result; with False the call is fully
@@ -110,7 +111,9 @@ def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
 
     Births are all 0. Zero-length deaths of duplicate points are kept, so every cloud has
     ``n_points - 1`` of them; ripser drops such zero-persistence pairs, so compare its finite
-    deaths with the non-zero ones here.
+    deaths with the non-zero ones here. With ``check_finite``, a d > 1 cloud whose smallest death
+    is 0 or tiny is computed again in float64 (a zero may be a square that underflowed), so clouds
+    with duplicate points cost about twice as much.
 
     Parameters
     ----------

@@ -64,8 +64,9 @@ FOLD_MODES: tuple[str, ...] = ("none", "mean", "mean+std", "linear")
 STATISTICS: dict[str, tuple[str, str]] = {"token": ("token_mean", "token_std"), "point": ("mean", "std")}
 """Source of the folded statistics -> the importance table's (mean, std) columns."""
 LINEAR_RIDGE = 1e-2
-"""Ridge of ``fold="linear"``'s regression, relative to the kept inputs' mean variance: the covariance of 1,536
-GELU outputs from a few thousand tokens is close to singular, and an unregularized ``B`` amplifies its noise."""
+"""Ridge of ``fold="linear"``'s regression, relative to the kept inputs' mean variance: the covariance of the inputs
+is close to singular (MiniLM's layer-3 intermediate over 150 sentences, 3,473 tokens: condition number about 1e7, 13
+of 1,536 eigenvalues below 1e-3 of the mean), and an unregularized ``B`` would amplify its noise."""
 
 
 def _fold_values(table, layer: int, component: str, removed: np.ndarray, fold: str, statistics: str) -> np.ndarray:
