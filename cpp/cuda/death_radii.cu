@@ -129,7 +129,7 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
   const index_t chunk = index_t(std::min<size_t>({size_t(v.n_clouds), budget / per_cloud, 65535}));
   DeviceBuffer<T> matrices(size_t(chunk) * per_cloud / sizeof(T), stream);
   const unsigned tiles = unsigned((n + kPairTile - 1) / kPairTile);
-  const int threads = int(std::clamp<index_t>((n + 31) / 32 * 32, 64, 1024));
+  const int threads = prim_matrix_threads(n);
   check(cudaFuncSetAttribute(prim_matrix_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(dist_bytes)),
         "cudaFuncSetAttribute");

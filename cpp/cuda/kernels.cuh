@@ -1,6 +1,7 @@
 // The CUDA kernels: device code only, no runtime calls, so that the tests can also run it on the CPU
 // through a small SIMT emulator (tests/simt). The launches are in death_radii.cu.
 #pragma once
+#include <algorithm>
 #include <limits>
 
 #include "../core/cloud_view.hpp"
@@ -349,6 +350,13 @@ constexpr int kPairDims = 16;              // coordinates per shared-memory chun
 constexpr int kPairStride = kPairTile + 4; // rows stay 16-byte aligned for vector loads
 constexpr size_t kMatrixBudget = size_t(4) << 30;
 constexpr int kRowLoads = 4; // row values a thread of prim_matrix_kernel loads before it uses the first
+
+// prim_matrix_kernel's block size: kRowLoads points a thread (one batch of row loads a step), not
+// one, since a step is issue-bound by the warps' reductions (H200, ncu: 1024 threads for 1500
+// points, ~430 instructions a warp a step), and smaller blocks let two clouds share an SM.
+inline int prim_matrix_threads(index_t n) {
+  return int(std::clamp<index_t>((n + kRowLoads * 32 - 1) / (kRowLoads * 32) * 32, 64, 1024));
+}
 
 // matrices[c][i][j] = |x_i - x_j|^2 of cloud c, by 64 x 64 tiles (a 4 x 4 block per thread). Only
 // tiles on or above the diagonal are computed; each also writes its mirror image (the same values:

@@ -192,7 +192,7 @@ void check_matrix(int clouds, int n, int dim, unsigned seed, int bad_cloud = -1,
                  constexpr index_t chunk = 2;
                  std::vector<T> matrices(size_t(chunk) * n * n, T(-1));
                  const unsigned tiles = (n + kPairTile - 1) / kPairTile;
-                 const unsigned block = threads ? threads : std::clamp((n + 31) / 32 * 32, 64, 1024);
+                 const unsigned block = threads ? threads : prim_matrix_threads(n);
                  for (index_t c0 = 0; c0 < clouds; c0 += chunk) {
                    CloudView<T> part = v;
                    part.data = v.cloud(c0);
@@ -261,6 +261,7 @@ int main() {
   check_matrix<float>(3, 70, 5, 23, 2, NAN);
   check_matrix<double>(2, 70, 5, 24, 0, -INFINITY);
   check_matrix<float>(1, 300, 3, 25, -1, 0.0f, 64); // five points a thread: two rounds of row loads
+  check_matrix<float>(1, 700, 4, 26);               // the launcher's block: 192 threads, up to 4 points each
   std::printf("%d failures\n", failures);
   return failures ? 1 : 0;
 }
