@@ -428,6 +428,21 @@ template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudV
   }
 }
 
+// The matrix path's warp reduction. Its distances are never NaN or negative (clouds with a NaN are
+// rejected first, points in the tree skipped), so float distances order as their bits read as
+// unsigned integers, and two warp-wide min instructions (sm_80 and later) find the least distance
+// and, among the lanes holding it, the least index: the same winner as warp_best's five rounds of
+// three shuffles and a two-key comparison. Indices fit 32 bits (n² values of scratch fit 4 GiB).
+template <class T> __device__ Candidate<T> warp_least(Candidate<T> c) { return warp_best(c); }
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+template <> __device__ inline Candidate<float> warp_least(Candidate<float> c) {
+  const unsigned key = __float_as_uint(c.dist2);
+  const unsigned least = __reduce_min_sync(kFullMask, key);
+  const unsigned index = __reduce_min_sync(kFullMask, key == least ? unsigned(c.index) : ~0u);
+  return {__uint_as_float(least), index == ~0u ? std::numeric_limits<index_t>::max() : index_t(index)};
+}
+#endif
+
 // Prim on cloud c0 + blockIdx.x's distance matrix, one block. Slot j of `dist` (squared distance to
 // the tree, -1 once in it) is only ever touched by thread j % blockDim.x, so the one barrier per step
 // is the one that gathers the warps' candidates (double-buffered by step parity).
@@ -477,10 +492,10 @@ __global__ void __launch_bounds__(1024) prim_matrix_kernel(const T *matrices, in
       }
     }
     const index_t mine = best.index; // the winner is some thread's own best: that thread owns its slot
-    best = warp_best(best);
+    best = warp_least(best);
     if (lane == 0) warp_candidates[step & 1][warp] = best;
     __syncthreads();
-    best = warp_best(lane < n_warps ? warp_candidates[step & 1][lane] : none);
+    best = warp_least(lane < n_warps ? warp_candidates[step & 1][lane] : none);
     joined = best.index;
     if (mine == joined) dist[joined] = T(-1);
     if (threadIdx.x == 0) {

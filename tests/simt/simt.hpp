@@ -145,6 +145,10 @@ template <class V> V __shfl_up_sync(unsigned, V v, unsigned delta) {
   const int lane = threadIdx.x % 32, source = lane - int(delta);
   return simt_exchange(v, source < 0 ? lane : source); // lanes below delta keep their own value
 }
+inline unsigned __reduce_min_sync(unsigned, unsigned v) {
+  for (int mask = 1; mask < 32; mask <<= 1) v = std::min(v, __shfl_xor_sync(0u, v, mask));
+  return v;
+}
 inline int __all_sync(unsigned, int predicate) {
   int all = predicate != 0;
   for (int mask = 1; mask < 32; mask <<= 1) all &= __shfl_xor_sync(0u, all, mask);
