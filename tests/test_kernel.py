@@ -554,6 +554,38 @@ def test_cuda_side_stream():
 
 @needs_cuda
 @pytest.mark.cuda
+def test_cuda_scratch_comes_from_torch():
+    """The matrix path's distance matrices are torch allocations: counted by torch, cached after."""
+    x = torch.randn(12, 3000, 64, device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    lam = obce.fast_death_radii(x, check_finite=False)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before >= 12 * 3000 * 3000 * 4
+    assert torch.cuda.memory_allocated() - before < 1 << 20  # back in torch's cache, not held
+    torch.testing.assert_close(lam.cpu(), obce.fast_death_radii(x.cpu()), rtol=1e-5, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_scratch_failure_propagates():
+    """An allocator's error (torch's out-of-memory, say) reaches the caller unchanged."""
+    from obce import _core
+
+    def no_memory(n_bytes):
+        raise MemoryError(f"no room for {n_bytes} bytes")
+
+    x = torch.randn(2, 300, 8, device="cuda")
+    out = torch.empty(2, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    with pytest.raises(MemoryError, match="no room for"):
+        _core.death_radii(x.__dlpack__(stream=-1), out.__dlpack__(stream=-1), 1, stream, True, no_memory)
+    assert torch.isfinite(obce.fast_death_radii(x)).all()  # the next call is unaffected
+
+
+@needs_cuda
+@pytest.mark.cuda
 def test_cuda_no_host_transfer():
     """With check_finite=False nothing comes back to the host: no device-to-host copy is recorded."""
     x = torch.randn(150, 20000, device="cuda")

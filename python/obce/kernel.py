@@ -7,6 +7,7 @@ infinite bar is not returned. λ is the largest finite death.
 
 from __future__ import annotations
 
+import functools
 import sys
 from typing import Any
 
@@ -39,9 +40,10 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     smallest scale at which the cloud is connected. 1-D clouds are sorted-gap problems solved in
     linear time per cloud; d-dimensional ones run Prim's algorithm with distances computed on the
     fly (O(n) memory, no distance matrix). On a GPU, d-dimensional clouds whose squared-distance
-    matrices fit half the free GPU memory (4 GiB at most) compute those first, as scratch, and run
-    Prim on them, except clouds of over 8,192 points whose coordinates fit the shared memory of a
-    thread-block cluster (those step faster there).
+    matrices fit half the free GPU memory (4 GiB at most) compute those first, as scratch (from
+    torch's caching allocator, reused across calls), and run Prim on them, except clouds of over
+    8,192 points whose coordinates fit the shared memory of a thread-block cluster (those step
+    faster there).
 
     Parameters
     ----------
@@ -202,10 +204,12 @@ def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
         # synchronization is asked of the producer (-1).
         stream = torch.cuda.current_stream(acts.device).cuda_stream
         capsules = acts.__dlpack__(stream=-1), out.__dlpack__(stream=-1)
+        # Scratch from torch's caching allocator on this stream: kept between calls, counted by torch.
+        scratch = functools.partial(torch.empty, dtype=torch.uint8, device=acts.device)
     else:
-        stream = 0
+        stream, scratch = 0, None
         capsules = acts.__dlpack__(), out.__dlpack__()
-    first_bad = kernel(*capsules, n_threads, stream, check_finite)
+    first_bad = kernel(*capsules, n_threads, stream, check_finite, scratch)
     _raise_if_bad(first_bad, acts.dim())
     if check_finite and bool(torch.isinf(out).any()):
         raise ValueError(_OVERFLOW)
