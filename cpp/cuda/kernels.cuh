@@ -140,7 +140,17 @@ constexpr int kTileStride = 33; // padded: a warp reading one cloud's column hit
 // reads (along whichever axis is contiguous), then each warp takes clouds from the tile. In the
 // (n_points, n_neurons) layout a warp reading one column from global memory would touch a
 // different row, and sector, for every value.
-template <class T> __global__ void line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
+// Six blocks an SM, not four (56 registers allowed four: ncu on the H200 found the kernel waiting on
+// its tile loads at 50 % occupancy; a block works only once its whole tile is in): 40 registers,
+// no spills in double, 4 bytes in float. Turing SMs hold 1024 threads: four blocks there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define OBCE_LINE_TILE_BLOCKS 4
+#else
+#define OBCE_LINE_TILE_BLOCKS 6
+#endif
+template <class T>
+__global__ void __launch_bounds__(kLineWarps * 32, OBCE_LINE_TILE_BLOCKS)
+    line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
   OBCE_DYNAMIC_SHARED(shared_raw);
   const index_t n = v.n_points, c0 = index_t(blockIdx.x) * kTileClouds;
   const int clouds_here = int(min(index_t(kTileClouds), v.n_clouds - c0));
