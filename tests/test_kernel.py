@@ -502,6 +502,8 @@ def test_cuda_prim_path_choice(shape, expected, monkeypatch):
     """Unforced, clouds of over 8,192 points whose coordinates fit a cluster's shared memory take the
     cluster kernel; others the matrix path. Either way λ matches the CPU."""
     monkeypatch.delenv("OBCE_CUDA_PRIM", raising=False)
+    if torch.cuda.get_device_capability()[0] < 9:
+        expected = "prim_matrix_kernel"  # no clusters before Hopper: 9,000 points' coordinates fit no block
     x = torch.randn(shape, device="cuda", dtype=torch.float64)
     names = _gpu_event_names(lambda: obce.fast_death_radii(x))
     assert any(expected in name for name in names), names
