@@ -133,6 +133,41 @@ def test_large_offset_float32(dim):
     check(clouds)
 
 
+# Ranges at the ends of a float type: near its largest value hi - lo overflows (no gap does); among
+# subnormals the bucket scale n / (hi - lo) does.
+EXTREME_SPREADS = {"largest": lambda dtype: np.finfo(dtype).max, "subnormal": lambda dtype: np.finfo(dtype).tiny / 4}
+
+
+def extreme_range(kind: str, n_points: int, dtype) -> np.ndarray:
+    """1-D clouds (6 columns) over [-0.9, 0.9] * spread, each reaching both ends and 0."""
+    spread = float(EXTREME_SPREADS[kind](dtype))
+    acts = np.random.default_rng(n_points).uniform(-0.9, 0.9, size=(n_points, 6)) * spread
+    acts[:3] = [-0.9 * spread], [0.9 * spread], [0.0]
+    return acts.astype(dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_points", [3, 150, 3000])
+@pytest.mark.parametrize("kind", EXTREME_SPREADS)
+def test_extreme_ranges(kind, n_points, dtype):
+    """The gaps, taken in the input's precision, are exact at both ends of its range."""
+    acts = extreme_range(kind, n_points, dtype)
+    gaps = np.diff(np.sort(acts, axis=0), axis=0)
+    assert np.isfinite(gaps).all()
+    assert obce.fast_death_radii(acts).tolist() == gaps.max(axis=0).tolist()
+    np.testing.assert_array_equal(obce.h0_deaths(acts), np.sort(gaps.T, axis=1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_gap_overflow_is_reported(dtype):
+    """Two values further apart than the largest float: an infinite gap, reported, not returned."""
+    top = np.finfo(dtype).max
+    acts = np.array([[-0.9 * top, 1.0], [0.9 * top, 2.0]], dtype=dtype)
+    for function in (obce.fast_death_radii, obce.h0_deaths):
+        with pytest.raises(ValueError, match="overflow"):
+            function(acts)
+
+
 @pytest.mark.parametrize("dim", [1, 3, 64])
 def test_float16_is_computed_in_float32(dim):
     rng = np.random.default_rng(dim)
@@ -405,11 +440,40 @@ def test_zero_dimensions():
         obce.fast_death_radii(np.zeros((3, 4, 0)))
 
 
-def test_float32_overflow_is_reported():
-    cloud = np.array([[[0.0, 0.0], [3e19, 3e19]]], dtype=np.float32)
-    with pytest.raises(ValueError, match="overflow"):
-        obce.fast_death_radii(cloud)
-    assert obce.fast_death_radii(cloud.astype(np.float64))[0] == pytest.approx(3e19 * 2**0.5)
+def squares_out_of_float32_range() -> np.ndarray:
+    """float32 clouds (d = 3) whose squared distances leave float32's normal range, and an
+    all-equal one: tiny spreads (squares subnormal or zero), huge ones (squares overflow)."""
+    rng = np.random.default_rng(7)
+    scales = np.array([1e-25, 1e-20, 0.0, 1e25, 3e37])[:, None, None]
+    return (rng.normal(size=(5, 40, 3)) * scales).astype(np.float32)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
+def test_float32_squares_out_of_range(as_tensor):
+    """Clouds whose float32 squares lose precision or overflow come out as float64 gives them."""
+    clouds = squares_out_of_float32_range()
+    # scipy drops edges below ~1e-8 as zeros: the reference sees each cloud scaled (exactly, by a
+    # power of two) to coordinates of about 1, in float64
+    exponents = np.frexp(np.abs(clouds).max(axis=(1, 2)))[1][:, None]
+    _, deaths_ref = reference(np.ldexp(clouds.astype(np.float64), -exponents[:, :, None]))
+    deaths_ref = np.ldexp(deaths_ref, exponents)
+    lam_ref = deaths_ref[:, -1]
+    x = torch.from_numpy(clouds) if as_tensor else clouds
+    lam, deaths = np.asarray(obce.fast_death_radii(x)), np.asarray(obce.h0_deaths(x))
+    assert lam.dtype == deaths.dtype == np.float32
+    np.testing.assert_allclose(lam, lam_ref, rtol=1e-6, atol=0)
+    np.testing.assert_allclose(deaths, deaths_ref, rtol=1e-6, atol=0)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_result_overflow_is_reported(dtype):
+    """A λ beyond the result's precision: float32 above ~3.4e38, float64 squares above ~1.8e308."""
+    top = 3e38 if dtype == np.float32 else 1e160
+    cloud = np.array([[[0.0, 0.0], [top, top]], [[0.0, 0.0], [1.0, 1.0]]], dtype=dtype)
+    for function in (obce.fast_death_radii, obce.h0_deaths):
+        for x in (cloud[::-1], torch.from_numpy(cloud[::-1].copy())):
+            with pytest.raises(ValueError, match="cloud 1 overflow"):
+                function(x)
 
 
 @pytest.mark.parametrize("n_threads", [0, -2, 1.5])
@@ -474,6 +538,27 @@ def test_cuda_matches_cpu(x, prim_path, dtype, monkeypatch):
     deaths = obce.h0_deaths(gpu)
     scale = float(lam.max()) if lam.numel() else 1.0
     torch.testing.assert_close(deaths.cpu(), obce.h0_deaths(cpu), rtol=rtol, atol=rtol * scale)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n_points", [3, 150, 3000])
+@pytest.mark.parametrize("kind", EXTREME_SPREADS)
+def test_cuda_extreme_ranges(kind, n_points, dtype):
+    cpu = torch.from_numpy(extreme_range(kind, n_points, dtype))
+    assert torch.equal(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu))
+    assert torch.equal(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu))
+
+
+@needs_cuda
+@pytest.mark.cuda
+@pytest.mark.parametrize("prim_path", PRIM_PATHS)
+def test_cuda_float32_squares_out_of_range(prim_path, monkeypatch):
+    monkeypatch.setenv("OBCE_CUDA_PRIM", prim_path)
+    cpu = torch.from_numpy(squares_out_of_float32_range())
+    torch.testing.assert_close(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu), rtol=1e-6, atol=0)
+    torch.testing.assert_close(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu), rtol=1e-6, atol=0)
 
 
 @needs_cuda

@@ -5,6 +5,7 @@
 #include <limits>
 
 #include "../core/cloud_view.hpp"
+#include "../core/line.hpp"
 
 // Thread-block clusters (Hopper and later; the emulator supplies its own).
 #if !defined(OBCE_CLUSTERS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
@@ -93,20 +94,16 @@ __device__ bool warp_max_gap(const T *x, index_t stride, index_t n, key_t<T> *bu
     bucket_max[b] = 0;
   }
   __syncwarp();
-  auto fill = [&](auto scale) { // scale's type is the precision of the index arithmetic (see max_gap)
+  with_bucket_scale(lo, hi, n, [&](auto scale, decltype(scale) factor) {
     using C = decltype(scale);
     for (index_t i = lane; i < n; i += 32) {
       const T xi = x[i * stride];
-      const index_t b = min(n - 1, index_t((C(xi) - C(lo)) * scale));
+      const index_t b = min(n - 1, index_t((C(xi) * factor - C(lo) * factor) * scale));
       const K key = Keys<T>::of(xi);
       atomicMin(bucket_min + b, key);
       atomicMax(bucket_max + b, key);
     }
-  };
-  if (sizeof(T) == sizeof(float) && n <= 2048)
-    fill(float(n) / (float(hi) - float(lo)));
-  else
-    fill(double(n) / (double(hi) - double(lo)));
+  });
   __syncwarp();
 
   // Each lane scans a contiguous run of buckets; the largest key of all buckets before its run (an

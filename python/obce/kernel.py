@@ -8,6 +8,7 @@ infinite bar is not returned. λ is the largest finite death.
 from __future__ import annotations
 
 import functools
+import math
 import sys
 from typing import Any
 
@@ -52,12 +53,16 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         each column is one neuron's 1-D cloud; or a batch of clouds ``(n_clouds, n_points, dim)``.
         float16, bfloat16, float32 or float64, any strides, on the CPU or a CUDA device.
         float32 and float64 inputs are read in place; float64 is computed in float64, the rest in
-        float32.
+        float32. For d > 1, float32 works on squared distances, so a checked call computes again
+        in float64 the clouds whose λ² leaves float32's normal range (λ below 2^-63 ≈ 1.1e-19,
+        where squares lose precision, or above ~1.8e19, where they overflow).
     n_threads : int, default -1
         CPU threads; -1 uses all cores. Ignored for CUDA tensors.
     check_finite : bool, default True
-        Raise on NaN or infinity. For CUDA tensors this waits for the result; with False the call
-        is fully asynchronous and a non-finite cloud gives NaN.
+        Raise on NaN or infinity in the input or the result, and recompute float32 clouds out of
+        range (above). For CUDA tensors this waits for the result; with False the call is fully
+        asynchronous, a non-finite cloud gives NaN and an out-of-range float32 cloud gives 0 or
+        infinity.
 
     Returns
     -------
@@ -71,8 +76,9 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     TypeError
         Not a 2-D or 3-D array, or not a floating-point dtype.
     ValueError
-        Fewer than 2 points, zero dimensions, NaN or infinity (the first offending cloud is
-        named), or squared distances that overflow float32.
+        Fewer than 2 points, zero dimensions, NaN or infinity, or a λ beyond the result's
+        precision (float32 above ~3.4e38, or squared float64 distances above ~1.8e308); the first
+        offending cloud is named.
     RuntimeError
         A CUDA error (out of memory included), or a CUDA tensor given to a build without CUDA.
 
@@ -148,13 +154,36 @@ def _result_shape(n_clouds: int, n_points: int, full_diagram: bool) -> tuple[int
     return (n_clouds, n_points - 1) if full_diagram else (n_clouds,)
 
 
+def _where(cloud: int, ndim: int) -> str:
+    return f"column {cloud} (neuron {cloud})" if ndim == 2 else f"cloud {cloud}"
+
+
 def _raise_if_bad(first_bad: int, ndim: int) -> None:
     if first_bad >= 0:
-        where = f"column {first_bad} (neuron {first_bad})" if ndim == 2 else f"cloud {first_bad}"
-        raise ValueError(f"input contains NaN or infinity in {where}")
+        raise ValueError(f"input contains NaN or infinity in {_where(first_bad, ndim)}")
 
 
-_OVERFLOW = "squared distances overflow float32 (values above ~1e19); pass float64 input"
+def _raise_if_overflow(infinite, ndim: int, float64: bool) -> None:
+    """infinite: the indices of the clouds whose λ is infinite though their input is finite."""
+    if len(infinite):
+        precision = "float64" if float64 else "float32"
+        raise ValueError(f"the distances in {_where(int(infinite[0]), ndim)} overflow {precision}: rescale the input")
+
+
+def _lambdas(out, full_diagram: bool):
+    """λ of each cloud, a view of the result (a diagram's rows ascend)."""
+    return out[:, -1] if full_diagram else out
+
+
+def _squares_in_float32(acts_shape: tuple[int, ...]) -> bool:
+    """Whether float32 clouds of this shape are computed on squared distances (d > 1)."""
+    return len(acts_shape) == 3 and acts_shape[2] > 1
+
+
+def _squares_out_of_float32_range(lam):
+    """Clouds whose λ² left float32's normal range: λ below 2^-63, where squares lose precision or
+    vanish, or infinite, where they overflowed. Such clouds are computed again in float64."""
+    return ~((lam >= 2.0**-63) & (lam < math.inf))
 
 
 def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
@@ -176,8 +205,15 @@ def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
         capsule = np.array(acts).__dlpack__()
     first_bad = kernel(capsule, out.__dlpack__(max_version=(1, 0)), n_threads, 0, check_finite)
     _raise_if_bad(first_bad, acts.ndim)
-    if check_finite and np.isinf(out).any():
-        raise ValueError(_OVERFLOW)
+    if check_finite:
+        lam = _lambdas(out, full_diagram)
+        if acts.dtype == np.float32 and _squares_in_float32(acts.shape):
+            redo = np.flatnonzero(_squares_out_of_float32_range(lam))
+            if redo.size:
+                again = _run_numpy(kernel, acts[redo].astype(np.float64), n_threads, False, full_diagram)
+                with np.errstate(over="ignore"):  # a λ beyond float32 becomes infinity, reported below
+                    out[redo] = again
+        _raise_if_overflow(np.flatnonzero(np.isinf(lam)), acts.ndim, acts.dtype == np.float64)
     return out
 
 
@@ -211,6 +247,12 @@ def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
         capsules = acts.__dlpack__(), out.__dlpack__()
     first_bad = kernel(*capsules, n_threads, stream, check_finite, scratch)
     _raise_if_bad(first_bad, acts.dim())
-    if check_finite and bool(torch.isinf(out).any()):
-        raise ValueError(_OVERFLOW)
+    if check_finite:
+        lam = _lambdas(out, full_diagram)
+        if acts.dtype == torch.float32 and _squares_in_float32(tuple(acts.shape)):
+            redo = _squares_out_of_float32_range(lam).nonzero().flatten()
+            if len(redo):
+                again = _run_torch(torch, kernel, acts[redo].double(), n_threads, False, full_diagram)
+                out[redo] = again.float()
+        _raise_if_overflow(torch.isinf(lam).nonzero().flatten(), acts.dim(), acts.dtype == torch.float64)
     return out

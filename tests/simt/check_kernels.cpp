@@ -3,6 +3,7 @@
 // ties and duplicate points, partial tiles, both 1-D layouts, unchecked calls, NaN and infinite
 // inputs, Prim in one block and in clusters of blocks.
 // Prints one line per check; exits 1 if any failed. Built and run by tests/test_kernels_emulated.py.
+#include <cfloat>
 #include <cstdio>
 #include <random>
 #include <string>
@@ -77,14 +78,32 @@ template <class T> std::vector<T> line_values(size_t count, unsigned seed) {
   return x;
 }
 
-template <class T> void check_line(int n, int clouds, bool clouds_contiguous, unsigned seed) {
-  std::vector<T> data = line_values<T>(size_t(n) * clouds, seed);
+// Values spread over [-0.9, 0.9] * spread: near T's largest value, hi - lo overflows (most gaps do
+// not); among subnormals, n / (hi - lo) does.
+std::string spread_name(double spread) {
+  char name[32] = "";
+  if (spread) std::snprintf(name, sizeof name, " spread %g", spread);
+  return name;
+}
+
+template <class T> std::vector<T> spread_values(size_t count, unsigned seed, double spread) {
+  std::mt19937 rng(seed);
+  std::uniform_real_distribution<double> fraction(-0.9, 0.9);
+  std::vector<T> x(count);
+  for (auto &v : x) v = T(fraction(rng) * spread);
+  return x;
+}
+
+template <class T>
+void check_line(int n, int clouds, bool clouds_contiguous, unsigned seed, double spread = 0) {
+  std::vector<T> data =
+      spread ? spread_values<T>(size_t(n) * clouds, seed, spread) : line_values<T>(size_t(n) * clouds, seed);
   const int bad_cloud = clouds > 3 ? 3 : -1;
   if (bad_cloud >= 0) data[clouds_contiguous ? size_t(bad_cloud) * n + 1 : size_t(clouds) + bad_cloud] = NAN;
   CloudView<T> v{data.data(), clouds, n, 1, clouds_contiguous ? n : 1, clouds_contiguous ? 1 : clouds, 0};
   const std::string name = std::string(sizeof(T) == 4 ? "float" : "double") + " n=" + std::to_string(n) +
                            " clouds=" + std::to_string(clouds) +
-                           (clouds_contiguous ? " contiguous" : " matrix");
+                           (clouds_contiguous ? " contiguous" : " matrix") + spread_name(spread);
   // first_bad null: an unchecked call (no flag; the NaN result is all there is)
   auto verify = [&](const std::vector<T> &out, const unsigned long long *first_bad, const char *kernel) {
     for (int c = 0; c < clouds; ++c) {
@@ -244,6 +263,11 @@ int main() {
     check_line<double>(150, 40, contiguous, 2);
     check_line<float>(2, 33, contiguous, 3);
     check_line<float>(37, 3, contiguous, 4);
+    for (double spread : {double(FLT_MAX), 1e-39}) {
+      check_line<float>(150, 40, contiguous, 7, spread);
+      check_line<float>(2, 33, contiguous, 9, spread); // near FLT_MAX the gaps overflow: infinite
+    }
+    for (double spread : {DBL_MAX, 1e-309}) check_line<double>(150, 40, contiguous, 8, spread);
   }
   for (bool shared_coords : {true, false}) {
     check_prim<float>(3, 150, 17, 1, shared_coords, 10);
