@@ -429,6 +429,11 @@ def test_wrong_torch_dtype():
         obce.fast_death_radii(torch.zeros(4, 3, dtype=torch.int64))
 
 
+def test_sparse_torch_tensor():
+    with pytest.raises(TypeError, match="dense"):
+        obce.fast_death_radii(torch.eye(4).to_sparse())
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (3, 1, 2), (3, 0, 2)])
 def test_too_few_points(shape):
     with pytest.raises(ValueError, match="at least 2 points"):

@@ -102,8 +102,8 @@ private:
 #endif
 
 template <class T>
-index_t run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &device, int n_threads,
-            std::uintptr_t stream, [[maybe_unused]] const py::object &scratch, bool check_finite) {
+obce::Findings run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &device, int n_threads,
+                   std::uintptr_t stream, [[maybe_unused]] const py::object &scratch, bool check_finite) {
   if (is_cuda(device)) {
 #ifdef OBCE_WITH_CUDA
     PythonScratch held(scratch);
@@ -122,8 +122,9 @@ index_t run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &d
                                       : obce::cpu::h0_deaths(v, out, n_threads);
 }
 
-index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule &out_capsule, int n_threads,
-                std::uintptr_t stream, bool check_finite, const py::object &scratch) {
+std::pair<index_t, index_t> compute(Operation op, const py::capsule &acts_capsule,
+                                    const py::capsule &out_capsule, int n_threads, std::uintptr_t stream,
+                                    bool check_finite, const py::object &scratch) {
   BorrowedTensor acts(acts_capsule, false), out(out_capsule, true);
   const DLDataType dt = acts->dtype;
   if (dt.code != kDLFloat || (dt.bits != 32 && dt.bits != 64) || dt.lanes != 1)
@@ -147,8 +148,10 @@ index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule
       (out->ndim == 2 && out.stride(0) != n_points - 1))
     throw std::invalid_argument("output must be a contiguous array of the result's shape");
 
-  return f64 ? run(op, v64, out.data<double>(), acts->device, n_threads, stream, scratch, check_finite)
-             : run(op, v32, out.data<float>(), acts->device, n_threads, stream, scratch, check_finite);
+  const obce::Findings found =
+      f64 ? run(op, v64, out.data<double>(), acts->device, n_threads, stream, scratch, check_finite)
+          : run(op, v32, out.data<float>(), acts->device, n_threads, stream, scratch, check_finite);
+  return {found.first_bad, found.first_out_of_range};
 }
 
 py::dict build_info() {
@@ -178,9 +181,10 @@ py::dict build_info() {
 PYBIND11_MODULE(_core, m) {
   m.doc() = "obce's compiled kernels; use the wrappers in obce.kernel";
   // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
-  const char *args_doc = "(acts, out, n_threads, stream, check_finite, scratch=None) -> index of the first "
-                         "non-finite cloud or -1; "
-                         "scratch: bytes -> a tensor on a CUDA input's device and stream (torch.empty)";
+  const char *args_doc =
+      "(acts, out, n_threads, stream, check_finite, scratch=None) -> (first non-finite cloud, first "
+      "cloud whose lambda is out of range), -1 for none; scratch: bytes -> a tensor on a CUDA input's "
+      "device and stream (torch.empty)";
   for (const auto &[name, op] :
        {std::pair{"death_radii", Operation::death_radii}, std::pair{"h0_deaths", Operation::h0_deaths}}) {
     const Operation operation = op; // a lambda cannot capture a structured binding before C++20

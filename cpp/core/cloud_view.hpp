@@ -1,6 +1,8 @@
-// A batch of point clouds seen through strides, so that any input layout is read in place.
+// A batch of point clouds seen through strides, so that any input layout is read in place, and
+// what a call found in it.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 #ifdef __CUDACC__
 #define OBCE_HOST_DEVICE __host__ __device__
@@ -30,5 +32,19 @@ template <class T> struct CloudView {
 
   OBCE_HOST_DEVICE const T *cloud(index_t c) const { return data + c * cloud_stride; }
 };
+
+// The first cloud holding a NaN or an infinity, and the first whose λ is out of the range its
+// computation holds (out_of_range); -1 where there is none.
+struct Findings {
+  index_t first_bad = -1, first_out_of_range = -1;
+};
+
+// Whether a finite cloud's λ is out of range: infinite (distances beyond the type's range) or, for
+// float clouds of d > 1 (`squares`: computed on squared distances), below 2^-63, where float's
+// squares lose precision or vanish. obce.kernel computes such float clouds again in double.
+template <class T> OBCE_HOST_DEVICE bool out_of_range(T lambda, bool squares) {
+  const T least = squares && sizeof(T) == sizeof(float) ? T(0x1p-63) : T(0);
+  return lambda < least || lambda == std::numeric_limits<T>::infinity();
+}
 
 } // namespace obce

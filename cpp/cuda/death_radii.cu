@@ -16,7 +16,7 @@
 namespace obce::cuda {
 namespace {
 
-constexpr unsigned long long kNoBadCloud = ~0ull;
+constexpr unsigned long long kNone = ~0ull; // a flag no cloud has set
 
 void check(cudaError_t err, const char *what) {
   if (err == cudaSuccess) return;
@@ -192,35 +192,39 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
   check_launch("prim_kernel");
 }
 
-// Runs `body` with a device flag for the first non-finite cloud and returns that cloud or -1.
-// Unchecked calls pass no flag: no allocation, no memset, nothing to wait for.
-template <class Body>
-index_t with_bad_flag(int device, std::uintptr_t stream_handle, const Scratch &scratch, bool check_finite,
-                      Body body) {
+// Runs `body` and reports what it found, read back in one copy: the first non-finite cloud (a flag
+// the kernels fill) and the first λ out of range (a check of the n_clouds values `stride` apart at
+// `lambdas`). Unchecked calls pass no flag: no allocation, no memset, nothing to wait for.
+template <class T, class Body>
+Findings with_findings(int device, std::uintptr_t stream_handle, const Scratch &scratch, bool check_finite,
+                       const CloudView<T> &v, const T *lambdas, index_t stride, Body body) {
   DeviceGuard guard(device);
   const Device dev(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (!check_finite) {
     body(dev, stream, nullptr);
-    return -1;
+    return {};
   }
-  unsigned long long *flag = take<unsigned long long>(scratch, 1);
-  check(cudaMemsetAsync(flag, 0xff, sizeof(unsigned long long), stream), "cudaMemsetAsync");
-  body(dev, stream, flag);
-  unsigned long long first_bad = kNoBadCloud;
-  check(cudaMemcpyAsync(&first_bad, flag, sizeof first_bad, cudaMemcpyDeviceToHost, stream),
-        "cudaMemcpyAsync");
+  unsigned long long *flags = take<unsigned long long>(scratch, 2), found[2];
+  check(cudaMemsetAsync(flags, 0xff, sizeof found, stream), "cudaMemsetAsync");
+  body(dev, stream, flags);
+  constexpr int threads = 256;
+  out_of_range_kernel<T><<<grid_for(v.n_clouds, threads), threads, 0, stream>>>(lambdas, v.n_clouds, stride,
+                                                                                v.dim > 1, flags + 1);
+  check_launch("out_of_range_kernel");
+  check(cudaMemcpyAsync(found, flags, sizeof found, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  return first_bad == kNoBadCloud ? -1 : index_t(first_bad);
+  const auto cloud = [](unsigned long long flag) { return flag == kNone ? index_t(-1) : index_t(flag); };
+  return {cloud(found[0]), cloud(found[1])};
 }
 
 } // namespace
 
 template <class T>
-index_t death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, const Scratch &scratch,
-                    bool check_finite) {
-  if (v.n_clouds == 0) return -1;
-  return with_bad_flag(device, stream, scratch, check_finite,
+Findings death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, const Scratch &scratch,
+                     bool check_finite) {
+  if (v.n_clouds == 0) return {};
+  return with_findings(device, stream, scratch, check_finite, v, out, 1,
                        [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
                          if (v.dim == 1)
                            launch_line_death_radii(v, out, bad, dev, s, scratch);
@@ -230,11 +234,13 @@ index_t death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t st
 }
 
 template <class T>
-index_t h0_deaths(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, const Scratch &scratch,
-                  bool check_finite) {
-  if (v.n_clouds == 0) return -1;
-  return with_bad_flag(
-      device, stream, scratch, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
+Findings h0_deaths(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, const Scratch &scratch,
+                   bool check_finite) {
+  if (v.n_clouds == 0) return {};
+  // Rows ascend: each one's last death is λ.
+  return with_findings(
+      device, stream, scratch, check_finite, v, out + (v.n_points - 2), v.n_points - 1,
+      [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
         const index_t n = v.n_points, n_gaps = v.n_clouds * (n - 1);
         constexpr int threads = 256;
         if (v.dim == 1) {
@@ -269,13 +275,13 @@ std::string device_name(int device) {
   return prop.name;
 }
 
-template index_t death_radii<float>(const CloudView<float> &, float *, int, std::uintptr_t, const Scratch &,
-                                    bool);
-template index_t death_radii<double>(const CloudView<double> &, double *, int, std::uintptr_t,
-                                     const Scratch &, bool);
-template index_t h0_deaths<float>(const CloudView<float> &, float *, int, std::uintptr_t, const Scratch &,
-                                  bool);
-template index_t h0_deaths<double>(const CloudView<double> &, double *, int, std::uintptr_t, const Scratch &,
+template Findings death_radii<float>(const CloudView<float> &, float *, int, std::uintptr_t, const Scratch &,
+                                     bool);
+template Findings death_radii<double>(const CloudView<double> &, double *, int, std::uintptr_t,
+                                      const Scratch &, bool);
+template Findings h0_deaths<float>(const CloudView<float> &, float *, int, std::uintptr_t, const Scratch &,
                                    bool);
+template Findings h0_deaths<double>(const CloudView<double> &, double *, int, std::uintptr_t, const Scratch &,
+                                    bool);
 
 } // namespace obce::cuda

@@ -536,4 +536,15 @@ template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds
   }
 }
 
+// ---- the range check of checked calls ---------------------------------------------------------
+
+// The least c < count whose λ, values[c * stride], is out_of_range, into *first_out_of_range.
+template <class T>
+__global__ void out_of_range_kernel(const T *values, index_t count, index_t stride, bool squares,
+                                    unsigned long long *first_out_of_range) {
+  for (index_t c = blockIdx.x * index_t(blockDim.x) + threadIdx.x; c < count;
+       c += index_t(gridDim.x) * blockDim.x)
+    if (out_of_range(values[c * stride], squares)) report_bad(first_out_of_range, c);
+}
+
 } // namespace obce::cuda

@@ -252,12 +252,34 @@ template <class T> void check_h0_helpers(int n, int clouds, unsigned seed) {
   std::printf("ok h0 helpers n=%d clouds=%d\n", n, clouds);
 }
 
+// The range check of checked calls: the least out-of-range λ (every stride-th value) per flag.
+template <class T> void check_out_of_range(unsigned seed) {
+  const index_t count = 700, stride = 3;
+  std::vector<T> values = line_values<T>(size_t(count * stride), seed);
+  for (auto &v : values) v = std::abs(v) + T(1); // in range
+  values[530 * stride] = INFINITY;
+  values[410 * stride] = T(1e-30);     // below 2^-63: out of range for float squares only
+  values[300 * stride + 1] = INFINITY; // not a λ: between the strided values
+  values[200 * stride] = NAN;          // a non-finite cloud's λ is that cloud's own report
+  for (bool squares : {false, true}) {
+    unsigned long long first = ~0ull;
+    simt_launch(dim3(2), dim3(64),
+                [&] { out_of_range_kernel<T>(values.data(), count, stride, squares, &first); });
+    const unsigned long long want = squares && sizeof(T) == sizeof(float) ? 410 : 530;
+    expect(first == want, std::string("out_of_range_kernel ") + (sizeof(T) == 4 ? "float" : "double") +
+                              (squares ? " squares" : "") + ": " + std::to_string(first));
+  }
+  std::printf("ok out_of_range_kernel %s\n", sizeof(T) == 4 ? "float" : "double");
+}
+
 } // namespace
 
 int main() {
   std::setvbuf(stdout, nullptr, _IOLBF, 0); // every finished check shows, even if a later one crashes
   check_h0_helpers<float>(150, 7, 5);       // grid-stride loops: more values than threads
   check_h0_helpers<double>(3, 2, 6);
+  check_out_of_range<float>(30);
+  check_out_of_range<double>(31);
   for (bool contiguous : {false, true}) {
     check_line<float>(150, 70, contiguous, 1); // three tiles, the last one partial
     check_line<double>(150, 40, contiguous, 2);
