@@ -25,6 +25,7 @@ stage build-info python3 -c "import obce, json; i = obce.build_info(); print(jso
 stage cuda-tests python3 -m pytest tests/test_kernel.py -p no:cacheprovider -q -rs -m cuda -W default
 grep -q "skipped" <(tail -n 3 "$log") && status+=("cuda-tests: some CUDA tests SKIPPED")
 stage targets python3 benchmarks/gpu_targets.py --out "$out"
+stage host-cost python3 benchmarks/host_cost.py --device cuda --out "$out"
 stage memcheck timeout 120 compute-sanitizer --tool memcheck --error-exitcode 1 python3 benchmarks/sanitize_small.py
 stage racecheck timeout 150 compute-sanitizer --tool racecheck --error-exitcode 1 python3 benchmarks/sanitize_small.py --tiny
 # Hardware counters of one 1-D launch (BERT-base) and the d > 1 launches (144 x 1500 x 64: the

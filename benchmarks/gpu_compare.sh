@@ -3,7 +3,8 @@
 #   bash benchmarks/gpu_compare.sh RESULTS-FOLDER NAME=SOURCE-DIR [NAME=SOURCE-DIR ...]
 # e.g. git archive some-branch --prefix=ab/new/ | tar -x; bash benchmarks/gpu_compare.sh out main=. new=ab/new
 # Builds every tree at once (sm_90, each into RESULTS-FOLDER/NAME/site), then runs each tree's own
-# gpu_targets.py against its own build, one after the other, and prints the tables.
+# gpu_targets.py (and host_cost.py, where the tree has it) against its own build, one after the
+# other, and prints the tables.
 set -u
 out=$1
 shift
@@ -24,6 +25,10 @@ for spec in "$@"; do
   # sys.path[0] is the script's folder, so PYTHONPATH alone decides which build is imported.
   PYTHONPATH="$out/$name/site" python3 "$src/benchmarks/gpu_targets.py" --out "$out/$name" \
     >"$out/$name/targets.log" 2>&1 || echo "$name: FAILED (see $out/$name/build.log, targets.log)"
+  if [ -f "$src/benchmarks/host_cost.py" ]; then
+    PYTHONPATH="$out/$name/site" python3 "$src/benchmarks/host_cost.py" --device cuda --out "$out/$name" \
+      >"$out/$name/host_cost.log" 2>&1 || echo "$name: host_cost FAILED (see $out/$name/host_cost.log)"
+  fi
   PYTHONPATH="$out/$name/site" python3 -c "import obce; print('obce from', obce.__file__)"
-  cat "$out/$name"/gpu_targets_*.md 2>/dev/null
+  cat "$out/$name"/gpu_targets_*.md "$out/$name"/host_cost_cuda.md 2>/dev/null
 done
