@@ -6,7 +6,9 @@ Times each host-side step of a call on a 32 × 150 activation matrix (the kernel
 small there; one CPU thread): the whole call, unchecked and checked, and the pieces of the wrapper one by one
 (output allocation, the current stream, DLPack capsules, the compiled call, the overflow check).
 Host time only: loops of calls timed with perf_counter, the device synchronized between loops and
-outside the timing; median over loops, in µs a call.
+outside the timing; median over loops, in µs a call. On a GPU, the CUDA runtime calls of an
+unchecked and a checked call follow (torch profiler: count and host µs per obce call, the
+profiler's own cost included).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 
@@ -39,6 +42,27 @@ def host_us(fn, sync) -> float:
         per_call.append((time.perf_counter_ns() - t0) / LOOP / 1e3)
         sync()
     return statistics.median(per_call)
+
+
+def runtime_calls(fn, calls: int = 200) -> list[tuple[str, float, float]]:
+    """(name, count, host µs) per call of fn of every CUDA runtime call it makes, by the torch profiler."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    torch.cuda.synchronize()
+    try:
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            for _ in range(calls):
+                fn()
+    except (RuntimeError, AssertionError) as error:  # no CUDA profiling here: the timings above still stand
+        print(f"profiler: {error}", file=sys.stderr)
+        return []
+    torch.cuda.synchronize()
+    return [
+        (event.key, event.count / calls, event.cpu_time_total / calls)
+        for event in prof.key_averages()
+        if event.key.startswith("cuda")
+    ]
 
 
 def steps(device: str) -> dict[str, callable]:
@@ -71,7 +95,8 @@ def main() -> None:
     args = parser.parse_args()
     sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
-    rows = [(name, host_us(fn, sync)) for name, fn in steps(args.device).items()]
+    found = steps(args.device)
+    rows = [(name, host_us(fn, sync)) for name, fn in found.items()]
     lines = [
         f"Host time per call, 32 × 150 float32 on {where} (torch {torch.__version__}, obce {obce.__version__}):",
         "",
@@ -79,6 +104,12 @@ def main() -> None:
         "|---|---|",
         *(f"| {name} | {us:.2f} |" for name, us in rows),
     ]
+    if args.device == "cuda":
+        for call in ("obce call, check_finite=False", "obce call, checked (default)"):
+            runtime = runtime_calls(found[call])
+            lines += ["", f"CUDA runtime calls of one {call} (profiled):", "", "| runtime call | count | µs |"]
+            lines += ["|---|---|---|", *(f"| {name} | {count:.2f} | {us:.2f} |" for name, count, us in runtime)]
+            rows += [(f"{call}: {name}", us) for name, _, us in runtime]
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
