@@ -445,39 +445,42 @@ def test_zero_dimensions():
         obce.fast_death_radii(np.zeros((3, 4, 0)))
 
 
-def squares_out_of_float32_range() -> np.ndarray:
-    """float32 clouds (d = 3) whose squared distances leave float32's normal range, and an
-    all-equal one: tiny spreads (squares subnormal or zero), huge ones (squares overflow)."""
-    rng = np.random.default_rng(7)
-    scales = np.array([1e-25, 1e-20, 0.0, 1e25, 3e37])[:, None, None]
-    return (rng.normal(size=(5, 40, 3)) * scales).astype(np.float32)
+# d > 1 clouds whose squared distances leave the normal range of their type, and an all-equal one:
+# tiny spreads (squares subnormal or zero), huge ones (squares overflow; λ itself does not).
+SQUARES_OUT_OF_RANGE = {np.float32: [1e-25, 1e-20, 0.0, 1e25, 3e37], np.float64: [1e-200, 1e-160, 0.0, 1e160, 1e300]}
+
+
+def squares_out_of_range(dtype) -> np.ndarray:
+    scales = np.array(SQUARES_OUT_OF_RANGE[dtype])[:, None, None]
+    return (np.random.default_rng(7).normal(size=(len(scales), 40, 3)) * scales).astype(dtype)
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
-def test_float32_squares_out_of_range(as_tensor):
-    """Clouds whose float32 squares lose precision or overflow come out as float64 gives them."""
-    clouds = squares_out_of_float32_range()
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_squares_out_of_range(dtype, as_tensor):
+    """Clouds whose squares lose precision or overflow come out as in float64 at coordinates of ~1."""
+    clouds = squares_out_of_range(dtype)
     # scipy drops edges below ~1e-8 as zeros: the reference sees each cloud scaled (exactly, by a
     # power of two) to coordinates of about 1, in float64
     exponents = np.frexp(np.abs(clouds).max(axis=(1, 2)))[1][:, None]
     _, deaths_ref = reference(np.ldexp(clouds.astype(np.float64), -exponents[:, :, None]))
     deaths_ref = np.ldexp(deaths_ref, exponents)
-    lam_ref = deaths_ref[:, -1]
     x = torch.from_numpy(clouds) if as_tensor else clouds
     lam, deaths = np.asarray(obce.fast_death_radii(x)), np.asarray(obce.h0_deaths(x))
-    assert lam.dtype == deaths.dtype == np.float32
-    np.testing.assert_allclose(lam, lam_ref, rtol=1e-6, atol=0)
-    np.testing.assert_allclose(deaths, deaths_ref, rtol=1e-6, atol=0)
+    assert lam.dtype == deaths.dtype == dtype
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(lam, deaths_ref[:, -1], rtol=rtol, atol=0)
+    np.testing.assert_allclose(deaths, deaths_ref, rtol=rtol, atol=0)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_result_overflow_is_reported(dtype):
-    """A λ beyond the result's precision: float32 above ~3.4e38, float64 squares above ~1.8e308."""
-    top = 3e38 if dtype == np.float32 else 1e160
+    """A λ beyond the result's type: above ~3.4e38 for float32, ~1.8e308 for float64."""
+    top = 3e38 if dtype == np.float32 else 1.5e308
     cloud = np.array([[[0.0, 0.0], [top, top]], [[0.0, 0.0], [1.0, 1.0]]], dtype=dtype)
     for function in (obce.fast_death_radii, obce.h0_deaths):
         for x in (cloud[::-1], torch.from_numpy(cloud[::-1].copy())):
-            with pytest.raises(ValueError, match="cloud 1 overflow"):
+            with pytest.raises(ValueError, match="cloud 1 overflows"):
                 function(x)
 
 
@@ -559,11 +562,13 @@ def test_cuda_extreme_ranges(kind, n_points, dtype):
 @needs_cuda
 @pytest.mark.cuda
 @pytest.mark.parametrize("prim_path", PRIM_PATHS)
-def test_cuda_float32_squares_out_of_range(prim_path, monkeypatch):
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_squares_out_of_range(dtype, prim_path, monkeypatch):
     monkeypatch.setenv("OBCE_CUDA_PRIM", prim_path)
-    cpu = torch.from_numpy(squares_out_of_float32_range())
-    torch.testing.assert_close(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu), rtol=1e-6, atol=0)
-    torch.testing.assert_close(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu), rtol=1e-6, atol=0)
+    cpu = torch.from_numpy(squares_out_of_range(dtype))
+    rtol = 1e-6 if dtype == np.float32 else 1e-12
+    torch.testing.assert_close(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu), rtol=rtol, atol=0)
+    torch.testing.assert_close(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu), rtol=rtol, atol=0)
 
 
 @needs_cuda

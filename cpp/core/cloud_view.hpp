@@ -39,11 +39,12 @@ struct Findings {
   index_t first_bad = -1, first_out_of_range = -1;
 };
 
-// Whether a finite cloud's λ is out of range: infinite (distances beyond the type's range) or, for
-// float clouds of d > 1 (`squares`: computed on squared distances), below 2^-63, where float's
-// squares lose precision or vanish. obce.kernel computes such float clouds again in double.
+// Whether a finite cloud's λ is out of range: infinite (its squared distances overflowed, for
+// d > 1, or its distances, for d = 1) or, for clouds of d > 1 (`squares`), below the square root of
+// the least normal value (2^-63 in float, 2^-511 in double), where squares lose precision or vanish.
+// obce.kernel computes such clouds again, scaled.
 template <class T> OBCE_HOST_DEVICE bool out_of_range(T lambda, bool squares) {
-  const T least = squares && sizeof(T) == sizeof(float) ? T(0x1p-63) : T(0);
+  const T least = !squares ? T(0) : sizeof(T) == sizeof(float) ? T(0x1p-63) : T(0x1p-511);
   return lambda < least || lambda == std::numeric_limits<T>::infinity();
 }
 

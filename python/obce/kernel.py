@@ -53,16 +53,16 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         each column is one neuron's 1-D cloud; or a batch of clouds ``(n_clouds, n_points, dim)``.
         float16, bfloat16, float32 or float64, any strides, on the CPU or a CUDA device.
         float32 and float64 inputs are read in place; float64 is computed in float64, the rest in
-        float32. For d > 1, float32 works on squared distances, so a checked call computes again
-        in float64 the clouds whose λ² leaves float32's normal range (λ below 2^-63 ≈ 1.1e-19,
-        where squares lose precision, or above ~1.8e19, where they overflow).
+        float32. For d > 1 the kernels work on squared distances, so a checked call computes again
+        the clouds whose λ² leaves the normal range (λ below 2^-63 ≈ 1.1e-19 in float32 or
+        2^-511 in float64, where squares lose precision, or beyond ~1.8e19 or ~1.3e154, where
+        they overflow): in float64, on coordinates scaled exactly by a power of two.
     n_threads : int, default -1
         CPU threads; -1 uses all cores. Ignored for CUDA tensors.
     check_finite : bool, default True
-        Raise on NaN or infinity in the input or the result, and recompute float32 clouds out of
-        range (above). For CUDA tensors this waits for the result; with False the call is fully
-        asynchronous, a non-finite cloud gives NaN and an out-of-range float32 cloud gives 0 or
-        infinity.
+        Raise on NaN or infinity in the input or the result, and recompute clouds out of range
+        (above). For CUDA tensors this waits for the result; with False the call is fully
+        asynchronous, a non-finite cloud gives NaN and an out-of-range cloud gives 0 or infinity.
 
     Returns
     -------
@@ -76,9 +76,8 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     TypeError
         Not a 2-D or 3-D array, or not a floating-point dtype.
     ValueError
-        Fewer than 2 points, zero dimensions, NaN or infinity, or a λ beyond the result's
-        precision (float32 above ~3.4e38, or squared float64 distances above ~1.8e308); the first
-        offending cloud is named.
+        Fewer than 2 points, zero dimensions, NaN or infinity, or a λ beyond the result's type
+        (above ~3.4e38 for float32, ~1.8e308 for float64); the first offending cloud is named.
     RuntimeError
         A CUDA error (out of memory included), or a CUDA tensor given to a build without CUDA.
 
@@ -167,7 +166,7 @@ def _raise_if_overflow(infinite, ndim: int, float64: bool) -> None:
     """infinite: the indices of the clouds whose λ is infinite though their input is finite."""
     if len(infinite):
         precision = "float64" if float64 else "float32"
-        raise ValueError(f"the distances in {_where(int(infinite[0]), ndim)} overflow {precision}: rescale the input")
+        raise ValueError(f"λ of {_where(int(infinite[0]), ndim)} overflows {precision}: rescale the input")
 
 
 def _lambdas(out, full_diagram: bool):
@@ -175,16 +174,52 @@ def _lambdas(out, full_diagram: bool):
     return out[:, -1] if full_diagram else out
 
 
-def _squares_in_float32(acts_shape: tuple[int, ...]) -> bool:
-    """Whether float32 clouds of this shape are computed on squared distances (d > 1)."""
-    return len(acts_shape) == 3 and acts_shape[2] > 1
+# Clouds of d > 1 are computed on squared distances, whose normal range is half the coordinates'
+# (in exponent): a λ below the least whose square is normal lost precision to subnormal or zero
+# squares, and one whose square overflowed is infinite. On checked calls such clouds, those of one
+# repeated point aside (their λ is 0), are computed again in float64 on coordinates scaled by a
+# power of two to about 1 (exact), and their results scaled back.
+_LEAST_PRECISE_LAMBDA = {4: 2.0**-63, 8: 2.0**-511}  # by itemsize: sqrt of the least normal float
 
 
-def _squares_out_of_float32_range(lam):
-    """Clouds whose λ² left float32's normal range: λ below 2^-63, where squares lose precision or
-    vanish, or infinite, where they overflowed (the kernels report the first such cloud as out of
-    range: cpp/core/cloud_view.hpp). Such clouds are computed again in float64."""
-    return ~((lam >= 2.0**-63) & (lam < math.inf))
+def _squares_out_of_range(lam, itemsize: int):
+    """Which λ of d > 1 clouds lie outside the range their squared distances hold (the kernels
+    report the first such cloud: out_of_range in cpp/core/cloud_view.hpp)."""
+    return ~((lam >= _LEAST_PRECISE_LAMBDA[itemsize]) & (lam < math.inf))
+
+
+def _redo_squares_out_of_range_numpy(kernel, acts, out, lam, n_threads, full_diagram):
+    redo = np.flatnonzero(_squares_out_of_range(lam, acts.itemsize))
+    if redo.size == 0:
+        return
+    clouds = acts[redo].astype(np.float64)
+    spread = (clouds.max(axis=1) > clouds.min(axis=1)).any(axis=1)
+    redo, clouds = redo[spread], clouds[spread]
+    exponents = np.frexp(np.abs(clouds).max(axis=(1, 2), initial=0))[1]
+    again = _run_numpy(kernel, np.ldexp(clouds, -exponents[:, None, None]), n_threads, False, full_diagram)
+    with np.errstate(over="ignore"):  # a λ beyond the result's type is infinite: reported after
+        out[redo] = np.ldexp(again, exponents[:, None] if full_diagram else exponents)
+
+
+def _redo_squares_out_of_range_torch(torch, kernel, acts, out, lam, n_threads, full_diagram):
+    redo = _squares_out_of_range(lam, acts.element_size()).nonzero().flatten()
+    if len(redo) == 0:
+        return
+    clouds = acts[redo].double()
+    spread = (clouds.amax(dim=1) > clouds.amin(dim=1)).any(dim=1)
+    redo, clouds = redo[spread], clouds[spread]
+    exponents = torch.frexp(clouds.abs().amax(dim=(1, 2))).exponent
+    again = _run_torch(
+        torch, kernel, _times_power_of_two(torch, clouds, -exponents[:, None, None]), n_threads, False, full_diagram
+    )
+    out[redo] = _times_power_of_two(torch, again, exponents[:, None] if full_diagram else exponents).to(out.dtype)
+
+
+def _times_power_of_two(torch, x, exponents):
+    """x * 2**exponents in float64, exactly: two factors, each within float64's range (torch.ldexp
+    forms its factor in float32)."""
+    half = exponents // 2
+    return x * torch.exp2(half.double()) * torch.exp2((exponents - half).double())
 
 
 def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
@@ -208,12 +243,8 @@ def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
     _raise_if_bad(first_bad, acts.ndim)
     if check_finite and first_out_of_range >= 0:
         lam = _lambdas(out, full_diagram)
-        if acts.dtype == np.float32 and _squares_in_float32(acts.shape):
-            redo = np.flatnonzero(_squares_out_of_float32_range(lam))
-            if redo.size:
-                again = _run_numpy(kernel, acts[redo].astype(np.float64), n_threads, False, full_diagram)
-                with np.errstate(over="ignore"):  # a λ beyond float32 becomes infinity, reported below
-                    out[redo] = again
+        if acts.ndim == 3 and acts.shape[2] > 1:
+            _redo_squares_out_of_range_numpy(kernel, acts, out, lam, n_threads, full_diagram)
         _raise_if_overflow(np.flatnonzero(np.isinf(lam)), acts.ndim, acts.dtype == np.float64)
     return out
 
@@ -253,10 +284,7 @@ def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
     _raise_if_bad(first_bad, acts.dim())
     if check_finite and first_out_of_range >= 0:
         lam = _lambdas(out, full_diagram)
-        if acts.dtype == torch.float32 and _squares_in_float32(tuple(acts.shape)):
-            redo = _squares_out_of_float32_range(lam).nonzero().flatten()
-            if len(redo):
-                again = _run_torch(torch, kernel, acts[redo].double(), n_threads, False, full_diagram)
-                out[redo] = again.float()
+        if acts.dim() == 3 and acts.shape[2] > 1:
+            _redo_squares_out_of_range_torch(torch, kernel, acts, out, lam, n_threads, full_diagram)
         _raise_if_overflow(torch.isinf(lam).nonzero().flatten(), acts.dim(), acts.dtype == torch.float64)
     return out
