@@ -63,6 +63,7 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         Raise on NaN or infinity in the input or the result, and recompute clouds out of range
         (above). For CUDA tensors this waits for the result; with False the call is fully
         asynchronous, a non-finite cloud gives NaN and an out-of-range cloud gives 0 or infinity.
+        On the CPU non-finite input is reported either way (the check is free there).
 
     Returns
     -------
