@@ -394,14 +394,20 @@ template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudV
   const T *cloud = v.cloud(c);
   T acc[4][4] = {};
   for (index_t k0 = 0; k0 < v.dim; k0 += kPairDims) {
-    // Consecutive threads read consecutive coordinates of a point; padding is 0 on both sides.
+    // Consecutive threads read consecutive coordinates of a point; padding is 0 on both sides (a
+    // zero-filled copy reads nothing). Asynchronous copies, all in flight at once: the plain loop
+    // compiled to two loads, then their stores, four times over (SASS).
     for (int t = threadIdx.x; t < kPairTile * kPairDims; t += blockDim.x) {
       const int p = t / kPairDims, k = t % kPairDims;
-      const bool k_in = k0 + k < v.dim;
+      const bool k_in = k0 + k < v.dim, a_in = k_in && i0 + p < n, b_in = k_in && j0 + p < n;
       const index_t offset = (k0 + k) * v.dim_stride;
-      a[k][p] = k_in && i0 + p < n ? cloud[(i0 + p) * v.point_stride + offset] : T(0);
-      b[k][p] = k_in && j0 + p < n ? cloud[(j0 + p) * v.point_stride + offset] : T(0);
+      __pipeline_memcpy_async(&a[k][p], a_in ? &cloud[(i0 + p) * v.point_stride + offset] : cloud, sizeof(T),
+                              a_in ? 0 : sizeof(T));
+      __pipeline_memcpy_async(&b[k][p], b_in ? &cloud[(j0 + p) * v.point_stride + offset] : cloud, sizeof(T),
+                              b_in ? 0 : sizeof(T));
     }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kPairDims; ++k) {

@@ -72,7 +72,7 @@ class Barrier;
 struct SimtCopy {
   void *dst;
   const void *src;
-  std::size_t bytes;
+  std::size_t bytes, zfill;
 };
 struct SimtThread {
   ucontext_t context;
@@ -162,14 +162,17 @@ inline int __all_sync(unsigned, int predicate) {
 }
 
 // Asynchronous global-to-shared copies (cp.async) land only when their thread waits for them, so a
-// read before the wait sees the old contents.
-inline void __pipeline_memcpy_async(void *dst, const void *src, std::size_t bytes) {
-  simt_current->copies.push_back({dst, src, bytes});
+// read before the wait sees the old contents. The last `zfill` bytes are zeros, not read.
+inline void __pipeline_memcpy_async(void *dst, const void *src, std::size_t bytes, std::size_t zfill = 0) {
+  simt_current->copies.push_back({dst, src, bytes, zfill});
 }
 inline void __pipeline_commit() {}
 inline void __pipeline_wait_prior(std::size_t prior) {
   if (prior != 0) simt_deadlock("__pipeline_wait_prior above 0 is not modelled");
-  for (const SimtCopy &c : simt_current->copies) std::memcpy(c.dst, c.src, c.bytes);
+  for (const SimtCopy &c : simt_current->copies) {
+    std::memcpy(c.dst, c.src, c.bytes - c.zfill);
+    std::memset(static_cast<char *>(c.dst) + c.bytes - c.zfill, 0, c.zfill);
+  }
   simt_current->copies.clear();
 }
 
