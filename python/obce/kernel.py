@@ -166,8 +166,8 @@ def _raise_if_bad(first_bad: int, ndim: int) -> None:
 def _raise_if_overflow(infinite, ndim: int, float64: bool) -> None:
     """infinite: the indices of the clouds whose λ is infinite though their input is finite."""
     if len(infinite):
-        precision = "float64" if float64 else "float32"
-        raise ValueError(f"λ of {_where(int(infinite[0]), ndim)} overflows {precision}: rescale the input")
+        precision, advice = ("float64", "rescale the input") if float64 else ("float32", "pass float64 input")
+        raise ValueError(f"λ of {_where(int(infinite[0]), ndim)} overflows {precision}: {advice}")
 
 
 def _lambdas(out, full_diagram: bool):
