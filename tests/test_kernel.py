@@ -303,6 +303,52 @@ def test_scaling(x, scale):
     np.testing.assert_allclose(obce.fast_death_radii(x * scale), scale * obce.fast_death_radii(x), rtol=1e-12)
 
 
+def prim_lambda(cloud: np.ndarray) -> float:
+    """λ of one (n_points, dim) cloud by plain O(n^2) Prim in float64 (every edge kept, unlike scipy)."""
+    reached = np.zeros(len(cloud), dtype=bool)
+    reached[0] = True
+    nearest = ((cloud - cloud[0]) ** 2).sum(axis=1)
+    longest = 0.0
+    for _ in range(len(cloud) - 1):
+        j = int(np.argmin(np.where(reached, np.inf, nearest)))
+        longest = max(longest, nearest[j])
+        reached[j] = True
+        nearest = np.minimum(nearest, ((cloud - cloud[j]) ** 2).sum(axis=1))
+    return float(np.sqrt(longest))
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.sampled_from(DTYPES),
+    st.sampled_from([1, 2, 5]),
+    st.integers(2, 40),
+    st.floats(0, 1),
+    st.sampled_from([None, 1.0, -1.0]),
+    st.integers(0, 2**32 - 1),
+)
+def test_any_magnitude(dtype, dim, n_points, magnitude, offset_sign, seed):
+    """Clouds at any scale of their type, subnormal to near its largest value, with or without a
+    large offset: λ is as a float64 reference on the same points gives it, rounded to the type
+    (coordinates scaled to about 1 by a power of two, so that no square leaves float64's range)."""
+    info = np.finfo(dtype)
+    rng = np.random.default_rng(seed)
+    low, high = np.log2(info.smallest_subnormal) + 8, np.log2(info.max) - 8
+    scale = 2.0 ** (low + magnitude * (high - low))
+    offset = 0.0 if offset_sign is None else offset_sign * 2.0 ** rng.uniform(low, high)
+    x = (rng.normal(size=(3, n_points, dim)) * scale + offset).astype(dtype)
+    exact = x.astype(np.float64)
+    exponents = np.frexp(np.abs(exact).max(axis=(1, 2)))[1]
+    ref = np.ldexp([prim_lambda(c) for c in np.ldexp(exact, -exponents[:, None, None])], exponents)
+    with np.errstate(over="ignore"):
+        ref = ref.astype(dtype)
+    if np.isinf(ref).any():
+        with pytest.raises(ValueError, match="overflows"):
+            obce.fast_death_radii(x)
+        return
+    atol = 4 * float(info.smallest_subnormal)  # a subnormal λ holds a few bits only
+    np.testing.assert_allclose(obce.fast_death_radii(x), ref, rtol=RTOL[dtype], atol=atol)
+
+
 @settings(max_examples=30, deadline=None)
 @given(clouds())
 def test_thread_count_invariance(x):
