@@ -317,25 +317,25 @@ def prim_lambda(cloud: np.ndarray) -> float:
     return float(np.sqrt(longest))
 
 
-@settings(max_examples=150, deadline=None)
-@given(
-    st.sampled_from(DTYPES),
-    st.sampled_from([1, 2, 5]),
-    st.integers(2, 40),
-    st.floats(0, 1),
-    st.sampled_from([None, 1.0, -1.0]),
-    st.integers(0, 2**32 - 1),
-)
-def test_any_magnitude(dtype, dim, n_points, magnitude, offset_sign, seed):
-    """Clouds at any scale of their type, subnormal to near its largest value, with or without a
-    large offset: λ is as a float64 reference on the same points gives it, rounded to the type
-    (coordinates scaled to about 1 by a power of two, so that no square leaves float64's range)."""
+@st.composite
+def any_magnitude(draw) -> np.ndarray:
+    """3 clouds at any scale of their type, subnormal to near its largest value, with or without a
+    large offset; d = 1, 2 or 5."""
+    dtype, dim = draw(st.sampled_from(DTYPES)), draw(st.sampled_from([1, 2, 5]))
     info = np.finfo(dtype)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     low, high = np.log2(info.smallest_subnormal) + 8, np.log2(info.max) - 8
-    scale = 2.0 ** (low + magnitude * (high - low))
-    offset = 0.0 if offset_sign is None else offset_sign * 2.0 ** rng.uniform(low, high)
-    x = (rng.normal(size=(3, n_points, dim)) * scale + offset).astype(dtype)
+    scale = 2.0 ** (low + draw(st.floats(0, 1)) * (high - low))
+    offset = draw(st.sampled_from([0.0, 1.0, -1.0])) * 2.0 ** rng.uniform(low, high)
+    return (rng.normal(size=(3, draw(st.integers(2, 40)), dim)) * scale + offset).astype(dtype)
+
+
+@settings(max_examples=150, deadline=None)
+@given(any_magnitude())
+def test_any_magnitude(x):
+    """λ is as a float64 reference on the same points gives it, rounded to the type (coordinates
+    scaled to about 1 by a power of two, so that no square leaves float64's range)."""
+    dtype, info = x.dtype.type, np.finfo(x.dtype)
     exact = x.astype(np.float64)
     exponents = np.frexp(np.abs(exact).max(axis=(1, 2)))[1]
     ref = np.ldexp([prim_lambda(c) for c in np.ldexp(exact, -exponents[:, None, None])], exponents)
@@ -615,6 +615,23 @@ def test_cuda_squares_out_of_range(dtype, prim_path, monkeypatch):
     rtol = 1e-6 if dtype == np.float32 else 1e-12
     torch.testing.assert_close(obce.fast_death_radii(cpu.cuda()).cpu(), obce.fast_death_radii(cpu), rtol=rtol, atol=0)
     torch.testing.assert_close(obce.h0_deaths(cpu.cuda()).cpu(), obce.h0_deaths(cpu), rtol=rtol, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+@settings(max_examples=60, deadline=None)
+@given(any_magnitude())
+def test_cuda_any_magnitude(x):
+    cpu = torch.from_numpy(x)
+    try:
+        expected = obce.fast_death_radii(cpu)
+    except ValueError as error:  # λ beyond the type: the GPU says so too
+        assert "overflows" in str(error)
+        with pytest.raises(ValueError, match="overflows"):
+            obce.fast_death_radii(cpu.cuda())
+        return
+    rtol, atol = RTOL[x.dtype.type], 4 * float(np.finfo(x.dtype).smallest_subnormal)
+    torch.testing.assert_close(obce.fast_death_radii(cpu.cuda()).cpu(), expected, rtol=rtol, atol=atol)
 
 
 @needs_cuda
