@@ -18,6 +18,7 @@ gen = torch.Generator(device="cuda").manual_seed(0)
 for dtype in (torch.float32, torch.float64):
     cases = [
         torch.randn(150, 300, device="cuda", dtype=dtype, generator=gen),  # 1-D, shared buckets
+        torch.randn(300, 150, device="cuda", dtype=dtype, generator=gen).T,  # 1-D, each cloud contiguous
         torch.randn(40000, 3, device="cuda", dtype=dtype, generator=gen),  # 1-D, global buckets (f64)
         torch.randn(5, 150, 17, device="cuda", dtype=dtype, generator=gen),  # Prim, one block
         torch.randn(2, 700, 64, device="cuda", dtype=dtype, generator=gen),  # Prim, a cluster
@@ -26,6 +27,7 @@ for dtype in (torch.float32, torch.float64):
     if "--tiny" in sys.argv:
         cases = [
             torch.randn(60, 40, device="cuda", dtype=dtype, generator=gen),
+            torch.randn(40, 60, device="cuda", dtype=dtype, generator=gen).T,
             torch.randn(2, 60, 5, device="cuda", dtype=dtype, generator=gen),
             torch.randn(1, 300, 8, device="cuda", dtype=dtype, generator=gen),
         ]
