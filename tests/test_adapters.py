@@ -128,3 +128,15 @@ def test_load_model_from_local_folder(tiny_bert_dir):
     assert max_sequence_length(model, tokenizer) == 128
     with pytest.raises(TypeError, match="name_or_path"):
         load_model(3)
+
+
+@pytest.mark.parametrize("where", ["missing", "./missing", "a/b/missing"])
+def test_load_model_names_a_path_that_is_no_model(tmp_path, monkeypatch, where):
+    """A path is never sent to the hub as a name: a missing folder, or one without config.json, is named."""
+    monkeypatch.chdir(tmp_path)
+    path = str(tmp_path / where) if where == "missing" else where
+    with pytest.raises(FileNotFoundError, match=f"no model folder at '{path}'"):
+        load_model(path)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match="holds no config.json"):
+        load_model(tmp_path / "empty")

@@ -187,6 +187,13 @@ def test_empty_corpus_is_an_error(tmp_path):
         sample_sentences([], 1)
 
 
+def test_text_corpus_that_is_not_utf8_is_named(tmp_path):
+    path = tmp_path / "latin1.txt"
+    path.write_bytes("One two three four five six.\nCaf\u00e9 au lait is a drink of coffee.\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"corpus file '.*latin1.txt' is not UTF-8 text"):
+        sample_sentences(path, 1)
+
+
 def test_sample_larger_than_corpus_is_an_error(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text("One two three four five six.\nSeven eight nine ten eleven twelve.\n", encoding="utf-8")

@@ -103,6 +103,11 @@ def test_head_view_unequal_sizes(acts):
     np.testing.assert_allclose(layer2.loc[3, "lam"], mst_longest_edge(values[:, 24:]), rtol=1e-5)
     with pytest.raises(ValueError, match="only query, key and value"):
         head_importance(acts, ["output"])
+    table = compute_importance(acts)
+    with pytest.raises(TypeError, match="head_importance takes the Activations .* got ImportanceTable"):
+        head_importance(table)
+    with pytest.raises(TypeError, match="compute_importance takes the Activations .* got ImportanceTable"):
+        compute_importance(table)
 
 
 def test_stats(acts):

@@ -470,6 +470,13 @@ def test_wrong_dtype(dtype):
         obce.fast_death_radii(np.zeros((4, 3), dtype=dtype))
 
 
+@pytest.mark.parametrize("dtype", [">f2", ">f4", ">f8"])
+def test_big_endian_input(dtype):
+    acts = np.random.default_rng(0).normal(size=(30, 4))
+    native = obce.fast_death_radii(acts.astype(dtype[1:]))
+    np.testing.assert_array_equal(obce.fast_death_radii(acts.astype(dtype)), native)
+
+
 def test_wrong_torch_dtype():
     with pytest.raises(TypeError, match="torch.int64"):
         obce.fast_death_radii(torch.zeros(4, 3, dtype=torch.int64))

@@ -322,6 +322,20 @@ def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
     assert (path / "mine.txt").read_text() == "kept\n" and "(done before" not in err
 
 
+def test_a_failed_step_leaves_no_settings_behind(inputs, tmp_path, capsys):
+    """The corrected command runs without --overwrite: the failed attempt recorded nothing to refuse it with."""
+    path = tmp_path / "run"
+    args = ["prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", "1",
+            "--plan", "uniform:P50", "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and "needs at least 2" in err.strip().splitlines()[-1]
+    assert "steps" not in json.loads((path / "settings.json").read_text())
+    args[args.index("1")] = "24"
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert json.loads((path / "settings.json").read_text())["steps"]["analyze"]["n_sentences"] == 24
+
+
 def test_prune_by_std(inputs, tmp_path, capsys):
     """--score std: the plan is sized and the neurons chosen by the std column, and the run says so."""
     path = tmp_path / "run"

@@ -179,6 +179,18 @@ def test_uniform_plan():
         uniform_plan(2, 30)
     with pytest.raises(ValueError, match="never pruned"):
         uniform_plan(4, 30, components=("output",))
+    with pytest.raises(ValueError, match="uniform_plan: level must be in 0..100, got 150"):
+        uniform_plan(4, 150)
+
+
+def test_plan_builders_name_a_model_passed_by_mistake(tiny3):
+    """A model where a number or a name belongs: the message names its type, not its whole repr."""
+    with pytest.raises(TypeError, match=r"number of encoder layers.*got a BertModel$"):
+        uniform_plan(tiny3, 50)
+    with pytest.raises(TypeError, match=r"table's name.*got a BertModel$"):
+        paper_plan(tiny3)
+    with pytest.raises(ValueError, match=r"numbered from 1, got a BertModel$"):
+        target_plan(tiny3, random_table(tiny3), 0.6, start_layer=tiny3)
 
 
 def test_selection_keeps_neurons_above_the_percentile(tiny3):

@@ -196,6 +196,13 @@ def test_unsupported_class_is_rejected(tiny_bert_config):
         prune_model(model, random_table(model), PruningPlan({}))
 
 
+def test_a_compressed_model_is_not_pruned_again(tiny3):
+    table = random_table(tiny3)
+    small = prune_model(tiny3, table, PruningPlan({2: {"value": 50}}))
+    with pytest.raises(ValueError, match="ObceBertModel is compressed already: prune the original"):
+        prune_model(small, table, PruningPlan({3: {"value": 50}}))
+
+
 def test_dtype_device_and_mode_follow_the_original(tiny3):
     model = tiny3.double().train()
     pruned = prune_model(model, random_table(model), MIXED_PLAN)

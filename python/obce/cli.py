@@ -277,7 +277,7 @@ def prune(
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
     run = _open_run(ctx, output, overwrite)
     _analysis(run, model, corpus, sentences, seed, token, device, progress)
-    loaded = pipeline.ModelLoader(run, device)
+    loaded = pipeline.ModelLoader(run.model_source(), device)
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score)))
         return

@@ -264,7 +264,10 @@ class Corpus:
             yield from _wiki_article_texts(Path(self.location))
         elif self.kind == "text":
             with open(self.location, encoding="utf-8") as f:
-                yield from (line for line in f if line.strip())
+                try:
+                    yield from (line for line in f if line.strip())
+                except UnicodeDecodeError as err:
+                    raise ValueError(f"corpus file {self.location!r} is not UTF-8 text: {err}") from None
         else:
             yield from _hf_texts(self.location, self.config, self.split, self.column)
 
@@ -362,7 +365,7 @@ def sample_sentences(
         if not all(isinstance(s, str) for s in source):
             raise TypeError("a sequence corpus must hold only str sentences")
         stream: Iterable[str] = (" ".join(s.split()) for s in source if s.strip())
-        description = f"a list of {len(source)} sentences"
+        description = f"given as a list of {len(source)} strings"
     else:
         corpus = Corpus.resolve(source)
         stream = corpus.sentences()

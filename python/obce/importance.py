@@ -280,6 +280,11 @@ def _numpy(values: torch.Tensor) -> np.ndarray:
     return values.detach().to("cpu", torch.float64).numpy()
 
 
+def _check_activations(acts, where: str) -> None:
+    if not isinstance(acts, Activations):
+        raise TypeError(f"{where} takes the Activations of obce.compute_activations, got {type(acts).__name__}")
+
+
 def compute_importance(
     acts: Activations,
     *,
@@ -305,6 +310,7 @@ def compute_importance(
     ImportanceTable
         ``settings["timings_s"]["kernel"]`` is the time spent in the λ kernel.
     """
+    _check_activations(acts, "compute_importance")
     frames = []
     kernel_s = 0.0
     for component in acts.components:
@@ -362,6 +368,7 @@ def head_importance(
     ValueError
         For a component that is not split into heads or was not captured.
     """
+    _check_activations(acts, "head_importance")
     clouds: dict[int, list[torch.Tensor]] = {}
     rows = []
     for component in components:
@@ -454,6 +461,10 @@ def analyze(
     >>> table.save("runs/minilm")  # doctest: +SKIP
     """
     check_token_mode(token)
+    if token != "tokens" and n_sentences == 1:  # checked before any model is loaded
+        raise ValueError(
+            f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
+        )
     components = tuple(dict.fromkeys(check_component(c) for c in components))
     timings = {}
     start = time.perf_counter()

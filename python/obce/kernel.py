@@ -226,6 +226,8 @@ def _times_power_of_two(torch, x, exponents):
 def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
     if not isinstance(acts, np.ndarray):
         acts = np.asarray(acts)
+    if not acts.dtype.isnative:  # e.g. big-endian data read from a file; the kernels read native floats
+        acts = acts.astype(acts.dtype.newbyteorder("="))
     if acts.dtype not in _NUMPY_FLOAT_KINDS:
         raise TypeError(f"expected a float16, float32 or float64 array, got dtype {acts.dtype}")
     n_clouds, n_points = _check_shape(acts.shape)

@@ -321,8 +321,7 @@ class RunFolder:
 
     def model_source(self) -> str:
         """The analysed model's folder or hub name (the built-in model's folder when none was given)."""
-        recorded = self.settings().get("steps", {}).get("analyze", {})
-        return recorded.get("model_path") or str(builtin_model_path())
+        return _model_source(self.settings().get("steps", {}).get("analyze", {}).get("model_path"))
 
     def finetuned(self) -> dict[str, Path]:
         """Label -> folder of every finished fine-tuning run, originals first."""
@@ -499,17 +498,25 @@ def finetune_settings(
     }
 
 
-class ModelLoader:
-    """The run's original model and tokenizer, loaded once, on first use (:meth:`get`)."""
+def _model_source(model_path: str | None) -> str:
+    """A recorded ``model_path`` as :func:`~obce.models.load_model` takes it (None: the built-in model)."""
+    return model_path or str(builtin_model_path())
 
-    def __init__(self, run: RunFolder, device: str | None) -> None:
-        self.run, self.device, self._loaded = run, device, None
+
+class ModelLoader:
+    """The run's original model and tokenizer, loaded once, on first use (:meth:`get`).
+
+    ``source`` is a folder or hub name, None for the built-in model (as recorded in a run's settings).
+    """
+
+    def __init__(self, source: str | None, device: str | None) -> None:
+        self.source, self.device, self._loaded = source, device, None
 
     def get(self):
         from .models import load_model
 
         if self._loaded is None:
-            self._loaded = load_model(self.run.model_source(), self.device)
+            self._loaded = load_model(_model_source(self.source), self.device)
         return self._loaded
 
 
@@ -545,7 +552,6 @@ def run_analysis(
     run.check_step("analyze", settings)
     if (run / run.IMPORTANCE).is_file() and (run / run.PERSISTENCE).is_file():
         return False
-    run.record("analyze", settings)
     start = time.perf_counter()
     table = analyze(
         settings["model_path"],
@@ -559,9 +565,12 @@ def run_analysis(
     table.settings["model"] = settings["model"]
     if is_main_process():
         table.save(run.path, overwrite=True)
-        loaded = model if model is not None else ModelLoader(run, device)
-        run.write_json(run.PERSISTENCE, _diagram_points(table, *loaded.get(), progress))
-    run.record(timings_s={"analyze": round(time.perf_counter() - start, 2)})
+        loaded = model if model is not None else ModelLoader(settings["model_path"], device)
+        diagrams = _diagram_points(table, *loaded.get(), progress)
+        # Recorded just before the file that marks the step done: a failed attempt leaves no settings
+        # that would refuse the next one.
+        run.record("analyze", settings, timings_s={"analyze": round(time.perf_counter() - start, 2)})
+        run.write_json(run.PERSISTENCE, diagrams)
     return True
 
 
@@ -688,7 +697,6 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     run.check_step("prune", settings)
     if (run / run.REMOVED).is_file():
         return False
-    run.record("prune", settings)
     start = time.perf_counter()
     original, tokenizer = model.get()
     table, plan = run.table(), run.plan()
@@ -703,9 +711,9 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     )
     run.write_text(run.PARAMETERS, both.to_csv(index=False, lineterminator="\n"))
     run.write_json(run.PARAMS, {ORIGINAL: _param_totals(original), COMPRESSED: _param_totals(compressed)})
-    # Written last: its presence marks the step as done.
+    # Settings recorded only now, and the file whose presence marks the step as done written last.
+    run.record("prune", settings, timings_s={"prune": round(time.perf_counter() - start, 2)})
     run.write_json(run.REMOVED, _removed(plan, table, original, settings["score"]))
-    run.record(timings_s={"prune": round(time.perf_counter() - start, 2)})
     return True
 
 
@@ -771,12 +779,12 @@ def run_speed(run: RunFolder, settings: SpeedSettings, model: ModelLoader) -> bo
     run.check_step("speed", asdict(settings))
     if (run / run.SPEED).is_file():
         return False
-    run.record("speed", asdict(settings))
     original, tokenizer = model.get()
     small = AutoModel.from_pretrained(run / run.COMPRESSED)
     device = next(original.parameters()).device
     result = measure_speed({ORIGINAL: original, COMPRESSED: small}, tokenizer, settings)
     original.to(device)
+    run.record("speed", asdict(settings))
     if is_main_process():
         run.write_json(run.SPEED, result)
     return True
@@ -815,8 +823,8 @@ def run_finetune(
     from .train import finetune
 
     run.check_step("finetune", settings)
-    run.record("finetune", settings)
     task = load_task(settings["task"], settings["glue_dir"])
+    run.record("finetune", settings)  # before any checkpoint: resuming one needs the same settings
     training_args = {"use_cpu": True} if device is not None and str(device) == "cpu" else None
     results = {}
     for label, source in models.items():
@@ -960,7 +968,7 @@ def compress(
     commands = run.settings().get("commands", []) + ([" ".join(command)] if command else [])
     run.record(commands=commands, seed=seed, device=device, build_info=_build_info())
     start = time.perf_counter()
-    loaded = ModelLoader(run, device)
+    loaded = ModelLoader(steps["analyze"]["model_path"], device)
     total = len(steps) + 1
 
     def stage(i: int, text: str, did: bool) -> None:

@@ -84,9 +84,15 @@ _PAPER_TABLES: dict[str, dict[str, dict[int, list[int | tuple[int, int]]]]] = {
 _PAPER_LAYERS = {"bert-base": 12, "bert-large": 24}
 
 
+def _shown(value) -> str:
+    """A value as an error message quotes it: its repr, or its type where the repr is long (a model)."""
+    text = repr(value)
+    return text if len(text) <= 80 else f"a {type(value).__name__}"
+
+
 def _check_level(value, where: str) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
-        raise ValueError(f"{where}: level must be a number in 0..100, got {value!r}")
+        raise ValueError(f"{where}: level must be a number in 0..100, got {_shown(value)}")
     if not 0 <= value <= 100:
         raise ValueError(f"{where}: level must be in 0..100, got {value!r}")
     return float(value)
@@ -104,7 +110,7 @@ def _check_layer(layer, where: str) -> int:
     if isinstance(layer, str) and layer.strip().isdigit():
         layer = int(layer)
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 1:
-        raise ValueError(f"{where}: layers are numbered from 1, got {layer!r}")
+        raise ValueError(f"{where}: layers are numbered from 1, got {_shown(layer)}")
     return int(layer)
 
 
@@ -331,9 +337,13 @@ def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
 
     Raises
     ------
+    TypeError
+        ``model`` is not a name (a loaded model, say).
     ValueError
         Unknown model or level set.
     """
+    if not isinstance(model, str):
+        raise TypeError(f"paper_plan takes a table's name, one of {sorted(_PAPER_TABLES)}; got {_shown(model)}")
     if model not in _PAPER_TABLES:
         raise ValueError(f"no paper plan for {model!r}; expected one of {sorted(_PAPER_TABLES)}")
     level_values = _level_set(levels)
@@ -363,10 +373,18 @@ def uniform_plan(
 
     Raises
     ------
+    TypeError
+        ``num_layers`` is not an integer (a model, say).
     ValueError
         Bad layer numbers, level, or components (query and key must be both named or both left out).
     """
+    if not isinstance(num_layers, numbers.Integral):
+        raise TypeError(
+            f"uniform_plan takes the number of encoder layers, e.g. len(obce.encoder_layers(model)); "
+            f"got {_shown(num_layers)}"
+        )
     num_layers = _check_layer(num_layers, "uniform_plan num_layers")
+    level = _check_level(level, "uniform_plan")
     start_layer = _check_layer(start_layer, "uniform_plan start_layer")
     if start_layer > num_layers:
         raise ValueError(f"start_layer {start_layer} is beyond the model's {num_layers} layers")

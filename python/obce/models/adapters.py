@@ -301,6 +301,12 @@ def _default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _is_path(source: str | os.PathLike) -> bool:
+    """Whether ``source`` can only mean a folder: a hub name is ``name`` or ``namespace/name``."""
+    text = os.fspath(source)
+    return not isinstance(source, str) or text.startswith(("/", ".", "~")) or text.count("/") > 1
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -330,6 +336,8 @@ def load_model(
 
     Raises
     ------
+    FileNotFoundError
+        A path that is not a saved model's folder.
     ValueError
         If the model is not a supported encoder (the message names the supported families).
     """
@@ -341,6 +349,10 @@ def load_model(
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
     local = Path(source).expanduser().is_dir()
     location = str(Path(source).expanduser()) if local else str(source)
+    if local and not (Path(location) / "config.json").is_file():
+        raise FileNotFoundError(f"{location!r} holds no config.json: not a saved model folder")
+    if not local and _is_path(source):
+        raise FileNotFoundError(f"no model folder at {location!r}")
     options = {"local_files_only": True} if local else {}
     tokenizer = AutoTokenizer.from_pretrained(location, **options)
     model = model_class.from_pretrained(location, **options)

@@ -473,6 +473,8 @@ def compressed_class_for(model_or_class) -> type:
         The class has no compressed counterpart; the message lists the supported ones.
     """
     cls = model_or_class if isinstance(model_or_class, type) else type(model_or_class)
+    if cls in _COMPRESSED.values():
+        raise ValueError(f"{cls.__name__} is compressed already: prune the original model with a stronger plan")
     if cls not in _COMPRESSED:
         supported = sorted(c.__name__ for c in _COMPRESSED)
         raise ValueError(f"no compressed counterpart for {cls.__name__}; supported: {supported}")
