@@ -1,12 +1,16 @@
 """Original vs compressed MiniLM, fine-tuned on the offline sentence-polarity task over several seeds.
 
-    python benchmarks/bench_finetune.py [--fraction 0.6] [--seeds 0 1 2] [--steps 300] [--out runs/bench_finetune]
+    python benchmarks/bench_finetune.py [--fraction 0.6] [--seeds 0 1 2] [--steps 300]
+                                        [--distill T:W [T:W ...]] [--out runs/bench_finetune]
 
 The built-in MiniLM is analysed on 150 sentences of the built-in Wikipedia sample (seed 0), pruned
 by a plan that keeps ``--fraction`` of the encoder's parameters (obce.plans.target_plan), and
 both models are fine-tuned with the same seeds and budget (obce.train.compare: early stopping on
-dev accuracy, best checkpoint scored on the held-out test split). The table, the plan, the
-parameter counts and the wall time go to benchmarks/results/finetune_polarity.md.
+dev accuracy, best checkpoint scored on the held-out test split). Each ``--distill T:W`` adds a row:
+the compressed model fine-tuned distilling the original's run of the same seed, at temperature T
+with weight W on the teacher term (obce.train.finetune's ``teacher``). The table, the
+plan, the parameter counts and the wall time go to benchmarks/results/finetune_<task>.md. Runs
+already in ``--out`` with the same settings are reused.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ import torch
 
 import obce
 from obce.models import builtin_model_path
+from obce.train import results_table
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -32,6 +37,13 @@ def main() -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--steps", type=int, default=300, help="training steps per run (3 epochs of polarity)")
     p.add_argument("--task", default="polarity")
+    p.add_argument(
+        "--distill",
+        nargs="+",
+        default=[],
+        metavar="T:W",
+        help="rows of the compressed model distilling the original: temperature:weight, e.g. 2:0.5",
+    )
     p.add_argument("--out", type=Path, default=Path("runs/bench_finetune"))
     args = p.parse_args()
 
@@ -46,13 +58,23 @@ def main() -> None:
     tokenizer.save_pretrained(compressed_dir)
     prepared = time.perf_counter() - start
 
-    comparison = obce.compare(
-        {"minilm": str(builtin_model_path()), "minilm-obce": str(compressed_dir)},
-        args.task,
-        args.out / "compare",
-        seeds=args.seeds,
-        max_steps=args.steps,
-    )
+    models = {"minilm": str(builtin_model_path()), "minilm-obce": str(compressed_dir)}
+    comparison = obce.compare(models, args.task, args.out / "compare", seeds=args.seeds, max_steps=args.steps)
+    runs = list(comparison.runs)
+    for variant in args.distill:
+        temperature, weight = (float(v) for v in variant.split(":"))
+        label = f"minilm-obce-kd-T{temperature:g}-w{weight:g}"
+        distilled = obce.compare(
+            {"minilm": models["minilm"], label: str(compressed_dir)},
+            args.task,
+            args.out / "compare",
+            seeds=args.seeds,
+            max_steps=args.steps,
+            teachers={label: "minilm"},
+            temperature=temperature,
+            distill_weight=weight,
+        )
+        runs += [r for r in distilled.runs if r.name == label]
     total = time.perf_counter() - start
 
     RESULTS.mkdir(exist_ok=True)
@@ -62,9 +84,12 @@ def main() -> None:
             f"# Fine-tuning original vs compressed MiniLM on `{args.task}`",
             "",
             f"Command: `python benchmarks/bench_finetune.py --fraction {args.fraction} "
-            f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}`  ",
+            f"--seeds {' '.join(map(str, args.seeds))} --steps {args.steps}"
+            + (f" --distill {' '.join(args.distill)}" if args.distill else "")
+            + "`  ",
             f"Machine: {machine}; CPU only. Wall time {total / 60:.1f} min "
-            f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × 2 models).",
+            f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × {2 + len(args.distill)} models; "
+            "runs found finished in the output folder are reused).",
             "",
             f"Plan (target {args.fraction:.0%} of the encoder, levels from λ medians):",
             "",
@@ -72,7 +97,7 @@ def main() -> None:
             str(report),
             "```",
             "",
-            comparison.to_markdown(),
+            results_table(runs),
             "",
         ]
     )
@@ -87,7 +112,7 @@ def main() -> None:
                 "encoder_fraction": report.encoder_fraction,
                 "model_fraction": report.model_fraction,
                 "plan": plan.to_dict(),
-                "runs": [r.to_dict() for r in comparison.runs],
+                "runs": [r.to_dict() for r in runs],
             },
             indent=2,
             default=str,

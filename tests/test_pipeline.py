@@ -322,6 +322,23 @@ def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
     assert (path / "mine.txt").read_text() == "kept\n" and "(done before" not in err
 
 
+def test_compress_with_distillation(inputs, tmp_path, capsys):
+    """--distill: the compressed model's fine-tuning reads the fine-tuned original, and the run says so."""
+    path = tmp_path / "run"
+    code, _, err = run_cli(capsys, compress_args(inputs, path, "--distill"))
+    assert code == 0, err
+    assert json.loads((path / "settings.json").read_text())["steps"]["finetune"]["distill"] is True
+    compressed = json.loads((path / "finetune" / "compressed" / "finetune.json").read_text())
+    assert compressed["teacher"] == str(path / "finetune" / "original")
+    assert "teacher" not in json.loads((path / "finetune" / "original" / "finetune.json").read_text())
+    assert "the compressed model distilled the fine-tuned original" in (path / "report" / "report.md").read_text()
+    # Only the run's own pair can be distilled.
+    args = ["finetune", str(path / "compressed"), "--distill", "--task", "sst2", "--glue-dir", str(inputs["glue"]),
+            "--steps", "4", "--device", "cpu", "--output", str(tmp_path / "other")]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and "fine-tune both (original, then compressed)" in err
+
+
 def test_a_failed_step_leaves_no_settings_behind(inputs, tmp_path, capsys):
     """The corrected command runs without --overwrite: the failed attempt recorded nothing to refuse it with."""
     path = tmp_path / "run"

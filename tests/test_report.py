@@ -16,6 +16,7 @@ from transformers import BertConfig, BertModel
 
 from obce import pipeline
 from obce.pipeline import Budget, RunFolder, SpeedSettings
+from obce.report import page
 from obce.report.page import cutoffs, report_sections, write_report
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -93,6 +94,21 @@ def test_markdown_and_png_files(run):
         "Reproduce",
     ]
     assert "Encoder layers are the transformer layers only" in md
+    assert "| points | the [CLS] token of each of the 20 sentences |" in md
+    # At [CLS], layer 1's query, key and value see the same input in every sentence.
+    assert "here every query, key and value neuron of layer 1" in md
+
+
+@pytest.mark.parametrize(
+    "token, text",
+    [
+        ("cls", "the [CLS] token of each of the 20 sentences"),
+        ("mean", "the mean over the tokens of each of the 20 sentences"),
+        ("tokens", "every token of the 20 sentences (243 points)"),
+    ],
+)
+def test_points_are_described_by_token_mode(token, text):
+    assert page._points_text(token, 20, 243 if token == "tokens" else 20) == text
 
 
 def test_rebuilt_report_is_identical(run):

@@ -81,7 +81,7 @@ def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, capsys, name):
     config = json.loads((out / "config.json").read_text())
     assert len(config["id2label"]) == task.num_labels
     assert config["problem_type"] == ("regression" if name == "stsb" else "single_label_classification")
-    again = evaluate(out, task, "dev", max_length=32)
+    again = evaluate(out, task, "dev", max_length=32, device="cpu")
     assert again == pytest.approx(result.metrics["dev"])
 
 
@@ -256,6 +256,72 @@ def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path)
         compare({"a": tiny_model}, "sst2", tmp_path / "x", seeds=[1, 1], data_dir=glue_dir)
 
 
+@pytest.mark.parametrize("name", ["sst2", "stsb"])
+def test_distilling_loss_by_hand(tiny_model, tmp_path, name):
+    """The training loss is (1 - w) task loss + w teacher match; evaluation sees the task loss alone."""
+    import torch.nn.functional as F
+    from transformers import TrainingArguments
+
+    write_glue_task(tmp_path, name, n_train=8, n_dev=4)
+    info = load_task(name, tmp_path).info
+    student, tokenizer = load_for_task(str(tiny_model), info)
+    torch.manual_seed(1)
+    teacher, _ = load_for_task(str(tiny_model), info)  # another random head
+    teacher.eval()
+    inputs = dict(tokenizer(["a small test", "another sentence here"], padding=True, return_tensors="pt"))
+    inputs["labels"] = torch.tensor([0.5, 2.0]) if info.is_regression else torch.tensor([0, 1])
+    trainer_class = train._distilling_trainer(teacher, 3.0, 0.25, info)
+    trainer = trainer_class(model=student, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True))
+    student.train()
+    torch.manual_seed(2)
+    loss = trainer.compute_loss(student, inputs)
+    torch.manual_seed(2)  # the same dropout
+    outputs = student(**inputs)
+    with torch.no_grad():
+        target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+    if info.is_regression:
+        match = ((outputs.logits - target) ** 2).mean()
+    else:
+        p_teacher = F.softmax(target / 3.0, dim=-1)
+        match = (p_teacher * (p_teacher.log() - F.log_softmax(outputs.logits / 3.0, dim=-1))).sum(-1).mean() * 9.0
+    assert loss.item() == pytest.approx((0.75 * outputs.loss + 0.25 * match).item(), rel=1e-5)
+    student.eval()
+    assert trainer.compute_loss(student, inputs).item() == pytest.approx(student(**inputs).loss.item(), rel=1e-6)
+
+
+def test_distillation_runs_and_is_recorded(tiny_model, glue_dir, tmp_path):
+    teacher = finetune(tiny_model, "sst2", tmp_path / "teacher", data_dir=glue_dir, progress=False, **FAST)
+    plain = finetune(tiny_model, "sst2", tmp_path / "plain", data_dir=glue_dir, progress=False, **FAST)
+    # With weight 0 the teacher is read but not followed: the run is the plain one.
+    unweighted = finetune(
+        tiny_model, "sst2", tmp_path / "w0", data_dir=glue_dir, progress=False, teacher=teacher.model_dir,
+        distill_weight=0.0, **FAST,
+    )  # fmt: skip
+    assert unweighted.metrics == plain.metrics
+    distilled = finetune(
+        tiny_model, "sst2", tmp_path / "kd", data_dir=glue_dir, progress=False, teacher=teacher.model_dir, **FAST
+    )
+    settings = json.loads((tmp_path / "kd" / "finetune.json").read_text())
+    assert settings["teacher"] == str(teacher.model_dir) and settings["temperature"] == 2.0
+    assert settings["distill_weight"] == 0.5 and "teacher" not in plain.settings
+    assert distilled.steps == FAST["max_steps"]
+    with pytest.raises(ValueError, match=r"distill_weight must be in \[0, 1\], got 1.5"):
+        finetune(tiny_model, "sst2", tmp_path / "x", data_dir=glue_dir, teacher=teacher.model_dir, distill_weight=1.5)
+    with pytest.raises(ValueError, match="not a fine-tuned sequence-classification model"):
+        finetune(tiny_model, "sst2", tmp_path / "y", data_dir=glue_dir, teacher=tiny_model, **FAST)
+
+
+def test_compare_distils_the_named_teacher(tiny_model, glue_dir, tmp_path):
+    comparison = compare(
+        {"tiny": tiny_model, "tiny-kd": tiny_model}, "sst2", tmp_path / "cmp", seeds=[0], data_dir=glue_dir,
+        teachers={"tiny-kd": "tiny"}, progress=False, **FAST,
+    )  # fmt: skip
+    kd = next(r for r in comparison.runs if r.name == "tiny-kd")
+    assert kd.settings["teacher"] == str(tmp_path / "cmp" / "tiny" / "sst2" / "seed-0")
+    with pytest.raises(ValueError, match="can only distil a model listed before it"):
+        compare({"a": tiny_model, "b": tiny_model}, "sst2", tmp_path / "x", data_dir=glue_dir, teachers={"a": "b"})
+
+
 def _result(name, task, seed, metrics, encoder=22_700_000):
     return FinetuneResult(
         name=name,
@@ -268,6 +334,21 @@ def _result(name, task, seed, metrics, encoder=22_700_000):
         model_dir="",
         settings={},
     )
+
+
+@pytest.mark.parametrize("gpus", [1, 2])
+def test_trainer_device_args(monkeypatch, gpus):
+    """The Trainer takes no GPU index: one is honoured only where it cannot mean anything else."""
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    assert train.trainer_device_args(None) == train.trainer_device_args("cuda") == {}
+    assert train.trainer_device_args("cpu") == {"use_cpu": True}
+    if gpus == 1:
+        assert train.trainer_device_args("cuda:0") == {}
+    else:
+        with pytest.raises(ValueError, match=r"not on 'cuda:0' alone: .* CUDA_VISIBLE_DEVICES=0 and device cuda"):
+            train.trainer_device_args("cuda:0")
+    with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
+        train.trainer_device_args("cuda:1")
 
 
 def test_results_table_by_hand():

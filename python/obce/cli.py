@@ -178,10 +178,19 @@ Device = Annotated[
         "--device",
         "-d",
         callback=_check_device,
-        help="Device: cpu, cuda or cuda:N (default: cuda when available); cpu also keeps fine-tuning on the CPU.",
+        help="Device: cpu, cuda or cuda:N (default: cuda when available); fine-tuning and evaluation take no GPU "
+        "index (they use every visible GPU: choose with CUDA_VISIBLE_DEVICES), and cpu keeps them on the CPU.",
     ),
 ]
 Overwrite = Annotated[bool, typer.Option("--overwrite", help="Clear the results already in the run folder first.")]
+Distill = Annotated[
+    bool,
+    typer.Option(
+        "--distill",
+        help="Fine-tune the compressed model distilling the fine-tuned original (soft targets at temperature 2, "
+        "weight 0.5).",
+    ),
+]
 Progress = Annotated[bool, typer.Option("--progress/--no-progress", help="Show progress bars.")]
 Steps = Annotated[int, typer.Option("--steps", min=1, help="Fine-tuning steps per model (batches of --batch-size).")]
 BatchSize = Annotated[int, typer.Option("--batch-size", min=1, help="Fine-tuning batch size (per device).")]
@@ -306,6 +315,7 @@ def finetune(
     device: Device = None,
     fp16: Annotated[bool, typer.Option("--fp16", help="Mixed precision float16 (GPU).")] = False,
     bf16: Annotated[bool, typer.Option("--bf16", help="Mixed precision bfloat16 (GPU or recent CPU).")] = False,
+    distill: Distill = False,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Discard the run folder's fine-tuning runs first.")
     ] = False,
@@ -330,7 +340,9 @@ def finetune(
     _record_command(ctx, run)
     chosen = _labelled(run, models)
     budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
-    settings = pipeline.finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16)
+    settings = pipeline.finetune_settings(
+        task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16, distill=distill
+    )
     _stage(f"obce: fine-tune {', '.join(chosen)} on {task}")
     results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage, progress=progress)
     if pipeline.is_main_process():
@@ -386,6 +398,7 @@ def evaluate(
             "--max-length", min=8, help="Truncation length (default: the model's fine-tuning length, or 128)."
         ),
     ] = None,
+    device: Device = None,
 ) -> None:
     """Score fine-tuned models on a split of a task; results go to <output>/evaluation.json.
 
@@ -405,7 +418,7 @@ def evaluate(
     for label, folder in chosen.items():
         length = max_length or _finetuned_length(Path(folder))
         _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
-        metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length)
+        metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
         results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
     recorded = run.read_json(run.EVALUATION) if (run / run.EVALUATION).is_file() else {}
     key = f"{loaded.name}/{split}"
@@ -441,6 +454,7 @@ def compress(
     steps: Steps = _BUDGET.steps,
     batch_size: BatchSize = _BUDGET.batch_size,
     max_length: MaxLength = _BUDGET.max_length,
+    distill: Distill = False,
     speed_repeats: Annotated[
         int, typer.Option("--speed-repeats", min=1, help="Timed forward passes per model (batch 32 x 128 tokens).")
     ] = _SPEED.repeats,
@@ -468,6 +482,7 @@ def compress(
         task=task,
         glue_dir=glue_dir,
         budget=Budget(steps=steps, batch_size=batch_size, max_length=max_length),
+        distill=distill,
         speed=SpeedSettings(repeats=speed_repeats),
         device=device,
         overwrite=overwrite,

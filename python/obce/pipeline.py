@@ -484,8 +484,10 @@ def finetune_settings(
     glue_dir: str | os.PathLike | None = None,
     fp16: bool = False,
     bf16: bool = False,
+    distill: bool = False,
 ) -> dict:
-    """The settings of the fine-tuning step, shared by every model of the run."""
+    """The settings of the fine-tuning step, shared by every model of the run (``distill``: the compressed
+    model learns from the fine-tuned original's outputs too, see :func:`obce.train.finetune`)."""
     return {
         "task": task,
         "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
@@ -495,6 +497,8 @@ def finetune_settings(
         "patience": 0,
         "fp16": fp16,
         "bf16": bf16,
+        # Only when on, so that run folders from before the option keep their settings.
+        **({"distill": True} if distill else {}),
     }
 
 
@@ -811,7 +815,7 @@ def run_finetune(
     settings : mapping
         From :func:`finetune_settings`.
     device : str, optional
-        ``"cpu"`` keeps training on the CPU when a GPU is present.
+        ``"cpu"`` keeps training on the CPU when a GPU is present (see :func:`obce.train.trainer_device_args`).
     progress : bool
         A progress bar per model.
 
@@ -820,12 +824,18 @@ def run_finetune(
     dict of str to obce.train.FinetuneResult
     """
     from .tasks import load_task
-    from .train import finetune
+    from .train import finetune, trainer_device_args
 
     run.check_step("finetune", settings)
+    distill = settings.get("distill", False)
+    if distill and list(models)[:2] != [ORIGINAL, COMPRESSED]:
+        raise ValueError(
+            "distillation fine-tunes the compressed model on the fine-tuned original's outputs: "
+            f"fine-tune both ({ORIGINAL}, then {COMPRESSED}) in the same run, got {', '.join(models)}"
+        )
+    training_args = trainer_device_args(device)
     task = load_task(settings["task"], settings["glue_dir"])
     run.record("finetune", settings)  # before any checkpoint: resuming one needs the same settings
-    training_args = {"use_cpu": True} if device is not None and str(device) == "cpu" else None
     results = {}
     for label, source in models.items():
         folder = run / run.FINETUNE / label
@@ -840,6 +850,7 @@ def run_finetune(
             batch_size=settings["batch_size"], lr=settings["lr"], max_length=settings["max_length"],
             patience=settings["patience"], eval_steps=settings["eval_steps"], fp16=settings["fp16"],
             bf16=settings["bf16"], name=label, training_args=training_args, progress=progress,
+            teacher=run / run.FINETUNE / ORIGINAL if distill and label == COMPRESSED else None,
         )  # fmt: skip
         if not done:
             run.record(timings_s={f"finetune_{label}": round(time.perf_counter() - start, 2)})
@@ -884,6 +895,7 @@ def compress(
     task: str = "polarity",
     glue_dir: str | os.PathLike | None = None,
     budget: Budget = Budget(),
+    distill: bool = False,
     speed: SpeedSettings = SpeedSettings(),
     device: str | None = None,
     overwrite: bool = False,
@@ -924,10 +936,14 @@ def compress(
         Local GLUE folder for a GLUE task.
     budget : Budget
         Fine-tuning budget, the same for both models.
+    distill : bool
+        Fine-tune the compressed model distilling the fine-tuned original (:func:`obce.train.finetune`'s
+        ``teacher``).
     speed : SpeedSettings
         Inference timing.
     device : str, optional
-        Where analysis runs (default: CUDA when available); ``"cpu"`` also keeps fine-tuning on the CPU.
+        Where analysis runs (default: CUDA when available); ``"cpu"`` also keeps fine-tuning on the CPU
+        (see :func:`obce.train.trainer_device_args`).
     overwrite : bool
         Clear the run folder's earlier results first.
     progress : bool
@@ -961,7 +977,7 @@ def compress(
         "speed": asdict(speed),
     }
     if finetune:
-        steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir)
+        steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, distill=distill)
     run.prepare(overwrite=overwrite)
     for step, settings in steps.items():
         run.check_step(step, settings)

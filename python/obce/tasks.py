@@ -49,9 +49,6 @@ __all__ = [
     "task_info",
 ]
 
-KINDS = ("single", "pair", "regression", "multiclass")
-METRICS = ("accuracy", "f1", "matthews_corr", "pearson", "spearman")
-
 
 @dataclass(frozen=True)
 class TaskInfo:

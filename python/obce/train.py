@@ -56,6 +56,28 @@ TRAINING_LOG = "training_log.json"  # in each run folder: the loss and dev score
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
+def trainer_device_args(device) -> dict:
+    """TrainingArguments that put transformers' Trainer on ``device``.
+
+    ``"cpu"`` keeps it on the CPU; None and ``"cuda"`` leave its default, every visible GPU. It
+    takes no GPU index, so ``"cuda:N"`` is refused while several GPUs are visible (rather than
+    quietly training on all of them): ``CUDA_VISIBLE_DEVICES=N`` picks one.
+    """
+    import torch
+
+    if device is None:
+        return {}
+    device = torch.device(device)
+    if device.type == "cpu":
+        return {"use_cpu": True}
+    if device.index is not None and (device.index > 0 or torch.cuda.device_count() > 1):
+        raise ValueError(
+            f"fine-tuning and evaluation run on every visible GPU (transformers' Trainer), not on {str(device)!r} "
+            f"alone: to use that GPU alone, run with CUDA_VISIBLE_DEVICES={device.index} and device cuda"
+        )
+    return {}
+
+
 def _common_args() -> dict:
     """TrainingArguments of both training and evaluation: no experiment trackers, and pinned memory
     only with a GPU (torch warns about it on a CPU-only machine)."""
@@ -270,6 +292,7 @@ def evaluate(
     data_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
     max_length: int = 128,
+    device: str | None = None,
 ) -> dict[str, float]:
     """Score a fine-tuned model on one split of a task.
 
@@ -287,6 +310,8 @@ def evaluate(
         Local GLUE folder, when ``task`` is a GLUE name.
     batch_size, max_length : int
         Evaluation batch size and truncation length.
+    device : str, optional
+        ``"cpu"`` keeps evaluation on the CPU (default: every visible GPU); see :func:`trainer_device_args`.
 
     Returns
     -------
@@ -296,7 +321,8 @@ def evaluate(
     Raises
     ------
     ValueError
-        Unknown task or split, or a model without a trained head for the task.
+        Unknown task or split, a model without a trained head for the task, or a GPU index with
+        several GPUs visible.
     """
     from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 
@@ -307,7 +333,9 @@ def evaluate(
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
     dataset = _encode(task, split, tokenizer, max_length)
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
-        args = TrainingArguments(output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args())
+        args = TrainingArguments(
+            output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args(), **trainer_device_args(device)
+        )
         trainer = Trainer(
             model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer
         )
@@ -422,6 +450,47 @@ def _eval_schedule(n_train: int, batch_size: int, max_steps: int | None, eval_st
     return {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": eval_steps, "save_steps": eval_steps}
 
 
+def _load_teacher(teacher, info: TaskInfo, student):
+    """The teacher, frozen, in eval mode; it must read the student's token ids."""
+    if isinstance(teacher, (str, os.PathLike)):
+        teacher, _ = load_for_task(teacher, info, fresh_head=False)
+    else:
+        _check_head(teacher, info, "the teacher")
+    if teacher.config.vocab_size != student.config.vocab_size:
+        raise ValueError(
+            f"the teacher's vocabulary ({teacher.config.vocab_size} tokens) is not the student's "
+            f"({student.config.vocab_size}): a teacher must share the student's tokenizer"
+        )
+    return teacher.eval().requires_grad_(False)
+
+
+def _distilling_trainer(teacher, temperature: float, weight: float, info: TaskInfo):
+    """A Trainer class whose training loss also matches the teacher's outputs (Hinton et al., 2015)."""
+    import torch
+    import torch.nn.functional as F
+    from transformers import Trainer
+
+    class DistillingTrainer(Trainer):
+        loss_is_scaled_for_ga = False  # a mean over the batch: the Trainer divides it by accumulation steps
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if not model.training:  # evaluation reports the task loss alone
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            outputs = model(**inputs)
+            teacher.to(outputs.logits.device)
+            with torch.no_grad():
+                target = teacher(**{k: v for k, v in inputs.items() if k != "labels"}).logits
+            if info.is_regression:
+                match = F.mse_loss(outputs.logits, target)
+            else:
+                log_p, log_q = (F.log_softmax(x / temperature, dim=-1) for x in (outputs.logits, target))
+                match = F.kl_div(log_p, log_q, log_target=True, reduction="batchmean") * temperature**2
+            loss = (1 - weight) * outputs.loss + weight * match
+            return (loss, outputs) if return_outputs else loss
+
+    return DistillingTrainer
+
+
 def finetune(
     model,
     task: str | Task,
@@ -446,6 +515,9 @@ def finetune(
     training_args: Mapping | None = None,
     callbacks: Sequence | None = None,
     progress: bool = True,
+    teacher=None,
+    temperature: float = 2.0,
+    distill_weight: float = 0.5,
 ) -> FinetuneResult:
     """Fine-tune a model on a task with transformers' ``Trainer`` and score the best checkpoint.
 
@@ -503,6 +575,16 @@ def finetune(
         Show training as a progress bar with the last loss and dev score beside it; False shows
         nothing (the log is in ``training_log.json`` either way). A ``disable_tqdm`` in
         ``training_args`` leaves transformers' own display in place instead.
+    teacher : str, path-like or transformers.PreTrainedModel, optional
+        A model fine-tuned on the same task with the same tokenizer (e.g. the original of a
+        compressed model). Training then distils it: the loss is ``(1 - distill_weight)`` times the
+        task loss plus ``distill_weight`` times the match to the teacher's outputs (KL divergence of
+        the class probabilities at ``temperature``, scaled by its square; squared error for
+        regression). Evaluation scores the task alone.
+    temperature : float
+        Softens both models' class probabilities for the teacher term.
+    distill_weight : float
+        Weight of the teacher term, in [0, 1].
 
     Returns
     -------
@@ -547,6 +629,12 @@ def finetune(
             raise ValueError(f"{key} must be a positive int or None, got {value!r}")
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    if teacher is not None:
+        _check_positive("temperature", temperature)
+        if isinstance(distill_weight, bool) or not isinstance(distill_weight, (int, float)):
+            raise ValueError(f"distill_weight must be a number in [0, 1], got {distill_weight!r}")
+        if not 0 <= distill_weight <= 1:
+            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
 
     task = _resolve_task(task, data_dir)
     info = task.info
@@ -568,6 +656,12 @@ def finetune(
         "fp16": fp16,
         "bf16": bf16,
         "training_args": dict(training_args or {}),
+        # Only with a teacher, so that the folders of runs without one keep their settings.
+        **(
+            {"teacher": _describe_model(teacher), "temperature": temperature, "distill_weight": distill_weight}
+            if teacher is not None
+            else {}
+        ),
         "versions": _versions(),
     }
     finished = _prepare_output_dir(output_dir, settings, resume)
@@ -577,6 +671,8 @@ def finetune(
     # Seed before the head is created: its initialization is part of the run.
     set_seed(seed)
     model, tokenizer = load_for_task(model, info, tokenizer=tokenizer)
+    if teacher is not None:
+        teacher = _load_teacher(teacher, info, model)
     if _is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(output_dir / _SETTINGS_FILE, settings)
@@ -609,7 +705,8 @@ def finetune(
     all_callbacks = list(callbacks or [])
     if values["patience"] > 0:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=values["patience"]))
-    trainer = Trainer(
+    trainer_class = Trainer if teacher is None else _distilling_trainer(teacher, temperature, distill_weight, info)
+    trainer = trainer_class(
         model=model,
         args=TrainingArguments(**arguments),
         train_dataset=encoded["train"],
@@ -781,6 +878,7 @@ def compare(
     *,
     seeds: Sequence[int] = (0, 1, 2),
     data_dir: str | os.PathLike | None = None,
+    teachers: Mapping[str, str] | None = None,
     **finetune_kwargs,
 ) -> Comparison:
     """Fine-tune several models on the same tasks, seeds and budget, and tabulate mean ± standard error.
@@ -799,8 +897,11 @@ def compare(
         Seeds run for every model and task.
     data_dir : path-like, optional
         Local GLUE folder.
+    teachers : mapping of str to str, optional
+        Label -> label of an earlier model: each run of the first distils the run of the second with the same
+        task and seed (see ``teacher`` in :func:`finetune`), e.g. ``{"minilm-obce": "minilm"}``.
     **finetune_kwargs
-        Passed to :func:`finetune` for every run (``preset``, ``epochs``, ``max_steps``, ...).
+        Passed to :func:`finetune` for every run (``preset``, ``epochs``, ``max_steps``, ``temperature``, ...).
 
     Returns
     -------
@@ -820,9 +921,14 @@ def compare(
     seeds = list(seeds)
     if not seeds or any(not isinstance(s, int) or isinstance(s, bool) for s in seeds) or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be distinct ints, got {seeds!r}")
-    for key in ("name", "seed", "data_dir"):
+    for key in ("name", "seed", "data_dir", "teacher"):
         if key in finetune_kwargs:
             raise TypeError(f"compare() sets {key!r} itself; do not pass it")
+    teachers = dict(teachers or {})
+    order = list(models)
+    for label, teacher in teachers.items():
+        if label not in models or teacher not in models or order.index(teacher) >= order.index(label):
+            raise ValueError(f"teachers: {label!r} can only distil a model listed before it, got {teacher!r}")
     tasks = [task] if isinstance(task, (str, Task)) else list(task)
     # Load each task once: every model and seed then sees the same examples.
     tasks = [_resolve_task(t, data_dir) for t in tasks]
@@ -835,7 +941,8 @@ def compare(
                 run_dir = output_dir / label / loaded.name / f"seed-{seed}"
                 # finetune() trains a model object in place: every run starts from its own copy.
                 start = model if isinstance(model, (str, os.PathLike)) else copy.deepcopy(model)
-                runs.append(finetune(start, loaded, run_dir, seed=seed, name=label, **finetune_kwargs))
+                teacher = output_dir / teachers[label] / loaded.name / f"seed-{seed}" if label in teachers else None
+                runs.append(finetune(start, loaded, run_dir, seed=seed, name=label, teacher=teacher, **finetune_kwargs))
     comparison = Comparison(runs=runs, summary=_summarize(runs))
     if _is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)

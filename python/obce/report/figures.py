@@ -42,6 +42,14 @@ def _save(figure: Figure, path: str | os.PathLike, overwrite: bool) -> Path:
     return path
 
 
+def _log_axis(ax, values: np.ndarray) -> None:
+    """A logarithmic λ axis that still shows λ = 0 (a constant neuron): symlog, linear only below the
+    smallest percent of the positive values."""
+    positive = values[values > 0]
+    if positive.size:
+        ax.set_yscale("symlog", linthresh=float(np.quantile(positive, 0.01)))
+
+
 def _title(table: ImportanceTable, what: str) -> str:
     model = table.settings.get("model") or "all-MiniLM-L6-v2"
     token = table.settings.get("token", "cls")
@@ -67,7 +75,7 @@ def plot_lambda_by_layer(
     statistic : {"median", "mean", "p30", "p50", "p70"}
         Column of :meth:`ImportanceTable.stats` to plot.
     log : bool
-        Logarithmic λ axis (zero values are then not drawn).
+        Logarithmic λ axis (symmetric-log near 0, so that zero values are drawn).
     overwrite : bool
         Replace an existing file.
 
@@ -94,9 +102,10 @@ def plot_lambda_by_layer(
     ax.set_xlabel("layer")
     ax.set_ylabel(f"{statistic} λ")
     if log:
-        ax.set_yscale("log")
+        _log_axis(ax, stats[statistic].to_numpy())
+    ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, never on them
     ax.set_title(_title(table, f"{statistic.capitalize()} λ per layer"), fontsize="medium")
     return _save(figure, path, overwrite)
 
@@ -198,7 +207,8 @@ def plot_lambda_distributions(
     for i, component in enumerate(components):
         ax = figure.add_subplot(rows, columns, i + 1)
         layers = [layer for layer in table.layers if component in _components_of(table, layer)]
-        ax.boxplot([table.lam(layer, component) for layer in layers], showfliers=True, flierprops={"markersize": 2})
+        values = [table.lam(layer, component) for layer in layers]
+        ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
         ax.set_xticks(range(1, len(layers) + 1), [str(layer) for layer in layers])
         marks = [
             (i, cutoffs[layer, component]) for i, layer in enumerate(layers, 1) if (layer, component) in (cutoffs or {})
@@ -211,8 +221,7 @@ def plot_lambda_distributions(
         ax.set_xlabel("layer")
         ax.set_ylabel("λ")
         if log:
-            # symlog, not log: λ is exactly 0 for a constant neuron.
-            ax.set_yscale("symlog", linthresh=1e-4)
+            _log_axis(ax, np.concatenate(values))
         ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, axis="y")
     figure.suptitle(_title(table, "λ per layer and component"), fontsize="medium")

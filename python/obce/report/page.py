@@ -153,6 +153,14 @@ def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
     return lines
 
 
+def _points_text(token: str, n_sentences: int, n_points: int | None = None) -> str:
+    """What a neuron's points are, for each token mode (:data:`obce.TOKEN_MODES`)."""
+    if token == "tokens":
+        return f"every token of the {n_sentences} sentences" + (f" ({n_points:,} points)" if n_points else "")
+    which = "the [CLS] token" if token == "cls" else "the mean over the tokens"
+    return f"{which} of each of the {n_sentences} sentences"
+
+
 def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Section:
     steps = settings.get("steps", {})
     analysis = steps.get("analyze", {})
@@ -164,7 +172,7 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
             ["model", f"{analysis['model']}" + (f" ({analysis['model_path']})" if analysis.get("model_path") else "")],
             ["corpus", analysis["corpus_description"]],
             ["sentences, seed", f"{analysis['n_sentences']}, seed {analysis['seed']}"],
-            ["points", f"the {analysis['token']} token of each sentence"],
+            ["points", _points_text(analysis["token"], analysis["n_sentences"])],
         ]
     if "plan" in steps:
         plan_text = steps["plan"]["plan"]
@@ -185,6 +193,7 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
                     f"lr {ft['lr']:g}, {ft['evaluations']} evaluations on dev "
                     f"(every {ft['eval_steps']} steps, best kept), "
                     f"seed {ft['seed']}"
+                    + ("; the compressed model distilled the fine-tuned original" if ft.get("distill") else "")
                 ),
             ]
         )
@@ -230,6 +239,10 @@ def _parameters(parameters: pd.DataFrame, params: dict, figure: str) -> Section:
 
 
 def _importance(table: ImportanceTable, figure: str) -> Section:
+    n_sentences = len(table.sentences) if table.sentences else table.settings.get("n_points")
+    token = table.settings.get("token", "cls")
+    first = table.neurons[(table.neurons["layer"] == 1) & table.neurons["component"].isin(["query", "key", "value"])]
+    constant_first_layer = token == "cls" and len(first) > 0 and bool((first["lam"] == 0).all())
     stats = table.stats()
     medians = stats.pivot(index="layer", columns="component", values="median")[table.components]
     rows = [[str(layer), *(_g(v) for v in values)] for layer, values in medians.iterrows()]
@@ -238,11 +251,17 @@ def _importance(table: ImportanceTable, figure: str) -> Section:
         [
             (
                 "λ of a neuron is the largest finite 0-dimensional persistence death (the longest edge of the "
-                "Euclidean minimum spanning tree) of its outputs at the "
-                f"{table.settings.get('token', 'cls')} token over the "
-                f"{table.settings.get('n_points', len(table.sentences or []))} sentences."
+                "Euclidean minimum spanning tree) of its outputs at "
+                + _points_text(token, n_sentences, table.settings.get("n_points"))
+                + ". It is 0 where a neuron's output is the same at every point"
+                + (
+                    ": here every query, key and value neuron of layer 1, whose input at [CLS] (the [CLS] embedding) "
+                    "does not depend on the sentence."
+                    if constant_first_layer
+                    else "."
+                )
             ),
-            Figure(figure, "Median λ per layer for each component (the paper's Figure 6)."),
+            Figure(figure, "Median λ per layer for each component (the paper's Figure 6), on a logarithmic axis."),
             Table(["layer", *table.components], rows),
         ],
     )
@@ -410,8 +429,14 @@ def _scores(metrics: dict, settings: dict, curves: str | None) -> Section:
         f"Task scores: {info.display_name}",
         [
             (
-                f"Each model was fine-tuned{budget}; the best of the dev evaluations was kept and scored on "
-                f"{', '.join(info.report_splits)}. Scores ×100; parameters include the classification head."
+                f"Each model was fine-tuned{budget}"
+                + (
+                    "; the compressed model also learned from the fine-tuned original's outputs"
+                    if ft.get("distill")
+                    else ""
+                )
+                + f"; the best of the dev evaluations was kept and scored on {', '.join(info.report_splits)}. Scores "
+                "×100; parameters include the classification head."
             ),
             Table(["model", "parameters", "steps", *(f"{split} {m}" for split, m in columns)], rows),
             *([Figure(curves, "Training loss and dev score by step, for each model.")] if curves else []),
@@ -603,10 +628,14 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     if parameters is not None and params:
         sections.append(_parameters(parameters, params, draw("parameters.png", _plot_parameters, parameters)))
     if table is not None:
-        sections.append(_importance(table, draw("lambda_by_layer.png", plot_lambda_by_layer, table, overwrite=True)))
+        # λ spans orders of magnitude across layers: a linear axis shows the last layer and flattens the rest.
+        name = draw("lambda_by_layer.png", plot_lambda_by_layer, table, log=True, overwrite=True)
+        sections.append(_importance(table, name))
         score = settings.get("steps", {}).get("prune", {}).get("score", "lam")
         cuts = cutoffs(table, plan) if plan is not None and score == "lam" else None  # drawn on the λ axis
-        name = draw("lambda_distributions.png", plot_lambda_distributions, table, cutoffs=cuts, overwrite=True)
+        name = draw(
+            "lambda_distributions.png", plot_lambda_distributions, table, log=True, cutoffs=cuts, overwrite=True
+        )
         sections.append(_distributions(table, plan, name, score))
     if persistence:
         files = []
