@@ -100,6 +100,19 @@ def test_user_errors_give_one_line_and_status_1(capsys, tmp_path):
     assert code == 1 and "no fine-tuned model" in err
 
 
+def test_hub_failure_is_one_line_naming_the_model(monkeypatch, capsys, tmp_path):
+    from transformers import AutoTokenizer
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.\nCheck your connection.")
+
+    monkeypatch.setattr(AutoTokenizer, "from_pretrained", offline)
+    code, _, err = run_cli(capsys, "analyze", "--model", "org/some-model", "--output", str(tmp_path / "run"))
+    assert code == 1 and err.count("\n") == 1 and "Traceback" not in err
+    assert "could not load 'org/some-model' from the Hugging Face hub: We couldn't connect" in err
+    assert "HF_HUB_OFFLINE=1" in err
+
+
 def test_a_bug_keeps_its_traceback(monkeypatch):
     def broken(*args, **kwargs):
         raise RuntimeError("an internal error")

@@ -332,6 +332,8 @@ def test_compress_with_distillation(inputs, tmp_path, capsys):
     assert compressed["teacher"] == str(path / "finetune" / "original")
     assert "teacher" not in json.loads((path / "finetune" / "original" / "finetune.json").read_text())
     assert "the compressed model distilled the fine-tuned original" in (path / "report" / "report.md").read_text()
+    code, _, err = run_cli(capsys, compress_args(inputs, tmp_path / "none", "--distill", "--no-finetune"))
+    assert code == 1 and "distillation is part of fine-tuning" in err and not (tmp_path / "none").exists()
     # Only the run's own pair can be distilled.
     args = ["finetune", str(path / "compressed"), "--distill", "--task", "sst2", "--glue-dir", str(inputs["glue"]),
             "--steps", "4", "--device", "cpu", "--output", str(tmp_path / "other")]  # fmt: skip

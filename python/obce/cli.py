@@ -30,7 +30,8 @@ _DEFAULT_OUTPUT = Path("obce-run")
 _INTERRUPTED = 130  # 128 + SIGINT, the shell's status for Ctrl-C
 _BUDGET, _SPEED = Budget(), SpeedSettings()
 # What a user gets wrong (an input, a file, a clash with the run folder): one line, no traceback.
-_USER_ERRORS = (ValueError, TypeError, FileNotFoundError, FileExistsError, NotADirectoryError, ImportError)
+# OSError: files, permissions, a full disk, no network: the user's to mend, in one line.
+_USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 # The exceptions typer (and the click it builds on) raises for usage errors, whatever its version.
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 

@@ -970,6 +970,8 @@ def compress(
     run = RunFolder(output)
     if isinstance(plan, str):
         check_plan_spec(plan)
+    if distill and not finetune:
+        raise ValueError("distillation is part of fine-tuning: it needs finetune=True (no --no-finetune)")
     steps = {
         "analyze": analysis_settings(model, corpus, n_sentences, seed, token),
         "plan": _plan_setting(plan, score),

@@ -450,6 +450,59 @@ def _eval_schedule(n_train: int, batch_size: int, max_steps: int | None, eval_st
     return {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": eval_steps, "save_steps": eval_steps}
 
 
+def _budget_values(preset: str, given: Mapping, max_steps, eval_steps) -> dict:
+    """The preset's budget with the given values on top, each checked."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
+    for key in ("epochs", "batch_size", "lr", "max_length"):
+        _check_positive(key, values[key])
+    if isinstance(values["patience"], bool) or not isinstance(values["patience"], int) or values["patience"] < 0:
+        raise ValueError(f"patience must be an int >= 0, got {values['patience']!r}")
+    for key, value in (("max_steps", max_steps), ("eval_steps", eval_steps)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{key} must be a positive int or None, got {value!r}")
+    return values
+
+
+def _check_distillation(temperature, weight) -> None:
+    _check_positive("temperature", temperature)
+    if isinstance(weight, bool) or not isinstance(weight, (int, float)):
+        raise ValueError(f"distill_weight must be a number in [0, 1], got {weight!r}")
+    if not 0 <= weight <= 1:
+        raise ValueError(f"distill_weight must be in [0, 1], got {weight!r}")
+
+
+def _training_arguments(
+    output_dir: Path, seed: int, values: Mapping, max_steps, eval_steps, info: TaskInfo, n_train: int,
+    fp16: bool, bf16: bool, training_args: Mapping | None,
+) -> dict:  # fmt: skip
+    """TrainingArguments of a fine-tuning run: the budget, best-checkpoint selection on the task's main metric."""
+    return {
+        "output_dir": str(output_dir),
+        "seed": seed,
+        "data_seed": seed,
+        "num_train_epochs": values["epochs"],
+        "max_steps": max_steps if max_steps is not None else -1,
+        "per_device_train_batch_size": values["batch_size"],
+        "per_device_eval_batch_size": 2 * values["batch_size"],
+        "learning_rate": values["lr"],
+        "weight_decay": 0.01,
+        "load_best_model_at_end": True,
+        "metric_for_best_model": info.main_metric,
+        "greater_is_better": True,
+        # With load_best_model_at_end, the best checkpoint is kept beside the latest one.
+        "save_total_limit": 1,
+        "logging_strategy": "steps",
+        "logging_steps": max(1, min(50, (max_steps or 500) // 10)),
+        **_common_args(),
+        "fp16": fp16,
+        "bf16": bf16,
+        **_eval_schedule(n_train, values["batch_size"], max_steps, eval_steps),
+        **dict(training_args or {}),
+    }
+
+
 def _load_teacher(teacher, info: TaskInfo, student):
     """The teacher, frozen, in eval mode; it must read the student's token ids."""
     if isinstance(teacher, (str, os.PathLike)):
@@ -615,26 +668,12 @@ def finetune(
     )
     from transformers.trainer_utils import get_last_checkpoint
 
-    if preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
-    values = dict(PRESETS[preset])
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length, "patience": patience}
-    values.update({k: v for k, v in given.items() if v is not None})
-    for key in ("epochs", "batch_size", "lr", "max_length"):
-        _check_positive(key, values[key])
-    if isinstance(values["patience"], bool) or not isinstance(values["patience"], int) or values["patience"] < 0:
-        raise ValueError(f"patience must be an int >= 0, got {values['patience']!r}")
-    for key, value in (("max_steps", max_steps), ("eval_steps", eval_steps)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key} must be a positive int or None, got {value!r}")
+    values = _budget_values(preset, given, max_steps, eval_steps)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
     if teacher is not None:
-        _check_positive("temperature", temperature)
-        if isinstance(distill_weight, bool) or not isinstance(distill_weight, (int, float)):
-            raise ValueError(f"distill_weight must be a number in [0, 1], got {distill_weight!r}")
-        if not 0 <= distill_weight <= 1:
-            raise ValueError(f"distill_weight must be in [0, 1], got {distill_weight!r}")
+        _check_distillation(temperature, distill_weight)
 
     task = _resolve_task(task, data_dir)
     info = task.info
@@ -679,29 +718,9 @@ def finetune(
     splits = dict.fromkeys(("train", info.selection_split, *info.report_splits))
     encoded = {split: _encode(task, split, tokenizer, values["max_length"]) for split in splits}
 
-    arguments = {
-        "output_dir": str(output_dir),
-        "seed": seed,
-        "data_seed": seed,
-        "num_train_epochs": values["epochs"],
-        "max_steps": max_steps if max_steps is not None else -1,
-        "per_device_train_batch_size": values["batch_size"],
-        "per_device_eval_batch_size": 2 * values["batch_size"],
-        "learning_rate": values["lr"],
-        "weight_decay": 0.01,
-        "load_best_model_at_end": True,
-        "metric_for_best_model": info.main_metric,
-        "greater_is_better": True,
-        # With load_best_model_at_end, the best checkpoint is kept beside the latest one.
-        "save_total_limit": 1,
-        "logging_strategy": "steps",
-        "logging_steps": max(1, min(50, (max_steps or 500) // 10)),
-        **_common_args(),
-        "fp16": fp16,
-        "bf16": bf16,
-        **_eval_schedule(len(encoded["train"]), values["batch_size"], max_steps, eval_steps),
-        **dict(training_args or {}),
-    }
+    arguments = _training_arguments(
+        output_dir, seed, values, max_steps, eval_steps, info, len(encoded["train"]), fp16, bf16, training_args
+    )
     all_callbacks = list(callbacks or [])
     if values["patience"] > 0:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=values["patience"]))

@@ -338,6 +338,8 @@ def load_model(
     ------
     FileNotFoundError
         A path that is not a saved model's folder.
+    OSError
+        A hub name that cannot be loaded (no network, or no such model).
     ValueError
         If the model is not a supported encoder (the message names the supported families).
     """
@@ -354,8 +356,16 @@ def load_model(
     if not local and _is_path(source):
         raise FileNotFoundError(f"no model folder at {location!r}")
     options = {"local_files_only": True} if local else {}
-    tokenizer = AutoTokenizer.from_pretrained(location, **options)
-    model = model_class.from_pretrained(location, **options)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(location, **options)
+        model = model_class.from_pretrained(location, **options)
+    except OSError as err:
+        if local:
+            raise
+        raise OSError(
+            f"could not load {location!r} from the Hugging Face hub: {err} (without a network, HF_HUB_OFFLINE=1 "
+            "fails at once instead of retrying, and reads only the local cache)"
+        ) from err
     encoder_layers(model)  # fail early and clearly on an unsupported architecture
     # transformers 5 keeps a checkpoint's own dtype by default; analysis wants float32 unless told.
     model.to(device=_default_device() if device is None else torch.device(device), dtype=dtype or torch.float32)
