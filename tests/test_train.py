@@ -270,7 +270,7 @@ def test_distilling_loss_by_hand(tiny_model, tmp_path, name):
     teacher.eval()
     inputs = dict(tokenizer(["a small test", "another sentence here"], padding=True, return_tensors="pt"))
     inputs["labels"] = torch.tensor([0.5, 2.0]) if info.is_regression else torch.tensor([0, 1])
-    trainer_class = train._distilling_trainer(teacher, 3.0, 0.25, info)
+    trainer_class = train._trainer_class(teacher, 3.0, 0.25, info)
     trainer = trainer_class(model=student, args=TrainingArguments(output_dir=str(tmp_path / "t"), use_cpu=True))
     student.train()
     torch.manual_seed(2)
@@ -287,6 +287,18 @@ def test_distilling_loss_by_hand(tiny_model, tmp_path, name):
     assert loss.item() == pytest.approx((0.75 * outputs.loss + 0.25 * match).item(), rel=1e-5)
     student.eval()
     assert trainer.compute_loss(student, inputs).item() == pytest.approx(student(**inputs).loss.item(), rel=1e-6)
+
+
+def test_gradient_accumulation_keeps_the_loss_a_mean(tiny_model, glue_dir, tmp_path):
+    """The heads return a batch mean: accumulated over 2 batches, the logged loss stays about ln 2 for a fresh
+    binary head (nothing is learned at this rate), not twice that."""
+    finetune(
+        tiny_model, "sst2", tmp_path / "ga", data_dir=glue_dir, progress=False, lr=1e-9,
+        training_args={"gradient_accumulation_steps": 2, "logging_steps": 1}, **{**FAST, "batch_size": 4},
+    )  # fmt: skip
+    log = json.loads((tmp_path / "ga" / train.TRAINING_LOG).read_text())
+    losses = [entry["loss"] for entry in log if "loss" in entry]
+    assert len(losses) == FAST["max_steps"] and all(0.5 < loss < 0.9 for loss in losses), losses
 
 
 def test_distillation_runs_and_is_recorded(tiny_model, glue_dir, tmp_path):

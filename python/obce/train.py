@@ -517,15 +517,23 @@ def _load_teacher(teacher, info: TaskInfo, student):
     return teacher.eval().requires_grad_(False)
 
 
-def _distilling_trainer(teacher, temperature: float, weight: float, info: TaskInfo):
-    """A Trainer class whose training loss also matches the teacher's outputs (Hinton et al., 2015)."""
+def _trainer_class(teacher, temperature: float, weight: float, info: TaskInfo):
+    """The Trainer class of a fine-tuning run; with a teacher, its training loss also matches the teacher's outputs
+    (Hinton et al., 2015)."""
     import torch
     import torch.nn.functional as F
     from transformers import Trainer
 
-    class DistillingTrainer(Trainer):
-        loss_is_scaled_for_ga = False  # a mean over the batch: the Trainer divides it by accumulation steps
+    class ClassificationTrainer(Trainer):
+        # The heads return the batch mean whatever num_items_in_batch they are passed; left to decide, the
+        # Trainer takes a model that accepts loss arguments for one that normalized over all accumulated
+        # batches, and the loss would grow with the gradient accumulation steps.
+        loss_is_scaled_for_ga = False
 
+    if teacher is None:
+        return ClassificationTrainer
+
+    class DistillingTrainer(ClassificationTrainer):
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             if not model.training:  # evaluation reports the task loss alone
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
@@ -662,7 +670,6 @@ def finetune(
         EarlyStoppingCallback,
         PrinterCallback,
         ProgressCallback,
-        Trainer,
         TrainingArguments,
         set_seed,
     )
@@ -724,8 +731,7 @@ def finetune(
     all_callbacks = list(callbacks or [])
     if values["patience"] > 0:
         all_callbacks.append(EarlyStoppingCallback(early_stopping_patience=values["patience"]))
-    trainer_class = Trainer if teacher is None else _distilling_trainer(teacher, temperature, distill_weight, info)
-    trainer = trainer_class(
+    trainer = _trainer_class(teacher, temperature, distill_weight, info)(
         model=model,
         args=TrainingArguments(**arguments),
         train_dataset=encoded["train"],
