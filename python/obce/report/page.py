@@ -239,7 +239,10 @@ def _parameters(parameters: pd.DataFrame, params: dict, figure: str) -> Section:
 
 
 def _importance(table: ImportanceTable, figure: str) -> Section:
-    n_sentences = len(table.sentences) if table.sentences else table.settings.get("n_points")
+    # One point per sentence except with token="tokens", where n_points counts tokens.
+    n_sentences = (
+        len(table.sentences) if table.sentences else table.settings.get("n_sentences", table.settings.get("n_points"))
+    )
     token = table.settings.get("token", "cls")
     first = table.neurons[(table.neurons["layer"] == 1) & table.neurons["component"].isin(["query", "key", "value"])]
     constant_first_layer = token == "cls" and len(first) > 0 and bool((first["lam"] == 0).all())
