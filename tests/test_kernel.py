@@ -523,6 +523,11 @@ def test_wrong_torch_dtype():
         obce.fast_death_radii(torch.zeros(4, 3, dtype=torch.int64))
 
 
+def test_sparse_torch_tensor():
+    with pytest.raises(TypeError, match="dense"):
+        obce.fast_death_radii(torch.eye(4).to_sparse())
+
+
 @pytest.mark.parametrize("shape", [(1, 7), (3, 1, 2), (3, 0, 2)])
 def test_too_few_points(shape):
     with pytest.raises(ValueError, match="at least 2 points"):
@@ -764,6 +769,38 @@ def test_cuda_side_stream():
         lam = obce.fast_death_radii(x, check_finite=False)
     side.synchronize()
     torch.testing.assert_close(lam.cpu(), obce.fast_death_radii(x.cpu()), rtol=1e-5, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_scratch_comes_from_torch():
+    """The matrix path's distance matrices are torch allocations: counted by torch, cached after."""
+    x = torch.randn(12, 3000, 64, device="cuda")
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    lam = obce.fast_death_radii(x, check_finite=False)
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - before >= 12 * 3000 * 3000 * 4
+    assert torch.cuda.memory_allocated() - before < 1 << 20  # back in torch's cache, not held
+    torch.testing.assert_close(lam.cpu(), obce.fast_death_radii(x.cpu()), rtol=1e-5, atol=0)
+
+
+@needs_cuda
+@pytest.mark.cuda
+def test_cuda_scratch_failure_propagates():
+    """An allocator's error (torch's out-of-memory, say) reaches the caller unchanged."""
+    from obce import _core
+
+    def no_memory(n_bytes):
+        raise MemoryError(f"no room for {n_bytes} bytes")
+
+    x = torch.randn(2, 300, 8, device="cuda")
+    out = torch.empty(2, device="cuda")
+    stream = torch.cuda.current_stream().cuda_stream
+    with pytest.raises(MemoryError, match="no room for"):
+        _core.death_radii(x.__dlpack__(stream=-1), out.__dlpack__(stream=-1), 1, stream, True, no_memory)
+    assert torch.isfinite(obce.fast_death_radii(x)).all()  # the next call is unaffected
 
 
 @needs_cuda

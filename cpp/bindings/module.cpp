@@ -81,25 +81,50 @@ bool is_cuda(const DLDevice &d) { return d.device_type == kDLCUDA || d.device_ty
 // Both backends share this signature: (clouds, out, n_threads, device, stream, check_finite).
 enum class Operation { death_radii, h0_deaths };
 
+#ifdef OBCE_WITH_CUDA
+// The CUDA backend's scratch from a Python callable (bytes -> a tensor on the call's device and
+// stream, e.g. torch.empty): held until the call returns, then left to the caller's allocator,
+// which orders its reuse after the call's kernels on that stream.
+class PythonScratch {
+public:
+  explicit PythonScratch(const py::object &allocate) : allocate_(allocate) {}
+  void *operator()(std::size_t bytes) {
+    if (allocate_.is_none()) throw std::invalid_argument("GPU scratch needs an allocator (pass scratch=)");
+    py::gil_scoped_acquire gil;
+    held_.push_back(allocate_(bytes));
+    return reinterpret_cast<void *>(held_.back().attr("data_ptr")().cast<std::uintptr_t>());
+  }
+
+private:
+  const py::object &allocate_;
+  std::vector<py::object> held_; // released when run() returns, which holds the GIL again by then
+};
+#endif
+
 template <class T>
-index_t run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &device, int n_threads,
-            std::uintptr_t stream, bool check_finite) {
+obce::Findings run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &device, int n_threads,
+                   std::uintptr_t stream, [[maybe_unused]] const py::object &scratch, bool check_finite) {
   if (is_cuda(device)) {
 #ifdef OBCE_WITH_CUDA
+    PythonScratch held(scratch);
+    py::gil_scoped_release release;
+    const obce::cuda::Scratch allocate = std::ref(held);
     return op == Operation::death_radii
-               ? obce::cuda::death_radii(v, out, device.device_id, stream, check_finite)
-               : obce::cuda::h0_deaths(v, out, device.device_id, stream, check_finite);
+               ? obce::cuda::death_radii(v, out, device.device_id, stream, allocate, check_finite)
+               : obce::cuda::h0_deaths(v, out, device.device_id, stream, allocate, check_finite);
 #else
     throw std::runtime_error(
         "obce was built without CUDA: reinstall on a machine with nvcc, or pass a CPU array");
 #endif
   }
+  py::gil_scoped_release release;
   return op == Operation::death_radii ? obce::cpu::death_radii(v, out, n_threads)
                                       : obce::cpu::h0_deaths(v, out, n_threads);
 }
 
-index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule &out_capsule, int n_threads,
-                std::uintptr_t stream, bool check_finite) {
+std::pair<index_t, index_t> compute(Operation op, const py::capsule &acts_capsule,
+                                    const py::capsule &out_capsule, int n_threads, std::uintptr_t stream,
+                                    bool check_finite, const py::object &scratch) {
   BorrowedTensor acts(acts_capsule, false), out(out_capsule, true);
   const DLDataType dt = acts->dtype;
   if (dt.code != kDLFloat || (dt.bits != 32 && dt.bits != 64) || dt.lanes != 1)
@@ -123,9 +148,10 @@ index_t compute(Operation op, const py::capsule &acts_capsule, const py::capsule
       (out->ndim == 2 && out.stride(0) != n_points - 1))
     throw std::invalid_argument("output must be a contiguous array of the result's shape");
 
-  py::gil_scoped_release release;
-  return f64 ? run(op, v64, out.data<double>(), acts->device, n_threads, stream, check_finite)
-             : run(op, v32, out.data<float>(), acts->device, n_threads, stream, check_finite);
+  const obce::Findings found =
+      f64 ? run(op, v64, out.data<double>(), acts->device, n_threads, stream, scratch, check_finite)
+          : run(op, v32, out.data<float>(), acts->device, n_threads, stream, scratch, check_finite);
+  return {found.first_bad, found.first_out_of_range};
 }
 
 py::dict build_info() {
@@ -156,17 +182,18 @@ PYBIND11_MODULE(_core, m) {
   m.doc() = "obce's compiled kernels; use the wrappers in obce.kernel";
   // pybind11 turns std::invalid_argument into ValueError and std::runtime_error into RuntimeError.
   const char *args_doc =
-      "(acts, out, n_threads, stream, check_finite) -> index of the first non-finite cloud or -1";
+      "(acts, out, n_threads, stream, check_finite, scratch=None) -> (first non-finite cloud, first "
+      "cloud whose lambda is out of range), -1 for none; scratch: bytes -> a tensor on a CUDA input's "
+      "device and stream (torch.empty)";
   for (const auto &[name, op] :
        {std::pair{"death_radii", Operation::death_radii}, std::pair{"h0_deaths", Operation::h0_deaths}}) {
     const Operation operation = op; // a lambda cannot capture a structured binding before C++20
     m.def(
         name,
-        [operation](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c) {
-          return compute(operation, a, o, t, s, c);
-        },
+        [operation](const py::capsule &a, const py::capsule &o, int t, std::uintptr_t s, bool c,
+                    const py::object &scratch) { return compute(operation, a, o, t, s, c, scratch); },
         py::arg("acts"), py::arg("out"), py::arg("n_threads"), py::arg("stream"), py::arg("check_finite"),
-        args_doc);
+        py::arg("scratch") = py::none(), args_doc);
   }
   m.def("build_info", &build_info, "What was compiled in, and the GPUs usable now");
 }

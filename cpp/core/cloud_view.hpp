@@ -1,6 +1,8 @@
-// A batch of point clouds seen through strides, so that any input layout is read in place.
+// A batch of point clouds seen through strides, so that any input layout is read in place, and
+// what a call found in it.
 #pragma once
 #include <cstdint>
+#include <limits>
 
 #ifdef __CUDACC__
 #define OBCE_HOST_DEVICE __host__ __device__
@@ -30,5 +32,21 @@ template <class T> struct CloudView {
 
   OBCE_HOST_DEVICE const T *cloud(index_t c) const { return data + c * cloud_stride; }
 };
+
+// The first cloud holding a NaN or an infinity, and the first whose deaths are out of the range
+// their computation holds (out_of_range); -1 where there is none.
+struct Findings {
+  index_t first_bad = -1, first_out_of_range = -1;
+};
+
+// Whether a finite cloud's deaths are out of range: its λ infinite (its squared distances
+// overflowed, for d > 1, or its distances, for d = 1) or, for clouds of d > 1 (`squares`), its
+// smallest death below the square root of the least normal value (2^-63 in float, 2^-511 in double),
+// where squares lose precision or vanish. Given λ alone, smallest is λ. obce.kernel computes such
+// clouds again, scaled.
+template <class T> OBCE_HOST_DEVICE bool out_of_range(T smallest, T lambda, bool squares) {
+  const T least = !squares ? T(0) : sizeof(T) == sizeof(float) ? T(0x1p-63) : T(0x1p-511);
+  return smallest < least || lambda == std::numeric_limits<T>::infinity();
+}
 
 } // namespace obce

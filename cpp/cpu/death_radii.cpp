@@ -298,13 +298,23 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
   return first_bad == std::numeric_limits<index_t>::max() ? -1 : first_bad;
 }
 
+// The first of `count` rows of `row_length` ascending deaths that is out_of_range, or -1.
+template <class T>
+index_t first_out_of_range(const T *rows, index_t count, index_t row_length, bool squares) {
+  for (index_t c = 0; c < count; ++c) {
+    const T *row = rows + c * row_length;
+    if (out_of_range(row[0], row[row_length - 1], squares)) return c;
+  }
+  return -1;
+}
+
 } // namespace
 
-template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_threads) {
+template <class T> Findings death_radii(const CloudView<T> &v, T *out, int n_threads) {
   check_simd();
   const index_t n = v.n_points, dim = v.dim;
   std::fill(out, out + v.n_clouds, std::numeric_limits<T>::quiet_NaN());
-  return for_each_cloud(
+  const index_t first_bad = for_each_cloud(
       v, n_threads,
       [&](index_t c, T *points, Scratch<T> &s) {
         if (dim == 1) {
@@ -321,9 +331,10 @@ template <class T> index_t death_radii(const CloudView<T> &v, T *out, int n_thre
                       [&](T d2) { longest = std::max(longest, d2); });
         if (this_thread() == 0) out[c] = std::sqrt(longest);
       });
+  return {first_bad, first_out_of_range(out, v.n_clouds, 1, dim > 1)};
 }
 
-template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_threads) {
+template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threads) {
   check_simd();
   const index_t n = v.n_points, dim = v.dim;
   std::fill(out, out + v.n_clouds * (n - 1), std::numeric_limits<T>::quiet_NaN());
@@ -331,7 +342,7 @@ template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_thread
     for (index_t i = 0; i + 1 < n; ++i) row[i] = std::sqrt(row[i]);
     std::sort(row, row + n - 1);
   };
-  return for_each_cloud(
+  const index_t first_bad = for_each_cloud(
       v, n_threads,
       [&](index_t c, T *points, Scratch<T> &s) {
         T *row = out + c * (n - 1);
@@ -349,6 +360,7 @@ template <class T> index_t h0_deaths(const CloudView<T> &v, T *out, int n_thread
         parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p, [&](T d2) { row[e++] = d2; });
         if (this_thread() == 0) finish(row);
       });
+  return {first_bad, first_out_of_range(out, v.n_clouds, n - 1, dim > 1)};
 }
 
 int default_threads() {
@@ -376,9 +388,9 @@ bool has_openmp() {
 #endif
 }
 
-template index_t death_radii<float>(const CloudView<float> &, float *, int);
-template index_t death_radii<double>(const CloudView<double> &, double *, int);
-template index_t h0_deaths<float>(const CloudView<float> &, float *, int);
-template index_t h0_deaths<double>(const CloudView<double> &, double *, int);
+template Findings death_radii<float>(const CloudView<float> &, float *, int);
+template Findings death_radii<double>(const CloudView<double> &, double *, int);
+template Findings h0_deaths<float>(const CloudView<float> &, float *, int);
+template Findings h0_deaths<double>(const CloudView<double> &, double *, int);
 
 } // namespace obce::cpu

@@ -17,7 +17,7 @@
 namespace obce::cuda {
 namespace {
 
-constexpr unsigned long long kNoBadCloud = ~0ull;
+constexpr unsigned long long kNone = ~0ull; // a flag no cloud has set
 
 void check(cudaError_t err, const char *what) {
   if (err == cudaSuccess) return;
@@ -38,20 +38,9 @@ struct DeviceGuard {
   ~DeviceGuard() { cudaSetDevice(previous); }
 };
 
-// Stream-ordered device buffer, freed on the same stream.
-template <class T> struct DeviceBuffer {
-  T *ptr = nullptr;
-  cudaStream_t stream;
-  DeviceBuffer(size_t count, cudaStream_t s) : stream(s) {
-    if (count)
-      check(cudaMallocAsync(reinterpret_cast<void **>(&ptr), count * sizeof(T), s), "cudaMallocAsync");
-  }
-  ~DeviceBuffer() {
-    if (ptr) cudaFreeAsync(ptr, stream);
-  }
-  DeviceBuffer(const DeviceBuffer &) = delete;
-  DeviceBuffer &operator=(const DeviceBuffer &) = delete;
-};
+template <class T> T *take(const Scratch &scratch, size_t count) {
+  return count ? static_cast<T *>(scratch(count * sizeof(T))) : nullptr;
+}
 
 struct SegmentOffset {
   index_t length;
@@ -61,7 +50,8 @@ struct SegmentOffset {
 // Sorts each of n_segments runs of `length` keys ascending, from `in` into `out`; at most INT_MAX
 // keys a call, since CUB before CCCL 3 counts items in int.
 template <class T>
-void segmented_sort(const T *in, T *out, index_t n_segments, index_t length, cudaStream_t stream) {
+void segmented_sort(const T *in, T *out, index_t n_segments, index_t length, cudaStream_t stream,
+                    const Scratch &scratch) {
   const auto begins =
       thrust::make_transform_iterator(thrust::make_counting_iterator<index_t>(0), SegmentOffset{length});
   const auto ends = begins + 1;
@@ -71,11 +61,11 @@ void segmented_sort(const T *in, T *out, index_t n_segments, index_t length, cud
   check(cub::DeviceSegmentedSort::SortKeys(nullptr, bytes, in, out, first * length, first, begins, ends,
                                            stream),
         "cub::DeviceSegmentedSort");
-  DeviceBuffer<unsigned char> temp(bytes, stream);
+  unsigned char *temp = take<unsigned char>(scratch, bytes);
   for (index_t s0 = 0; s0 < n_segments; s0 += per_call) {
     const index_t count = std::min(per_call, n_segments - s0);
     size_t capacity = bytes;
-    check(cub::DeviceSegmentedSort::SortKeys(temp.ptr, capacity, in + s0 * length, out + s0 * length,
+    check(cub::DeviceSegmentedSort::SortKeys(temp, capacity, in + s0 * length, out + s0 * length,
                                              count * length, count, begins, ends, stream),
           "cub::DeviceSegmentedSort");
   }
@@ -98,7 +88,7 @@ struct Device {
 
 template <class T>
 void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *first_bad, const Device &dev,
-                             cudaStream_t stream) {
+                             cudaStream_t stream, const Scratch &scratch) {
   const size_t tile_bytes = size_t(v.n_points) * (kTileStride + 2 * kLineWarps) * sizeof(T);
   if (tile_bytes <= size_t(dev.shared_optin)) {
     check(cudaFuncSetAttribute(line_tile_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
@@ -111,14 +101,14 @@ void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *
   }
   const size_t per_warp = 2 * size_t(v.n_points) * sizeof(T);
   int warps = int(std::min<size_t>(kLineWarps, dev.shared_optin / per_warp));
-  DeviceBuffer<key_t<T>> buckets(warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points, stream);
+  key_t<T> *buckets = take<key_t<T>>(scratch, warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points);
   const size_t shared = warps ? warps * per_warp : 0;
   if (!warps) warps = kLineWarps;
   check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(shared)),
         "cudaFuncSetAttribute");
   const unsigned blocks = unsigned((v.n_clouds + warps - 1) / warps);
-  line_death_radii_kernel<T><<<blocks, warps * 32, shared, stream>>>(v, out, first_bad, buckets.ptr);
+  line_death_radii_kernel<T><<<blocks, warps * 32, shared, stream>>>(v, out, first_bad, buckets);
   check_launch("line_death_radii_kernel");
 }
 
@@ -126,7 +116,7 @@ void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *
 // at most kMatrixBudget). Returns false, launching nothing, where one cloud's matrix does not fit.
 template <class T>
 bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned long long *first_bad,
-                        const Device &dev, cudaStream_t stream) {
+                        const Device &dev, cudaStream_t stream, const Scratch &scratch) {
   const index_t n = v.n_points;
   const size_t per_cloud = size_t(n) * size_t(n) * sizeof(T), dist_bytes = size_t(n) * sizeof(T);
   if (dist_bytes + 1024 > size_t(dev.shared_optin)) return false;
@@ -135,9 +125,9 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
   const size_t budget = std::min(free_bytes / 2, kMatrixBudget);
   if (per_cloud > budget) return false;
   const index_t chunk = index_t(std::min<size_t>({size_t(v.n_clouds), budget / per_cloud, 65535}));
-  DeviceBuffer<T> matrices(size_t(chunk) * per_cloud / sizeof(T), stream);
+  T *matrices = take<T>(scratch, size_t(chunk) * per_cloud / sizeof(T));
   const unsigned tiles = unsigned((n + kPairTile - 1) / kPairTile);
-  const int threads = int(std::clamp<index_t>((n + 31) / 32 * 32, 64, 1024));
+  const int threads = prim_matrix_threads(n);
   check(cudaFuncSetAttribute(prim_matrix_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                              int(dist_bytes)),
         "cudaFuncSetAttribute");
@@ -145,9 +135,9 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
     CloudView<T> part = v;
     part.data = v.cloud(c0);
     part.n_clouds = std::min(chunk, v.n_clouds - c0);
-    pairwise_kernel<T><<<dim3(tiles, tiles, unsigned(part.n_clouds)), 256, 0, stream>>>(part, matrices.ptr);
+    pairwise_kernel<T><<<dim3(tiles, tiles, unsigned(part.n_clouds)), 256, 0, stream>>>(part, matrices);
     check_launch("pairwise_kernel");
-    prim_matrix_kernel<T><<<unsigned(part.n_clouds), threads, dist_bytes, stream>>>(matrices.ptr, n, c0, out,
+    prim_matrix_kernel<T><<<unsigned(part.n_clouds), threads, dist_bytes, stream>>>(matrices, n, c0, out,
                                                                                     all_edges, first_bad);
     check_launch("prim_matrix_kernel");
   }
@@ -169,7 +159,7 @@ PrimPath prim_path_setting() {
 
 template <class T>
 void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long long *first_bad,
-                 const Device &dev, cudaStream_t stream) {
+                 const Device &dev, cudaStream_t stream, const Scratch &scratch) {
   constexpr index_t points_per_block = 256;
   const unsigned cluster =
       dev.major >= 9
@@ -187,7 +177,7 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
   const bool cluster_first =
       path == PrimPath::cluster ||
       (path == PrimPath::automatic && shape.coord_stride && v.n_points > 2 * kRowLoads * 1024);
-  if (!cluster_first && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream)) return;
+  if (!cluster_first && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream, scratch)) return;
   if (base + 1024 > size_t(dev.shared_optin))
     throw std::invalid_argument("a cloud of " + std::to_string(v.n_points) + " points in " +
                                 std::to_string(v.dim) + " dimensions needs " + std::to_string(base / 1024) +
@@ -215,61 +205,70 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
   check_launch("prim_kernel");
 }
 
-// Runs `body` with a device flag for the first non-finite cloud and returns that cloud or -1.
-// Unchecked calls pass no flag: no allocation, no memset, nothing to wait for.
-template <class Body>
-index_t with_bad_flag(int device, std::uintptr_t stream_handle, bool check_finite, Body body) {
+// Runs `body` and reports what it found, read back in one copy: the first non-finite cloud (a flag
+// the kernels fill) and the first cloud out of range (a check of the n_clouds rows of `row_length`
+// ascending deaths at `rows`). Unchecked calls pass no flag: no allocation, no memset, nothing to wait for.
+template <class T, class Body>
+Findings with_findings(int device, std::uintptr_t stream_handle, const Scratch &scratch, bool check_finite,
+                       const CloudView<T> &v, const T *rows, index_t row_length, Body body) {
   DeviceGuard guard(device);
   const Device dev(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (!check_finite) {
     body(dev, stream, nullptr);
-    return -1;
+    return {};
   }
-  DeviceBuffer<unsigned long long> flag(1, stream);
-  check(cudaMemsetAsync(flag.ptr, 0xff, sizeof(unsigned long long), stream), "cudaMemsetAsync");
-  body(dev, stream, flag.ptr);
-  unsigned long long first_bad = kNoBadCloud;
-  check(cudaMemcpyAsync(&first_bad, flag.ptr, sizeof first_bad, cudaMemcpyDeviceToHost, stream),
-        "cudaMemcpyAsync");
+  unsigned long long *flags = take<unsigned long long>(scratch, 2), found[2];
+  check(cudaMemsetAsync(flags, 0xff, sizeof found, stream), "cudaMemsetAsync");
+  body(dev, stream, flags);
+  constexpr int threads = 256;
+  out_of_range_kernel<T><<<grid_for(v.n_clouds, threads), threads, 0, stream>>>(rows, v.n_clouds, row_length,
+                                                                                v.dim > 1, flags + 1);
+  check_launch("out_of_range_kernel");
+  check(cudaMemcpyAsync(found, flags, sizeof found, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");
-  return first_bad == kNoBadCloud ? -1 : index_t(first_bad);
+  const auto cloud = [](unsigned long long flag) { return flag == kNone ? index_t(-1) : index_t(flag); };
+  return {cloud(found[0]), cloud(found[1])};
 }
 
 } // namespace
 
 template <class T>
-index_t death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, bool check_finite) {
-  if (v.n_clouds == 0) return -1;
-  return with_bad_flag(device, stream, check_finite,
+Findings death_radii(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, const Scratch &scratch,
+                     bool check_finite) {
+  if (v.n_clouds == 0) return {};
+  return with_findings(device, stream, scratch, check_finite, v, out, 1,
                        [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
                          if (v.dim == 1)
-                           launch_line_death_radii(v, out, bad, dev, s);
+                           launch_line_death_radii(v, out, bad, dev, s, scratch);
                          else
-                           launch_prim(v, out, false, bad, dev, s);
+                           launch_prim(v, out, false, bad, dev, s, scratch);
                        });
 }
 
 template <class T>
-index_t h0_deaths(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, bool check_finite) {
-  if (v.n_clouds == 0) return -1;
-  return with_bad_flag(
-      device, stream, check_finite, [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
+Findings h0_deaths(const CloudView<T> &v, T *out, int device, std::uintptr_t stream, const Scratch &scratch,
+                   bool check_finite) {
+  if (v.n_clouds == 0) return {};
+  // Rows ascend: each one's last death is λ.
+  return with_findings(
+      device, stream, scratch, check_finite, v, out, v.n_points - 1,
+      [&](const Device &dev, cudaStream_t s, unsigned long long *bad) {
         const index_t n = v.n_points, n_gaps = v.n_clouds * (n - 1);
         constexpr int threads = 256;
         if (v.dim == 1) {
-          DeviceBuffer<T> values(v.n_clouds * n, s), sorted(v.n_clouds * n, s);
-          gather_lines_kernel<T><<<grid_for(v.n_clouds * n, threads), threads, 0, s>>>(v, values.ptr, bad);
+          T *values = take<T>(scratch, v.n_clouds * n), *sorted = take<T>(scratch, v.n_clouds * n);
+          gather_lines_kernel<T><<<grid_for(v.n_clouds * n, threads), threads, 0, s>>>(v, values, bad);
           check_launch("gather_lines_kernel");
-          segmented_sort(values.ptr, sorted.ptr, v.n_clouds, n, s);
+          segmented_sort(values, sorted, v.n_clouds, n, s, scratch);
           // values now holds the unsorted gaps, sorted into out
-          gaps_kernel<T><<<grid_for(n_gaps, threads), threads, 0, s>>>(sorted.ptr, v.n_clouds, n, values.ptr);
+          gaps_kernel<T><<<grid_for(n_gaps, threads), threads, 0, s>>>(sorted, v.n_clouds, n, values);
           check_launch("gaps_kernel");
-          segmented_sort(values.ptr, out, v.n_clouds, n - 1, s);
+          segmented_sort(values, out, v.n_clouds, n - 1, s, scratch);
         } else {
-          DeviceBuffer<T> edges(n_gaps, s);
-          launch_prim(v, edges.ptr, true, bad, dev, s);
-          segmented_sort(edges.ptr, out, v.n_clouds, n - 1, s);
+          T *edges = take<T>(scratch, n_gaps);
+          launch_prim(v, edges, true, bad, dev, s, scratch);
+          segmented_sort(edges, out, v.n_clouds, n - 1, s, scratch);
         }
       });
 }
@@ -289,9 +288,13 @@ std::string device_name(int device) {
   return prop.name;
 }
 
-template index_t death_radii<float>(const CloudView<float> &, float *, int, std::uintptr_t, bool);
-template index_t death_radii<double>(const CloudView<double> &, double *, int, std::uintptr_t, bool);
-template index_t h0_deaths<float>(const CloudView<float> &, float *, int, std::uintptr_t, bool);
-template index_t h0_deaths<double>(const CloudView<double> &, double *, int, std::uintptr_t, bool);
+template Findings death_radii<float>(const CloudView<float> &, float *, int, std::uintptr_t, const Scratch &,
+                                     bool);
+template Findings death_radii<double>(const CloudView<double> &, double *, int, std::uintptr_t,
+                                      const Scratch &, bool);
+template Findings h0_deaths<float>(const CloudView<float> &, float *, int, std::uintptr_t, const Scratch &,
+                                   bool);
+template Findings h0_deaths<double>(const CloudView<double> &, double *, int, std::uintptr_t, const Scratch &,
+                                    bool);
 
 } // namespace obce::cuda

@@ -1,6 +1,7 @@
 // The CUDA kernels: device code only, no runtime calls, so that the tests can also run it on the CPU
 // through a small SIMT emulator (tests/simt). The launches are in death_radii.cu.
 #pragma once
+#include <algorithm>
 #include <limits>
 
 #include "../core/cloud_view.hpp"
@@ -10,6 +11,12 @@
 #if !defined(OBCE_CLUSTERS) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
 #include <cooperative_groups.h>
 #define OBCE_CLUSTERS 1
+#endif
+
+// Asynchronous global-to-shared copies: cp.async on sm_80+, plain copies before (the emulator
+// supplies its own).
+#ifdef __CUDACC__
+#include <cuda_pipeline.h>
 #endif
 
 // The launch's dynamic shared memory (the emulator supplies its own).
@@ -136,23 +143,41 @@ constexpr int kTileStride = 33; // padded: a warp reading one cloud's column hit
 // reads (along whichever axis is contiguous), then each warp takes clouds from the tile. In the
 // (n_points, n_neurons) layout a warp reading one column from global memory would touch a
 // different row, and sector, for every value.
-template <class T> __global__ void line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
+// Six blocks an SM, not four (56 registers allowed four: ncu on the H200 found the kernel waiting on
+// its tile loads at 50 % occupancy; a block works only once its whole tile is in): 40 registers,
+// no spills in double, 4 bytes in float. Turing SMs hold 1024 threads: four blocks there.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+#define OBCE_LINE_TILE_BLOCKS 4
+#else
+#define OBCE_LINE_TILE_BLOCKS 6
+#endif
+template <class T>
+__global__ void __launch_bounds__(kLineWarps * 32, OBCE_LINE_TILE_BLOCKS)
+    line_tile_kernel(CloudView<T> v, T *out, unsigned long long *first_bad) {
   OBCE_DYNAMIC_SHARED(shared_raw);
   const index_t n = v.n_points, c0 = index_t(blockIdx.x) * kTileClouds;
   const int clouds_here = int(min(index_t(kTileClouds), v.n_clouds - c0));
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32, n_warps = blockDim.x / 32;
   T *tile = reinterpret_cast<T *>(shared_raw); // tile[i * kTileStride + cloud]
   key_t<T> *buckets = reinterpret_cast<key_t<T> *>(tile + n * kTileStride) + warp * 2 * n;
-  // Plain 2-D loops: a flat index split by n would cost a 64-bit division per value.
+  // Copies straight into shared memory, all in flight at once and none holding a register: a loop
+  // of load-then-store (what the compiler made of the side-by-side loop) kept one load in flight
+  // per thread, so a block waited n / 8 memory latencies for its tile (ncu, H200: warps stalled on
+  // global loads at 11 % of the memory bandwidth). Plain 2-D loops: a flat index split by n would
+  // cost a 64-bit division per value.
   if (v.point_stride == 1 && v.cloud_stride != 1) { // each cloud contiguous: a warp reads whole clouds
     for (int cloud = warp; cloud < clouds_here; cloud += n_warps) {
       const T *src = v.cloud(c0 + cloud);
-      for (index_t i = lane; i < n; i += 32) tile[i * kTileStride + cloud] = src[i];
+      for (index_t i = lane; i < n; i += 32)
+        __pipeline_memcpy_async(&tile[i * kTileStride + cloud], &src[i], sizeof(T));
     }
   } else if (lane < clouds_here) { // clouds side by side: a warp reads one point of each cloud
     const T *src = v.cloud(c0 + lane);
-    for (index_t i = warp; i < n; i += n_warps) tile[i * kTileStride + lane] = src[i * v.point_stride];
+    for (index_t i = warp; i < n; i += n_warps)
+      __pipeline_memcpy_async(&tile[i * kTileStride + lane], &src[i * v.point_stride], sizeof(T));
   }
+  __pipeline_commit();
+  __pipeline_wait_prior(0);
   __syncthreads();
   for (int cloud = warp; cloud < clouds_here; cloud += n_warps) {
     if (!warp_max_gap(tile + cloud, index_t(kTileStride), n, buckets, out + c0 + cloud) && lane == 0) {
@@ -347,6 +372,13 @@ constexpr int kPairStride = kPairTile + 4; // rows stay 16-byte aligned for vect
 constexpr size_t kMatrixBudget = size_t(4) << 30;
 constexpr int kRowLoads = 4; // row values a thread of prim_matrix_kernel loads before it uses the first
 
+// prim_matrix_kernel's block size: kRowLoads points a thread (one batch of row loads a step), not
+// one, since a step is issue-bound by the warps' reductions (H200, ncu: 1024 threads for 1500
+// points, ~430 instructions a warp a step), and smaller blocks let two clouds share an SM.
+inline int prim_matrix_threads(index_t n) {
+  return int(std::clamp<index_t>((n + kRowLoads * 32 - 1) / (kRowLoads * 32) * 32, 64, 1024));
+}
+
 // matrices[c][i][j] = |x_i - x_j|^2 of cloud c, by 64 x 64 tiles (a 4 x 4 block per thread). Only
 // tiles on or above the diagonal are computed; each also writes its mirror image (the same values:
 // (x_i - x_j)^2 = (x_j - x_i)^2, summed in the same order), staged through shared memory so that
@@ -362,14 +394,20 @@ template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudV
   const T *cloud = v.cloud(c);
   T acc[4][4] = {};
   for (index_t k0 = 0; k0 < v.dim; k0 += kPairDims) {
-    // Consecutive threads read consecutive coordinates of a point; padding is 0 on both sides.
+    // Consecutive threads read consecutive coordinates of a point; padding is 0 on both sides (a
+    // zero-filled copy reads nothing). Asynchronous copies, all in flight at once: the plain loop
+    // compiled to two loads, then their stores, four times over (SASS).
     for (int t = threadIdx.x; t < kPairTile * kPairDims; t += blockDim.x) {
       const int p = t / kPairDims, k = t % kPairDims;
-      const bool k_in = k0 + k < v.dim;
+      const bool k_in = k0 + k < v.dim, a_in = k_in && i0 + p < n, b_in = k_in && j0 + p < n;
       const index_t offset = (k0 + k) * v.dim_stride;
-      a[k][p] = k_in && i0 + p < n ? cloud[(i0 + p) * v.point_stride + offset] : T(0);
-      b[k][p] = k_in && j0 + p < n ? cloud[(j0 + p) * v.point_stride + offset] : T(0);
+      __pipeline_memcpy_async(&a[k][p], a_in ? &cloud[(i0 + p) * v.point_stride + offset] : cloud, sizeof(T),
+                              a_in ? 0 : sizeof(T));
+      __pipeline_memcpy_async(&b[k][p], b_in ? &cloud[(j0 + p) * v.point_stride + offset] : cloud, sizeof(T),
+                              b_in ? 0 : sizeof(T));
     }
+    __pipeline_commit();
+    __pipeline_wait_prior(0);
     __syncthreads();
 #pragma unroll
     for (int k = 0; k < kPairDims; ++k) {
@@ -416,6 +454,21 @@ template <class T> __global__ void __launch_bounds__(256) pairwise_kernel(CloudV
     }
   }
 }
+
+// The matrix path's warp reduction. Its distances are never NaN or negative (clouds with a NaN are
+// rejected first, points in the tree skipped), so float distances order as their bits read as
+// unsigned integers, and two warp-wide min instructions (sm_80 and later) find the least distance
+// and, among the lanes holding it, the least index: the same winner as warp_best's five rounds of
+// three shuffles and a two-key comparison. Indices fit 32 bits (n² values of scratch fit 4 GiB).
+template <class T> __device__ Candidate<T> warp_least(Candidate<T> c) { return warp_best(c); }
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 800
+template <> __device__ inline Candidate<float> warp_least(Candidate<float> c) {
+  const unsigned key = __float_as_uint(c.dist2);
+  const unsigned least = __reduce_min_sync(kFullMask, key);
+  const unsigned index = __reduce_min_sync(kFullMask, key == least ? unsigned(c.index) : ~0u);
+  return {__uint_as_float(least), index == ~0u ? std::numeric_limits<index_t>::max() : index_t(index)};
+}
+#endif
 
 // Prim on cloud c0 + blockIdx.x's distance matrix, one block. Slot j of `dist` (squared distance to
 // the tree, -1 once in it) is only ever touched by thread j % blockDim.x, so the one barrier per step
@@ -466,10 +519,10 @@ __global__ void __launch_bounds__(1024) prim_matrix_kernel(const T *matrices, in
       }
     }
     const index_t mine = best.index; // the winner is some thread's own best: that thread owns its slot
-    best = warp_best(best);
+    best = warp_least(best);
     if (lane == 0) warp_candidates[step & 1][warp] = best;
     __syncthreads();
-    best = warp_best(lane < n_warps ? warp_candidates[step & 1][lane] : none);
+    best = warp_least(lane < n_warps ? warp_candidates[step & 1][lane] : none);
     joined = best.index;
     if (mine == joined) dist[joined] = T(-1);
     if (threadIdx.x == 0) {
@@ -500,6 +553,20 @@ template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds
        t += index_t(gridDim.x) * blockDim.x) {
     const index_t c = t / (n - 1), i = t % (n - 1);
     gaps[t] = sorted[c * n + i + 1] - sorted[c * n + i];
+  }
+}
+
+// ---- the range check of checked calls ---------------------------------------------------------
+
+// The least of `count` rows of `row_length` ascending deaths that is out_of_range, into
+// *first_out_of_range.
+template <class T>
+__global__ void out_of_range_kernel(const T *rows, index_t count, index_t row_length, bool squares,
+                                    unsigned long long *first_out_of_range) {
+  for (index_t c = blockIdx.x * index_t(blockDim.x) + threadIdx.x; c < count;
+       c += index_t(gridDim.x) * blockDim.x) {
+    const T *row = rows + c * row_length;
+    if (out_of_range(row[0], row[row_length - 1], squares)) report_bad(first_out_of_range, c);
   }
 }
 

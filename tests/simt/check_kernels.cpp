@@ -211,7 +211,7 @@ void check_matrix(int clouds, int n, int dim, unsigned seed, int bad_cloud = -1,
                  constexpr index_t chunk = 2;
                  std::vector<T> matrices(size_t(chunk) * n * n, T(-1));
                  const unsigned tiles = (n + kPairTile - 1) / kPairTile;
-                 const unsigned block = threads ? threads : std::clamp((n + 31) / 32 * 32, 64, 1024);
+                 const unsigned block = threads ? threads : prim_matrix_threads(n);
                  for (index_t c0 = 0; c0 < clouds; c0 += chunk) {
                    CloudView<T> part = v;
                    part.data = v.cloud(c0);
@@ -252,12 +252,39 @@ template <class T> void check_h0_helpers(int n, int clouds, unsigned seed) {
   std::printf("ok h0 helpers n=%d clouds=%d\n", n, clouds);
 }
 
+// The range check of checked calls: the least row of ascending deaths whose smallest or largest
+// (λ) is out of range, for rows of three deaths and for λ alone.
+template <class T> void check_out_of_range(unsigned seed) {
+  const index_t count = 700;
+  for (index_t row_length : {3, 1}) {
+    std::vector<T> rows = line_values<T>(size_t(count * row_length), seed);
+    for (auto &v : rows) v = std::abs(v) + T(1); // in range
+    const auto at = [&](index_t row, index_t i) -> T & { return rows[size_t(row * row_length + i)]; };
+    at(530, row_length - 1) = INFINITY;
+    at(410, 0) = T(1e-30);                     // below 2^-63: out of range for float squares only
+    if (row_length > 2) at(300, 1) = INFINITY; // neither the smallest death nor λ
+    at(200, row_length - 1) = NAN;             // a non-finite cloud's λ is that cloud's own report
+    for (bool squares : {false, true}) {
+      unsigned long long first = ~0ull;
+      simt_launch(dim3(2), dim3(64),
+                  [&] { out_of_range_kernel<T>(rows.data(), count, row_length, squares, &first); });
+      const unsigned long long want = squares && sizeof(T) == sizeof(float) ? 410 : 530;
+      expect(first == want, std::string("out_of_range_kernel ") + (sizeof(T) == 4 ? "float" : "double") +
+                                (squares ? " squares" : "") + " rows of " + std::to_string(row_length) +
+                                ": " + std::to_string(first));
+    }
+  }
+  std::printf("ok out_of_range_kernel %s\n", sizeof(T) == 4 ? "float" : "double");
+}
+
 } // namespace
 
 int main() {
   std::setvbuf(stdout, nullptr, _IOLBF, 0); // every finished check shows, even if a later one crashes
   check_h0_helpers<float>(150, 7, 5);       // grid-stride loops: more values than threads
   check_h0_helpers<double>(3, 2, 6);
+  check_out_of_range<float>(30);
+  check_out_of_range<double>(31);
   for (bool contiguous : {false, true}) {
     check_line<float>(150, 70, contiguous, 1); // three tiles, the last one partial
     check_line<double>(150, 40, contiguous, 2);
@@ -285,6 +312,7 @@ int main() {
   check_matrix<float>(3, 70, 5, 23, 2, NAN);
   check_matrix<double>(2, 70, 5, 24, 0, -INFINITY);
   check_matrix<float>(1, 300, 3, 25, -1, 0.0f, 64); // five points a thread: two rounds of row loads
+  check_matrix<float>(1, 700, 4, 26);               // the launcher's block: 192 threads, up to 4 points each
   std::printf("%d failures\n", failures);
   return failures ? 1 : 0;
 }

@@ -1,9 +1,9 @@
 // A small SIMT emulator that runs obce's CUDA kernels (cpp/cuda/kernels.cuh) on the CPU, so that their
-// logic (indexing, barriers, warp exchanges, atomics, thread-block clusters and their shared-memory
-// exchanges) is tested where there is no GPU. Only what the kernels use is provided. It says nothing
-// about speed, and GPU memory-model subtleties beyond barriers and atomics are not modelled; a block
-// that leaves while peers still read its shared memory is caught only for the dynamic part (poisoned
-// at exit) and only if the read comes late.
+// logic (indexing, barriers, warp exchanges, atomics, asynchronous copies, thread-block clusters and
+// their shared-memory exchanges) is tested where there is no GPU. Only what the kernels use is provided. It
+// says nothing about speed, and GPU memory-model subtleties beyond barriers and atomics are not modelled; a
+// block that leaves while peers still read its shared memory is caught only for the dynamic part (poisoned at
+// exit) and only if the read comes late.
 //
 // Each block runs on an OS thread of its own; the blocks of a cluster run at the same time, the
 // clusters one after another. Within a block, the CUDA threads are coroutines (ucontext): a thread
@@ -69,11 +69,17 @@ inline double __longlong_as_double(long long x) { return simt_bits<double>(x); }
 // ---- threads of a block: coroutines ----------------------------------------------------------
 
 class Barrier;
+struct SimtCopy {
+  void *dst;
+  const void *src;
+  std::size_t bytes, zfill;
+};
 struct SimtThread {
   ucontext_t context;
   std::vector<char> stack;
   const Barrier *waiting_on = nullptr;
   unsigned long long generation = 0; // of waiting_on, when the thread arrived
+  std::vector<SimtCopy> copies;      // asynchronous copies not yet waited for
   bool done = false;
 };
 inline thread_local ucontext_t simt_scheduler;
@@ -145,10 +151,29 @@ template <class V> V __shfl_up_sync(unsigned, V v, unsigned delta) {
   const int lane = threadIdx.x % 32, source = lane - int(delta);
   return simt_exchange(v, source < 0 ? lane : source); // lanes below delta keep their own value
 }
+inline unsigned __reduce_min_sync(unsigned, unsigned v) {
+  for (int mask = 1; mask < 32; mask <<= 1) v = std::min(v, __shfl_xor_sync(0u, v, mask));
+  return v;
+}
 inline int __all_sync(unsigned, int predicate) {
   int all = predicate != 0;
   for (int mask = 1; mask < 32; mask <<= 1) all &= __shfl_xor_sync(0u, all, mask);
   return all;
+}
+
+// Asynchronous global-to-shared copies (cp.async) land only when their thread waits for them, so a
+// read before the wait sees the old contents. The last `zfill` bytes are zeros, not read.
+inline void __pipeline_memcpy_async(void *dst, const void *src, std::size_t bytes, std::size_t zfill = 0) {
+  simt_current->copies.push_back({dst, src, bytes, zfill});
+}
+inline void __pipeline_commit() {}
+inline void __pipeline_wait_prior(std::size_t prior) {
+  if (prior != 0) simt_deadlock("__pipeline_wait_prior above 0 is not modelled");
+  for (const SimtCopy &c : simt_current->copies) {
+    std::memcpy(c.dst, c.src, c.bytes - c.zfill);
+    std::memset(static_cast<char *>(c.dst) + c.bytes - c.zfill, 0, c.zfill);
+  }
+  simt_current->copies.clear();
 }
 
 // Atomics are global-memory operations too (first_bad), so they are serialized across blocks.
@@ -211,6 +236,7 @@ inline cluster_group this_cluster() { return {}; }
 template <class Kernel> inline std::unique_ptr<Kernel> simt_body;
 template <class Kernel> void simt_run_thread() {
   (*simt_body<Kernel>)();
+  if (!simt_current->copies.empty()) simt_deadlock("a thread ended with asynchronous copies not waited for");
   simt_current->done = true;
 }
 
