@@ -202,3 +202,32 @@ def test_cuda_matches_cpu_and_half_precision(tiny_bert_config, tiny_tokenizer, s
         assert half.values["output"].dtype == torch.float32 and half.values["output"].is_cuda
         assert not torch.equal(half.values["output"], gpu.values["output"])
         torch.testing.assert_close(half.values["output"], gpu.values["output"], rtol=0.05, atol=0.05)
+
+
+def test_a_pruned_layer_without_query_and_key_is_analysed(tiny_bert, tiny_tokenizer, sentences):
+    """prune_model may leave a layer no query/key dimension (value kept only in heads whose q·k went):
+    its activations are 0 columns wide and its heads' λ 0, not a failed reshape."""
+    import numpy as np
+    from test_plans import random_table
+
+    from obce.importance import analyze, head_importance
+    from obce.plans import PruningPlan
+    from obce.prune import prune_model
+
+    first_heads = np.r_[np.ones(16), np.zeros(16)] + np.linspace(0, 0.01, 32)  # heads 0-1 rank highest
+    table = random_table(
+        tiny_bert,
+        overrides={
+            (1, "query"): {"lam": first_heads},
+            (1, "key"): {"lam": first_heads},
+            (1, "value"): {"lam": first_heads[::-1].copy()},
+        },
+    )
+    pruned = prune_model(tiny_bert, table, PruningPlan({1: {"query": 50, "key": 50, "value": 50}}))
+    assert pruned.encoder.layer[0].attention.self.query.out_features == 0  # layer 1, counted from 1
+    acts = compute_activations(pruned, tiny_tokenizer, sentences, progress=False)
+    assert acts.get(1, "query").shape == (len(sentences), 0)
+    table = analyze(pruned, sentences, n_sentences=len(sentences), tokenizer=tiny_tokenizer, progress=False)
+    assert table.neurons.query("layer == 1 and component == 'query'").empty
+    heads = head_importance(acts)
+    assert (heads.query("layer == 1 and component == 'query'")["lam"] == 0).all()

@@ -148,6 +148,56 @@ def test_evaluate_reads_the_scored_split_alone(monkeypatch, capsys, tmp_path):
     assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["sst2/dev"]["model"]["metrics"]
 
 
+def _finetuned_model(folder, task):
+    folder.mkdir(parents=True)
+    (folder / "finetune.json").write_text(json.dumps({"task": task, "max_length": 32}))
+    return folder
+
+
+def test_evaluate_scores_on_the_task_the_models_were_fine_tuned_on(monkeypatch, capsys, tmp_path):
+    from test_tasks import write_glue_task
+
+    from obce import train
+
+    glue = write_glue_task(tmp_path / "glue", "mnli")
+    seen = []
+
+    def score(folder, task, split, **options):
+        seen.append((task.name, split, options["max_length"]))
+        return {"accuracy": 0.5}
+
+    monkeypatch.setattr(train, "evaluate", score)
+    model = _finetuned_model(tmp_path / "model", "mnli")
+    run = tmp_path / "run"
+    code, out, err = run_cli(capsys, "evaluate", str(model), "--glue-dir", str(glue), "-o", str(run))
+    assert code == 0, err
+    assert "model (dev_mismatched): accuracy 50.00" in out
+    # MNLI reports matched and mismatched: both are scored without --split.
+    assert seen == [("mnli", "dev", 32), ("mnli", "dev_mismatched", 32)]
+    assert set(json.loads((run / "evaluation.json").read_text())) == {"mnli/dev", "mnli/dev_mismatched"}
+
+    other = _finetuned_model(tmp_path / "other", "rte")
+    code, _, err = run_cli(capsys, "evaluate", str(model), str(other), "--glue-dir", str(glue), "-o", str(run))
+    assert code == 1 and "fine-tuned on different tasks (mnli, rte): pass --task" in err
+
+    seen.clear()
+    args = ("evaluate", str(other), "--task", "mnli", "--split", "dev", "--glue-dir", str(glue), "-o", str(run))
+    code, _, err = run_cli(capsys, *args)
+    assert code == 0 and seen == [("mnli", "dev", 32)]
+    assert "other was fine-tuned on rte, scored on mnli" in err
+
+
+def test_finetune_overwrite_drops_the_scores_of_the_models_it_removes(tmp_path):
+    run = pipeline.RunFolder(tmp_path / "run")
+    run.prepare()
+    (run / run.FINETUNE / "original").mkdir(parents=True)
+    run.write_json(run.METRICS, {})
+    run.write_json(run.EVALUATION, {"polarity/test": {"original": {"metrics": {"accuracy": 0.5}}}})
+    cli._clear_finetuning(run)
+    assert not (run / run.FINETUNE).exists() and not (run / run.METRICS).exists()
+    assert not (run / run.EVALUATION).exists()
+
+
 def test_hub_failure_is_one_line_naming_the_model(monkeypatch, capsys, tmp_path):
     from transformers import AutoTokenizer
 

@@ -168,7 +168,7 @@ class _Recorder:
 
     def _record(self, component: str, columns: slice, act, output: torch.Tensor) -> None:
         out = (act(output) if act is not None else output).to(torch.float32)
-        flat = out.reshape(-1, out.shape[-1])
+        flat = out.flatten(0, -2)  # (tokens, width), also for a width of 0 (a layer without query/key)
         # Masked matrix-vector products read only real tokens' values (padding weighs 0).
         batch_mean = (self.flat_mask @ flat) / self.batch_tokens
         centred = flat - batch_mean

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -55,9 +55,11 @@ def _check_plan(value: str) -> str:
         raise typer.BadParameter(str(err)) from None
 
 
-def _check_task(value: str) -> str:
+def _check_task(value: str | None) -> str | None:
     from .tasks import task_info
 
+    if value is None:
+        return None
     try:
         return task_info(value).name
     except ValueError as err:
@@ -385,6 +387,7 @@ def _clear_finetuning(run: RunFolder) -> None:
         return
     shutil.rmtree(run / run.FINETUNE, ignore_errors=True)
     (run / run.METRICS).unlink(missing_ok=True)
+    (run / run.EVALUATION).unlink(missing_ok=True)  # the scores of the models just removed
     settings = run.settings()
     if settings.get("steps", {}).pop("finetune", None) is not None:
         run.write_json(run.SETTINGS, settings)
@@ -407,13 +410,26 @@ def _labelled(run: RunFolder, models: Sequence[str] | None) -> dict[str, str]:
     return chosen
 
 
+EvalTask = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        "-t",
+        callback=_check_task,
+        help="Task to score on (default: the one the models were fine-tuned on): polarity, hedge or a GLUE task.",
+        show_default=False,
+    ),
+]
+
+
 @app.command()
 def evaluate(
     ctx: typer.Context,
     models: Models = None,
-    task: Task = "polarity",
+    task: EvalTask = None,
     split: Annotated[
-        str | None, typer.Option(help="Split to score (default: the task's report split: test, or dev for GLUE).")
+        str | None,
+        typer.Option(help="Split to score (default: the task's report splits: test, or dev for GLUE; MNLI both)."),
     ] = None,
     glue_dir: GlueDir = None,
     output: Output = _DEFAULT_OUTPUT,
@@ -438,29 +454,47 @@ def evaluate(
     chosen = run.finetuned() if not models else _labelled(run, models)
     if not chosen:
         raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
-    split = split or task_info(task).report_splits[0]
-    # The scored split alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
-    loaded = load_task(task, glue_dir, splits=[split])
+    task = _evaluation_task(task, chosen)
+    splits = [split] if split else list(task_info(task).report_splits)
+    # The scored splits alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
+    loaded = load_task(task, glue_dir, splits=splits)
     _record_command(ctx, run)  # once the inputs are checked: a command that fails on them writes nothing
-    results = {}
-    for label, folder in chosen.items():
-        length = max_length or _finetuned_length(Path(folder))
-        _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
-        metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
-        results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
     recorded = run.read_json(run.EVALUATION) if (run / run.EVALUATION).is_file() else {}
-    key = f"{loaded.name}/{split}"
-    recorded[key] = {**recorded.get(key, {}), **results}
-    run.write_json(run.EVALUATION, recorded)
-    for label, entry in results.items():
-        _echo(f"{label}: " + ", ".join(f"{m} {100 * v:.2f}" for m, v in entry["metrics"].items()))
+    for split in splits:
+        results = {}
+        for label, folder in chosen.items():
+            length = max_length or _finetuned_setting(Path(folder), "max_length") or 128
+            _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
+            metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
+            results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
+        key = f"{loaded.name}/{split}"
+        recorded[key] = {**recorded.get(key, {}), **results}
+        run.write_json(run.EVALUATION, recorded)
+        for label, entry in results.items():
+            _echo(f"{label} ({split}): " + ", ".join(f"{m} {100 * v:.2f}" for m, v in entry["metrics"].items()))
 
 
-def _finetuned_length(folder: Path) -> int:
+def _evaluation_task(task: str | None, chosen: Mapping[str, str | Path]) -> str:
+    """The task to score on: ``task``, or the one every model was fine-tuned on (``finetune.json``);
+    polarity for models without a record. A model fine-tuned on another task than ``task`` is named."""
+    trained = {label: _finetuned_setting(Path(folder), "task") for label, folder in chosen.items()}
+    known = sorted({t for t in trained.values() if t})
+    if task is None:
+        if len(known) > 1:
+            raise ValueError(f"the models were fine-tuned on different tasks ({', '.join(known)}): pass --task")
+        return known[0] if known else "polarity"
+    for label, trained_on in trained.items():
+        if trained_on and trained_on != task:
+            _stage(f"obce: note: {label} was fine-tuned on {trained_on}, scored on {task}")
+    return task
+
+
+def _finetuned_setting(folder: Path, key: str):
+    """A setting of the fine-tuning run saved in ``folder`` (its ``finetune.json``), or None."""
     settings = folder / "finetune.json"
     if settings.is_file():
-        return int(json.loads(settings.read_text(encoding="utf-8"))["max_length"])
-    return 128
+        return json.loads(settings.read_text(encoding="utf-8")).get(key)
+    return None
 
 
 @app.command()
