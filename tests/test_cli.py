@@ -251,3 +251,13 @@ def test_module_entry_point():
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["version"]
+
+
+def test_recorded_command_can_be_pasted_back(tmp_path):
+    from types import SimpleNamespace
+
+    run = pipeline.RunFolder(tmp_path / "run")
+    run.prepare()
+    ctx = SimpleNamespace(obj={"command": ["obce", "analyze", "--corpus", "my corpus.txt"]}, info_name="analyze")
+    cli._record_command(ctx, run)
+    assert run.settings()["commands"] == ["obce analyze --corpus 'my corpus.txt'"]

@@ -161,8 +161,30 @@ def test_partial_and_missing_runs(tmp_path, run):
     _, sections = report_sections(only_analysis, figures=False)
     titles = [s.title for s in sections]
     assert "Neuron importance λ" in titles and "The model before and after" not in titles
+    assert sections[0].blocks[0].endswith("tiny-bert: λ of its neurons over 20 sentences; not pruned yet.")
     with pytest.raises(FileNotFoundError, match="not a run folder"):
         write_report(tmp_path / "empty")
+
+
+@pytest.mark.parametrize("settings", ['{"editor.fontSize": 14}', "[1, 2]", "{not json"])
+def test_another_programs_settings_folder_is_left_alone(tmp_path, settings):
+    folder = tmp_path / "project"
+    (folder / "report").mkdir(parents=True)
+    (folder / "settings.json").write_text(settings)
+    (folder / "report" / "report.md").write_text("# my notes\n")
+    with pytest.raises(FileNotFoundError, match="is not an obce run folder"):
+        write_report(folder)
+    assert (folder / "report" / "report.md").read_text() == "# my notes\n"
+    assert sorted(p.name for p in (folder / "report").iterdir()) == ["report.md"]
+
+
+def test_diagram_captions_name_the_component_they_rank_in(run):
+    _, sections = report_sections(run, figures=False)
+    diagrams = next(s for s in sections if s.title.startswith("Persistence diagrams"))
+    captions = [block.caption for block in diagrams.blocks]
+    assert len(captions) == 2
+    assert "the highest λ among its layer's intermediate neurons" in captions[0]
+    assert "the lowest non-zero λ among its layer's intermediate neurons" in captions[1]
 
 
 def _chromium() -> str | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -231,7 +232,7 @@ def _open_run(ctx: typer.Context, output: Path, overwrite: bool) -> RunFolder:
 
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
-    run.record(commands=[*run.settings().get("commands", []), " ".join(_command_line(ctx))])
+    run.record(commands=[*run.settings().get("commands", []), shlex.join(_command_line(ctx))])
 
 
 def _check_prunable(model: str | None) -> None:

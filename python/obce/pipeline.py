@@ -32,6 +32,7 @@ import json
 import math
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -1026,7 +1027,7 @@ def compress(
     run.prepare(overwrite=overwrite)
     for step, settings in steps.items():
         run.check_step(step, settings)
-    commands = run.settings().get("commands", []) + ([" ".join(command)] if command else [])
+    commands = run.settings().get("commands", []) + ([shlex.join(command)] if command else [])
     run.record(commands=commands, seed=seed, device=device, build_info=_build_info())
     start = time.perf_counter()
     loaded = ModelLoader(steps["analyze"]["model_path"], device)

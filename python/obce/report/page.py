@@ -99,6 +99,8 @@ def _run_folder(run_dir: str | os.PathLike) -> RunFolder:
     run = RunFolder(run_dir)
     if not (run / run.SETTINGS).is_file():
         raise FileNotFoundError(f"{str(run.path)!r} is not a run folder (no {run.SETTINGS})")
+    if not run.is_run():  # another program's settings.json: nothing of it is read or written over
+        raise FileNotFoundError(f"{str(run.path)!r} is not an obce run folder (its {run.SETTINGS} is not obce's)")
     return run
 
 
@@ -137,6 +139,10 @@ def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
             f"({_pct(after['encoder_layers'] / before['encoder_layers'])}), the whole model {_n(after['total'])} of "
             f"{_n(before['total'])} ({_pct(after['total'] / before['total'])})."
         )
+    elif analysis:
+        made = f"; plan `{plan.name}` made" if plan else ""
+        lines.append(f"{analysis.get('model', '?')}: λ of its neurons over {analysis['n_sentences']} sentences{made}; "
+                     "not pruned yet.")  # fmt: skip
     if speed:
         fastest = _fastest(speed)
         lines.append(
@@ -344,8 +350,8 @@ def _diagrams(persistence: dict, removed: list | None, files: Sequence[str]) -> 
         section.blocks.append(
             Figure(
                 file,
-                f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, the "
-                f"{_ROLES[entry['role']]} of its layer: λ = {_g(entry['lam'])}{fate}.",
+                f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, the {_ROLES[entry['role']]} "
+                f"among its layer's {entry['component']} neurons: λ = {_g(entry['lam'])}{fate}.",
             )
         )
     return section
@@ -614,9 +620,9 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         If ``run_dir`` is not a run folder (no ``settings.json``).
     """
     run = _run_folder(run_dir)
+    settings = run.settings()
     folder = run / run.REPORT
     folder.mkdir(exist_ok=True)
-    settings = run.settings()
     table = run.table() if (run / run.IMPORTANCE).is_file() else None
     plan = run.plan() if (run / run.PLAN).is_file() else None
     parameters = pd.read_csv(run / run.PARAMETERS) if (run / run.PARAMETERS).is_file() else None
