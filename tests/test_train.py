@@ -425,3 +425,12 @@ def test_results_table_by_hand():
     assert math.isnan(summary[("small", "mrpc", "dev", "f1")]["se"])
     with pytest.raises(ValueError, match="no results"):
         results_table([])
+
+
+def test_an_empty_split_is_named(tmp_path, tiny_tokenizer):
+    from obce.tasks import _make_task
+
+    full = load_task("sst2", write_glue_task(tmp_path / "glue", "sst2"))
+    empty_dev = _make_task(full.info, {"train": full.data["train"], "dev": []}, "a test")
+    with pytest.raises(ValueError, match="task 'sst2' split 'dev' is empty"):
+        train._encode(empty_dev, "dev", tiny_tokenizer, 32)

