@@ -272,6 +272,21 @@ def test_run_resumes_on_another_device(tiny_model, glue_dir, tmp_path, capsys):
         finetune(tiny_model, "sst2", out, training_args={"weight_decay": 0.1}, **settings)
 
 
+def test_finished_run_is_not_reused_for_other_data_of_the_same_size(tiny_model, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    task = load_task("sst2", glue_dir)
+    settings = dict(seed=0, **{**FAST, "max_steps": 2})
+    result = finetune(tiny_model, task.subsample(6, seed=0, splits=["dev"]), out, **settings)
+    assert finetune(tiny_model, task.subsample(6, seed=0, splits=["dev"]), out, **settings) == result
+    with pytest.raises(ValueError, match=r"other settings \(split_digests: "):
+        finetune(tiny_model, task.subsample(6, seed=1, splits=["dev"]), out, **settings)
+    # A folder written before the digests were recorded is still found finished.
+    recorded = json.loads((out / "finetune.json").read_text())
+    del recorded["split_digests"]
+    (out / "finetune.json").write_text(json.dumps(recorded))
+    assert finetune(tiny_model, task.subsample(6, seed=1, splits=["dev"]), out, **settings) == result
+
+
 def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path):
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model, other)

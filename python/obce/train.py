@@ -14,6 +14,7 @@ the same settings.
 from __future__ import annotations
 
 import copy
+import hashlib
 import json
 import math
 import os
@@ -429,6 +430,18 @@ def _comparable(settings: dict) -> dict:
     return {**settings, "training_args": {k: v for k, v in args.items() if k not in _DEVICE_ARGS}}
 
 
+# Settings recorded since a later version: a folder written before them is compared without them.
+_RECORDED_SINCE = frozenset({"split_digests"})
+
+
+def _split_digests(task: Task) -> dict[str, str]:
+    """A short sha256 of each split's rows: an edited file or another subsample of the same size differs."""
+    return {
+        split: hashlib.sha256(json.dumps(rows, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        for split, rows in task.data.items()
+    }
+
+
 def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict | None:
     """Check ``output_dir`` against a previous run; return its results if that run finished."""
     settings_path = output_dir / _SETTINGS_FILE
@@ -441,7 +454,8 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
     previous = _comparable(json.loads(settings_path.read_text(encoding="utf-8")))
     # Compare as stored: JSON turns tuples into lists.
     settings = _comparable(json.loads(json.dumps(settings, default=_json_default)))
-    differ = sorted(k for k in set(previous) | set(settings) if k != "versions" and previous.get(k) != settings.get(k))
+    compared = (set(previous) | set(settings)) - {"versions"} - (_RECORDED_SINCE - set(previous))
+    differ = sorted(k for k in compared if previous.get(k) != settings.get(k))
     if differ:
         changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
         raise ValueError(
@@ -714,6 +728,7 @@ def finetune(
         "task": task.name,
         "task_source": task.source,
         "split_sizes": {split: len(rows) for split, rows in task.data.items()},
+        "split_digests": _split_digests(task),
         "preset": preset,
         "seed": seed,
         **values,
