@@ -231,3 +231,10 @@ def test_a_pruned_layer_without_query_and_key_is_analysed(tiny_bert, tiny_tokeni
     assert table.neurons.query("layer == 1 and component == 'query'").empty
     heads = head_importance(acts)
     assert (heads.query("layer == 1 and component == 'query'")["lam"] == 0).all()
+
+
+def test_one_component_name_stands_for_itself(tiny_bert, tiny_tokenizer, sentences):
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, components="value", progress=False)
+    assert acts.components == ("value",)
+    with pytest.raises(ValueError, match="unknown component 'values'"):
+        compute_activations(tiny_bert, tiny_tokenizer, sentences, components="values", progress=False)

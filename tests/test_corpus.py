@@ -114,6 +114,15 @@ def test_limit_stops_reading():
     assert sample_sentences(corpus, 5, seed=0, limit=5) == corpus[:5]
     sample = sample_sentences(corpus, 5, seed=0, limit=20)
     assert set(sample) <= set(corpus[:20])
+    with pytest.raises(ValueError, match="limit=4 is smaller than the sample of n=5 sentences"):
+        sample_sentences(corpus, 5, seed=0, limit=4)
+
+
+def test_byte_order_mark_is_not_text(tmp_path):
+    path = tmp_path / "texts.txt"
+    path.write_text("\ufeffThe first line of the file has a mark.\n", encoding="utf-8")
+    assert list(Corpus.resolve(str(path)).sentences()) == ["The first line of the file has a mark."]
+    assert load_sentences(path) == ["The first line of the file has a mark."]
 
 
 def test_text_file_lines_are_split_at_periods(tmp_path):
@@ -144,12 +153,19 @@ def test_hf_dataset_is_streamed(monkeypatch):
                 {"text": "The first text has six words. Tiny."},
                 {"text": "  "},
                 {"text": "Another text here with six words."},
+                {"text": "History\nThe earliest themes are found in old books.\n- List of books on the subject"},
             ]
         )
 
     monkeypatch.setitem(sys.modules, "datasets", types.SimpleNamespace(load_dataset=load_dataset))
     corpus = Corpus.resolve("hf:wiki_like:en")
-    assert list(corpus.sentences()) == ["The first text has six words.", "Another text here with six words."]
+    # A row's lines are apart: a heading or a list item never starts a sentence.
+    assert list(corpus.sentences()) == [
+        "The first text has six words.",
+        "Another text here with six words.",
+        "The earliest themes are found in old books.",
+        "- List of books on the subject",
+    ]
     assert calls == {"name": "wiki_like", "config": "en", "split": "train", "streaming": True}
     with pytest.raises(ValueError, match="no column 'body'"):
         list(Corpus.hf_dataset("wiki_like", column="body").sentences())

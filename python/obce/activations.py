@@ -23,6 +23,7 @@ from .models.adapters import (
     COMPONENTS,
     LayerModules,
     check_component,
+    check_components,
     encoder_layers,
     from_user_layer,
     max_sequence_length,
@@ -291,7 +292,7 @@ def compute_activations(
     torch.Size([1, 1536])
     """
     check_token_mode(token)
-    components = tuple(dict.fromkeys(check_component(c) for c in components))
+    components = check_components(components)
     if not components:
         raise ValueError("components is empty; expected some of " + ", ".join(COMPONENTS))
     if precision not in PRECISIONS:

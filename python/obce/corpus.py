@@ -282,13 +282,15 @@ class Corpus:
         if self.kind == "wikipedia":
             yield from _wiki_article_texts(Path(self.location))
         elif self.kind == "text":
-            with open(self.location, encoding="utf-8") as f:
+            with open(self.location, encoding="utf-8-sig") as f:  # -sig: a byte-order mark is no text
                 try:
                     yield from (line for line in f if line.strip())
                 except UnicodeDecodeError as err:
                     raise ValueError(f"corpus file {self.location!r} is not UTF-8 text: {err}") from None
         else:
-            yield from _hf_texts(self.location, self.config, self.split, self.column)
+            # A row may be a whole article: its headings and list items are lines, never parts of a sentence.
+            for text in _hf_texts(self.location, self.config, self.split, self.column):
+                yield from (line for line in text.splitlines() if line.strip())
 
     def sentences(self) -> Iterator[str]:
         """The sentences, streamed, in the corpus's order."""
@@ -393,7 +395,10 @@ def sample_sentences(
     rng = random.Random(seed)
     reservoir: list[tuple[int, str]] = []
     seen = 0
-    for sentence in _accepted(stream, accept):
+    if limit is not None and limit < n:
+        raise ValueError(f"limit={limit} is smaller than the sample of n={n} sentences")
+    refused = [0]  # sentences `accept` refused, for the message below
+    for sentence in _accepted(stream, accept, refused):
         # Algorithm R: after `seen` items each one is in the reservoir with probability n/seen.
         if seen < n:
             reservoir.append((seen, sentence))
@@ -407,22 +412,32 @@ def sample_sentences(
     if seen == 0:
         raise ValueError(f"the corpus {description} has no usable sentence")
     if seen < n:
-        raise ValueError(f"asked for a sample of {n} sentences but the corpus {description} has only {seen}")
+        also = f" that fit the model ({refused[0]} more are longer than its token limit)" if refused[0] else ""
+        raise ValueError(f"asked for a sample of {n} sentences but the corpus {description} has only {seen}{also}")
     return [sentence for _, sentence in sorted(reservoir)]
 
 
-def _accepted(stream: Iterable[str], accept: Callable[[list[str]], Iterable[bool]] | None) -> Iterator[str]:
+def _accepted(
+    stream: Iterable[str], accept: Callable[[list[str]], Iterable[bool]] | None, refused: list[int]
+) -> Iterator[str]:
+    """The sentences of ``stream`` that ``accept`` takes, judged in chunks; ``refused[0]`` counts the others."""
     if accept is None:
         yield from stream
         return
     chunk: list[str] = []
+
+    def taken(chunk: list[str]) -> list[str]:
+        kept = [s for s, ok in zip(chunk, accept(chunk), strict=True) if ok]
+        refused[0] += len(chunk) - len(kept)
+        return kept
+
     for sentence in stream:
         chunk.append(sentence)
         if len(chunk) == _FILTER_CHUNK:
-            yield from (s for s, ok in zip(chunk, accept(chunk), strict=True) if ok)
+            yield from taken(chunk)
             chunk = []
     if chunk:
-        yield from (s for s, ok in zip(chunk, accept(chunk), strict=True) if ok)
+        yield from taken(chunk)
 
 
 def save_sentences(sentences: Sequence[str], path: str | os.PathLike, *, overwrite: bool = False) -> Path:
@@ -443,5 +458,5 @@ def save_sentences(sentences: Sequence[str], path: str | os.PathLike, *, overwri
 
 def load_sentences(path: str | os.PathLike) -> list[str]:
     """Read sentences saved by :func:`save_sentences` (one per line)."""
-    with open(_existing_file(path), encoding="utf-8") as f:
+    with open(_existing_file(path), encoding="utf-8-sig") as f:
         return [line.rstrip("\n") for line in f if line.strip()]

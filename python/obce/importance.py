@@ -30,6 +30,7 @@ from .kernel import fast_death_radii
 from .models.adapters import (
     COMPONENTS,
     check_component,
+    check_components,
     load_model,
     max_sequence_length,
     to_user_layer,
@@ -388,7 +389,7 @@ def head_importance(
     _check_activations(acts, "head_importance")
     clouds: dict[int, list[torch.Tensor]] = {}
     rows = []
-    for component in components:
+    for component in check_components(components):
         if component not in acts.head_sizes:
             raise ValueError(f"only query, key and value are split into heads, got {component!r}")
         if component not in acts.values:
@@ -482,7 +483,7 @@ def analyze(
         raise ValueError(
             f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
         )
-    components = tuple(dict.fromkeys(check_component(c) for c in components))
+    components = check_components(components)
     if heads:
         _head_components(components)  # before any model is loaded
     timings = {}

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import operator
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,6 +26,7 @@ __all__ = [
     "LayerModules",
     "builtin_model_path",
     "check_component",
+    "check_components",
     "encoder_layers",
     "from_user_layer",
     "load_model",
@@ -172,6 +173,12 @@ def check_component(component: str) -> str:
     if component not in COMPONENTS:
         raise ValueError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
     return component
+
+
+def check_components(components: str | Sequence[str]) -> tuple[str, ...]:
+    """``components`` checked, without repeats; one name alone stands for itself (not for its letters)."""
+    names = (components,) if isinstance(components, str) else components
+    return tuple(dict.fromkeys(check_component(c) for c in names))
 
 
 def to_user_layer(index: int) -> int:
