@@ -163,3 +163,16 @@ def test_folder_without_its_tokenizer_is_refused(tmp_path, tiny_bert, family):
 def test_folder_with_its_tokenizer_loads(tiny_bert_dir, tiny_tokenizer):
     # 88 tokens for a vocabulary of 100: a model may have unused ids.
     assert len(load_tokenizer(tiny_bert_dir)) == len(tiny_tokenizer) == 88
+
+
+def test_truncated_weights_are_named(tiny_bert_dir, tmp_path):
+    import shutil
+
+    from obce.models import load_model
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_bert_dir, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
+    with pytest.raises(OSError, match="are truncated or not a safetensors file"):
+        load_model(str(broken), "cpu")

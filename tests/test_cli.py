@@ -87,7 +87,9 @@ def test_user_errors_give_one_line_and_status_1(capsys, tmp_path):
     stranger = tmp_path / "stranger"
     stranger.mkdir()
     (stranger / "notes.txt").write_text("mine\n")
-    code, _, err = run_cli(capsys, "analyze", "--output", str(stranger), "--corpus", str(tmp_path / "missing.txt"))
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A sentence that is long enough to be sampled here.\n")
+    code, _, err = run_cli(capsys, "analyze", "--output", str(stranger), "--corpus", str(corpus))
     assert code == 1 and err.count("\n") == 1 and "not a run folder" in err
     assert (stranger / "notes.txt").read_text() == "mine\n" and sorted(p.name for p in stranger.iterdir()) == [
         "notes.txt"

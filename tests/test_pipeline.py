@@ -337,10 +337,12 @@ def test_overwrite_leaves_a_folder_that_is_not_a_run_alone(tmp_path, capsys):
     app = tmp_path / "app"
     app.mkdir()
     (app / "settings.json").write_text('{"theme": "dark", "steps": 5}\n')
+    corpus = tmp_path / "corpus.txt"
+    corpus.write_text("A sentence that is long enough to be sampled here.\n")
     for folder in (project, app):
         files = {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()}
         for extra in (["--overwrite"], []):
-            args = ["analyze", "--corpus", str(tmp_path / "missing.txt"), "--output", str(folder), *extra]
+            args = ["analyze", "--corpus", str(corpus), "--output", str(folder), *extra]
             code, _, err = run_cli(capsys, args)
             assert {p: p.read_bytes() for p in folder.rglob("*") if p.is_file()} == files
             assert code == 1 and err.count("\n") == 1 and "not a run folder" in err and "--overwrite" not in err
@@ -481,7 +483,46 @@ def test_evaluate_and_report_commands(run, capsys):
         # Scored again at the fine-tuning's length: the scores of the fine-tuning run.
         assert entry["max_length"] == 32
         assert entry["metrics"] == pytest.approx(metrics[label]["metrics"]["dev"])
-        assert f"{label}: accuracy {100 * entry['metrics']['accuracy']:.2f}" in out
+        assert f"{label} (dev): accuracy {100 * entry['metrics']['accuracy']:.2f}" in out
 
     code, out, err = run_cli(capsys, ["report", "--output", str(path)])
     assert code == 0 and out.strip() == f"report: {path / 'report' / 'report.html'}"
+
+
+def test_a_finished_run_outlives_a_mistyped_or_refused_command(inputs, tmp_path, capsys):
+    """Inputs are checked before --overwrite clears anything; a refused command is not recorded."""
+    path = tmp_path / "run"
+    assert run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50"))[0] == 0
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    typo = prune_args(inputs, path, "--plan", "uniform:P50", "--overwrite")
+    typo[typo.index("--model") + 1] = str(inputs["model"]) + "-typo"
+    code, _, err = run_cli(capsys, typo)
+    assert code == 1 and "no model folder at" in err
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50", "--dry-run", "--overwrite"))
+    assert code == 2 and "--dry-run writes no plan and no model" in err
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P30"))
+    assert code == 1 and "other plan settings" in err
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    assert len(RunFolder(path).settings()["commands"]) == 1
+
+
+def test_an_interrupted_prune_is_not_recorded_and_its_leftovers_go(inputs, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run"
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(pipeline, "_removed", interrupted)
+    assert run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50"))[0] == 130
+    monkeypatch.undo()
+    run = RunFolder(path)
+    assert "prune" not in run.settings()["steps"] and not (path / "removed.json").exists()
+    # A fine-tune of whatever compressed model was left, and a killed process's staging folder.
+    (path / "finetune" / "compressed").mkdir(parents=True)
+    (path / ".compressed.abcd1234").mkdir()
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50", "--fold", "mean"))
+    assert code == 0, err
+    assert not (path / "finetune" / "compressed").exists() and (path / "removed.json").is_file()
+    assert (path / ".compressed.abcd1234").is_dir()
+    run.clear()
+    assert not list(path.iterdir())

@@ -127,7 +127,9 @@ Corpus = Annotated[
 Sentences = Annotated[
     int, typer.Option("--sentences", "-n", min=1, help="Number of sentences sampled from the corpus.")
 ]
-Seed = Annotated[int, typer.Option("--seed", "-s", help="Seed of the sentence sample and of fine-tuning.")]
+Seed = Annotated[
+    int, typer.Option("--seed", "-s", min=0, max=2**32 - 1, help="Seed of the sentence sample and of fine-tuning.")
+]
 Token = Annotated[
     str,
     typer.Option(
@@ -224,9 +226,13 @@ def _command_line(ctx: typer.Context) -> list[str]:
     return ctx.obj["command"] if isinstance(ctx.obj, dict) else ["obce", ctx.info_name or ""]
 
 
-def _open_run(ctx: typer.Context, output: Path, overwrite: bool) -> RunFolder:
+def _open_run(ctx: typer.Context, output: Path, overwrite: bool, steps: Mapping[str, Mapping]) -> RunFolder:
+    """The run folder, cleared with ``overwrite``. ``steps``' settings were made from the checked inputs, so a
+    typo clears nothing; the command is recorded once they agree with what the folder holds."""
     run = RunFolder(output)
     run.prepare(overwrite=overwrite)
+    for step, settings in steps.items():
+        run.check_step(step, settings)
     _record_command(ctx, run)
     return run
 
@@ -255,10 +261,12 @@ def _check_prunable(model: str | None) -> None:
         raise ValueError(f"{model!r} cannot be pruned: {err}") from None
 
 
-def _analysis(run: RunFolder, model, corpus, sentences, seed, token, device, progress) -> None:
-    settings = pipeline.analysis_settings(model, corpus, sentences, seed, token)
+def _analysis(run: RunFolder, settings: Mapping, device, progress) -> None:
     did = pipeline.run_analysis(run, settings, device=device, progress=progress)
-    _stage(f"obce: analyze: λ of every neuron over {sentences} sentences" + ("" if did else " (done before, skipped)"))
+    _stage(
+        f"obce: analyze: λ of every neuron over {settings['n_sentences']} sentences"
+        + ("" if did else " (done before, skipped)")
+    )
 
 
 def _report(run: RunFolder) -> None:
@@ -285,8 +293,9 @@ def analyze(
     progress: Progress = True,
 ) -> None:
     """Compute λ of every neuron over a corpus sample: the importance table and its figures."""
-    run = _open_run(ctx, output, overwrite)
-    _analysis(run, model, corpus, sentences, seed, token, device, progress)
+    analysis = pipeline.analysis_settings(model, corpus, sentences, seed, token)
+    run = _open_run(ctx, output, overwrite, {"analyze": analysis})
+    _analysis(run, analysis, device, progress)
     stats = run.table().stats()
     _echo(stats.pivot(index="layer", columns="component", values="median").to_string(float_format="{:.4g}".format))
     _report(run)
@@ -312,9 +321,14 @@ def prune(
     progress: Progress = True,
 ) -> None:
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
+    if dry_run and overwrite:
+        raise typer.BadParameter("--dry-run writes no plan and no model: it clears nothing", param_hint="--overwrite")
     _check_prunable(model)
-    run = _open_run(ctx, output, overwrite)
-    _analysis(run, model, corpus, sentences, seed, token, device, progress)
+    steps = {"analyze": pipeline.analysis_settings(model, corpus, sentences, seed, token)}
+    if not dry_run:
+        steps.update(plan=pipeline.plan_setting(plan, score), prune=pipeline.prune_settings(fold, score))
+    run = _open_run(ctx, output, overwrite, steps)
+    _analysis(run, steps["analyze"], device, progress)
     loaded = pipeline.ModelLoader(run.model_source(), device)
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score)))
@@ -322,7 +336,7 @@ def prune(
     did = pipeline.run_plan(run, plan, loaded, score)
     _stage(f"obce: plan: {run.plan().name}" + ("" if did else " (done before, skipped)"))
     _echo(run.plan().summary())
-    did = pipeline.run_prune(run, pipeline.prune_settings(fold, score), loaded)
+    did = pipeline.run_prune(run, steps["prune"], loaded, progress=progress)
     params = run.read_json(run.PARAMS)
     before, after = params[ORIGINAL]["encoder_layers"], params[COMPRESSED]["encoder_layers"]
     _stage(f"obce: prune: {run / run.COMPRESSED}" + ("" if did else " (done before, skipped)"))

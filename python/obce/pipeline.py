@@ -48,7 +48,14 @@ from ._io import atomic_folder, atomic_write_text
 from ._version import __version__
 from .corpus import Corpus
 from .importance import ImportanceTable, analyze
-from .models.adapters import ARCHITECTURES, COMPONENTS, builtin_model_path, encoder_layers, max_sequence_length
+from .models.adapters import (
+    ARCHITECTURES,
+    COMPONENTS,
+    builtin_model_path,
+    check_model_source,
+    encoder_layers,
+    max_sequence_length,
+)
 from .plans import (
     LEVEL_SETS,
     EncoderShape,
@@ -82,6 +89,7 @@ __all__ = [
     "measure_speed",
     "parameter_table",
     "plan_report",
+    "plan_setting",
     "prune_settings",
     "run_analysis",
     "run_finetune",
@@ -272,11 +280,12 @@ class RunFolder:
         if not is_main_process():
             return
         for name in self._OWNED:
-            target = self / name
-            if target.is_dir():
-                shutil.rmtree(target)
-            elif target.exists():
-                target.unlink()
+            # With what a killed process left while writing it atomically (.NAME.xxxxxxxx staging).
+            for target in (self / name, *self.path.glob(f".{name}.*")):
+                if target.is_dir():
+                    shutil.rmtree(target)
+                elif target.exists():
+                    target.unlink()
 
     def write_text(self, name: str, text: str) -> Path:
         """Write a file of the run atomically (replacing it)."""
@@ -465,8 +474,10 @@ def analysis_settings(
     Raises
     ------
     FileNotFoundError
-        A corpus path that does not exist.
+        A corpus path or a model path that does not exist (checked before a run folder changes).
     """
+    if model is not None:
+        check_model_source(model)
     return {
         "model": model or BUILTIN_MODEL,
         "model_path": _local_or_name(model),
@@ -636,7 +647,7 @@ def _lowest_positive(lam: np.ndarray) -> int:
     return int(positive[np.argmin(lam[positive])]) if positive.size else int(np.argmin(lam))
 
 
-def _plan_setting(spec: str | PruningPlan, score: str) -> dict:
+def plan_setting(spec: str | PruningPlan, score: str) -> dict:
     """The plan step's settings; for a plan file, also a digest of the plan it holds (edited, it is another plan)."""
     if isinstance(spec, PruningPlan):
         return {"plan": spec.to_dict(), "score": score}
@@ -661,7 +672,7 @@ def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score:
         Settings that differ from the recorded ones, or a plan the model cannot take (a layer it lacks, a level
         that keeps no neuron); nothing is recorded then.
     """
-    setting = _plan_setting(spec, score)
+    setting = plan_setting(spec, score)
     run.check_step("plan", setting)
     if (run / run.PLAN).is_file():
         return False
@@ -729,7 +740,7 @@ def _removed(plan: PruningPlan, table: ImportanceTable, model, score: str) -> li
     return entries
 
 
-def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
+def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader, *, progress: bool = True) -> bool:
     """Prune the model by the run's plan: ``compressed/``, ``parameters.csv``, ``params.json``, ``removed.json``.
 
     Parameters
@@ -748,9 +759,12 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     start = time.perf_counter()
     original, tokenizer = model.get()
     table, plan = run.table(), run.plan()
-    compressed = prune_model(original, table, plan, tokenizer=tokenizer, **settings)
+    compressed = prune_model(original, table, plan, tokenizer=tokenizer, progress=progress, **settings)
+    removed = _removed(plan, table, original, settings["score"])
     if not is_main_process():
         return True
+    # A fine-tune of a compressed model an interrupted run left here is not this model's.
+    shutil.rmtree(run / run.FINETUNE / COMPRESSED, ignore_errors=True)
     with atomic_folder(run / run.COMPRESSED) as staging:
         compressed.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -761,7 +775,7 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     run.write_json(run.PARAMS, {ORIGINAL: _param_totals(original), COMPRESSED: _param_totals(compressed)})
     # Settings recorded only now, and the file whose presence marks the step as done written last.
     run.record("prune", settings, timings_s={"prune": round(time.perf_counter() - start, 2)})
-    run.write_json(run.REMOVED, _removed(plan, table, original, settings["score"]))
+    run.write_json(run.REMOVED, removed)
     return True
 
 
@@ -1018,7 +1032,7 @@ def compress(
         raise ValueError("distillation is part of fine-tuning: it needs finetune=True (no --no-finetune)")
     steps = {
         "analyze": analysis_settings(model, corpus, n_sentences, seed, token),
-        "plan": _plan_setting(plan, score),
+        "plan": plan_setting(plan, score),
         "prune": prune_settings(fold, score),
         "speed": asdict(speed),
     }
@@ -1041,7 +1055,7 @@ def compress(
     stage(1, f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
     did = run_plan(run, plan, loaded, score)
     stage(2, f"plan: {run.plan().name}", did)
-    did = run_prune(run, steps["prune"], loaded)
+    did = run_prune(run, steps["prune"], loaded, progress=progress)
     params = run.read_json(run.PARAMS)
     kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
     stage(3, f"prune: the encoder layers keep {kept:.1%} of their parameters", did)

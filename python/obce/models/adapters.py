@@ -27,6 +27,7 @@ __all__ = [
     "builtin_model_path",
     "check_component",
     "check_components",
+    "check_model_source",
     "encoder_layers",
     "from_user_layer",
     "load_model",
@@ -380,6 +381,23 @@ def load_tokenizer(name_or_path: str | os.PathLike, **options):
     return tokenizer
 
 
+def check_model_source(source: str | os.PathLike) -> tuple[bool, str]:
+    """Whether ``source`` is a local folder, and where; checked without loading anything.
+
+    Raises
+    ------
+    FileNotFoundError
+        A folder without ``config.json``, or a path (not a hub name) where there is no folder.
+    """
+    local = Path(source).expanduser().is_dir()
+    location = str(Path(source).expanduser()) if local else str(source)
+    if local and not (Path(location) / "config.json").is_file():
+        raise FileNotFoundError(f"{location!r} holds no config.json: not a saved model folder")
+    if not local and _is_path(source):
+        raise FileNotFoundError(f"no model folder at {location!r}")
+    return local, location
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -423,16 +441,15 @@ def load_model(
     source = builtin_model_path() if name_or_path is None else name_or_path
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
-    local = Path(source).expanduser().is_dir()
-    location = str(Path(source).expanduser()) if local else str(source)
-    if local and not (Path(location) / "config.json").is_file():
-        raise FileNotFoundError(f"{location!r} holds no config.json: not a saved model folder")
-    if not local and _is_path(source):
-        raise FileNotFoundError(f"no model folder at {location!r}")
+    local, location = check_model_source(source)
     options = {"local_files_only": True} if local else {}
+    from safetensors import SafetensorError
+
     try:
         tokenizer = load_tokenizer(location, **options)
         model = model_class.from_pretrained(location, **options)
+    except SafetensorError as err:  # an interrupted download or copy
+        raise OSError(f"the weights in {location!r} are truncated or not a safetensors file: {err}") from err
     except OSError as err:
         if local:
             raise
