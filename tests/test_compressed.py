@@ -128,6 +128,10 @@ def test_attention_weights(tiny_bert_config, batch, implementation):
         plain = model(**batch).last_hidden_state
         out = model(**batch, output_attentions=True)
     torch.testing.assert_close(out.last_hidden_state, plain, atol=1e-6, rtol=1e-6)
+    if implementation == "sdpa":  # as the family's own layers: SDPA computes no weights to return
+        assert not out.attentions
+        return
+    assert len(out.attentions) == 3
     weights = out.attentions[-1]  # layer 3: four heads, all computed
     assert weights.shape == (3, 4, 10, 10)
     torch.testing.assert_close(weights.sum(-1), torch.ones(3, 4, 10))
@@ -198,17 +202,23 @@ def test_onnx_export_matches_pytorch(tiny_bert_config, batch, tmp_path, sizes, a
     else:  # SIZES has heads without query/key dimensions but with values, and heads removed whole
         model = AutoModelForSequenceClassification.from_config(compressed_config(config, SIZES, attention=attention))
         model.eval()
+    model.train()  # export traces in eval mode and gives the model back as it was
     with warnings.catch_warnings():
         # The exporter's own dependencies warn about their internals; none of it concerns the graph.
         warnings.simplefilter("ignore")
         path = export_onnx(model, tmp_path / "model.onnx")
+    assert model.training
+    model.eval()
     with pytest.raises(FileExistsError):
         export_onnx(model, path)
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    feeds = {k: v.numpy() for k, v in batch.items()}
-    (logits,) = session.run(None, feeds)
+    # Sentence pairs: BERT's second segment reaches the graph.
+    pairs = {**batch, "token_type_ids": (torch.arange(10) >= 5).long().expand(3, 10).contiguous()}
+    assert [i.name for i in session.get_inputs()] == ["input_ids", "attention_mask", "token_type_ids"]
+    (logits,) = session.run(None, {k: v.numpy() for k, v in pairs.items()})
     with torch.no_grad():
-        expected = model(**batch).logits.numpy()
+        expected = model(**pairs).logits.numpy()
+        assert not np.allclose(expected, model(**batch).logits.numpy(), atol=1e-4)  # the segments matter
     np.testing.assert_allclose(logits, expected, atol=1e-5, rtol=1e-4)
     names = sorted(p.name for p in tmp_path.iterdir())
     assert names[0] == "model.onnx" and set(names) <= {"model.onnx", "model.onnx.data"}  # no staging left

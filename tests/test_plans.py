@@ -160,6 +160,10 @@ def test_load_rejects_bad_files(tmp_path):
     (tmp_path / "extra.json").write_text(json.dumps({"levels": {}, "level": {}}))
     with pytest.raises(ValueError, match=r"unexpected plan keys \['level'\]"):
         PruningPlan.load(tmp_path / "extra.json")
+    for name, data in (("list.json", {"levels": [30]}), ("row.json", {"levels": {"3": 30}})):
+        (tmp_path / name).write_text(json.dumps(data))  # the wrong shape: a ValueError naming the file
+        with pytest.raises(ValueError, match=rf"{name}: "):
+            PruningPlan.load(tmp_path / name)
     # A key given twice would silently lose the first row.
     (tmp_path / "twice.json").write_text('{"levels": {"3": {"query": 30, "key": 30}, "3": {"value": 50}}}')
     with pytest.raises(ValueError, match="key '3' is given twice"):

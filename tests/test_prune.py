@@ -9,7 +9,7 @@ import pytest
 import torch
 from test_activations import manual_components
 from test_plans import random_table
-from transformers import BertForPreTraining, BertForSequenceClassification, BertModel
+from transformers import AutoModel, BertForPreTraining, BertForSequenceClassification, BertModel
 
 import obce.prune
 from obce.models.adapters import encoder_layers
@@ -186,7 +186,7 @@ def test_linear_fold_keeps_the_model_closer_than_mean_or_none(tiny3, tiny_tokeni
     assert errors["linear"] < 0.5 * min(errors["none"], errors["mean"]), errors
 
 
-def test_head_without_query_key_attends_uniformly(tiny3, batch):
+def test_head_without_query_key_attends_uniformly(tiny3, batch, tmp_path):
     q = np.random.default_rng(3).uniform(1, 2, 32)
     q[16:24] = np.linspace(0.01, 0.02, 8)  # head 2's query/key dims rank lowest on both sides
     table = random_table(tiny3, overrides={(2, "query"): {"lam": q}, (2, "key"): {"lam": q.copy()}})
@@ -194,8 +194,12 @@ def test_head_without_query_key_attends_uniformly(tiny3, batch):
     pruned = prune_model(tiny3, table, plan)
     assert pruned.config.obce_layers[1]["qk_head_sizes"] == [8, 8, 0, 8]
     with torch.no_grad():
-        out = pruned(**batch, output_attentions=True)
-    weights = out.attentions[0][:, 2]  # layer 2, head 2: uniform over the real tokens
+        # Under SDPA no layer gives weights, as in the family's own model; eager ones give one entry per layer.
+        assert not pruned(**batch, output_attentions=True).attentions
+        pruned.save_pretrained(tmp_path)
+        out = AutoModel.from_pretrained(tmp_path, attn_implementation="eager")(**batch, output_attentions=True)
+    assert len(out.attentions) == 3
+    weights = out.attentions[1][:, 2]  # layer 2, head 2: uniform over the real tokens
     torch.testing.assert_close(weights[0], torch.full((9, 9), 1 / 9), atol=1e-6, rtol=0)
     torch.testing.assert_close(weights[1][:, :5], torch.full((9, 5), 1 / 5), atol=1e-6, rtol=0)
     assert torch.all(weights[1][:, 5:] == 0)

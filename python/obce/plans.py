@@ -268,7 +268,10 @@ class PruningPlan:
                 data = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as err:
                 raise ValueError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except (TypeError, ValueError) as err:  # the file's shape: a list where a mapping belongs, and such
+            raise ValueError(f"{path}: {err}") from None
 
     def summary(self, num_layers: int | None = None) -> str:
         """A table: one row per layer, the level of query/key, value and intermediate."""

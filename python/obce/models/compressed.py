@@ -272,7 +272,9 @@ class UnequalHeadSelfAttention(nn.Module):
         return torch.matmul(weights, v), weights
 
     def forward(self, hidden_states: torch.Tensor, attention_mask: torch.Tensor | None = None, **kwargs):
-        want_weights = bool(kwargs.get("output_attentions")) or self.config._attn_implementation == "eager"
+        # Weights only where the family gives them (eager): under SDPA its untouched layers give none, and one
+        # entry per compressed layer alone would not say which layer it is.
+        want_weights = self.config._attn_implementation == "eager"
         if self.mode == "padded":
             out, weights = self._attend(
                 self._project(self.query, "qk", hidden_states),
@@ -491,20 +493,24 @@ def is_compressed(model) -> bool:
 
 
 class _OnnxWrapper(nn.Module):
-    """Positional inputs and one tensor out, as ONNX wants."""
+    """Positional inputs and one tensor out, as ONNX wants; ``token_type_ids`` third where the model has segments."""
 
     def __init__(self, model: nn.Module, output: str):
         super().__init__()
         self.model, self.output = model, output
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask), self.output)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, token_type_ids: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        segments = {} if token_type_ids is None else {"token_type_ids": token_type_ids}
+        return getattr(self.model(input_ids=input_ids, attention_mask=attention_mask, **segments), self.output)
 
 
 def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opset: int | None = None) -> Path:
     """Export a (compressed or original) encoder to ONNX with ``torch.onnx.export``.
 
-    The graph takes ``input_ids`` and ``attention_mask`` (int64, shape ``(batch, tokens)``, both dynamic) and
+    The graph takes ``input_ids`` and ``attention_mask`` (int64, shape ``(batch, tokens)``, both dynamic), and
+    ``token_type_ids`` too for a model with more than one segment type (BERT, ELECTRA: sentence pairs), and
     returns ``last_hidden_state`` for a base model, ``logits`` for a classification or masked-LM head. Needs the
     ``onnx`` and ``onnxscript`` packages (``pip install obce[onnx]``); run it with onnxruntime.
 
@@ -534,12 +540,17 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     output = _output_name(model)
+    was_training = model.training
     wrapper = _OnnxWrapper(model, output).eval()
     device = next(model.parameters()).device
     ids = torch.arange(16, device=device).view(2, 8) % model.config.vocab_size
     # Padding in the example: an all-ones mask lets transformers skip the mask, and the trace would keep that.
     mask = torch.ones_like(ids)
     mask[1, 5:] = 0
+    inputs, names = [ids, mask], ["input_ids", "attention_mask"]
+    if getattr(model.config, "type_vocab_size", 1) > 1:  # a second segment in the example, or the trace drops it
+        inputs.append((torch.arange(8, device=device) >= 4).long().expand(2, 8).contiguous())
+        names.append("token_type_ids")
     batch, tokens = torch.export.Dim("batch"), torch.export.Dim("tokens")
     path.parent.mkdir(parents=True, exist_ok=True)
     # Exported in a temporary folder beside the target: weights may go to a side file named after the graph
@@ -548,11 +559,11 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
     try:
         torch.onnx.export(
             wrapper,
-            (ids, mask),
+            tuple(inputs),
             staging / path.name,
-            input_names=["input_ids", "attention_mask"],
+            input_names=names,
             output_names=[output],
-            dynamic_shapes=({0: batch, 1: tokens}, {0: batch, 1: tokens}),
+            dynamic_shapes={name: {0: batch, 1: tokens} for name in names},
             opset_version=opset,
             dynamo=True,
             verbose=False,
@@ -563,6 +574,7 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        model.train(was_training)
     return path
 
 
