@@ -376,7 +376,8 @@ def test_an_edited_plan_file_is_another_plan(inputs, tmp_path, capsys):
     edited.save(mine, overwrite=True)
     code, _, err = run_cli(capsys, args)
     last = err.strip().splitlines()[-1]
-    assert code == 1 and "other plan settings (plan_sha256: " in last and last.endswith("pass --overwrite")
+    assert code == 1 and "other plan settings (plan_sha256: " in last
+    assert last.endswith("pass --overwrite (the run starts again)")
     assert PruningPlan.load(path / "plan.json") == first
     # The same plan written anew is the same setting.
     mine.write_text(json.dumps(first.to_dict()))
@@ -526,3 +527,15 @@ def test_an_interrupted_prune_is_not_recorded_and_its_leftovers_go(inputs, tmp_p
     assert (path / ".compressed.abcd1234").is_dir()
     run.clear()
     assert not list(path.iterdir())
+
+
+def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys):
+    """The analysis options left out of `obce prune` are the run's; one typed differently is still refused."""
+    path = tmp_path / "run"
+    analyze = [a for a in prune_args(inputs, path) if a != "prune"]
+    assert run_cli(capsys, ["analyze", *analyze])[0] == 0
+    code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
+    assert code == 0, err
+    assert "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err
+    code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--seed", "3", "--output", str(path)])
+    assert code == 1 and "other analyze settings (seed: 0 -> 3)" in err

@@ -323,6 +323,7 @@ def prune(
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
     if dry_run and overwrite:
         raise typer.BadParameter("--dry-run writes no plan and no model: it clears nothing", param_hint="--overwrite")
+    model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
     _check_prunable(model)
     steps = {"analyze": pipeline.analysis_settings(model, corpus, sentences, seed, token)}
     if not dry_run:
@@ -342,6 +343,21 @@ def prune(
     _stage(f"obce: prune: {run / run.COMPRESSED}" + ("" if did else " (done before, skipped)"))
     _echo(f"encoder layers: {after:,} of {before:,} parameters kept ({after / before:.2%})")
     _report(run)
+
+
+def _recorded_analysis(ctx: typer.Context, output: Path, *typed):
+    """The analysis options (model, corpus, sentences, seed, token): each as typed, or where left at its default,
+    as the run folder recorded it, so that ``obce prune`` after ``obce analyze`` repeats nothing."""
+    run = RunFolder(output)
+    recorded = run.settings().get("steps", {}).get("analyze") if run.is_run() else None
+    if not recorded:
+        return typed
+    names = ("model", "corpus", "sentences", "seed", "token")
+    from_folder = [recorded[key] for key in ("model_path", "corpus", "n_sentences", "seed", "token")]
+    return tuple(
+        saved if getattr(ctx.get_parameter_source(name), "name", None) == "DEFAULT" else value
+        for name, value, saved in zip(names, typed, from_folder, strict=True)
+    )
 
 
 @app.command()

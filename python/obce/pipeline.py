@@ -319,9 +319,11 @@ class RunFolder:
         )
         if keys:
             changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
+            # Fine-tuning alone can start again; every other step is the start of what follows it.
+            again = "`obce finetune --overwrite`" if step == "finetune" else "--overwrite (the run starts again)"
             raise ValueError(
                 f"{str(self.path)!r} holds a run with other {step} settings ({changes}); "
-                "choose another folder or pass --overwrite"
+                f"choose another folder or pass {again}"
             )
 
     def record(self, step: str | None = None, settings: Mapping | None = None, **extra) -> None:
