@@ -178,6 +178,18 @@ def test_another_programs_settings_folder_is_left_alone(tmp_path, settings):
     assert sorted(p.name for p in (folder / "report").iterdir()) == ["report.md"]
 
 
+def test_user_text_shows_as_written(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    plan = json.loads((copy / "plan.json").read_text())
+    plan["notes"] = "<img src=x onerror=alert(1)> & more"
+    (copy / "plan.json").write_text(json.dumps(plan))
+    page = write_report(copy)
+    md = page.with_name("report.md").read_text(encoding="utf-8")
+    assert "&lt;img src=x onerror=alert(1)> & more" in md and "<img src=x" not in md
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; more" in page.read_text(encoding="utf-8")
+
+
 def test_diagram_captions_name_the_component_they_rank_in(run):
     _, sections = report_sections(run, figures=False)
     diagrams = next(s for s in sections if s.title.startswith("Persistence diagrams"))

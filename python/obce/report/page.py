@@ -530,21 +530,29 @@ def _inline_markdown(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
 
 
+def _markdown_text(text: str) -> str:
+    """A paragraph for Markdown: outside `code` spans, < as an entity, so text from the user (a plan's notes, a
+    path) shows as written instead of opening an HTML tag ("λ > x" stays readable)."""
+    parts = text.split("`")
+    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+
+
 def _markdown(title: str, sections: list[Section]) -> str:
     out = [f"# {title}", ""]
     for section in sections:
         out += [f"## {section.title}", ""]
         for block in section.blocks:
             if isinstance(block, Table):
-                cells = [[c.replace("|", "\\|") for c in row] for row in [block.header, *block.rows]]
+                cells = [[_markdown_text(c).replace("|", "\\|") for c in row] for row in [block.header, *block.rows]]
                 align = [":---" if i < block.left else "---:" for i in range(len(block.header))]
                 out += ["| " + " | ".join(cells[0]) + " |", "| " + " | ".join(align) + " |"]
                 out += ["| " + " | ".join(row) + " |" for row in cells[1:]]
             elif isinstance(block, Figure):
-                out.append(f"![{block.caption}]({block.file})")
-                out += ["", f"*{block.caption}*"]
+                caption = _markdown_text(block.caption)
+                out.append(f"![{caption}]({block.file})")
+                out += ["", f"*{caption}*"]
             else:
-                out.append(block)
+                out.append(_markdown_text(block))
             out.append("")
     return "\n".join(out)
 
