@@ -287,6 +287,20 @@ def test_finished_run_is_not_reused_for_other_data_of_the_same_size(tiny_model, 
     assert finetune(tiny_model, task.subsample(6, seed=1, splits=["dev"]), out, **settings) == result
 
 
+def test_finished_run_is_not_reused_for_other_weights_under_the_same_path(tiny_model, glue_dir, tmp_path):
+    from transformers import BertModel
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model, model)
+    out, settings = tmp_path / "run", dict(data_dir=glue_dir, seed=0, **{**FAST, "max_steps": 2})
+    result = finetune(model, "sst2", out, **settings)
+    assert finetune(model, "sst2", out, **settings) == result
+    torch.manual_seed(1)
+    BertModel(BertModel.from_pretrained(model).config).save_pretrained(model)  # re-saved, other weights
+    with pytest.raises(ValueError, match=r"other settings \(model_digest: "):
+        finetune(model, "sst2", out, **settings)
+
+
 def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path):
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model, other)

@@ -431,7 +431,31 @@ def _comparable(settings: dict) -> dict:
 
 
 # Settings recorded since a later version: a folder written before them is compared without them.
-_RECORDED_SINCE = frozenset({"split_digests"})
+_RECORDED_SINCE = frozenset({"split_digests", "model_digest"})
+
+
+def _model_digest(model) -> str | None:
+    """A short sha256 of the weights a run starts from (with the config, for a folder): another model saved under
+    the same path, or another model object, is another run. None for a hub name (its weights are the name's).
+    About a second for BERT-base's 440 MB."""
+    digest = hashlib.sha256()
+    if isinstance(model, (str, os.PathLike)):
+        folder = Path(model).expanduser()
+        if not folder.is_dir():
+            return None
+        for path in sorted(
+            p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
+        ):
+            with open(path, "rb") as f:
+                for block in iter(lambda f=f: f.read(1 << 22), b""):
+                    digest.update(block)
+    else:
+        import torch
+
+        for name, tensor in model.state_dict().items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 def _split_digests(task: Task) -> dict[str, str]:
@@ -724,6 +748,7 @@ def finetune(
     name = name or _model_label(model)
     settings = {
         "model": _describe_model(model),
+        "model_digest": _model_digest(model),
         "name": name,
         "task": task.name,
         "task_source": task.source,
