@@ -379,9 +379,14 @@ def test_an_edited_plan_file_is_another_plan(inputs, tmp_path, capsys):
     assert code == 1 and "other plan settings (plan_sha256: " in last
     assert last.endswith("pass --overwrite (the run starts again)")
     assert PruningPlan.load(path / "plan.json") == first
-    # The same plan written anew is the same setting.
+    # The same plan written anew is the same setting, and so is the same plan under another path.
     mine.write_text(json.dumps(first.to_dict()))
     code, _, err = run_cli(capsys, args)
+    assert code == 0 and "obce: plan: mine (done before, skipped)" in err
+    copy = tmp_path / "elsewhere" / "copy.json"
+    copy.parent.mkdir()
+    copy.write_text(mine.read_text())
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", str(copy)))
     assert code == 0 and "obce: plan: mine (done before, skipped)" in err
 
 

@@ -312,11 +312,12 @@ class RunFolder:
         if before is None:
             return
         now = _plain(settings)
-        # The model as typed is a label: "./bert" after "bert" names the same folder (the same model_path).
-        same_model = before.get("model_path") == now.get("model_path")
-        keys = sorted(
-            k for k in set(before) | set(now) if before.get(k) != now.get(k) and not (k == "model" and same_model)
-        )
+        # The model as typed is a label: "./bert" after "bert" names the same folder (the same model_path). So is
+        # a plan file's path: its digest says whether it is the same plan.
+        labels = {"model"} if before.get("model_path") == now.get("model_path") else set()
+        if "plan_sha256" in before and "plan_sha256" in now:
+            labels.add("plan")
+        keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in labels)
         if keys:
             changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
             # Fine-tuning alone can start again; every other step is the start of what follows it.
