@@ -534,7 +534,7 @@ def test_an_interrupted_prune_is_not_recorded_and_its_leftovers_go(inputs, tmp_p
     assert not list(path.iterdir())
 
 
-def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys):
+def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeypatch):
     """The analysis options left out of `obce prune` are the run's; one typed differently is still refused."""
     path = tmp_path / "run"
     analyze = [a for a in prune_args(inputs, path) if a != "prune"]
@@ -544,3 +544,14 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys):
     assert "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--seed", "3", "--output", str(path)])
     assert code == 1 and "other analyze settings (seed: 0 -> 3)" in err
+    # Starting again takes the options as typed: the defaults, the built-in model.
+    asked = []
+
+    def stop(*args):
+        asked.append(args)
+        raise ValueError("stop here")
+
+    monkeypatch.setattr(pipeline, "analysis_settings", stop)
+    for extra in ([], ["--overwrite"]):
+        assert run_cli(capsys, ["prune", "--plan", "uniform:P50", "--output", str(path), *extra])[0] == 1
+    assert [a[0] for a in asked] == [str(inputs["model"]), None]

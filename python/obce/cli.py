@@ -323,7 +323,8 @@ def prune(
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
     if dry_run and overwrite:
         raise typer.BadParameter("--dry-run writes no plan and no model: it clears nothing", param_hint="--overwrite")
-    model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
+    if not overwrite:  # starting again takes the options as typed, defaults included
+        model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
     _check_prunable(model)
     steps = {"analyze": pipeline.analysis_settings(model, corpus, sentences, seed, token)}
     if not dry_run:
