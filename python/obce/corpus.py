@@ -426,9 +426,9 @@ def _accepted(
         return
     chunk: list[str] = []
 
-    def taken(chunk: list[str]) -> list[str]:
-        kept = [s for s, ok in zip(chunk, accept(chunk), strict=True) if ok]
-        refused[0] += len(chunk) - len(kept)
+    def taken(part: list[str]) -> list[str]:
+        kept = [s for s, ok in zip(part, accept(part), strict=True) if ok]
+        refused[0] += len(part) - len(kept)
         return kept
 
     for sentence in stream:
