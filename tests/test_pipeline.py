@@ -490,6 +490,9 @@ def test_evaluate_and_report_commands(run, capsys):
         assert entry["max_length"] == 32
         assert entry["metrics"] == pytest.approx(metrics[label]["metrics"]["dev"])
         assert f"{label} (dev): accuracy {100 * entry['metrics']['accuracy']:.2f}" in out
+    # The task and the GLUE folder are the run's own unless told: the same scores.
+    code, again, err = run_cli(capsys, ["evaluate", "--output", str(path)])
+    assert code == 0 and again == out, err
 
     code, out, err = run_cli(capsys, ["report", "--output", str(path)])
     assert code == 0 and out.strip() == f"report: {path / 'report' / 'report.html'}"

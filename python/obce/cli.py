@@ -487,6 +487,9 @@ def evaluate(
     if not chosen:
         raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
     task = _evaluation_task(task, chosen)
+    finetuned = run.settings().get("steps", {}).get("finetune", {}) if run.is_run() else {}
+    if glue_dir is None and finetuned.get("task") == task:
+        glue_dir = finetuned.get("glue_dir")  # the GLUE folder the run's models were fine-tuned from
     splits = [split] if split else list(task_info(task).report_splits)
     # The scored splits alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
     loaded = load_task(task, glue_dir, splits=splits)
