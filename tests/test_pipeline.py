@@ -558,3 +558,20 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeyp
     for extra in ([], ["--overwrite"]):
         assert run_cli(capsys, ["prune", "--plan", "uniform:P50", "--output", str(path), *extra])[0] == 1
     assert [a[0] for a in asked] == [str(inputs["model"]), None]
+
+
+def test_an_edited_corpus_file_is_another_corpus(inputs, tmp_path, capsys):
+    path, corpus = tmp_path / "run", tmp_path / "corpus.txt"
+    shutil.copy(inputs["corpus"], corpus)
+    args = prune_args(inputs, path)
+    args[args.index("--corpus") + 1] = str(corpus)
+    assert run_cli(capsys, ["analyze", *args[1:]])[0] == 0
+    corpus.write_text(corpus.read_text().replace("a", "o"))
+    code, _, err = run_cli(capsys, ["analyze", *args[1:]])
+    assert code == 1 and "other analyze settings (corpus_sha256: " in err
+    # A folder analysed before the digest was recorded is still resumed.
+    settings = json.loads((path / "settings.json").read_text())
+    del settings["steps"]["analyze"]["corpus_sha256"]
+    (path / "settings.json").write_text(json.dumps(settings))
+    code, _, err = run_cli(capsys, ["analyze", *args[1:]])
+    assert code == 0 and "(done before, skipped)" in err

@@ -109,6 +109,8 @@ ORIGINAL, COMPRESSED = "original", "compressed"
 DIAGRAM_COMPONENT = "intermediate"
 """Component whose highest- and lowest-λ neurons get a persistence diagram."""
 
+_RECORDED_SINCE = frozenset({"corpus_sha256"})
+
 RUN_SCORES = ("lam", "std")
 """Neuron scores every importance table holds: λ, and the standard deviation of the same points (the better of
 the two at strong compression in ``benchmarks/results/ablation.md``; :mod:`obce.scores` has more for the API)."""
@@ -311,7 +313,8 @@ class RunFolder:
         before = self.settings().get("steps", {}).get(step)
         if before is None:
             return
-        now = _plain(settings)
+        # Settings recorded since a later version: a folder from before them is compared without them.
+        now = {k: v for k, v in _plain(settings).items() if k in before or k not in _RECORDED_SINCE}
         # The model as typed is a label: "./bert" after "bert" names the same folder (the same model_path). So is
         # a plan file's path: its digest says whether it is the same plan.
         labels = {"model"} if before.get("model_path") == now.get("model_path") else set()
@@ -481,15 +484,26 @@ def analysis_settings(
     """
     if model is not None:
         check_model_source(model)
+    resolved = Corpus.resolve(_local_or_name(corpus))
     return {
         "model": model or BUILTIN_MODEL,
         "model_path": _local_or_name(model),
         "corpus": _local_or_name(corpus),
-        "corpus_description": Corpus.resolve(_local_or_name(corpus)).describe(),
+        "corpus_description": resolved.describe(),
+        # A text file is the user's to edit: edited, it is another corpus (a dump or a dataset is as named).
+        **({"corpus_sha256": _file_sha256(resolved.location)} if resolved.kind == "text" else {}),
         "n_sentences": n_sentences,
         "seed": seed,
         "token": token,
     }
+
+
+def _file_sha256(path: str | os.PathLike) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 def _local_or_name(source: str | None) -> str | None:
