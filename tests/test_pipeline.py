@@ -575,3 +575,17 @@ def test_an_edited_corpus_file_is_another_corpus(inputs, tmp_path, capsys):
     (path / "settings.json").write_text(json.dumps(settings))
     code, _, err = run_cli(capsys, ["analyze", *args[1:]])
     assert code == 0 and "(done before, skipped)" in err
+
+
+def test_one_named_plan_spelled_two_ways_is_one_setting(inputs, tmp_path, capsys):
+    from obce.pipeline import named_plan
+
+    assert named_plan("target:70%") == named_plan("target:0.7:encoder") == ("target", 0.7, "encoder")
+    assert named_plan("uniform:50") == named_plan("uniform:P50") and named_plan("mine.json") is None
+    assert named_plan("bert-base") == named_plan("bert-base:paper") != named_plan("bert-base:quartiles")
+    path = tmp_path / "run"
+    assert run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50"))[0] == 0
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:50"))
+    assert code == 0 and "(done before, skipped)" in err
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P70"))
+    assert code == 1 and "other plan settings (plan: 'uniform:P50' -> 'uniform:P70')" in err

@@ -87,6 +87,7 @@ __all__ = [
     "finetune_settings",
     "is_main_process",
     "measure_speed",
+    "named_plan",
     "parameter_table",
     "plan_report",
     "plan_setting",
@@ -318,7 +319,7 @@ class RunFolder:
         # The model as typed is a label: "./bert" after "bert" names the same folder (the same model_path). So is
         # a plan file's path: its digest says whether it is the same plan.
         labels = {"model"} if before.get("model_path") == now.get("model_path") else set()
-        if "plan_sha256" in before and "plan_sha256" in now:
+        if ("plan_sha256" in before and "plan_sha256" in now) or _same_named_plan(before.get("plan"), now.get("plan")):
             labels.add("plan")
         keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in labels)
         if keys:
@@ -405,10 +406,6 @@ def check_plan_spec(spec: str) -> str:
     return spec
 
 
-_NAMED_PLANS = ("bert-base", "bert-large", "uniform", "target")
-"""The plan forms :func:`build_plan` knows by name (before any ``:``); any other plan text is a file."""
-
-
 def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> PruningPlan:
     """Turn a plan given as text (see :func:`check_plan_spec`) into a :class:`PruningPlan`.
 
@@ -417,26 +414,17 @@ def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> Pru
     """
     if isinstance(spec, PruningPlan):
         return spec
-    if not isinstance(spec, str) or not spec.strip():
-        raise ValueError(f"a plan must be a name, uniform:P50, target:0.6 or a plan file, got {spec!r}")
-    kind, _, rest = spec.strip().partition(":")
-    if kind in ("bert-base", "bert-large"):
-        return paper_plan(kind, rest or "paper")
-    if kind == "uniform":
-        level = _number(rest.removeprefix("P").removeprefix("p"), spec, "a percentile level, e.g. uniform:P50")
-        if model is None:
-            uniform_plan(3, level)  # checks the level
-            return None
-        return uniform_plan(len(encoder_layers(model)), level)
-    if kind == "target":
-        value, _, of = rest.partition(":")
-        fraction = _number(value.removesuffix("%"), spec, "a fraction, e.g. target:0.6")
-        fraction = fraction / 100 if value.endswith("%") else fraction
-        if of not in ("", "encoder", "model"):
-            raise ValueError(f"plan {spec!r}: after the fraction write :encoder or :model, got {of!r}")
-        if not 0 < fraction < 1:
-            raise ValueError(f"plan {spec!r}: the fraction must be in (0, 1), e.g. target:0.6")
-        return None if model is None else _target_plan(model, table, fraction, of or "encoder", score)
+    form = named_plan(spec)
+    if form is not None:
+        kind, *args = form
+        if kind == "uniform":
+            if model is None:
+                uniform_plan(3, args[0])  # checks the level
+                return None
+            return uniform_plan(len(encoder_layers(model)), args[0])
+        if kind == "target":
+            return None if model is None else _target_plan(model, table, args[0], args[1], score)
+        return paper_plan(kind, args[0])
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -446,6 +434,39 @@ def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> Pru
         f"unknown plan {spec!r}; expected bert-base, bert-large (optionally :quartiles), uniform:P50, "
         "target:0.6 or a .json/.yaml plan file"
     )
+
+
+def _same_named_plan(a, b) -> bool:
+    """Whether two recorded plan texts name the same plan (``target:0.7`` and ``target:70%``)."""
+    return isinstance(a, str) and isinstance(b, str) and named_plan(a) is not None and named_plan(a) == named_plan(b)
+
+
+def named_plan(spec: str) -> tuple | None:
+    """A plan named in text as a tuple, None for a file: ``("bert-base", "paper")``, ``("uniform", 50.0)``,
+    ``("target", 0.6, "encoder")``. Spellings of one plan give one tuple (``target:70%``, ``target:0.7:encoder``).
+
+    Raises
+    ------
+    ValueError
+        A bad number or suffix in a named form, or a text that is no plan.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"a plan must be a name, uniform:P50, target:0.6 or a plan file, got {spec!r}")
+    kind, _, rest = spec.strip().partition(":")
+    if kind in ("bert-base", "bert-large"):
+        return kind, rest or "paper"
+    if kind == "uniform":
+        return kind, _number(rest.removeprefix("P").removeprefix("p"), spec, "a percentile level, e.g. uniform:P50")
+    if kind == "target":
+        value, _, of = rest.partition(":")
+        fraction = _number(value.removesuffix("%"), spec, "a fraction, e.g. target:0.6")
+        fraction = fraction / 100 if value.endswith("%") else fraction
+        if of not in ("", "encoder", "model"):
+            raise ValueError(f"plan {spec!r}: after the fraction write :encoder or :model, got {of!r}")
+        if not 0 < fraction < 1:
+            raise ValueError(f"plan {spec!r}: the fraction must be in (0, 1), e.g. target:0.6")
+        return kind, fraction, of or "encoder"
+    return None
 
 
 def _target_plan(model, table, fraction: float, of: str, score: str) -> PruningPlan:
@@ -669,7 +690,7 @@ def plan_setting(spec: str | PruningPlan, score: str) -> dict:
     if isinstance(spec, PruningPlan):
         return {"plan": spec.to_dict(), "score": score}
     setting = {"plan": spec, "score": score}
-    if spec.strip().partition(":")[0] not in _NAMED_PLANS:
+    if named_plan(spec) is None:
         content = json.dumps(build_plan(spec, None, None).to_dict(), sort_keys=True)
         setting["plan_sha256"] = hashlib.sha256(content.encode()).hexdigest()
     return setting
