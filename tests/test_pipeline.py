@@ -589,3 +589,28 @@ def test_one_named_plan_spelled_two_ways_is_one_setting(inputs, tmp_path, capsys
     assert code == 0 and "(done before, skipped)" in err
     code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P70"))
     assert code == 1 and "other plan settings (plan: 'uniform:P50' -> 'uniform:P70')" in err
+
+
+def test_finetune_checks_before_it_clears_or_records(run, tmp_path, capsys):
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    glue = str(run["inputs"]["glue"])
+    for args, message in (
+        (["--overwrite", "--glue-dir", str(tmp_path / "typo")], "is not a folder"),
+        (["--glue-dir", glue, "--steps", "3"], "--overwrite to `obce finetune` with the new fine-tuning options"),
+    ):
+        code, _, err = run_cli(capsys, ["finetune", "--task", "sst2", "--output", str(path), *args])
+        assert code == 1 and message in err
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+
+def test_a_re_prune_drops_the_replaced_models_scores(run, tmp_path):
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    folder = RunFolder(path)
+    folder.write_json(folder.EVALUATION, {"sst2/dev": {"original": {}, "compressed": {}}})
+    pipeline._forget_finetune(folder, pipeline.COMPRESSED)
+    assert not (path / "finetune" / "compressed").exists()
+    assert set(folder.read_json(folder.METRICS)["models"]) == {"original"}
+    assert folder.read_json(folder.EVALUATION) == {"sst2/dev": {"original": {}}}

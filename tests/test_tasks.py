@@ -185,8 +185,11 @@ def test_missing_split_file_is_named(glue_dir):
 
 def test_file_not_in_utf8_is_named(glue_dir):
     path = glue_dir / "SST-2" / "dev.tsv"
-    path.write_bytes("sentence\tlabel\ncaf\u00e9 au lait\t1\n".encode("latin-1"))
-    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is not UTF-8 text: invalid continuation byte"):
+    head = "sentence\tlabel\n" + "a fine line of text\t1\n" * 2000  # past the reader's first chunk
+    path.write_bytes(head.encode() + "caf\u00e9 au lait\t1\n".encode("latin-1"))
+    at = len(head.encode()) + 3
+    message = rf"{re.escape(str(path))} is not UTF-8 text: invalid continuation byte at byte {at}$"
+    with pytest.raises(ValueError, match=message):
         load_task("sst2", glue_dir, splits=["dev"])
 
 

@@ -301,6 +301,21 @@ def test_finished_run_is_not_reused_for_other_weights_under_the_same_path(tiny_m
         finetune(model, "sst2", out, **settings)
 
 
+def test_a_model_object_run_is_found_finished_though_training_changed_the_object(tiny_model, glue_dir, tmp_path):
+    model, _ = load_for_task(str(tiny_model), "sst2")
+    settings = dict(data_dir=glue_dir, seed=0, **{**FAST, "max_steps": 2})
+    result = finetune(model, "sst2", tmp_path / "run", **settings)
+    assert finetune(model, "sst2", tmp_path / "run", **settings) == result
+
+
+def test_truncated_weights_of_a_folder_to_fine_tune_are_named(tiny_model, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_model, broken)
+    (broken / "model.safetensors").write_bytes((broken / "model.safetensors").read_bytes()[:100])
+    with pytest.raises(OSError, match="are truncated or not a safetensors file"):
+        load_for_task(str(broken), "sst2")
+
+
 def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path):
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model, other)

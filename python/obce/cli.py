@@ -395,14 +395,17 @@ def finetune(
     """
     run = RunFolder(output)
     run.prepare()
-    if overwrite:
-        _clear_finetuning(run)
-    _record_command(ctx, run)
-    chosen = _labelled(run, models)
     budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
     settings = pipeline.finetune_settings(
         task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16, distill=distill
     )
+    chosen = _labelled(run, models)
+    # Checked before anything is cleared or recorded: a typo costs no finished fine-tune.
+    if overwrite:
+        _clear_finetuning(run)
+    else:
+        run.check_step("finetune", settings)
+    _record_command(ctx, run)
     _stage(f"obce: fine-tune {', '.join(chosen)} on {task}")
     results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage, progress=progress)
     if pipeline.is_main_process():
@@ -488,7 +491,7 @@ def evaluate(
         raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
     task = _evaluation_task(task, chosen)
     finetuned = run.settings().get("steps", {}).get("finetune", {}) if run.is_run() else {}
-    if glue_dir is None and finetuned.get("task") == task:
+    if glue_dir is None and "task" in finetuned and task_info(finetuned["task"]).name == task:
         glue_dir = finetuned.get("glue_dir")  # the GLUE folder the run's models were fine-tuned from
     splits = [split] if split else list(task_info(task).report_splits)
     # The scored splits alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.

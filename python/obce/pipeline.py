@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_folder, atomic_write_text
+from ._io import atomic_folder, atomic_write_text, file_sha256
 from ._version import __version__
 from .corpus import Corpus
 from .importance import ImportanceTable, analyze
@@ -325,7 +325,11 @@ class RunFolder:
         if keys:
             changes = "; ".join(f"{k}: {before.get(k)!r} -> {now.get(k)!r}" for k in keys)
             # Fine-tuning alone can start again; every other step is the start of what follows it.
-            again = "`obce finetune --overwrite`" if step == "finetune" else "--overwrite (the run starts again)"
+            again = (
+                "--overwrite to `obce finetune` with the new fine-tuning options"
+                if step == "finetune"
+                else "--overwrite (the run starts again)"
+            )
             raise ValueError(
                 f"{str(self.path)!r} holds a run with other {step} settings ({changes}); "
                 f"choose another folder or pass {again}"
@@ -512,19 +516,11 @@ def analysis_settings(
         "corpus": _local_or_name(corpus),
         "corpus_description": resolved.describe(),
         # A text file is the user's to edit: edited, it is another corpus (a dump or a dataset is as named).
-        **({"corpus_sha256": _file_sha256(resolved.location)} if resolved.kind == "text" else {}),
+        **({"corpus_sha256": file_sha256(resolved.location)} if resolved.kind == "text" else {}),
         "n_sentences": n_sentences,
         "seed": seed,
         "token": token,
     }
-
-
-def _file_sha256(path: str | os.PathLike) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _local_or_name(source: str | None) -> str | None:
@@ -563,9 +559,21 @@ def finetune_settings(
     distill: bool = False,
 ) -> dict:
     """The settings of the fine-tuning step, shared by every model of the run (``distill``: the compressed
-    model learns from the fine-tuned original's outputs too, see :func:`obce.train.finetune`)."""
+    model learns from the fine-tuned original's outputs too, see :func:`obce.train.finetune`).
+
+    Raises
+    ------
+    ValueError
+        An unknown task.
+    FileNotFoundError
+        A ``glue_dir`` that is not a folder (checked before a run folder changes).
+    """
+    from .tasks import task_info
+
+    if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
     return {
-        "task": task,
+        "task": task_info(task).name,
         "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
         "seed": seed,
         **asdict(budget),
@@ -801,8 +809,7 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader, *, progress
     removed = _removed(plan, table, original, settings["score"])
     if not is_main_process():
         return True
-    # A fine-tune of a compressed model an interrupted run left here is not this model's.
-    shutil.rmtree(run / run.FINETUNE / COMPRESSED, ignore_errors=True)
+    _forget_finetune(run, COMPRESSED)  # one an interrupted run left here was of another model
     with atomic_folder(run / run.COMPRESSED) as staging:
         compressed.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -815,6 +822,18 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader, *, progress
     run.record("prune", settings, timings_s={"prune": round(time.perf_counter() - start, 2)})
     run.write_json(run.REMOVED, removed)
     return True
+
+
+def _forget_finetune(run: RunFolder, label: str) -> None:
+    """Remove the fine-tuning of the model ``label`` and its scores (``metrics.json``, ``evaluation.json``)."""
+    if not (run / run.FINETUNE / label).exists():
+        return
+    shutil.rmtree(run / run.FINETUNE / label)
+    (run / run.METRICS).unlink(missing_ok=True)
+    write_metrics(run)
+    if (run / run.EVALUATION).is_file():
+        scores = run.read_json(run.EVALUATION)
+        run.write_json(run.EVALUATION, {key: {k: v for k, v in by.items() if k != label} for key, by in scores.items()})
 
 
 def measure_speed(models: Mapping[str, object], tokenizer, settings: SpeedSettings = SpeedSettings(), *, seed: int = 0):

@@ -404,8 +404,12 @@ def _read_glue_tsv(info: TaskInfo, layout: _GlueLayout, path: Path) -> list[dict
     try:
         with open(path, encoding="utf-8-sig", newline="") as f:
             lines = [line.rstrip("\r\n") for line in f]
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+    except UnicodeDecodeError:
+        try:  # again, whole: the offset of a line-by-line read counts from the decoder's last chunk
+            path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text: {err.reason} at byte {err.start}") from None
+        raise
     if layout.header:
         if not lines:
             raise ValueError(f"{path} is empty; expected a header line")

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, file_sha256
 from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
 
 __all__ = [
@@ -225,6 +225,7 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .models import compressed  # noqa: F401  (registers the compressed model types with the Auto classes)
+    from .models.adapters import weights_from
 
     info = task_info(task)
     if not isinstance(model, (str, os.PathLike)):
@@ -239,12 +240,13 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
                 f"{str(model)!r} holds {config.architectures or 'no'} architecture, not a fine-tuned "
                 f"sequence-classification model for {info.display_name}; fine-tune it first"
             )
-        loaded = AutoModelForSequenceClassification.from_pretrained(model)
+        loaded = weights_from(AutoModelForSequenceClassification, model)
         _check_head(loaded, info, repr(str(model)))
         return loaded, _load_tokenizer(model, tokenizer)
 
     labels = {"id2label": dict(enumerate(info.label_names)), "label2id": {n: i for i, n in enumerate(info.label_names)}}
-    loaded = AutoModelForSequenceClassification.from_pretrained(
+    loaded = weights_from(
+        AutoModelForSequenceClassification,
         model,
         num_labels=info.num_labels,
         problem_type=_problem_type(info),
@@ -435,26 +437,15 @@ _RECORDED_SINCE = frozenset({"split_digests", "model_digest"})
 
 
 def _model_digest(model) -> str | None:
-    """A short sha256 of the weights a run starts from (with the config, for a folder): another model saved under
-    the same path, or another model object, is another run. None for a hub name (its weights are the name's).
-    About a second for BERT-base's 440 MB."""
+    """A short sha256 of the folder a run starts from (its config and weights): another model saved under the
+    same path is another run. None for a hub name (its weights are the name's) and for a model object, which
+    training changes in place. About a second for BERT-base's 440 MB."""
+    if not isinstance(model, (str, os.PathLike)) or not Path(model).expanduser().is_dir():
+        return None
     digest = hashlib.sha256()
-    if isinstance(model, (str, os.PathLike)):
-        folder = Path(model).expanduser()
-        if not folder.is_dir():
-            return None
-        for path in sorted(
-            p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")
-        ):
-            with open(path, "rb") as f:
-                for block in iter(lambda f=f: f.read(1 << 22), b""):
-                    digest.update(block)
-    else:
-        import torch
-
-        for name, tensor in model.state_dict().items():
-            digest.update(name.encode())
-            digest.update(tensor.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    folder = Path(model).expanduser()
+    for path in sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")):
+        digest.update(file_sha256(path).encode())
     return digest.hexdigest()[:16]
 
 

@@ -35,6 +35,7 @@ __all__ = [
     "max_sequence_length",
     "register_architecture",
     "to_user_layer",
+    "weights_from",
 ]
 
 COMPONENTS: tuple[str, ...] = ("query", "key", "value", "attention_output", "intermediate", "output")
@@ -381,6 +382,17 @@ def load_tokenizer(name_or_path: str | os.PathLike, **options):
     return tokenizer
 
 
+def weights_from(model_class, location: str | os.PathLike, **options):
+    """``model_class.from_pretrained(location, **options)``, with a truncated weights file (an interrupted
+    download or copy) an OSError that names the folder."""
+    from safetensors import SafetensorError
+
+    try:
+        return model_class.from_pretrained(location, **options)
+    except SafetensorError as err:
+        raise OSError(f"the weights in {str(location)!r} are truncated or not a safetensors file: {err}") from err
+
+
 def check_model_source(source: str | os.PathLike) -> tuple[bool, str]:
     """Whether ``source`` is a local folder, and where; checked without loading anything.
 
@@ -443,13 +455,9 @@ def load_model(
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
     local, location = check_model_source(source)
     options = {"local_files_only": True} if local else {}
-    from safetensors import SafetensorError
-
     try:
         tokenizer = load_tokenizer(location, **options)
-        model = model_class.from_pretrained(location, **options)
-    except SafetensorError as err:  # an interrupted download or copy
-        raise OSError(f"the weights in {location!r} are truncated or not a safetensors file: {err}") from err
+        model = weights_from(model_class, location, **options)
     except OSError as err:
         if local:
             raise
