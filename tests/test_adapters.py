@@ -176,3 +176,39 @@ def test_truncated_weights_are_named(tiny_bert_dir, tmp_path):
     weights.write_bytes(weights.read_bytes()[:100])  # an interrupted copy
     with pytest.raises(OSError, match="are truncated or not a safetensors file"):
         load_model(str(broken), "cpu")
+
+
+@pytest.mark.parametrize(
+    "head, loaded_as",
+    [
+        ("ForSequenceClassification", "BertForSequenceClassification"),
+        ("ForTokenClassification", "BertForTokenClassification"),
+        ("ForQuestionAnswering", "BertForQuestionAnswering"),
+        ("ForMaskedLM", "BertModel"),  # a pretraining head is not the user's: the encoder is analysed
+        ("Model", "BertModel"),
+    ],
+)
+def test_load_model_keeps_a_fine_tuned_task_head(tmp_path, tiny_bert_config, tiny_tokenizer, head, loaded_as):
+    """A checkpoint fine-tuned with a task head comes with it, so pruning it gives a smaller model of the same task."""
+    import transformers
+    from test_plans import random_table
+
+    from obce.plans import uniform_plan
+    from obce.prune import prune_model
+
+    torch.manual_seed(0)
+    original = getattr(transformers, f"Bert{head}")(tiny_bert_config(num_labels=3)).eval()
+    original.save_pretrained(tmp_path / "model")
+    tiny_tokenizer.save_pretrained(tmp_path / "model")
+    model, _ = load_model(tmp_path / "model", "cpu")
+    assert type(model).__name__ == loaded_as
+    if loaded_as == "BertModel":
+        return
+    small = prune_model(model, random_table(model), uniform_plan(2, 50, start_layer=1), progress=False)
+    small.save_pretrained(tmp_path / "small")
+    again = getattr(transformers, f"AutoModel{head}").from_pretrained(tmp_path / "small").eval()
+    assert type(again).__name__ == f"ObceBert{head}"
+    head_params = {k: v for k, v in original.state_dict().items() if not k.startswith("bert.")}
+    assert head_params
+    for name, tensor in head_params.items():
+        torch.testing.assert_close(again.state_dict()[name], tensor, msg=name)

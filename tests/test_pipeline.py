@@ -614,3 +614,92 @@ def test_a_re_prune_drops_the_replaced_models_scores(run, tmp_path):
     assert not (path / "finetune" / "compressed").exists()
     assert set(folder.read_json(folder.METRICS)["models"]) == {"original"}
     assert folder.read_json(folder.EVALUATION) == {"sst2/dev": {"original": {}}}
+
+
+@pytest.fixture(scope="module")
+def classifier(inputs, tmp_path_factory):
+    """The tiny BERT with a two-label sequence-classification head (as if fine-tuned on SST-2), and its tokenizer."""
+    from transformers import BertForSequenceClassification
+
+    folder = tmp_path_factory.mktemp("classifier") / "sst2-bert"
+    config = BertConfig.from_pretrained(inputs["model"], num_labels=2)
+    torch.manual_seed(1)
+    BertForSequenceClassification(config).save_pretrained(folder)
+    for name in _TOKENIZER_FILES:
+        if (inputs["model"] / name).is_file():
+            shutil.copy(inputs["model"] / name, folder / name)
+    return folder
+
+
+def test_prune_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, capsys):
+    """--score taylor --task: neurons ranked by the Taylor score on the task's training sentences; the classifier
+    keeps its head; the run and its report record the score's task."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from obce.scores import task_batches, taylor_score
+    from obce.tasks import load_task
+
+    path = tmp_path / "run"
+    args = prune_args(inputs, path, "--plan", "target:0.7", "--score", "taylor", "--task", "sst2")
+    args[args.index("--model") + 1] = str(classifier)
+    code, _, err = run_cli(capsys, [*args, "--glue-dir", str(inputs["glue"])])
+    assert code == 0, err
+    assert "obce: score: taylor of every neuron on sst2" in err
+    steps = json.loads((path / "settings.json").read_text())["steps"]
+    assert steps["plan"]["score"] == steps["prune"]["score"] == steps["score"]["score"] == "taylor"
+    assert steps["score"]["task"] == "sst2" and steps["score"]["glue_dir"] == str(inputs["glue"])
+
+    run = RunFolder(path)
+    model = AutoModelForSequenceClassification.from_pretrained(classifier).eval()
+    batches = task_batches(load_task("sst2", inputs["glue"]), AutoTokenizer.from_pretrained(classifier))
+    table = run.table()
+    np.testing.assert_allclose(table.neurons["taylor"], taylor_score(table, model, batches), rtol=1e-6)
+    removed = json.loads((path / "removed.json").read_text())
+    by_taylor = select_neurons(run.plan(), table, EncoderShape.from_model(model), score="taylor")
+    for entry, sel in zip(removed, by_taylor, strict=True):
+        kept = np.setdiff1d(np.arange(entry["intermediate"]["total"]), entry["intermediate"]["removed"])
+        np.testing.assert_array_equal(kept, sel.intermediate)
+
+    small = AutoModelForSequenceClassification.from_pretrained(path / "compressed")
+    assert type(small).__name__ == "ObceBertForSequenceClassification"
+    torch.testing.assert_close(small.classifier.weight, model.classifier.weight)
+    report = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Taylor \\|activation × gradient\\| on sst2's training sentences (a sample of up to 256, seed 0)" in report
+
+    # Done, it is skipped; another task is another score.
+    code, _, err = run_cli(capsys, [*args, "--glue-dir", str(inputs["glue"])])
+    assert code == 0 and "score: taylor of every neuron on sst2 (done before, skipped)" in err
+    write_glue_task(tmp_path / "glue", "cola", n_train=24, n_dev=8)
+    args[args.index("--task") + 1] = "cola"
+    code, _, err = run_cli(capsys, [*args, "--glue-dir", str(tmp_path / "glue")])
+    assert code == 1 and "other score settings (glue_dir: " in err and "task: 'sst2' -> 'cola'" in err
+
+
+@pytest.mark.parametrize(
+    "extra, code, message",
+    [
+        (["--score", "taylor"], 2, "--task: needed with --score taylor"),
+        (["--task", "sst2"], 2, "--task: is read by --score taylor only"),
+        (["--glue-dir", "."], 2, "--glue-dir: is read by --score taylor only"),
+        # The pretrained encoder has no head: refused before the folder is made.
+        (["--score", "taylor", "--task", "sst2"], 1, "BertModel with 2 label(s), not a sequence classifier"),
+        (["--score", "taylor", "--task", "stsb"], 1, "not a sequence classifier with the 1 of STS-B"),
+    ],
+)
+def test_taylor_needs_a_fine_tuned_classifier_and_its_task(inputs, tmp_path, capsys, extra, code, message):
+    path = tmp_path / "run"
+    status, _, err = run_cli(capsys, prune_args(inputs, path, *extra))
+    assert status == code and message in err, err
+    assert not path.exists()
+
+
+def test_compress_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, capsys):
+    """obce compress --score taylor: the score is a step of the run, before the plan."""
+    path = tmp_path / "run"
+    args = compress_args(inputs, path, "--score", "taylor", "--no-finetune")
+    args[args.index("--model") + 1] = str(classifier)
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert "[2/6] score: taylor of every neuron on sst2" in err and "[6/6] report written" in err
+    assert "taylor" in RunFolder(path).table().value_columns
+    assert json.loads((path / "settings.json").read_text())["steps"]["score"]["task"] == "sst2"

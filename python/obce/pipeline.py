@@ -7,6 +7,7 @@ the pipeline leaves a plain file behind, so each step can be rerun, skipped or r
     sentences.txt           the corpus sample            ┐
     importance.csv          λ and statistics per neuron  ├ analysis (ImportanceTable.save)
     importance.json         the analysis's settings      ┘
+    scores.csv              a supervised score per neuron (``--score taylor``: on the task, of a fine-tuned classifier)
     persistence.json        outputs of a high-λ and a low-λ neuron (for their persistence diagrams)
     plan.json               the pruning plan (PruningPlan.load reads it)
     compressed/             the compressed model and its tokenizer (AutoModel.from_pretrained)
@@ -96,7 +97,9 @@ __all__ = [
     "run_finetune",
     "run_plan",
     "run_prune",
+    "run_scores",
     "run_speed",
+    "score_settings",
     "versions",
     "write_metrics",
 ]
@@ -112,9 +115,14 @@ DIAGRAM_COMPONENT = "intermediate"
 
 _RECORDED_SINCE = frozenset({"corpus_sha256"})
 
-RUN_SCORES = ("lam", "std")
-"""Neuron scores every importance table holds: λ, and the standard deviation of the same points (the better of
-the two at strong compression in ``benchmarks/results/ablation.md``; :mod:`obce.scores` has more for the API)."""
+RUN_SCORES = ("lam", "std", "taylor")
+"""Neuron scores a run can rank by: λ and the standard deviation of the same points (the better of the two at strong
+compression in ``benchmarks/results/ablation.md``), which every importance table holds, and the supervised Taylor
+score of a fine-tuned classifier on its task (:func:`run_scores`; the closest to the original after fine-tuning in
+``benchmarks/results/finetune_polarity.md``). :mod:`obce.scores` has more for the API."""
+
+TASK_SCORE = "taylor"
+"""The run score computed on a task's labelled sentences (:func:`run_scores`), not by the analysis."""
 
 _PRUNE_DEFAULTS = {
     name: p.default for name, p in inspect.signature(prune_model).parameters.items() if name in ("fold", "statistics")
@@ -202,6 +210,7 @@ class RunFolder:
 
     SETTINGS = "settings.json"
     IMPORTANCE = "importance.csv"
+    SCORES = "scores.csv"
     PERSISTENCE = "persistence.json"
     PLAN = "plan.json"
     COMPRESSED = "compressed"
@@ -215,7 +224,7 @@ class RunFolder:
     REPORT = "report"
     # Everything a run writes: what overwrite=True removes (nothing else in the folder is touched).
     _OWNED = (
-        SETTINGS, IMPORTANCE, "importance.json", "importance_heads.csv", "sentences.txt", PERSISTENCE, PLAN,
+        SETTINGS, IMPORTANCE, "importance.json", "importance_heads.csv", "sentences.txt", SCORES, PERSISTENCE, PLAN,
         COMPRESSED, PARAMETERS, PARAMS, REMOVED, SPEED, FINETUNE, METRICS, EVALUATION, REPORT,
     )  # fmt: skip
 
@@ -352,10 +361,15 @@ class RunFolder:
         self.write_json(self.SETTINGS, data)
 
     def table(self) -> ImportanceTable:
-        """The importance table of the run."""
+        """The importance table of the run, with the columns of ``scores.csv`` when the run has one."""
         if not (self / self.IMPORTANCE).is_file():
             raise FileNotFoundError(f"no analysis in {str(self.path)!r}: run `obce analyze` on it first")
-        return ImportanceTable.load(self.path)
+        table = ImportanceTable.load(self.path)
+        if not (self / self.SCORES).is_file():
+            return table
+        from .scores import table_columns
+
+        return table.with_columns(table_columns(table, pd.read_csv(self / self.SCORES), f"{self.SCORES} of the run"))
 
     def plan(self) -> PruningPlan:
         if not (self / self.PLAN).is_file():
@@ -546,6 +560,105 @@ def check_run_score(score: str) -> str:
     if score not in RUN_SCORES:
         raise ValueError(f"score must be one of {', '.join(RUN_SCORES)}, got {score!r}")
     return score
+
+
+def score_settings(
+    model_path: str | None, task: str, *, glue_dir: str | os.PathLike | None = None, seed: int = 0
+) -> dict:
+    """The settings of the Taylor score step (:func:`run_scores`): the task and the sample of its training
+    sentences (:func:`obce.scores.task_batches`'s sizes).
+
+    Raises
+    ------
+    ValueError
+        A model that is not a classifier for ``task`` (as far as its config, read without a network, says), or an
+        unknown task.
+    FileNotFoundError
+        A ``glue_dir`` that is not a folder.
+    """
+    from transformers import AutoConfig
+
+    from .models.adapters import task_head
+    from .scores import task_batches
+    from .tasks import task_info
+
+    info = task_info(task)
+    if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
+    why = f"the {TASK_SCORE} score ranks neurons by their effect on a fine-tuned classifier's loss on {info.name}"
+    if model_path is None:
+        raise ValueError(f"{why}; the built-in model has no classification head: choose a fine-tuned model")
+    try:
+        config = AutoConfig.from_pretrained(model_path, local_files_only=True)
+    except (OSError, ValueError):
+        config = None  # a hub model not downloaded yet: checked once loaded (run_scores)
+    if config is not None and (
+        task_head(config) != "ForSequenceClassification" or config.num_labels != info.num_labels
+    ):
+        raise ValueError(
+            f"{why}; {model_path!r} is a {', '.join(config.architectures or ['model'])} with {config.num_labels} "
+            f"label(s), not a sequence classifier with the {info.num_labels} of {info.display_name}: fine-tune it "
+            f"first (obce finetune --task {info.name})"
+        )
+    sizes = {
+        name: p.default
+        for name, p in inspect.signature(task_batches).parameters.items()
+        if name in ("n_batches", "batch_size", "max_length")
+    }
+    return {
+        "score": TASK_SCORE,
+        "task": info.name,
+        "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
+        **sizes,
+        "seed": seed,
+    }
+
+
+def run_scores(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
+    """The Taylor score of every analysed neuron (|activation × gradient| of the loss, summed over a sample of the
+    task's training sentences; :func:`obce.scores.taylor_score`): ``scores.csv``, read by :meth:`RunFolder.table`.
+
+    Parameters
+    ----------
+    settings : mapping
+        From :func:`score_settings`.
+
+    Returns
+    -------
+    bool
+        False when the folder already held these scores.
+
+    Raises
+    ------
+    ValueError
+        The loaded model has no sequence-classification head fit for the task.
+    """
+    from .scores import task_batches, taylor_score
+    from .tasks import load_task
+    from .train import check_head
+
+    run.check_step("score", settings)
+    if (run / run.SCORES).is_file():
+        return False
+    start = time.perf_counter()
+    task = load_task(settings["task"], settings["glue_dir"], splits=["train"])
+    loaded, tokenizer = model.get()
+    check_head(loaded, task.info, f"the run's model {run.model_source()!r}")
+    batches = task_batches(
+        task,
+        tokenizer,
+        n_batches=settings["n_batches"],
+        batch_size=settings["batch_size"],
+        seed=settings["seed"],
+        max_length=settings["max_length"],
+    )
+    table = run.table()
+    scores = table.neurons[["layer", "component", "neuron"]].copy()
+    scores[TASK_SCORE] = taylor_score(table, loaded, batches)
+    if is_main_process():
+        run.record("score", settings, timings_s={"score": round(time.perf_counter() - start, 2)})
+        run.write_text(run.SCORES, scores.to_csv(index=False, lineterminator="\n"))
+    return True
 
 
 def finetune_settings(
@@ -1041,12 +1154,12 @@ def compress(
         See :func:`check_plan_spec`; by default 60 % of the encoder layers' parameters are kept.
     fold : {"none", "mean", "mean+std"}, optional
         Bias folding (default: :func:`obce.prune.prune_model`'s).
-    score : {"lam", "std"}
-        What neurons are ranked by (:data:`RUN_SCORES`).
+    score : {"lam", "std", "taylor"}
+        What neurons are ranked by (:data:`RUN_SCORES`); ``taylor`` needs a ``model`` fine-tuned on ``task``.
     finetune : bool
         Fine-tune the original and the compressed model on ``task`` and score them on its report split.
     task : str
-        A task of :func:`obce.tasks.list_tasks`.
+        A task of :func:`obce.tasks.list_tasks`: fine-tuned on, and the ``taylor`` score's sentences.
     glue_dir : path-like, optional
         Local GLUE folder for a GLUE task.
     budget : Budget
@@ -1087,8 +1200,10 @@ def compress(
         check_plan_spec(plan)
     if distill and not finetune:
         raise ValueError("distillation is part of fine-tuning: it needs finetune=True (no --no-finetune)")
-    steps = {
-        "analyze": analysis_settings(model, corpus, n_sentences, seed, token),
+    steps = {"analyze": analysis_settings(model, corpus, n_sentences, seed, token)}
+    if score == TASK_SCORE:
+        steps["score"] = score_settings(steps["analyze"]["model_path"], task, glue_dir=glue_dir, seed=seed)
+    steps |= {
         "plan": plan_setting(plan, score),
         "prune": prune_settings(fold, score),
         "speed": asdict(speed),
@@ -1102,31 +1217,36 @@ def compress(
     run.record(commands=commands, seed=seed, device=device, build_info=_build_info())
     start = time.perf_counter()
     loaded = ModelLoader(steps["analyze"]["model_path"], device)
-    total = len(steps) + 1
+    total, done = len(steps) + 1, 0
 
-    def stage(i: int, text: str, did: bool) -> None:
-        log(f"obce: [{i}/{total}] {text}" + ("" if did else " (done before, skipped)"))
+    def stage(text: str, did: bool = True) -> None:
+        nonlocal done
+        done += 1
+        log(f"obce: [{done}/{total}] {text}" + ("" if did else " (done before, skipped)"))
 
     log(f"obce: run folder {run.path}")
     did = run_analysis(run, steps["analyze"], device=device, progress=progress, model=loaded)
-    stage(1, f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
+    stage(f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
+    if "score" in steps:
+        did = run_scores(run, steps["score"], loaded)
+        stage(f"score: {TASK_SCORE} of every neuron on {steps['score']['task']}", did)
     did = run_plan(run, plan, loaded, score)
-    stage(2, f"plan: {run.plan().name}", did)
+    stage(f"plan: {run.plan().name}", did)
     did = run_prune(run, steps["prune"], loaded, progress=progress)
     params = run.read_json(run.PARAMS)
     kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
-    stage(3, f"prune: the encoder layers keep {kept:.1%} of their parameters", did)
+    stage(f"prune: the encoder layers keep {kept:.1%} of their parameters", did)
     did = run_speed(run, speed, loaded)
     fastest = {label: min(times) for label, times in run.read_json(run.SPEED)["seconds"].items()}
-    stage(4, f"speed: {fastest[ORIGINAL]:.3f} s -> {fastest[COMPRESSED]:.3f} s per batch on the CPU", did)
+    stage(f"speed: {fastest[ORIGINAL]:.3f} s -> {fastest[COMPRESSED]:.3f} s per batch on the CPU", did)
     if finetune:
-        log(f"obce: [5/{total}] fine-tune and evaluate both models on {task}")
+        stage(f"fine-tune and evaluate both models on {task}")
         run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
                      device=device, log=log, progress=progress)  # fmt: skip
     # Recorded before the report is drawn, so that the report shows it.
     run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
     report = write_report(run.path)
-    log(f"obce: [{total}/{total}] report written")
+    stage("report written")
     return report
 
 

@@ -54,6 +54,7 @@ __all__ = [
     "lam_weighted_score",
     "outgoing_norm",
     "random_score",
+    "table_columns",
     "table_score",
     "task_batches",
     "taylor_score",
@@ -90,6 +91,25 @@ def _aligned(table, frame: pd.DataFrame, what: str) -> np.ndarray:
             f"{row['component']} neuron {row['neuron']}"
         )
     return merged["value"].to_numpy(dtype=np.float64)
+
+
+def table_columns(table, frame: pd.DataFrame, what: str) -> dict[str, np.ndarray]:
+    """Each value column of ``frame`` (rows keyed by layer, component and neuron, as :func:`add_scores`'s columns are
+    saved) in the row order of ``table.neurons``, for :meth:`~obce.importance.ImportanceTable.with_columns`.
+
+    Raises
+    ------
+    ValueError
+        ``frame`` lacks a key column, or a value for one of the table's neurons (``what`` names it).
+    """
+    missing = [key for key in _KEYS if key not in frame.columns]
+    if missing:
+        raise ValueError(f"{what} lacks the column(s) {', '.join(missing)}")
+    return {
+        name: _aligned(table, frame[[*_KEYS, name]].rename(columns={name: "value"}), what)
+        for name in frame.columns
+        if name not in _KEYS
+    }
 
 
 def _frame(per_layer: Iterable[tuple[int, str, torch.Tensor | np.ndarray]]) -> pd.DataFrame:

@@ -35,6 +35,7 @@ __all__ = [
     "PRESETS",
     "Comparison",
     "FinetuneResult",
+    "check_head",
     "compare",
     "count_parameters",
     "evaluate",
@@ -158,7 +159,7 @@ def _problem_type(info: TaskInfo) -> str:
     return "regression" if info.is_regression else "single_label_classification"
 
 
-def _check_head(model, info: TaskInfo, where: str) -> None:
+def check_head(model, info: TaskInfo, where: str) -> None:
     """Raise unless ``model`` carries a head that fits ``info``."""
     if not _has_classification_head(model):
         kind = "regression" if info.is_regression else "classification"
@@ -225,23 +226,22 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .models import compressed  # noqa: F401  (registers the compressed model types with the Auto classes)
-    from .models.adapters import weights_from
+    from .models.adapters import task_head, weights_from
 
     info = task_info(task)
     if not isinstance(model, (str, os.PathLike)):
-        _check_head(model, info, f"the {type(model).__name__} object")
+        check_head(model, info, f"the {type(model).__name__} object")
         return model, _load_tokenizer(model, tokenizer)
 
     config = AutoConfig.from_pretrained(model)
     if not fresh_head:
-        trained = any(a.endswith("ForSequenceClassification") for a in (config.architectures or ()))
-        if not trained:
+        if task_head(config) != "ForSequenceClassification":
             raise ValueError(
                 f"{str(model)!r} holds {config.architectures or 'no'} architecture, not a fine-tuned "
                 f"sequence-classification model for {info.display_name}; fine-tune it first"
             )
         loaded = weights_from(AutoModelForSequenceClassification, model)
-        _check_head(loaded, info, repr(str(model)))
+        check_head(loaded, info, repr(str(model)))
         return loaded, _load_tokenizer(model, tokenizer)
 
     labels = {"id2label": dict(enumerate(info.label_names)), "label2id": {n: i for i, n in enumerate(info.label_names)}}
@@ -555,7 +555,7 @@ def _load_teacher(teacher, info: TaskInfo, student):
     if isinstance(teacher, (str, os.PathLike)):
         teacher, _ = load_for_task(teacher, info, fresh_head=False)
     else:
-        _check_head(teacher, info, "the teacher")
+        check_head(teacher, info, "the teacher")
     if teacher.config.vocab_size != student.config.vocab_size:
         raise ValueError(
             f"the teacher's vocabulary ({teacher.config.vocab_size} tokens) is not the student's "

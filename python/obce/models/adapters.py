@@ -34,6 +34,7 @@ __all__ = [
     "load_tokenizer",
     "max_sequence_length",
     "register_architecture",
+    "task_head",
     "to_user_layer",
     "weights_from",
 ]
@@ -382,6 +383,24 @@ def load_tokenizer(name_or_path: str | os.PathLike, **options):
     return tokenizer
 
 
+# Heads a model is fine-tuned with, by class-name suffix; pretraining heads (masked LM) are not among them.
+_TASK_HEADS = {
+    "ForSequenceClassification": "AutoModelForSequenceClassification",
+    "ForTokenClassification": "AutoModelForTokenClassification",
+    "ForQuestionAnswering": "AutoModelForQuestionAnswering",
+}
+
+
+def task_head(config) -> str | None:
+    """The suffix of the fine-tuned task head a checkpoint was saved with (``"ForSequenceClassification"``,
+    ``"ForTokenClassification"``, ``"ForQuestionAnswering"``, from ``config.architectures``), or None."""
+    for architecture in getattr(config, "architectures", None) or ():
+        for suffix in _TASK_HEADS:
+            if architecture.endswith(suffix):
+                return suffix
+    return None
+
+
 def weights_from(model_class, location: str | os.PathLike, **options):
     """``model_class.from_pretrained(location, **options)``, with a truncated weights file (an interrupted
     download or copy) an OSError that names the folder."""
@@ -430,8 +449,9 @@ def load_model(
     dtype : torch.dtype, optional
         Weights' dtype (default float32).
     model_class : type, optional
-        A transformers Auto class or model class (default ``AutoModel``; e.g.
-        ``AutoModelForSequenceClassification``).
+        A transformers Auto class or model class. By default, a checkpoint fine-tuned with a task head
+        (sequence or token classification, question answering; see :func:`task_head`) is loaded with
+        it, so that pruning keeps the head, and any other (a pretrained encoder) with ``AutoModel``.
 
     Returns
     -------
@@ -447,9 +467,8 @@ def load_model(
         If the model is not a supported encoder (the message names the supported families), or a
         folder's tokenizer is not the model's (see :func:`load_tokenizer`).
     """
-    from transformers import AutoModel
+    import transformers
 
-    model_class = AutoModel if model_class is None else model_class
     source = builtin_model_path() if name_or_path is None else name_or_path
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
@@ -457,6 +476,9 @@ def load_model(
     options = {"local_files_only": True} if local else {}
     try:
         tokenizer = load_tokenizer(location, **options)
+        if model_class is None:
+            head = task_head(transformers.AutoConfig.from_pretrained(location, **options))
+            model_class = getattr(transformers, _TASK_HEADS[head] if head else "AutoModel")
         model = weights_from(model_class, location, **options)
     except OSError as err:
         if local:

@@ -186,7 +186,12 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
     if "prune" in steps:
         prune = steps["prune"]
         # Runs recorded before the score was a setting ranked by λ.
-        rows.append(["neurons ranked by", SCORE_TITLES[prune.get("score", "lam")]])
+        ranked = SCORE_TITLES[prune.get("score", "lam")]
+        if "score" in steps:
+            score = steps["score"]
+            most = score["n_batches"] * score["batch_size"]
+            ranked += f" on {score['task']}'s training sentences (a sample of up to {most}, seed {score['seed']})"
+        rows.append(["neurons ranked by", ranked])
         folding = {"none": "none", "linear": "linear (least-squares fit from the kept neurons)"}.get(
             prune["fold"], f"{prune['fold']} of {prune['statistics']} statistics"
         )
@@ -278,7 +283,7 @@ def _importance(table: ImportanceTable, figure: str) -> Section:
     )
 
 
-SCORE_TITLES = {"lam": "λ", "std": "standard deviation"}
+SCORE_TITLES = {"lam": "λ", "std": "standard deviation", "taylor": "Taylor |activation × gradient|"}
 """How the report names the score neurons were ranked by (``obce.pipeline.RUN_SCORES``)."""
 
 
