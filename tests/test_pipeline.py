@@ -666,8 +666,8 @@ def test_prune_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, c
     report = (path / "report" / "report.md").read_text(encoding="utf-8")
     assert "Taylor \\|activation × gradient\\| on sst2's training sentences (a sample of up to 256, seed 0)" in report
 
-    # Done, it is skipped; another task is another score.
-    code, _, err = run_cli(capsys, [*args, "--glue-dir", str(inputs["glue"])])
+    # Done, it is skipped (the run's GLUE folder is the task's unless told); another task is another score.
+    code, _, err = run_cli(capsys, args)
     assert code == 0 and "score: taylor of every neuron on sst2 (done before, skipped)" in err
     write_glue_task(tmp_path / "glue", "cola", n_train=24, n_dev=8)
     args[args.index("--task") + 1] = "cola"
@@ -676,30 +676,71 @@ def test_prune_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, c
 
 
 @pytest.mark.parametrize(
-    "extra, code, message",
+    "command, extra, code, message",
     [
-        (["--score", "taylor"], 2, "--task: needed with --score taylor"),
-        (["--task", "sst2"], 2, "--task: is read by --score taylor only"),
-        (["--glue-dir", "."], 2, "--glue-dir: is read by --score taylor only"),
-        # The pretrained encoder has no head: refused before the folder is made.
-        (["--score", "taylor", "--task", "sst2"], 1, "BertModel with 2 label(s), not a sequence classifier"),
-        (["--score", "taylor", "--task", "stsb"], 1, "not a sequence classifier with the 1 of STS-B"),
+        ("prune", ["--score", "taylor"], 2, "--task: needed with --score taylor"),
+        ("compress", ["--score", "taylor"], 2, "--task: needed with --score taylor"),  # not the default task
+        ("prune", ["--task", "sst2"], 2, "--task: is read by --score taylor only"),
+        ("prune", ["--glue-dir", "."], 2, "--glue-dir: is read by --score taylor only"),
+        # The pretrained encoder has no head, the classifier not the task's: refused before the folder is made.
+        ("prune", ["--score", "taylor", "--task", "sst2"], 1, "is a BertModel, without the sequence-classification"),
+        ("classifier", ["--score", "taylor", "--task", "stsb"], 1, "has a head with 2 output(s); STS-B needs 1"),
     ],
 )
-def test_taylor_needs_a_fine_tuned_classifier_and_its_task(inputs, tmp_path, capsys, extra, code, message):
+def test_taylor_needs_a_fine_tuned_classifier_and_its_task(
+    inputs, classifier, tmp_path, capsys, command, extra, code, message
+):
     path = tmp_path / "run"
-    status, _, err = run_cli(capsys, prune_args(inputs, path, *extra))
+    if command == "compress":
+        args = [a for a in compress_args(inputs, path, *extra) if a not in ("--task", "sst2")]
+    else:
+        args = prune_args(inputs, path, *extra)
+        if command == "classifier":
+            args[args.index("--model") + 1] = str(classifier)
+    status, _, err = run_cli(capsys, args)
     assert status == code and message in err, err
     assert not path.exists()
 
 
-def test_compress_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, capsys):
+def test_a_taylor_dry_run_writes_no_score(inputs, classifier, tmp_path, capsys):
+    """A dry run computes the score and records nothing but the analysis, so another task's dry run follows."""
+    path = tmp_path / "run"
+    write_glue_task(tmp_path / "glue", "cola", n_train=24, n_dev=8)
+    for task in ("sst2", "cola"):
+        args = prune_args(inputs, path, "--score", "taylor", "--task", task, "--glue-dir", str(tmp_path / "glue"))
+        args[args.index("--model") + 1] = str(classifier)
+        if task == "sst2":
+            args[-1] = str(inputs["glue"])
+        code, out, err = run_cli(capsys, [*args, "--dry-run", "--plan", "target:0.7"])
+        assert code == 0 and "of the encoder" in out, err
+        assert not (path / "scores.csv").exists() and not (path / "plan.json").exists()
+        assert set(RunFolder(path).settings()["steps"]) == {"analyze"}
+    # A λ plan after it: the report does not say a task's sentences ranked the neurons.
+    args = prune_args(inputs, path, "--plan", "target:0.7")
+    args[args.index("--model") + 1] = str(classifier)
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    report = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| neurons ranked by | λ |" in report
+
+
+def test_compress_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, capsys, monkeypatch):
     """obce compress --score taylor: the score is a step of the run, before the plan."""
     path = tmp_path / "run"
     args = compress_args(inputs, path, "--score", "taylor", "--no-finetune")
     args[args.index("--model") + 1] = str(classifier)
+    timed = []
+    measure_speed = pipeline.measure_speed
+
+    def spy(models, *rest, **options):
+        timed.extend(type(m).__name__ for m in models.values())
+        return measure_speed(models, *rest, **options)
+
+    monkeypatch.setattr(pipeline, "measure_speed", spy)
     code, _, err = run_cli(capsys, args)
     assert code == 0, err
+    # Both timed with the head.
+    assert timed == ["BertForSequenceClassification", "ObceBertForSequenceClassification"]
     assert "[2/6] score: taylor of every neuron on sst2" in err and "[6/6] report written" in err
     assert "taylor" in RunFolder(path).table().value_columns
     assert json.loads((path / "settings.json").read_text())["steps"]["score"]["task"] == "sst2"

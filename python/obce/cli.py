@@ -32,6 +32,7 @@ _INTERRUPTED = 130  # 128 + SIGINT, the shell's status for Ctrl-C
 _BUDGET, _SPEED = Budget(), SpeedSettings()
 # What a user gets wrong (an input, a file, a clash with the run folder): one line, no traceback.
 # OSError: files, permissions, a full disk, no network: the user's to mend, in one line.
+_TAYLOR_TASK = "needed with --score taylor: the task the model was fine-tuned on"
 _USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 # The exceptions typer (and the click it builds on) raises for usage errors, whatever its version.
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -341,28 +342,32 @@ def prune(
         model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
     _check_prunable(model)
     if (score == pipeline.TASK_SCORE) != (task is not None):
-        message = (
-            "needed with --score taylor: the task the model was fine-tuned on"
-            if task is None
-            else "is read by --score taylor only"
+        raise typer.BadParameter(
+            _TAYLOR_TASK if task is None else "is read by --score taylor only", param_hint="--task"
         )
-        raise typer.BadParameter(message, param_hint="--task")
     if glue_dir is not None and task is None:
         raise typer.BadParameter("is read by --score taylor only, with --task", param_hint="--glue-dir")
     steps = {"analyze": pipeline.analysis_settings(model, corpus, sentences, seed, token)}
+    scores = None
     if task is not None:
-        steps["score"] = pipeline.score_settings(steps["analyze"]["model_path"], task, glue_dir=glue_dir, seed=seed)
-    if not dry_run:
-        steps.update(plan=pipeline.plan_setting(plan, score), prune=pipeline.prune_settings(fold, score))
+        if glue_dir is None and not overwrite:  # the run's GLUE folder, for the same task
+            recorded = _recorded(output, "score")
+            glue_dir = recorded.get("glue_dir") if recorded.get("task") == task else None
+        scores = pipeline.score_settings(steps["analyze"]["model_path"], task, glue_dir=glue_dir, seed=seed)
+    if not dry_run:  # a dry run computes the scores and writes nothing but the analysis
+        if scores:
+            steps["score"] = scores
+        steps["plan"] = pipeline.plan_setting(plan, score)
+        steps["prune"] = pipeline.prune_settings(fold, score)
     run = _open_run(ctx, output, overwrite, steps)
     _analysis(run, steps["analyze"], device, progress)
     loaded = pipeline.ModelLoader(run.model_source(), device)
-    if "score" in steps:
-        did = pipeline.run_scores(run, steps["score"], loaded)
-        _stage(f"obce: score: {score} of every neuron on {task}" + ("" if did else " (done before, skipped)"))
     if dry_run:
-        _echo(str(pipeline.plan_report(run, plan, loaded, score)))
+        _echo(str(pipeline.plan_report(run, plan, loaded, score, scores)))
         return
+    if scores:
+        did = pipeline.run_scores(run, scores, loaded)
+        _stage(f"obce: score: {score} of every neuron on {task}" + ("" if did else " (done before, skipped)"))
     did = pipeline.run_plan(run, plan, loaded, score)
     _stage(f"obce: plan: {run.plan().name}" + ("" if did else " (done before, skipped)"))
     _echo(run.plan().summary())
@@ -374,11 +379,16 @@ def prune(
     _report(run)
 
 
+def _recorded(output: Path, step: str) -> dict:
+    """The settings a run folder recorded for ``step`` (empty when there are none, or it is no run folder)."""
+    run = RunFolder(output)
+    return run.settings().get("steps", {}).get(step, {}) if run.is_run() else {}
+
+
 def _recorded_analysis(ctx: typer.Context, output: Path, *typed):
     """The analysis options (model, corpus, sentences, seed, token): each as typed, or where left at its default,
     as the run folder recorded it, so that ``obce prune`` after ``obce analyze`` repeats nothing."""
-    run = RunFolder(output)
-    recorded = run.settings().get("steps", {}).get("analyze") if run.is_run() else None
+    recorded = _recorded(output, "analyze")
     if not recorded:
         return typed
     names = ("model", "corpus", "sentences", "seed", "token")
@@ -597,6 +607,8 @@ def compress(
     fine-tuned for 100 steps on the offline polarity task (minutes on 2 CPU cores). A classifier already fine-tuned
     on --task keeps its head and is trained further; --score taylor --fold linear compresses it closest to itself.
     """
+    if score == pipeline.TASK_SCORE and getattr(ctx.get_parameter_source("task"), "name", None) == "DEFAULT":
+        raise typer.BadParameter(_TAYLOR_TASK, param_hint="--task")  # not the default task, unseen
     _check_prunable(model)
     report = pipeline.compress(
         output,

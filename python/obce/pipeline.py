@@ -550,7 +550,7 @@ def prune_settings(fold: str | None = None, score: str = "lam") -> dict:
     Raises
     ------
     ValueError
-        A score that an analysis does not provide (see :data:`RUN_SCORES`).
+        A score that a run cannot rank by (see :data:`RUN_SCORES`).
     """
     return {**_PRUNE_DEFAULTS, **({"fold": fold} if fold is not None else {}), "score": check_run_score(score)}
 
@@ -578,9 +578,9 @@ def score_settings(
     """
     from transformers import AutoConfig
 
-    from .models.adapters import task_head
     from .scores import task_batches
     from .tasks import task_info
+    from .train import head_mismatch
 
     info = task_info(task)
     if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
@@ -592,14 +592,10 @@ def score_settings(
         config = AutoConfig.from_pretrained(model_path, local_files_only=True)
     except (OSError, ValueError):
         config = None  # a hub model not downloaded yet: checked once loaded (run_scores)
-    if config is not None and (
-        task_head(config) != "ForSequenceClassification" or config.num_labels != info.num_labels
-    ):
-        raise ValueError(
-            f"{why}; {model_path!r} is a {', '.join(config.architectures or ['model'])} with {config.num_labels} "
-            f"label(s), not a sequence classifier with the {info.num_labels} of {info.display_name}: fine-tune it "
-            f"first (obce finetune --task {info.name})"
-        )
+    if config is not None:
+        problem = head_mismatch((config.architectures or [config.model_type])[0], config, info)
+        if problem is not None:
+            raise ValueError(f"{why}; {model_path!r} {problem}: fine-tune it first (obce finetune --task {info.name})")
     sizes = {
         name: p.default
         for name, p in inspect.signature(task_batches).parameters.items()
@@ -633,32 +629,30 @@ def run_scores(run: RunFolder, settings: Mapping, model: ModelLoader) -> bool:
     ValueError
         The loaded model has no sequence-classification head fit for the task.
     """
-    from .scores import task_batches, taylor_score
-    from .tasks import load_task
-    from .train import check_head
-
     run.check_step("score", settings)
     if (run / run.SCORES).is_file():
         return False
     start = time.perf_counter()
-    task = load_task(settings["task"], settings["glue_dir"], splits=["train"])
-    loaded, tokenizer = model.get()
-    check_head(loaded, task.info, f"the run's model {run.model_source()!r}")
-    batches = task_batches(
-        task,
-        tokenizer,
-        n_batches=settings["n_batches"],
-        batch_size=settings["batch_size"],
-        seed=settings["seed"],
-        max_length=settings["max_length"],
-    )
     table = run.table()
     scores = table.neurons[["layer", "component", "neuron"]].copy()
-    scores[TASK_SCORE] = taylor_score(table, loaded, batches)
+    scores[TASK_SCORE] = _taylor_column(run, table, settings, model)
     if is_main_process():
         run.record("score", settings, timings_s={"score": round(time.perf_counter() - start, 2)})
         run.write_text(run.SCORES, scores.to_csv(index=False, lineterminator="\n"))
     return True
+
+
+def _taylor_column(run: RunFolder, table: ImportanceTable, settings: Mapping, model: ModelLoader) -> np.ndarray:
+    """The Taylor score of each row of ``table``, on the task sample that ``settings`` describe."""
+    from .scores import task_batches, taylor_score
+    from .tasks import load_task
+    from .train import check_head
+
+    task = load_task(settings["task"], settings["glue_dir"], splits=["train"])
+    loaded, tokenizer = model.get()
+    check_head(loaded, task.info, f"the run's model {run.model_source()!r}")
+    sizes = {name: settings[name] for name in ("n_batches", "batch_size", "seed", "max_length")}
+    return taylor_score(table, loaded, task_batches(task, tokenizer, **sizes))
 
 
 def finetune_settings(
@@ -845,10 +839,17 @@ def run_plan(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score:
     return True
 
 
-def plan_report(run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score: str = "lam"):
-    """What ``spec`` would keep of the run's model (:func:`obce.plans.dry_run`); nothing is written."""
+def plan_report(
+    run: RunFolder, spec: str | PruningPlan, model: ModelLoader, score: str = "lam", scores: Mapping | None = None
+):
+    """What ``spec`` would keep of the run's model (:func:`obce.plans.dry_run`); nothing is written.
+
+    ``scores``: the settings of a Taylor score (:func:`score_settings`), computed here for ``score="taylor"``.
+    """
     loaded = model.get()[0]
     table = run.table()
+    if scores is not None:
+        table = table.with_columns({TASK_SCORE: _taylor_column(run, table, scores, model)})
     return dry_run(loaded, table, build_plan(spec, loaded, table, score), score=score)
 
 
@@ -1004,15 +1005,15 @@ def measure_speed(models: Mapping[str, object], tokenizer, settings: SpeedSettin
 
 def run_speed(run: RunFolder, settings: SpeedSettings, model: ModelLoader) -> bool:
     """Time the original and the compressed model on the CPU: ``speed.json``."""
-    from transformers import AutoModel
-
     from .models import compressed as _registered  # noqa: F401  (the compressed types, with the Auto classes)
+    from .models.adapters import checkpoint_class
 
     run.check_step("speed", asdict(settings))
     if (run / run.SPEED).is_file():
         return False
     original, tokenizer = model.get()
-    small = AutoModel.from_pretrained(run / run.COMPRESSED)
+    # With the original's head, as load_model gave it: the same work timed on both sides.
+    small = checkpoint_class(run / run.COMPRESSED).from_pretrained(run / run.COMPRESSED)
     device = next(original.parameters()).device
     result = measure_speed({ORIGINAL: original, COMPRESSED: small}, tokenizer, settings)
     original.to(device)

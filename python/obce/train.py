@@ -40,6 +40,7 @@ __all__ = [
     "count_parameters",
     "evaluate",
     "finetune",
+    "head_mismatch",
     "load_for_task",
     "results_table",
 ]
@@ -151,32 +152,36 @@ def count_parameters(model) -> dict[str, int]:
     }
 
 
-def _has_classification_head(model) -> bool:
-    return type(model).__name__.endswith("ForSequenceClassification")
-
-
 def _problem_type(info: TaskInfo) -> str:
     return "regression" if info.is_regression else "single_label_classification"
 
 
-def check_head(model, info: TaskInfo, where: str) -> None:
-    """Raise unless ``model`` carries a head that fits ``info``."""
-    if not _has_classification_head(model):
+def head_mismatch(architecture: str, config, info: TaskInfo) -> str | None:
+    """Why a model of class ``architecture`` with ``config`` has no head that fits ``info`` (a phrase to follow the
+    model's name), or None when it has one."""
+    if not architecture.endswith("ForSequenceClassification"):
         kind = "regression" if info.is_regression else "classification"
-        raise ValueError(
-            f"{where} is a {type(model).__name__}, without the sequence-classification head that the {kind} task "
-            f"{info.display_name} needs; pass its folder instead, or load it with "
-            f"AutoModelForSequenceClassification.from_pretrained(folder, num_labels={info.num_labels}, "
-            f"problem_type={_problem_type(info)!r})"
-        )
-    num_labels = model.config.num_labels
-    if num_labels != info.num_labels:
-        raise ValueError(f"{where} has a head with {num_labels} output(s); {info.display_name} needs {info.num_labels}")
-    problem = model.config.problem_type
+        task = f"the {kind} task {info.display_name}"
+        return f"is a {architecture}, without the sequence-classification head that {task} needs"
+    if config.num_labels != info.num_labels:
+        return f"has a head with {config.num_labels} output(s); {info.display_name} needs {info.num_labels}"
+    problem = config.problem_type
     if problem is not None and problem != _problem_type(info):
-        raise ValueError(
-            f"{where} was set up for problem_type={problem!r}; {info.display_name} needs {_problem_type(info)!r}"
-        )
+        return f"was set up for problem_type={problem!r}; {info.display_name} needs {_problem_type(info)!r}"
+    return None
+
+
+def check_head(model, info: TaskInfo, where: str) -> None:
+    """Raise unless ``model`` carries a head that fits ``info`` (``where`` names the model in the message)."""
+    problem = head_mismatch(type(model).__name__, model.config, info)
+    if problem is None:
+        return
+    if type(model).__name__.endswith("ForSequenceClassification"):  # a head, of another shape
+        raise ValueError(f"{where} {problem}")
+    raise ValueError(
+        f"{where} {problem}; pass its folder instead, or load it with AutoModelForSequenceClassification."
+        f"from_pretrained(folder, num_labels={info.num_labels}, problem_type={_problem_type(info)!r})"
+    )
 
 
 def _load_tokenizer(model, tokenizer):

@@ -28,6 +28,7 @@ __all__ = [
     "check_component",
     "check_components",
     "check_model_source",
+    "checkpoint_class",
     "encoder_layers",
     "from_user_layer",
     "load_model",
@@ -401,6 +402,15 @@ def task_head(config) -> str | None:
     return None
 
 
+def checkpoint_class(location: str | os.PathLike, **options):
+    """The transformers Auto class :func:`load_model` loads a checkpoint with by default: its fine-tuned task head's
+    (:func:`task_head`), else ``AutoModel``. ``options`` go to ``AutoConfig.from_pretrained``."""
+    import transformers
+
+    head = task_head(transformers.AutoConfig.from_pretrained(location, **options))
+    return getattr(transformers, _TASK_HEADS[head] if head else "AutoModel")
+
+
 def weights_from(model_class, location: str | os.PathLike, **options):
     """``model_class.from_pretrained(location, **options)``, with a truncated weights file (an interrupted
     download or copy) an OSError that names the folder."""
@@ -467,8 +477,6 @@ def load_model(
         If the model is not a supported encoder (the message names the supported families), or a
         folder's tokenizer is not the model's (see :func:`load_tokenizer`).
     """
-    import transformers
-
     source = builtin_model_path() if name_or_path is None else name_or_path
     if not isinstance(source, (str, os.PathLike)):
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
@@ -476,9 +484,7 @@ def load_model(
     options = {"local_files_only": True} if local else {}
     try:
         tokenizer = load_tokenizer(location, **options)
-        if model_class is None:
-            head = task_head(transformers.AutoConfig.from_pretrained(location, **options))
-            model_class = getattr(transformers, _TASK_HEADS[head] if head else "AutoModel")
+        model_class = checkpoint_class(location, **options) if model_class is None else model_class
         model = weights_from(model_class, location, **options)
     except OSError as err:
         if local:

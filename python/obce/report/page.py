@@ -187,7 +187,7 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
         prune = steps["prune"]
         # Runs recorded before the score was a setting ranked by λ.
         ranked = SCORE_TITLES[prune.get("score", "lam")]
-        if "score" in steps:
+        if prune.get("score") == "taylor":
             score = steps["score"]
             most = score["n_batches"] * score["batch_size"]
             ranked += f" on {score['task']}'s training sentences (a sample of up to {most}, seed {score['seed']})"
