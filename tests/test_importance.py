@@ -170,6 +170,50 @@ def test_table_input_checks(acts):
         ImportanceTable({"layer": [1]})
 
 
+@pytest.mark.parametrize(
+    "edit, match",
+    [
+        # Saved, NaN became an empty cell that could not be read back.
+        (lambda n: n.assign(mean=np.where(n.index == 0, np.nan, n["mean"])), "column 'mean' has 1 non-finite"),
+        (lambda n: n.assign(flag=True), r"extra columns must be numeric scores, got \['flag'\]"),
+        (lambda n: n.assign(layer=n["layer"].astype(str)), "column 'layer' must hold numbers"),
+        (lambda n: n.assign(layer=n["layer"] + 0.5), "column 'layer' must hold whole numbers"),
+        # A neuron listed twice, another missing: its values would be read as its neighbour's.
+        (lambda n: n.assign(neuron=np.where(n["neuron"] == 5, 4, n["neuron"])), "numbered 0, 1, 2, ... in row order"),
+        (lambda n: n.iloc[::-1], "numbered 0, 1, 2, ... in row order"),
+    ],
+)
+def test_a_table_holds_finite_numbers_one_row_per_neuron_in_order(acts, edit, match):
+    neurons = compute_importance(acts).neurons
+    with pytest.raises(ValueError, match=match):
+        ImportanceTable(edit(neurons))
+
+
+def test_a_refused_save_changes_nothing_and_numbers_keep_their_type(acts, tmp_path):
+    table = compute_importance(acts, settings={"seed": np.int64(3), "share": np.float32(0.5), "path": tmp_path})
+    bad = ImportanceTable(table.neurons, sentences=["fine", "two\nlines"])
+    with pytest.raises(ValueError, match="sentence 1 must be a non-empty single line"):
+        bad.save(tmp_path / "new")
+    assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
+    table.save(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()}
+    with pytest.raises(ValueError, match="sentence 1"):
+        bad.save(tmp_path / "run", overwrite=True)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
+    settings = ImportanceTable.load(tmp_path / "run").settings
+    assert settings["seed"] == 3 and settings["share"] == 0.5 and settings["path"] == str(tmp_path)
+
+
+def test_a_copy_shares_no_settings_and_an_empty_table_describes_itself(acts):
+    table = compute_importance(acts, settings={"timings_s": {"analyze": 1.0}})
+    copy = table.with_columns({"score": np.ones(len(table))})
+    copy.settings["timings_s"]["analyze"] = 2.0
+    assert table.settings["timings_s"]["analyze"] == 1.0
+    empty = ImportanceTable(table.neurons.iloc[:0])
+    assert repr(empty) == "ImportanceTable(0 neurons)"
+    assert empty.stats().empty and list(empty.stats().columns)[:3] == ["layer", "component", "n"]
+
+
 def test_analyze_tiny_model_from_folder(tiny_bert_dir, sentences):
     long = "word " * 40  # over the tiny model's 128-token limit: never sampled
     corpus = [*sentences, long]

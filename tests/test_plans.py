@@ -242,16 +242,38 @@ def test_head_without_values_is_removed_with_its_query_key(tiny3):
     assert sel.sizes.v_head_sizes == (8, 0, 8, 8) and sel.sizes.qk_head_sizes == (8, 0, 8, 8)
 
 
-@pytest.mark.parametrize(
-    ("plan", "overrides", "match"),
-    [
-        (PruningPlan({3: {"intermediate": 10}}), {(3, "intermediate"): {"lam": np.ones(37)}}, "keeps no neuron"),
-        (PruningPlan({2: {"query": 0, "key": 0}}), {(2, "key"): {"lam": np.full(32, np.nan)}}, "non-finite"),
-    ],
-)
-def test_pruning_everything_is_rejected(tiny3, plan, overrides, match):
-    with pytest.raises(ValueError, match=match):
-        select_neurons(plan, random_table(tiny3, overrides=overrides), EncoderShape.from_model(tiny3))
+def test_pruning_everything_is_rejected(tiny3):
+    table = random_table(tiny3, overrides={(3, "intermediate"): {"lam": np.ones(37)}})
+    with pytest.raises(ValueError, match="keeps no neuron"):
+        select_neurons(PruningPlan({3: {"intermediate": 10}}), table, EncoderShape.from_model(tiny3))
+
+
+def test_a_table_edited_to_hold_nan_is_rejected(tiny3):
+    table = random_table(tiny3)
+    table.neurons.loc[(table.neurons["layer"] == 2) & (table.neurons["component"] == "key"), "lam"] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        select_neurons(PruningPlan({2: {"query": 0, "key": 0}}), table, EncoderShape.from_model(tiny3))
+
+
+def test_wrong_argument_types_and_a_deeper_models_table_are_named(tiny3, tiny_bert_config):
+    shape = EncoderShape.from_model(tiny3)
+    with pytest.raises(TypeError, match="plan must be a PruningPlan, got dict"):
+        select_neurons({3: {"value": 30}}, random_table(tiny3), shape)
+    with pytest.raises(TypeError, match="table must be an ImportanceTable, got DataFrame"):
+        select_neurons(PruningPlan({}), random_table(tiny3).neurons, shape)
+    torch.manual_seed(0)
+    deeper = random_table(BertModel(tiny_bert_config(num_hidden_layers=4)))
+    with pytest.raises(ValueError, match="layers up to 4, the model 3: a table of another model"):
+        dry_run(tiny3, deeper, uniform_plan(3, 30))
+
+
+def test_plan_files_with_a_byte_order_mark_or_not_utf8(tmp_path):
+    path = tmp_path / "plan.json"
+    path.write_text(json.dumps({"levels": {"3": {"value": 30}}}), encoding="utf-8-sig")
+    assert PruningPlan.load(path).levels == {3: {"value": 30.0}}
+    path.write_bytes(b'{"name": "caf\xe9"}')
+    with pytest.raises(ValueError, match=r"plan.json is not UTF-8 text \(invalid continuation byte at byte 13\)"):
+        PruningPlan.load(path)
 
 
 def test_table_of_another_model_is_rejected(tiny3, tiny_bert_config):

@@ -262,3 +262,11 @@ def test_dtype_device_and_mode_follow_the_original(tiny3):
     loss = pruned(input_ids=ids).last_hidden_state.pow(2).mean()
     loss.backward()
     assert encoder_layers(pruned)[1].query.weight.grad is not None
+
+
+@pytest.mark.parametrize("column", ["token_mean", "token_std"])
+def test_a_non_finite_fold_statistic_is_named(tiny3, column):
+    table = random_table(tiny3)
+    table.neurons.loc[table.neurons["layer"] == 3, column] = np.inf  # edited after the table's own checks
+    with pytest.raises(ValueError, match=f"non-finite '{column}' for layer 3 value"):
+        prune_model(tiny3, table, uniform_plan(3, 30), fold="mean+std", progress=False)

@@ -279,3 +279,19 @@ def test_extra_columns_validate_and_round_trip(cls_run, tmp_path):
     loaded = ImportanceTable.load(tmp_path)
     pd.testing.assert_frame_equal(loaded.neurons, scored.neurons)
     pd.testing.assert_frame_equal(loaded.heads, scored.heads)
+
+
+def test_table_columns_name_what_is_wrong(tiny_bert):
+    from test_plans import random_table
+
+    from obce.scores import table_columns
+
+    table = random_table(tiny_bert)
+    frame = table.neurons[["layer", "component", "neuron"]].assign(taylor=np.arange(len(table), dtype=float))
+    np.testing.assert_array_equal(table_columns(table, frame.iloc[::-1], "scores.csv")["taylor"], frame["taylor"])
+    with pytest.raises(ValueError, match="scores.csv has no value for 1 neuron"):
+        table_columns(table, frame.iloc[1:], "scores.csv")
+    with pytest.raises(ValueError, match="scores.csv: column 'taylor' has 1 value"):
+        table_columns(table, frame.assign(taylor=np.where(frame.index == 3, np.nan, frame["taylor"])), "scores.csv")
+    with pytest.raises(ValueError, match="scores.csv lacks the column"):
+        table_columns(table, frame.drop(columns="neuron"), "scores.csv")

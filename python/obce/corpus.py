@@ -32,6 +32,7 @@ __all__ = [
     "load_sentences",
     "sample_sentences",
     "save_sentences",
+    "sentences_text",
     "split_sentences",
 ]
 
@@ -450,10 +451,21 @@ def save_sentences(sentences: Sequence[str], path: str | os.PathLike, *, overwri
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
     """
+    return atomic_write_text(path, sentences_text(sentences), overwrite=overwrite)
+
+
+def sentences_text(sentences: Sequence[str]) -> str:
+    """The text :func:`save_sentences` writes: one sentence a line.
+
+    Raises
+    ------
+    ValueError
+        If a sentence is empty or spans several lines.
+    """
     for i, sentence in enumerate(sentences):
         if not isinstance(sentence, str) or not sentence.strip() or "\n" in sentence or "\r" in sentence:
             raise ValueError(f"sentence {i} must be a non-empty single line, got {sentence!r}")
-    return atomic_write_text(path, "".join(f"{s}\n" for s in sentences), overwrite=overwrite)
+    return "".join(f"{s}\n" for s in sentences)
 
 
 def load_sentences(path: str | os.PathLike) -> list[str]:

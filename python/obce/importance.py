@@ -12,6 +12,7 @@ and loads from a run folder (CSV + JSON settings).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import time
@@ -25,7 +26,7 @@ import torch
 from ._io import atomic_write_text
 from ._version import __version__
 from .activations import Activations, check_token_mode, compute_activations
-from .corpus import Corpus, load_sentences, sample_sentences, save_sentences
+from .corpus import Corpus, load_sentences, sample_sentences, sentences_text
 from .kernel import fast_death_radii
 from .models.adapters import (
     COMPONENTS,
@@ -101,13 +102,15 @@ class ImportanceTable:
     ) -> None:
         self.neurons = _checked_frame(neurons, NEURON_COLUMNS, "neurons", extra=True)
         self.heads = None if heads is None else _checked_frame(heads, HEAD_COLUMNS, "heads")
-        self.settings = dict(settings or {})
+        self.settings = copy.deepcopy(dict(settings or {}))  # a table's copy shares no nested entry
         self.sentences = None if sentences is None else list(sentences)
 
     def __len__(self) -> int:
         return len(self.neurons)
 
     def __repr__(self) -> str:
+        if not len(self):
+            return "ImportanceTable(0 neurons)"
         return (
             f"ImportanceTable({len(self)} neurons, layers {self.layers[0]}..{self.layers[-1]}, "
             f"components {', '.join(self.components)})"
@@ -199,6 +202,9 @@ class ImportanceTable:
             rows by layer, then component in :data:`~obce.models.COMPONENTS` order.
         """
         rows = []
+        columns = ["layer", "component", "n", "median", "mean", *(f"p{q}" for q in _PERCENTILES)]
+        if not len(self):
+            return pd.DataFrame(columns=columns)
         for (layer, component), lam in self.neurons.groupby(["layer", "component"], sort=False)["lam"]:
             values = lam.to_numpy(dtype=np.float64)
             row = {"layer": int(layer), "component": component, "n": len(values)}
@@ -221,9 +227,11 @@ class ImportanceTable:
         """
         folder = Path(folder)
         files = {_NEURONS_FILE: self.neurons.to_csv(index=False, lineterminator="\n")}
-        files[_SETTINGS_FILE] = json.dumps(self.settings, indent=2, sort_keys=True, default=str) + "\n"
+        files[_SETTINGS_FILE] = json.dumps(self.settings, indent=2, sort_keys=True, default=_json_value) + "\n"
         if self.heads is not None:
             files[_HEADS_FILE] = self.heads.to_csv(index=False, lineterminator="\n")
+        if self.sentences is not None:  # checked before any file is touched
+            files[_SENTENCES_FILE] = sentences_text(self.sentences)
         all_files = (_NEURONS_FILE, _SETTINGS_FILE, _HEADS_FILE, _SENTENCES_FILE)
         existing = [name for name in all_files if (folder / name).exists()]
         if existing and not overwrite:
@@ -234,8 +242,6 @@ class ImportanceTable:
                 (folder / name).unlink(missing_ok=True)
         for name, text in files.items():
             atomic_write_text(folder / name, text, overwrite=True)
-        if self.sentences is not None:
-            save_sentences(self.sentences, folder / _SENTENCES_FILE, overwrite=True)
         return folder
 
     @classmethod
@@ -259,6 +265,12 @@ class ImportanceTable:
         return cls(neurons, settings, heads=heads, sentences=sentences)
 
 
+def _json_value(value):
+    """A settings value that JSON has no type for: a numpy number as the Python number, anything else (a path, a
+    device) as its text."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
 def _read_csv(path: Path) -> pd.DataFrame:
     # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does.
     header = pd.read_csv(path, nrows=0).columns
@@ -274,15 +286,34 @@ def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str, *, ex
     if missing:
         raise ValueError(f"{what} lacks the column(s) {missing}; got {list(frame.columns)}")
     others = [c for c in frame.columns if c not in columns] if extra else []
-    not_numeric = [c for c in others if not pd.api.types.is_numeric_dtype(frame[c])]
+    not_numeric = [c for c in others if not _is_number_column(frame[c])]
     if not_numeric:
         raise ValueError(f"{what}: extra columns must be numeric scores, got {not_numeric}")
     unknown = sorted(set(frame["component"]) - set(COMPONENTS))
     if unknown:
         raise ValueError(f"{what} has unknown component(s) {unknown}; expected some of {', '.join(COMPONENTS)}")
+    for column in [c for c in (*columns, *others) if c != "component"]:
+        if not _is_number_column(frame[column]):
+            raise ValueError(f"{what}: column {column!r} must hold numbers, got {frame[column].dtype}")
+        values = frame[column].to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(f"{what}: column {column!r} has {int((~np.isfinite(values)).sum())} non-finite value(s)")
+        if column in _COUNT_COLUMNS and (values != np.round(values)).any():
+            raise ValueError(f"{what}: column {column!r} must hold whole numbers")
     if len(frame) and int(frame["layer"].min()) < 1:
         raise ValueError(f"{what} has layer {int(frame['layer'].min())}; layers are counted from 1")
+    # Rows are read by position (a neuron's values, a plan's percentiles): each unit's rows are its neurons in order.
+    index = columns[2]
+    if not np.array_equal(frame[index].to_numpy(), frame.groupby(["layer", "component"]).cumcount().to_numpy()):
+        raise ValueError(f"{what}: the {index}s of each layer and component must be numbered 0, 1, 2, ... in row order")
     return frame.loc[:, [*columns, *others]].reset_index(drop=True)
+
+
+_COUNT_COLUMNS = ("layer", "neuron", "head", "size")
+
+
+def _is_number_column(column: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
 def _numpy(values: torch.Tensor) -> np.ndarray:

@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from ._io import atomic_write_text
+from .importance import ImportanceTable
 from .models.adapters import COMPONENTS, encoder_layers, to_user_layer
 from .models.compressed import LayerSizes, is_compressed
 
@@ -251,7 +252,10 @@ class PruningPlan:
             A YAML file and pyyaml is not installed.
         """
         path = Path(path)
-        text = path.read_text(encoding="utf-8")
+        try:
+            text = path.read_text(encoding="utf-8-sig")  # an editor's byte-order mark is not part of the plan
+        except UnicodeDecodeError as err:
+            raise ValueError(f"{path} is not UTF-8 text ({err.reason} at byte {err.start})") from None
         if path.suffix.lower() in (".yaml", ".yml"):
             try:
                 import yaml
@@ -542,6 +546,8 @@ def check_score(table, score: str) -> str:
 
     ``"lam"`` (λ) is always there; other scores are extra columns (see :mod:`obce.scores`).
     """
+    if not isinstance(table, ImportanceTable):
+        raise TypeError(f"table must be an ImportanceTable, got {type(table).__name__}")
     available = table.value_columns
     if not isinstance(score, str) or score not in available:
         raise ValueError(
@@ -617,8 +623,15 @@ def select_neurons(plan: PruningPlan, table, shape: EncoderShape, *, score: str 
         The plan names a layer the model lacks, the table does not match the model, a level keeps no neuron,
         or the table has no column ``score``.
     """
+    if not isinstance(plan, PruningPlan):
+        raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
     check_score(table, score)
     plan.check(shape.num_layers)
+    if table.layers and table.layers[-1] > shape.num_layers:
+        raise ValueError(
+            f"the importance table has layers up to {table.layers[-1]}, the model {shape.num_layers}: "
+            "a table of another model"
+        )
     selections = []
     for layer in range(1, shape.num_layers + 1):
         qk = np.arange(shape.qk_width)

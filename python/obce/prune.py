@@ -72,12 +72,13 @@ of 1,536 eigenvalues below 1e-3 of the mean), and an unregularized ``B`` would a
 def _fold_values(table, layer: int, component: str, removed: np.ndarray, fold: str, statistics: str) -> np.ndarray:
     """The constant ``c`` that stands in for each removed neuron."""
     mean_col, std_col = STATISTICS[statistics]
-    c = np.asarray(table.column(mean_col, layer, component), dtype=np.float64)
-    if fold == "mean+std":
-        c = c + np.asarray(table.column(std_col, layer, component), dtype=np.float64)
-    c = c[removed]
-    if not np.all(np.isfinite(c)):
-        raise ValueError(f"the importance table has non-finite {mean_col!r} for layer {layer} {component}")
+    columns = (mean_col, std_col) if fold == "mean+std" else (mean_col,)
+    c = np.zeros(len(removed))
+    for name in columns:
+        values = np.asarray(table.column(name, layer, component), dtype=np.float64)[removed]
+        if not np.all(np.isfinite(values)):
+            raise ValueError(f"the importance table has non-finite {name!r} for layer {layer} {component}")
+        c += values
     return c
 
 

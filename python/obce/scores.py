@@ -100,11 +100,18 @@ def table_columns(table, frame: pd.DataFrame, what: str) -> dict[str, np.ndarray
     Raises
     ------
     ValueError
-        ``frame`` lacks a key column, or a value for one of the table's neurons (``what`` names it).
+        ``frame`` lacks a key column, a value for one of the table's neurons, or holds a value that is no finite
+        number (``what`` names it).
     """
     missing = [key for key in _KEYS if key not in frame.columns]
     if missing:
         raise ValueError(f"{what} lacks the column(s) {', '.join(missing)}")
+    for name in frame.columns.difference(_KEYS):
+        values = pd.to_numeric(frame[name], errors="coerce").to_numpy(dtype=np.float64)
+        if not np.isfinite(values).all():
+            raise ValueError(
+                f"{what}: column {name!r} has {int((~np.isfinite(values)).sum())} value(s) that are no finite number"
+            )
     return {
         name: _aligned(table, frame[[*_KEYS, name]].rename(columns={name: "value"}), what)
         for name in frame.columns
