@@ -1,10 +1,11 @@
 """The ``obce`` command: analyze, prune, fine-tune, evaluate and report, alone or in one run.
 
-Every command works without arguments on the built-in model (all-MiniLM-L6-v2) and the built-in
-Wikipedia sample, and keeps its results in a run folder (``--output``, ``obce-run`` by default; see
-:mod:`obce.pipeline`). Commands share the folder: ``obce analyze``, then ``obce prune``, then
-``obce finetune`` and ``obce report`` do what ``obce compress`` does in one go, and a command run
-again with the same settings skips what is done and resumes an interrupted fine-tuning.
+Every command but ``evaluate`` and ``report`` (which read what others left) works without arguments on
+the built-in model (all-MiniLM-L6-v2) and the built-in Wikipedia sample, and keeps its results in a run
+folder (``--output``, ``obce-run`` by default; see :mod:`obce.pipeline`). Commands share the folder:
+``obce analyze``, then ``obce prune``, then ``obce finetune`` and ``obce report`` do what ``obce compress``
+does in one go but the CPU timing, and a command run again with the same settings skips what is done and
+resumes an interrupted fine-tuning.
 
 A user mistake (a bad option, a missing file, settings that clash with the run folder) ends with one
 line on stderr and a non-zero exit status: 2 for a usage error, 1 otherwise.
@@ -129,7 +130,14 @@ Sentences = Annotated[
     int, typer.Option("--sentences", "-n", min=1, help="Number of sentences sampled from the corpus.")
 ]
 Seed = Annotated[
-    int, typer.Option("--seed", "-s", min=0, max=2**32 - 1, help="Seed of the sentence sample and of fine-tuning.")
+    int,
+    typer.Option(
+        "--seed",
+        "-s",
+        min=0,
+        max=2**32 - 1,
+        help="Seed of everything random: the sentence sample, the taylor score's, fine-tuning.",
+    ),
 ]
 Token = Annotated[
     str,
@@ -195,6 +203,7 @@ Output = Annotated[
         "--output", "-o", help="Run folder; one holding the same run is resumed and its finished steps skipped."
     ),
 ]
+ReadRun = Annotated[Path, typer.Option("--output", "-o", help="The run folder to read (and write the results to).")]
 Device = Annotated[
     str | None,
     typer.Option(
@@ -221,6 +230,11 @@ MaxLength = Annotated[int, typer.Option("--max-length", min=8, help="Fine-tuning
 Models = Annotated[
     list[str] | None,
     typer.Argument(help="Model folders or hub names (default: the run folder's original and compressed models).",
+                   show_default=False),
+]  # fmt: skip
+FinetunedModels = Annotated[
+    list[str] | None,
+    typer.Argument(help="Fine-tuned model folders (default: every model the run folder fine-tuned).",
                    show_default=False),
 ]  # fmt: skip
 
@@ -498,14 +512,14 @@ EvalTask = Annotated[
 @app.command()
 def evaluate(
     ctx: typer.Context,
-    models: Models = None,
+    models: FinetunedModels = None,
     task: EvalTask = None,
     split: Annotated[
         str | None,
         typer.Option(help="Split to score (default: the task's report splits: test, or dev for GLUE; MNLI both)."),
     ] = None,
     glue_dir: GlueDir = None,
-    output: Output = _DEFAULT_OUTPUT,
+    output: ReadRun = _DEFAULT_OUTPUT,
     batch_size: Annotated[int, typer.Option("--batch-size", min=1, help="Evaluation batch size.")] = 64,
     max_length: Annotated[
         int | None,
@@ -605,7 +619,8 @@ def compress(
 
     By default: the built-in MiniLM keeps about 60% of its encoder layers' parameters, and both models are
     fine-tuned for 100 steps on the offline polarity task (minutes on 2 CPU cores). A classifier already fine-tuned
-    on --task keeps its head and is trained further; --score taylor --fold linear compresses it closest to itself.
+    on --task keeps its head and is trained further; --task T --score taylor --fold linear compresses it closest to
+    itself.
     """
     if score == pipeline.TASK_SCORE and getattr(ctx.get_parameter_source("task"), "name", None) == "DEFAULT":
         raise typer.BadParameter(_TAYLOR_TASK, param_hint="--task")  # not the default task, unseen
@@ -641,7 +656,7 @@ def compress(
 
 
 @app.command()
-def report(output: Output = _DEFAULT_OUTPUT) -> None:
+def report(output: ReadRun = _DEFAULT_OUTPUT) -> None:
     """Rebuild the report (HTML, Markdown, figures) from a run folder's files."""
     from .report.page import write_report
 

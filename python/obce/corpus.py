@@ -238,8 +238,8 @@ class Corpus:
         Raises
         ------
         FileNotFoundError
-            If ``source`` looks like a file path (has a directory or a file suffix) but no such
-            file exists.
+            If ``source`` looks like a file path (a path object, a file suffix, a leading ``/``, ``.`` or
+            ``~``, or an existing folder) but no such file exists; any other string is a dataset name.
         TypeError
             If ``source`` has another type.
         """

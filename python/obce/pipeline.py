@@ -18,6 +18,7 @@ the pipeline leaves a plain file behind, so each step can be rerun, skipped or r
     finetune/<model>/       fine-tuning runs (obce.train.finetune: settings, best model, results.json,
                             training_log.json)
     metrics.json            task scores of every fine-tuned model
+    evaluation.json         scores from ``obce evaluate``, by task and split
     report/                 report.html (self-contained), report.md and the figures as PNG
 
 Each file is written atomically. A step whose output exists is skipped when the folder is used
@@ -1153,7 +1154,7 @@ def compress(
         Which token gives a neuron's points.
     plan : str or PruningPlan
         See :func:`check_plan_spec`; by default 60 % of the encoder layers' parameters are kept.
-    fold : {"none", "mean", "mean+std"}, optional
+    fold : {"none", "mean", "mean+std", "linear"}, optional
         Bias folding (default: :func:`obce.prune.prune_model`'s).
     score : {"lam", "std", "taylor"}
         What neurons are ranked by (:data:`RUN_SCORES`); ``taylor`` needs a ``model`` fine-tuned on ``task``.

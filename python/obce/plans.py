@@ -1,6 +1,6 @@
 """Pruning plans: which percentile of λ each layer and component keeps above.
 
-A plan maps a layer (numbered from 1) and a prunable component to a level ``p`` in ``[0, 100]``: the neurons
+A plan maps a layer (numbered from 1) and a prunable component to a level ``p`` in ``[0, 100)``: the neurons
 kept are those whose λ exceeds the ``p``-th percentile of λ within that layer and component (``numpy.percentile``,
 linear interpolation; a neuron equal to the threshold is dropped). A layer/component the plan does not name is
 left untouched. ``attention_output`` and ``output`` are never pruned: their neurons are the residual stream's
@@ -130,7 +130,7 @@ class PruningPlan:
     ----------
     levels : mapping of int to mapping of str to float
         ``{layer: {component: level}}`` with layers numbered from 1, components among :data:`PRUNABLE` and
-        levels in ``[0, 100]``. ``query`` and ``key`` must appear together with the same level. Layers or
+        levels in ``[0, 100)``. ``query`` and ``key`` must appear together with the same level. Layers or
         components left out are not pruned.
     name : str
         Short name shown in summaries.
@@ -140,7 +140,7 @@ class PruningPlan:
     Raises
     ------
     ValueError
-        Unknown or never-pruned component, a layer below 1, a level outside 0..100, or query and key on
+        Unknown or never-pruned component, a layer below 1, a level outside [0, 100), or query and key on
         different levels. The message quotes what was received.
 
     Examples
