@@ -238,3 +238,21 @@ def test_one_component_name_stands_for_itself(tiny_bert, tiny_tokenizer, sentenc
     assert acts.components == ("value",)
     with pytest.raises(ValueError, match="unknown component 'values'"):
         compute_activations(tiny_bert, tiny_tokenizer, sentences, components="values", progress=False)
+
+
+def test_each_modules_own_mode_is_restored_and_meta_weights_are_named(tiny_bert_config, tiny_tokenizer, sentences):
+    from transformers import BertForSequenceClassification
+
+    from obce.importance import compute_importance
+    from obce.scores import taylor_score
+
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).train()
+    model.bert.encoder.layer[0].eval()  # e.g. a frozen layer while the rest trains
+    modes = {name: m.training for name, m in model.named_modules()}
+    table = compute_importance(compute_activations(model, tiny_tokenizer, sentences[:4], progress=False))
+    batch = {**tiny_tokenizer(sentences[:4], padding=True, return_tensors="pt"), "labels": torch.tensor([0, 1, 1, 0])}
+    taylor_score(table, model, [batch])
+    assert {name: m.training for name, m in model.named_modules()} == modes
+    with pytest.raises(ValueError, match="on the meta device"):
+        compute_activations(model.to("meta"), tiny_tokenizer, sentences[:3], progress=False)

@@ -311,3 +311,27 @@ def test_figures(acts, tmp_path):
         plot_lambda_by_layer(table, tmp_path / "median.pdf")
     with pytest.raises(ValueError, match=r"neuron must be an int in 0\.\.36, got 37"):
         plot_persistence_diagram(acts, 2, "intermediate", 37, tmp_path / "bad.png")
+
+
+def test_a_sentence_that_normalization_lengthens_is_measured(tiny_bert, sentences):
+    """NFKC (SentencePiece's normalizer) turns U+FDFA's 3 bytes into 18 characters: the sentence is
+    tokenized to be measured, found too long and left out of the sample, not sampled and refused."""
+    from conftest import tiny_vocab
+    from tokenizers import Regex, Tokenizer, models, normalizers, pre_tokenizers
+    from tokenizers.processors import TemplateProcessing
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = tiny_vocab()
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="[UNK]"))
+    core.normalizer = normalizers.NFKC()
+    core.pre_tokenizer = pre_tokenizers.Split(Regex(r"\S"), behavior="isolated")  # a token per character
+    core.post_processor = TemplateProcessing(
+        single="[CLS] $A [SEP]", special_tokens=[("[CLS]", vocab["[CLS]"]), ("[SEP]", vocab["[SEP]"])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, unk_token="[UNK]", pad_token="[PAD]", cls_token="[CLS]", sep_token="[SEP]",
+        model_max_length=128,
+    )  # fmt: skip
+    odd = "\ufdfa" * 8  # 24 bytes, 146 tokens
+    table = analyze(tiny_bert, [*sentences, odd], n_sentences=len(sentences), tokenizer=tokenizer, progress=False)
+    assert odd not in table.sentences and len(table.sentences) == len(sentences)

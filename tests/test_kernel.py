@@ -570,8 +570,7 @@ def test_squares_out_of_range(dtype, as_tensor):
 @pytest.mark.parametrize("as_tensor", [False, True])
 def test_a_diagram_keeps_deaths_far_below_its_lambda(as_tensor):
     """λ in range, a smaller death whose float32 square underflows: the diagram still holds it (recomputed in
-    float64), and the duplicate's 0. (float64 has no wider type: a death about 1e154 times below the
-    coordinates stays imprecise there.)"""
+    float64), and the duplicate's 0."""
     cloud = np.array([[[0.0, 0.0], [1e-25, 0.0], [1.0, 0.0], [1.0, 0.0]]], dtype=np.float32)
     x = torch.from_numpy(cloud) if as_tensor else cloud
     deaths = np.asarray(obce.h0_deaths(x))
@@ -834,3 +833,36 @@ def test_cuda_tensor_without_cuda_build_is_a_clear_error():
         pytest.skip("only meaningful for a CPU-only build on a machine with a GPU")
     with pytest.raises(RuntimeError, match="built without CUDA"):
         obce.fast_death_radii(torch.zeros(4, 3, device="cuda"))
+
+
+@pytest.mark.parametrize("as_tensor", [False, True, pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])])
+@pytest.mark.parametrize(
+    "cloud, deaths",
+    [
+        ([[1.0, 0.0], [1.0, 1e-300]], [1e-300]),  # scaled to ~1, the square still underflows
+        ([[0.0, 0.0], [1e-300, 0.0], [1.0, 0.0]], [1e-300, 1.0]),
+        ([[0.0, 0.0], [1e-160, 0.0], [1.0, 0.0]], [1e-160, 1.0]),  # a subnormal square: imprecise
+        ([[0.0, 0.0], [0.0, 0.0], [1e-300, 0.0], [1.0, 0.0]], [0.0, 1e-300, 1.0]),  # and a duplicate
+        ([[0.0, 0.0, 0.0], [3e-300, 4e-300, 0.0], [1e10, 0.0, 0.0]], [5e-300, 1e10]),
+    ],
+)
+def test_float64_deaths_beyond_its_squares_are_exact(cloud, deaths, as_tensor):
+    """Deaths more than 2^511 below a float64 cloud's coordinates: computed pair by pair, exactly."""
+    x = np.array([cloud])
+    x = torch.from_numpy(x).to("cuda" if as_tensor == "cuda" else "cpu") if as_tensor else x
+    lam, diagram = obce.fast_death_radii(x), obce.h0_deaths(x)
+    if as_tensor:
+        assert lam.device == diagram.device == x.device
+        lam, diagram = lam.cpu(), diagram.cpu()
+    np.testing.assert_allclose(np.asarray(diagram)[0], deaths, rtol=1e-15, atol=0)
+    np.testing.assert_allclose(np.asarray(lam), deaths[-1:], rtol=1e-15, atol=0)
+
+
+@pytest.mark.parametrize("dim, spread", [(256, 7e-21), (20000, 1e-21)])
+def test_float32_squares_each_subnormal_sum_normal(dim, spread):
+    """Each coordinate difference's float32 square is subnormal, their sum normal: λ is exact (recomputed), not
+    summed from rounded subnormals."""
+    cloud = np.zeros((1, 2, dim), dtype=np.float32)
+    cloud[0, 1] = spread
+    want = np.float32(np.sqrt(dim) * np.float64(np.float32(spread)))
+    assert obce.fast_death_radii(cloud)[0] == want and obce.h0_deaths(cloud)[0, 0] == want

@@ -1,6 +1,7 @@
 // A batch of point clouds seen through strides, so that any input layout is read in place, and
 // what a call found in it.
 #pragma once
+#include <cmath>
 #include <cstdint>
 #include <limits>
 
@@ -39,13 +40,20 @@ struct Findings {
   index_t first_bad = -1, first_out_of_range = -1;
 };
 
+// The least death of a cloud of `dim` dimensions that its squared distance holds to the type's
+// precision: 0 for d = 1 (nothing is squared), else sqrt(d) times the square root of the least
+// normal value (2^-63 in float, 2^-511 in double). Above it the d squared coordinate differences sum
+// to at least d times the least normal value, so the subnormal rounding of each costs the sum at
+// most half an ulp in all; below it precision is lost, or the square vanishes.
+template <class T> T least_precise_death(index_t dim) {
+  const double root_of_least_normal = sizeof(T) == sizeof(float) ? 0x1p-63 : 0x1p-511;
+  return dim > 1 ? T(std::sqrt(double(dim)) * root_of_least_normal) : T(0);
+}
+
 // Whether a finite cloud's deaths are out of range: its λ infinite (its squared distances
-// overflowed, for d > 1, or its distances, for d = 1) or, for clouds of d > 1 (`squares`), its
-// smallest death below the square root of the least normal value (2^-63 in float, 2^-511 in double),
-// where squares lose precision or vanish. Given λ alone, smallest is λ. obce.kernel computes such
-// clouds again, scaled.
-template <class T> OBCE_HOST_DEVICE bool out_of_range(T smallest, T lambda, bool squares) {
-  const T least = !squares ? T(0) : sizeof(T) == sizeof(float) ? T(0x1p-63) : T(0x1p-511);
+// overflowed, for d > 1, or its distances, for d = 1) or its smallest death below `least`
+// (least_precise_death). Given λ alone, smallest is λ. obce.kernel computes such clouds again, scaled.
+template <class T> OBCE_HOST_DEVICE bool out_of_range(T smallest, T lambda, T least) {
   return smallest < least || lambda == std::numeric_limits<T>::infinity();
 }
 

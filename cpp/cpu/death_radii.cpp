@@ -298,12 +298,13 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
   return first_bad == std::numeric_limits<index_t>::max() ? -1 : first_bad;
 }
 
-// The first of `count` rows of `row_length` ascending deaths that is out_of_range, or -1.
-template <class T>
-index_t first_out_of_range(const T *rows, index_t count, index_t row_length, bool squares) {
+// The first of `count` rows of `row_length` ascending deaths of clouds of `dim` dimensions that is
+// out_of_range, or -1.
+template <class T> index_t first_out_of_range(const T *rows, index_t count, index_t row_length, index_t dim) {
+  const T least = least_precise_death<T>(dim);
   for (index_t c = 0; c < count; ++c) {
     const T *row = rows + c * row_length;
-    if (out_of_range(row[0], row[row_length - 1], squares)) return c;
+    if (out_of_range(row[0], row[row_length - 1], least)) return c;
   }
   return -1;
 }
@@ -331,7 +332,7 @@ template <class T> Findings death_radii(const CloudView<T> &v, T *out, int n_thr
                       [&](T d2) { longest = std::max(longest, d2); });
         if (this_thread() == 0) out[c] = std::sqrt(longest);
       });
-  return {first_bad, first_out_of_range(out, v.n_clouds, 1, dim > 1)};
+  return {first_bad, first_out_of_range(out, v.n_clouds, 1, dim)};
 }
 
 template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threads) {
@@ -360,7 +361,7 @@ template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threa
         parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p, [&](T d2) { row[e++] = d2; });
         if (this_thread() == 0) finish(row);
       });
-  return {first_bad, first_out_of_range(out, v.n_clouds, n - 1, dim > 1)};
+  return {first_bad, first_out_of_range(out, v.n_clouds, n - 1, dim)};
 }
 
 int default_threads() {

@@ -222,8 +222,8 @@ Findings with_findings(int device, std::uintptr_t stream_handle, const Scratch &
   check(cudaMemsetAsync(flags, 0xff, sizeof found, stream), "cudaMemsetAsync");
   body(dev, stream, flags);
   constexpr int threads = 256;
-  out_of_range_kernel<T><<<grid_for(v.n_clouds, threads), threads, 0, stream>>>(rows, v.n_clouds, row_length,
-                                                                                v.dim > 1, flags + 1);
+  out_of_range_kernel<T><<<grid_for(v.n_clouds, threads), threads, 0, stream>>>(
+      rows, v.n_clouds, row_length, least_precise_death<T>(v.dim), flags + 1);
   check_launch("out_of_range_kernel");
   check(cudaMemcpyAsync(found, flags, sizeof found, cudaMemcpyDeviceToHost, stream), "cudaMemcpyAsync");
   check(cudaStreamSynchronize(stream), "cudaStreamSynchronize");

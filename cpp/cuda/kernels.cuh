@@ -558,15 +558,15 @@ template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds
 
 // ---- the range check of checked calls ---------------------------------------------------------
 
-// The least of `count` rows of `row_length` ascending deaths that is out_of_range, into
-// *first_out_of_range.
+// The least of `count` rows of `row_length` ascending deaths that is out_of_range (`least`: the
+// clouds' least_precise_death), into *first_out_of_range.
 template <class T>
-__global__ void out_of_range_kernel(const T *rows, index_t count, index_t row_length, bool squares,
+__global__ void out_of_range_kernel(const T *rows, index_t count, index_t row_length, T least,
                                     unsigned long long *first_out_of_range) {
   for (index_t c = blockIdx.x * index_t(blockDim.x) + threadIdx.x; c < count;
        c += index_t(gridDim.x) * blockDim.x) {
     const T *row = rows + c * row_length;
-    if (out_of_range(row[0], row[row_length - 1], squares)) report_bad(first_out_of_range, c);
+    if (out_of_range(row[0], row[row_length - 1], least)) report_bad(first_out_of_range, c);
   }
 }
 

@@ -12,7 +12,7 @@ the attention mask hides it and only real tokens are read.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +36,7 @@ __all__ = [
     "InputMoments",
     "check_token_mode",
     "compute_activations",
+    "eval_mode",
     "reader_input_moments",
 ]
 
@@ -215,17 +216,27 @@ def _token_lengths(model, tokenizer, sentences: list[str]) -> list[int]:
 
 
 @contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode (no dropout) inside; after, every submodule's own train/eval flag as it was."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+
+
+@contextmanager
 def _inference(model: nn.Module, precision: str = "float32"):
     """Eval mode (restored after), no autograd, and autocast to ``precision``."""
-    was_training = model.training
-    model.eval()
     autocast = PRECISIONS[precision]
     device = next(model.parameters()).device
-    try:
-        with torch.inference_mode(), torch.autocast(device.type, dtype=autocast, enabled=autocast is not None):
-            yield
-    finally:
-        model.train(was_training)
+    if device.type == "meta":
+        raise ValueError("the model's weights are on the meta device (not loaded): load them before analysing it")
+    cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
+    with eval_mode(model), torch.inference_mode(), cast:
+        yield
 
 
 def _batches(tokenizer, sentences: list[str], lengths: list[int], batch_size: int, device, progress: bool, desc: str):

@@ -16,6 +16,7 @@ import copy
 import json
 import os
 import time
+import unicodedata
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -537,9 +538,10 @@ def analyze(
     specials = tokenizer.num_special_tokens_to_add(pair=False)
 
     def fits(chunk: list[str]) -> list[bool]:
-        # A WordPiece, BPE or SentencePiece token covers at least one byte, except a word-start
-        # marker, so a sentence under this bound fits without being tokenized.
-        surely = [len(s.encode("utf-8")) + len(s.split()) + specials <= limit for s in chunk]
+        # A WordPiece, BPE or SentencePiece token covers at least one character of the normalized text (NFKC for
+        # SentencePiece, NFD to strip accents: NFKD is at least as long as either), except a word-start marker,
+        # so a sentence under this bound fits without being tokenized.
+        surely = [len(unicodedata.normalize("NFKD", s).encode()) + len(s.split()) + specials <= limit for s in chunk]
         doubtful = [s for s, ok in zip(chunk, surely, strict=True) if not ok]
         counts = (
             iter(len(ids) for ids in tokenizer(doubtful, add_special_tokens=True)["input_ids"]) if doubtful else None

@@ -204,46 +204,95 @@ def _lambdas(out, full_diagram: bool):
 
 
 # Clouds of d > 1 are computed on squared distances, whose normal range is half the coordinates'
-# (in exponent): a death below the least whose square is normal lost precision to subnormal or zero
-# squares, and one whose square overflowed is infinite. On checked calls such clouds (by their λ, and
-# for a whole diagram by their smallest death too), those of one repeated point aside (all deaths 0),
-# are computed again in float64 on coordinates scaled by a power of two to about 1 (exact), and their
-# results scaled back. A diagram's zero deaths of duplicate points come out 0 again.
-_LEAST_PRECISE_DEATH = {4: 2.0**-63, 8: 2.0**-511}  # by itemsize: sqrt of the least normal float
+# (in exponent): a death below the least whose squared coordinate differences are all normal, or sum
+# to at least d times the least normal value, lost precision to subnormal or zero squares, and one
+# whose square overflowed is infinite. On checked calls such clouds (by their λ, and for a whole
+# diagram by their smallest death too), those of one repeated point aside (all deaths 0), are computed
+# again in float64 on coordinates scaled by a power of two to about 1 (exact), and their results scaled
+# back. A diagram's zero deaths of duplicate points come out 0 again. Float32 input always fits then;
+# float64 input whose deaths span more than float64's squares (a death below 2^-511 of the coordinates'
+# scale) is computed once more, exactly, by a slower Prim (_exact_deaths).
+_ROOT_OF_LEAST_NORMAL = {np.dtype(np.float32): 2.0**-63, np.dtype(np.float64): 2.0**-511}
 
 
-def _squares_out_of_range(out, full_diagram: bool, itemsize: int):
-    """Which d > 1 clouds have a death outside the range their squared distances hold (the kernels
-    report the first such cloud: out_of_range in cpp/core/cloud_view.hpp)."""
+def _least_precise_death(dtype: np.dtype, dim: int):
+    """least_precise_death of cpp/core/cloud_view.hpp, rounded to ``dtype`` as there."""
+    return dtype.type(math.sqrt(dim) * _ROOT_OF_LEAST_NORMAL[dtype] if dim > 1 else 0)
+
+
+def _squares_out_of_range(out, full_diagram: bool, least):
+    """Which clouds have a death outside the range their squared distances hold (the kernels report the
+    first such cloud: out_of_range in cpp/core/cloud_view.hpp)."""
     smallest = out[:, 0] if full_diagram else out  # a diagram's rows ascend
-    return ~((smallest >= _LEAST_PRECISE_DEATH[itemsize]) & (_lambdas(out, full_diagram) < math.inf))
+    return ~((smallest >= least) & (_lambdas(out, full_diagram) < math.inf))
 
 
 def _redo_squares_out_of_range_numpy(kernel, acts, out, n_threads, full_diagram):
-    redo = np.flatnonzero(_squares_out_of_range(out, full_diagram, acts.itemsize))
+    redo = np.flatnonzero(_squares_out_of_range(out, full_diagram, _least_precise_death(acts.dtype, acts.shape[2])))
     if redo.size == 0:
         return
     clouds = acts[redo].astype(np.float64)
     spread = (clouds.max(axis=1) > clouds.min(axis=1)).any(axis=1)
     redo, clouds = redo[spread], clouds[spread]
     exponents = np.frexp(np.abs(clouds).max(axis=(1, 2), initial=0))[1]
-    again = _run_numpy(kernel, np.ldexp(clouds, -exponents[:, None, None]), n_threads, False, full_diagram)
+    scaled = np.ldexp(clouds, -exponents[:, None, None])
+    again = _run_numpy(kernel, scaled, n_threads, False, full_diagram)
     with np.errstate(over="ignore"):  # a λ beyond the result's type is infinite: reported after
         out[redo] = np.ldexp(again, exponents[:, None] if full_diagram else exponents)
+    if acts.dtype == np.float64:  # float32 input always fits float64's squares
+        for i in _beyond_float64(scaled, again, full_diagram):
+            out[redo[i]] = _exact_deaths(clouds[i], full_diagram)
 
 
 def _redo_squares_out_of_range_torch(torch, kernel, acts, out, n_threads, full_diagram):
-    redo = _squares_out_of_range(out, full_diagram, acts.element_size()).nonzero().flatten()
+    least = _least_precise_death(np.dtype(str(acts.dtype).removeprefix("torch.")), acts.shape[2])
+    redo = _squares_out_of_range(out, full_diagram, float(least)).nonzero().flatten()
     if len(redo) == 0:
         return
     clouds = acts[redo].double()
     spread = (clouds.amax(dim=1) > clouds.amin(dim=1)).any(dim=1)
     redo, clouds = redo[spread], clouds[spread]
     exponents = torch.frexp(clouds.abs().amax(dim=(1, 2))).exponent
-    again = _run_torch(
-        torch, kernel, _times_power_of_two(torch, clouds, -exponents[:, None, None]), n_threads, False, full_diagram
-    )
+    scaled = _times_power_of_two(torch, clouds, -exponents[:, None, None])
+    again = _run_torch(torch, kernel, scaled, n_threads, False, full_diagram)
     out[redo] = _times_power_of_two(torch, again, exponents[:, None] if full_diagram else exponents).to(out.dtype)
+    if acts.dtype == torch.float64:  # float32 input always fits float64's squares
+        for i in _beyond_float64(scaled.cpu().numpy(), again.cpu().numpy(), full_diagram):
+            out[redo[i]] = torch.as_tensor(_exact_deaths(clouds[i].cpu().numpy(), full_diagram), device=out.device)
+
+
+def _beyond_float64(scaled, again, full_diagram: bool) -> list[int]:
+    """The clouds still out of range computed in float64 on coordinates scaled to about 1 (``scaled``, float64
+    input whose deaths span more than float64's squares); the zero deaths of duplicate points are exact."""
+    least = _least_precise_death(np.dtype(np.float64), scaled.shape[2])
+    beyond = []
+    for i in np.flatnonzero(_squares_out_of_range(again, full_diagram, least)):
+        duplicates = len(scaled[i]) - len(np.unique(scaled[i], axis=0))
+        if not (full_diagram and np.all(again[i, duplicates:] >= least) and not np.any(again[i, :duplicates])):
+            beyond.append(int(i))
+    return beyond
+
+
+def _exact_deaths(cloud: np.ndarray, full_diagram: bool) -> np.ndarray:
+    """A float64 cloud's ascending minimum-spanning-tree edge lengths (its λ alone unless ``full_diagram``), by
+    Prim on distances computed pair by pair as m·sqrt(Σ(dᵢ/m)²), m the largest coordinate difference, so that no
+    square leaves float64's range: O(n² d), for the rare clouds that need it."""
+    halved = np.abs(cloud).max() > 2.0**1022  # differences of such coordinates could overflow
+    cloud = cloud / 2 if halved else cloud
+    n = len(cloud)
+    nearest, in_tree, deaths, current = np.full(n, np.inf), np.zeros(n, dtype=bool), [], 0
+    for _ in range(n - 1):
+        in_tree[current] = True
+        diff = cloud - cloud[current]
+        scale = np.abs(diff).max(axis=1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            distance = np.where(scale > 0, scale * np.sqrt(((diff / scale[:, None]) ** 2).sum(axis=1)), 0.0)
+        nearest = np.where(in_tree, np.inf, np.minimum(nearest, distance))
+        current = int(np.argmin(nearest))
+        deaths.append(nearest[current])
+    with np.errstate(over="ignore"):  # a λ beyond float64 is infinite: reported after
+        deaths = np.sort(deaths) * (2.0 if halved else 1.0)
+    return deaths if full_diagram else deaths[-1]
 
 
 def _times_power_of_two(torch, x, exponents):

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from .activations import eval_mode
 from .models.adapters import COMPONENTS, encoder_layers, to_user_layer
 
 __all__ = [
@@ -341,32 +342,30 @@ def taylor_score(table, model, batches: Sequence[Mapping[str, torch.Tensor]]) ->
 
                 handles.append(layer.linear(component).register_forward_hook(post))
     sums: dict[tuple[int, str], torch.Tensor] = {}
-    training = model.training
-    model.eval()
     try:
-        for batch in batches:
-            if "labels" not in batch or "attention_mask" not in batch:
-                raise ValueError(f"each batch needs labels and attention_mask, got keys {sorted(batch)}")
-            device = next(model.parameters()).device
-            inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
-            labels = batch["labels"].to(device)
-            captured.clear()
-            with torch.enable_grad():
-                logits = model(**inputs).logits
-                if logits.shape[-1] == 1:
-                    loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
-                else:
-                    loss = F.cross_entropy(logits, labels, reduction="sum")
-                grads = torch.autograd.grad(loss, [t for _, _, t in captured])
-            mask = inputs["attention_mask"].to(torch.float64).unsqueeze(-1)
-            for (index, component, tensor), grad in zip(captured, grads, strict=True):
-                per_sentence = (tensor.detach().double() * grad.double() * mask).sum(1).abs().sum(0)
-                key = (index, component)
-                sums[key] = sums[key] + per_sentence if key in sums else per_sentence
+        with eval_mode(model):
+            for batch in batches:
+                if "labels" not in batch or "attention_mask" not in batch:
+                    raise ValueError(f"each batch needs labels and attention_mask, got keys {sorted(batch)}")
+                device = next(model.parameters()).device
+                inputs = {k: v.to(device) for k, v in batch.items() if k != "labels"}
+                labels = batch["labels"].to(device)
+                captured.clear()
+                with torch.enable_grad():
+                    logits = model(**inputs).logits
+                    if logits.shape[-1] == 1:
+                        loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
+                    else:
+                        loss = F.cross_entropy(logits, labels, reduction="sum")
+                    grads = torch.autograd.grad(loss, [t for _, _, t in captured])
+                mask = inputs["attention_mask"].to(torch.float64).unsqueeze(-1)
+                for (index, component, tensor), grad in zip(captured, grads, strict=True):
+                    per_sentence = (tensor.detach().double() * grad.double() * mask).sum(1).abs().sum(0)
+                    key = (index, component)
+                    sums[key] = sums[key] + per_sentence if key in sums else per_sentence
     finally:
         for handle in handles:
             handle.remove()
-        model.train(training)
     rows = [(to_user_layer(index), component, values) for (index, component), values in sums.items()]
     return _aligned(table, _frame(rows), "the Taylor scores")
 

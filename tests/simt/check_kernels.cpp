@@ -253,7 +253,7 @@ template <class T> void check_h0_helpers(int n, int clouds, unsigned seed) {
 }
 
 // The range check of checked calls: the least row of ascending deaths whose smallest or largest
-// (λ) is out of range, for rows of three deaths and for λ alone.
+// (λ) is out of range, for rows of three deaths and for λ alone, of clouds of 1, 2 and 4 dimensions.
 template <class T> void check_out_of_range(unsigned seed) {
   const index_t count = 700;
   for (index_t row_length : {3, 1}) {
@@ -262,15 +262,17 @@ template <class T> void check_out_of_range(unsigned seed) {
     const auto at = [&](index_t row, index_t i) -> T & { return rows[size_t(row * row_length + i)]; };
     at(530, row_length - 1) = INFINITY;
     at(410, 0) = T(1e-30);                     // below 2^-63: out of range for float squares only
+    at(370, 0) = T(0x1p-63) * T(1.5);          // below sqrt(4) * 2^-63: out of range for 4 float dimensions
     if (row_length > 2) at(300, 1) = INFINITY; // neither the smallest death nor λ
     at(200, row_length - 1) = NAN;             // a non-finite cloud's λ is that cloud's own report
-    for (bool squares : {false, true}) {
+    for (index_t dim : {1, 2, 4}) {
       unsigned long long first = ~0ull;
-      simt_launch(dim3(2), dim3(64),
-                  [&] { out_of_range_kernel<T>(rows.data(), count, row_length, squares, &first); });
-      const unsigned long long want = squares && sizeof(T) == sizeof(float) ? 410 : 530;
+      simt_launch(dim3(2), dim3(64), [&] {
+        out_of_range_kernel<T>(rows.data(), count, row_length, least_precise_death<T>(dim), &first);
+      });
+      const unsigned long long want = sizeof(T) == sizeof(double) || dim == 1 ? 530 : dim == 4 ? 370 : 410;
       expect(first == want, std::string("out_of_range_kernel ") + (sizeof(T) == 4 ? "float" : "double") +
-                                (squares ? " squares" : "") + " rows of " + std::to_string(row_length) +
+                                " dim " + std::to_string(dim) + " rows of " + std::to_string(row_length) +
                                 ": " + std::to_string(first));
     }
   }
