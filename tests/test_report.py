@@ -17,7 +17,7 @@ from transformers import BertConfig, BertModel
 from obce import pipeline
 from obce.pipeline import Budget, RunFolder, SpeedSettings
 from obce.report import page
-from obce.report.page import cutoffs, report_sections, write_report
+from obce.report.page import cutoffs, report_sections, summary_lines, write_report
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
 _PNG = b"\x89PNG\r\n\x1a\n"
@@ -221,3 +221,33 @@ def test_renders_in_headless_chromium(run, tmp_path):
     # Not a blank page: text, tables and figures leave dark pixels on the white background.
     dark = (pixels[..., :3].mean(axis=2) < 0.5).mean()
     assert 0.005 < dark < 0.5
+
+
+def test_backticks_and_dollars_of_the_user_show_as_written(run, tmp_path):
+    """A backtick in a path or command is no code-span boundary; a $ in a model name is no matplotlib math."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    settings = json.loads((copy / "settings.json").read_text())
+    settings["commands"] = ["obce prune --model 'a`b$1_$2' -o run"]
+    settings["steps"]["analyze"]["model"] = "a`b$1_$2"
+    (copy / "settings.json").write_text(json.dumps(settings))
+    importance = json.loads((copy / "importance.json").read_text())
+    importance["model"] = "a`b$1_$2"
+    (copy / "importance.json").write_text(json.dumps(importance))
+    written = write_report(copy)
+    html = written.read_text(encoding="utf-8")
+    assert "<code>obce prune --model &#x27;a&#96;b$1_$2&#x27; -o run</code>" in html
+    md = written.with_name("report.md").read_text(encoding="utf-8")
+    assert "`` obce prune --model 'a`b$1_$2' -o run ``" in md and "a\\`b$1_$2" in md
+    assert summary_lines(copy, plain=True)[0].startswith("a`b$1_$2 pruned with plan uniform")
+
+
+def test_a_plan_not_yet_pruned_shows_its_own_scores_cutoffs(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    settings = json.loads((copy / "settings.json").read_text())
+    settings["steps"]["plan"]["score"] = "std"
+    del settings["steps"]["prune"]  # stopped after the plan
+    (copy / "settings.json").write_text(json.dumps(settings))
+    md = write_report(copy).with_name("report.md").read_text(encoding="utf-8")
+    assert "(std > " in md and "(λ > " not in md

@@ -650,8 +650,8 @@ def compress(
     if pipeline.is_main_process():
         from .report import summary_lines
 
-        for line in summary_lines(output):
-            _echo(line.replace("`", ""))
+        for line in summary_lines(output, plain=True):
+            _echo(line)
         _echo(f"report: {report}")
 
 

@@ -50,8 +50,13 @@ def _log_axis(ax, values: np.ndarray) -> None:
         ax.set_yscale("symlog", linthresh=float(np.quantile(positive, 0.01)))
 
 
+def literal(text: str) -> str:
+    """``text`` as matplotlib shows it: a ``$`` in a path or a name is a dollar sign, not the start of math."""
+    return text.replace("$", r"\$")
+
+
 def _title(table: ImportanceTable, what: str) -> str:
-    model = table.settings.get("model") or "all-MiniLM-L6-v2"
+    model = literal(str(table.settings.get("model") or "all-MiniLM-L6-v2"))
     token = table.settings.get("token", "cls")
     points = table.settings.get("n_points")
     return f"{what}\n{model}, token={token}" + (f", {points} points" if points else "")

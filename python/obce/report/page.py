@@ -28,7 +28,7 @@ from ..pipeline import COMPRESSED, ORIGINAL, RunFolder
 from ..plans import PruningPlan
 from ..tasks import task_info
 from ..train import TRAINING_LOG
-from .figures import plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
+from .figures import literal, plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
 
 __all__ = ["Figure", "Section", "Table", "report_sections", "summary_lines", "write_report"]
 
@@ -37,7 +37,8 @@ MARKDOWN_NAME = "report.md"
 _ROLES = {"high": "highest λ", "low": "lowest non-zero λ"}
 _ENCODER_LAYERS = (
     "Encoder layers are the transformer layers only (attention and feed-forward blocks with their layer norms); "
-    "the embeddings and the pooler are never pruned and not counted in that fraction. The whole model adds them."
+    "the embeddings, the pooler and a task head are never pruned and not counted in that fraction. The whole model "
+    "adds them."
 )
 
 
@@ -113,9 +114,10 @@ def _read(run: RunFolder, name: str):
 # Sections
 
 
-def summary_lines(run_dir: str | os.PathLike) -> list[str]:
+def summary_lines(run_dir: str | os.PathLike, *, plain: bool = False) -> list[str]:
     """The report's summary of a run folder, one sentence per line: what the model kept, how much
-    faster it runs and how each fine-tuned model scored (only what the folder holds so far).
+    faster it runs and how each fine-tuned model scored (only what the folder holds so far); Markdown, or
+    with ``plain`` text for a terminal.
 
     Raises
     ------
@@ -124,8 +126,9 @@ def summary_lines(run_dir: str | os.PathLike) -> list[str]:
     """
     run = _run_folder(run_dir)
     plan = run.plan() if (run / run.PLAN).is_file() else None
-    metrics = (_read(run, run.METRICS) or {}).get("models")
-    return _summary_lines(run.settings(), plan, _read(run, run.PARAMS), _read(run, run.SPEED), metrics)
+    metrics = _user((_read(run, run.METRICS) or {}).get("models"))
+    lines = _summary_lines(_user(run.settings()), plan, _read(run, run.PARAMS), _read(run, run.SPEED), metrics)
+    return [line.replace("`", "").replace(_BACKTICK, "`") for line in lines] if plain else lines
 
 
 def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
@@ -134,13 +137,14 @@ def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
     if params:
         before, after = params[ORIGINAL], params[COMPRESSED]
         lines.append(
-            f"{analysis.get('model', '?')} pruned with plan `{plan.name if plan else '?'}`: the encoder layers keep "
+            f"{analysis.get('model', '?')} pruned with plan `{_user(plan.name) if plan else '?'}`: the encoder layers "
+            "keep "
             f"{_n(after['encoder_layers'])} of {_n(before['encoder_layers'])} parameters "
             f"({_pct(after['encoder_layers'] / before['encoder_layers'])}), the whole model {_n(after['total'])} of "
             f"{_n(before['total'])} ({_pct(after['total'] / before['total'])})."
         )
     elif analysis:
-        made = f"; plan `{plan.name}` made" if plan else ""
+        made = f"; plan `{_user(plan.name)}` made" if plan else ""
         lines.append(f"{analysis.get('model', '?')}: λ of its neurons over {analysis['n_sentences']} sentences{made}; "
                      "not pruned yet.")  # fmt: skip
     if speed:
@@ -227,7 +231,7 @@ def _parameters(parameters: pd.DataFrame, params: dict, figure: str) -> Section:
             [name, _n(before[key]), _n(after[key]), _pct(after[key] / before[key])]
             for name, key in (
                 ("encoder layers", "encoder_layers"),
-                ("whole model (embeddings, layers, pooler)", "total"),
+                ("whole model (embeddings, layers, pooler, any head)", "total"),
             )
         ],
     )
@@ -312,7 +316,7 @@ def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str
         "the table below are on that score, not on λ."
     )
     section.blocks += [
-        f"Plan `{plan.name}`" + (f": {plan.notes}." if plan.notes else "."),
+        f"Plan `{_user(plan.name)}`" + (f": {_user(plan.notes)}." if plan.notes else "."),
         Figure(figure, caption, wide=True),
     ]
     rows = []
@@ -483,7 +487,7 @@ def _plot_training(logs: dict[str, list[dict]], dev_metric: str, path: Path) -> 
         for ax, key, style in ((loss_ax, "loss", "-"), (dev_ax, dev_metric, "o-")):
             points = [(entry["step"], entry[key]) for entry in log if key in entry]
             if points:
-                ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=label, markersize=4)
+                ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=literal(label), markersize=4)
     for ax, title in ((loss_ax, "training loss"), (dev_ax, f"dev {dev_metric.removeprefix('eval_')}")):
         ax.set_xlabel("step")
         ax.set_title(title, fontsize="medium")
@@ -529,17 +533,40 @@ def _plot_parameters(parameters: pd.DataFrame, path: Path) -> Path:
 # Rendering
 
 
+_BACKTICK = "\ue000"
+"""A backtick of the user's text (a path, a name, a command): shown as written, never a `code` span's boundary."""
+
+
+def _user(value):
+    """Text from the run folder's settings or files, with its backticks marked as the user's (in nested values)."""
+    if isinstance(value, str):
+        return value.replace("`", _BACKTICK)
+    if isinstance(value, dict):
+        return {_user(k): _user(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_user(v) for v in value]
+    return value
+
+
 def _inline_markdown(text: str) -> str:
     """HTML of a paragraph: escaped, with `code` spans."""
     parts = html.escape(text).split("`")
-    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)).replace(_BACKTICK, "&#96;")
 
 
 def _markdown_text(text: str) -> str:
     """A paragraph for Markdown: outside `code` spans, < as an entity, so text from the user (a plan's notes, a
-    path) shows as written instead of opening an HTML tag ("λ > x" stays readable)."""
-    parts = text.split("`")
-    return "`".join(p if i % 2 else p.replace("<", "&lt;") for i, p in enumerate(parts))
+    path) shows as written instead of opening an HTML tag ("λ > x" stays readable); the user's backticks escaped,
+    or inside a code span, fenced by two."""
+    out = []
+    for i, part in enumerate(text.split("`")):
+        if i % 2 == 0:
+            out.append(part.replace("<", "&lt;").replace(_BACKTICK, "\\`"))
+        elif _BACKTICK in part:
+            out.append(f"`` {part.replace(_BACKTICK, '`')} ``")
+        else:
+            out.append(f"`{part}`")
+    return "".join(out)
 
 
 def _markdown(title: str, sections: list[Section]) -> str:
@@ -633,7 +660,7 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         If ``run_dir`` is not a run folder (no ``settings.json``).
     """
     run = _run_folder(run_dir)
-    settings = run.settings()
+    settings = _user(run.settings())
     folder = run / run.REPORT
     folder.mkdir(exist_ok=True)
     table = run.table() if (run / run.IMPORTANCE).is_file() else None
@@ -641,7 +668,7 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     parameters = pd.read_csv(run / run.PARAMETERS) if (run / run.PARAMETERS).is_file() else None
     params, removed = _read(run, run.PARAMS), _read(run, run.REMOVED)
     speed, persistence = _read(run, run.SPEED), _read(run, run.PERSISTENCE)
-    metrics = (_read(run, run.METRICS) or {}).get("models")
+    metrics = _user((_read(run, run.METRICS) or {}).get("models"))
 
     def draw(name: str, plot, *args, **kwargs) -> str:
         if figures:
@@ -655,7 +682,10 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         # λ spans orders of magnitude across layers: a linear axis shows the last layer and flattens the rest.
         name = draw("lambda_by_layer.png", plot_lambda_by_layer, table, log=True, overwrite=True)
         sections.append(_importance(table, name))
-        score = settings.get("steps", {}).get("prune", {}).get("score", "lam")
+        steps = settings.get("steps", {})
+        # The plan's score ranked the neurons (a run stopped before pruning has no prune step); runs recorded
+        # before the score was a setting ranked by λ.
+        score = steps.get("plan", steps.get("prune", {})).get("score", "lam")
         cuts = cutoffs(table, plan) if plan is not None and score == "lam" else None  # drawn on the λ axis
         name = draw(
             "lambda_distributions.png", plot_lambda_distributions, table, log=True, cutoffs=cuts, overwrite=True
@@ -702,5 +732,6 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     """
     title, sections = report_sections(run_dir)
     folder = RunFolder(run_dir) / RunFolder.REPORT
-    atomic_write_text(folder / MARKDOWN_NAME, _markdown(title, sections), overwrite=True)
-    return atomic_write_text(folder / HTML_NAME, _html(title, sections, folder), overwrite=True)
+    markdown = _markdown(title, sections).replace(_BACKTICK, "\\`")  # what no code span took: headings
+    atomic_write_text(folder / MARKDOWN_NAME, markdown, overwrite=True)
+    return atomic_write_text(folder / HTML_NAME, _html(title, sections, folder).replace(_BACKTICK, "`"), overwrite=True)
