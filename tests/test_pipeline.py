@@ -747,3 +747,13 @@ def test_compress_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path
     assert "[2/6] score: taylor of every neuron on sst2" in err and "[6/6] report written" in err
     assert "taylor" in RunFolder(path).table().value_columns
     assert json.loads((path / "settings.json").read_text())["steps"]["score"]["task"] == "sst2"
+
+
+def test_a_finetune_whose_data_is_missing_leaves_no_folder(inputs, tmp_path, capsys):
+    write_glue_task(tmp_path / "glue", "rte", n_train=24, n_dev=8)
+    (tmp_path / "glue" / "RTE" / "dev.tsv").unlink()
+    path = tmp_path / "run"
+    args = ["finetune", str(inputs["model"]), "--task", "rte", "--glue-dir", str(tmp_path / "glue"), "-o", str(path)]
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and "dev.tsv" in err, err
+    assert not path.exists()

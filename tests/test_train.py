@@ -94,6 +94,13 @@ def test_evaluate_reads_the_scored_split_alone(tiny_model, glue_dir, tmp_path):
     assert evaluate(out, "sst2", data_dir=dev_only, max_length=32) == pytest.approx(result.metrics["dev"])
 
 
+def test_evaluate_truncates_as_the_run_was_trained(tiny_model, glue_dir, tmp_path):
+    out = tmp_path / "run"
+    result = finetune(tiny_model, "stsb", out, data_dir=glue_dir, **{**FAST, "max_length": 8})
+    assert evaluate(out, "stsb", data_dir=glue_dir) == pytest.approx(result.metrics["dev"])
+    assert evaluate(out, "stsb", data_dir=glue_dir, max_length=128) != pytest.approx(result.metrics["dev"])
+
+
 def test_compressed_model_folder_takes_the_same_path(tiny_model, glue_dir, tmp_path):
     from transformers import AutoConfig, AutoModel
 
@@ -200,6 +207,15 @@ def test_early_stopping_when_dev_score_stalls(tiny_model, glue_dir, tmp_path):
         **{**FAST, "max_steps": 20, "eval_steps": 1},
     )  # fmt: skip
     assert stalled.steps == 2
+
+
+def test_early_stopping_resumes_its_count(tiny_model, glue_dir, tmp_path):
+    """Interrupted after two stalled evaluations, a run stops where it would have, not two evaluations later."""
+    settings = dict(data_dir=glue_dir, lr=1e-12, patience=2, **{**FAST, "max_steps": 20, "eval_steps": 1})
+    assert finetune(tiny_model, "sst2", tmp_path / "whole", **settings).steps == 3
+    with pytest.raises(_Interrupt):
+        finetune(tiny_model, "sst2", tmp_path / "run", callbacks=[_StopAt(3)], **settings)
+    assert finetune(tiny_model, "sst2", tmp_path / "run", **settings).steps == 3
 
 
 def test_presets():
@@ -478,3 +494,33 @@ def test_an_empty_split_is_named(tmp_path, tiny_tokenizer):
     empty_dev = _make_task(full.info, {"train": full.data["train"], "dev": []}, "a test")
     with pytest.raises(ValueError, match="task 'sst2' split 'dev' is empty"):
         train._encode(empty_dev, "dev", tiny_tokenizer, 32)
+
+
+def test_inputs_are_cut_at_the_models_own_limit(tiny_model, glue_dir, tmp_path):
+    """A max_length beyond the position table would index past it: the model's limit truncates instead."""
+    from transformers import AutoConfig, AutoModel
+
+    config = AutoConfig.from_pretrained(tiny_model, max_position_embeddings=12)
+    torch.manual_seed(0)
+    folder = tmp_path / "short"
+    AutoModel.from_config(config).save_pretrained(folder)
+    for name in _TOKENIZER_FILES:
+        shutil.copy(tiny_model / name, folder / name)
+    result = finetune(folder, "rte", tmp_path / "run", data_dir=glue_dir, **{**FAST, "max_length": 64})
+    assert evaluate(tmp_path / "run", "rte", data_dir=glue_dir) == pytest.approx(result.metrics["dev"])
+
+
+def test_a_head_for_other_labels_is_refused(tiny_model, glue_dir, tmp_path):
+    """Same number of outputs, other labels (another task's, or this task's in another order): refused, not misread."""
+    from transformers import AutoModelForSequenceClassification
+
+    out = tmp_path / "rte"
+    finetune(tiny_model, "rte", out, data_dir=glue_dir, **{**FAST, "max_steps": 1})
+    with pytest.raises(ValueError, match=r"labels \(entailment, not_entailment\); SST-2 needs \(negative, positive\)"):
+        evaluate(out, "sst2", data_dir=glue_dir)
+    hub_order = {0: "CONTRADICTION", 1: "NEUTRAL", 2: "ENTAILMENT"}
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=3, id2label=hub_order)
+    with pytest.raises(ValueError, match="in that order"):
+        train.check_head(model, train.task_info("mnli"), "the model")
+    model.config.id2label = {0: "Entailment", 1: "neutral", 2: "CONTRADICTION"}  # names as in GLUE, any case
+    train.check_head(model, train.task_info("mnli"), "the model")

@@ -445,6 +445,8 @@ def finetune(
 
         accelerate launch -m obce.cli finetune --task polarity --steps 1000 --bf16
     """
+    from .tasks import load_task
+
     run = RunFolder(output)
     run.prepare()
     budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
@@ -452,6 +454,7 @@ def finetune(
         task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16, distill=distill
     )
     chosen = _labelled(run, models)
+    data = load_task(settings["task"], settings["glue_dir"])  # a missing split is named before the folder changes
     # Checked before anything is cleared or recorded: a typo costs no finished fine-tune.
     if overwrite:
         _clear_finetuning(run)
@@ -459,7 +462,7 @@ def finetune(
         run.check_step("finetune", settings)
     _record_command(ctx, run)
     _stage(f"obce: fine-tune {', '.join(chosen)} on {task}")
-    results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage, progress=progress)
+    results = pipeline.run_finetune(run, chosen, settings, device=device, log=_stage, progress=progress, task=data)
     if pipeline.is_main_process():
         from .train import results_table
 
@@ -534,6 +537,7 @@ def evaluate(
     Without MODELS: every model fine-tuned in the run folder.
     """
     from .tasks import load_task, task_info
+    from .train import EVALUATION_LENGTH, finetuned_setting
     from .train import evaluate as score
 
     run = RunFolder(output)
@@ -553,7 +557,7 @@ def evaluate(
     for split in splits:
         results = {}
         for label, folder in chosen.items():
-            length = max_length or _finetuned_setting(Path(folder), "max_length") or 128
+            length = max_length or finetuned_setting(folder, "max_length") or EVALUATION_LENGTH
             _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
             metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
             results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
@@ -567,7 +571,9 @@ def evaluate(
 def _evaluation_task(task: str | None, chosen: Mapping[str, str | Path]) -> str:
     """The task to score on: ``task``, or the one every model was fine-tuned on (``finetune.json``);
     polarity for models without a record. A model fine-tuned on another task than ``task`` is named."""
-    trained = {label: _finetuned_setting(Path(folder), "task") for label, folder in chosen.items()}
+    from .train import finetuned_setting
+
+    trained = {label: finetuned_setting(folder, "task") for label, folder in chosen.items()}
     known = sorted({t for t in trained.values() if t})
     if task is None:
         if len(known) > 1:
@@ -577,14 +583,6 @@ def _evaluation_task(task: str | None, chosen: Mapping[str, str | Path]) -> str:
         if trained_on and trained_on != task:
             _stage(f"obce: note: {label} was fine-tuned on {trained_on}, scored on {task}")
     return task
-
-
-def _finetuned_setting(folder: Path, key: str):
-    """A setting of the fine-tuning run saved in ``folder`` (its ``finetune.json``), or None."""
-    settings = folder / "finetune.json"
-    if settings.is_file():
-        return json.loads(settings.read_text(encoding="utf-8")).get(key)
-    return None
 
 
 @app.command()

@@ -1032,6 +1032,7 @@ def run_finetune(
     device: str | None = None,
     log: Callable[[str], None] = _stderr,
     progress: bool = True,
+    task=None,
 ) -> dict:
     """Fine-tune every model with the same task, seed and budget, each into ``finetune/<label>/``.
 
@@ -1048,6 +1049,8 @@ def run_finetune(
         ``"cpu"`` keeps training on the CPU when a GPU is present (see :func:`obce.train.trainer_device_args`).
     progress : bool
         A progress bar per model.
+    task : obce.tasks.Task, optional
+        The settings' task, loaded already (by default loaded here).
 
     Returns
     -------
@@ -1064,7 +1067,7 @@ def run_finetune(
             f"fine-tune both ({ORIGINAL}, then {COMPRESSED}) in the same run, got {', '.join(models)}"
         )
     training_args = trainer_device_args(device)
-    task = load_task(settings["task"], settings["glue_dir"])
+    task = task if task is not None else load_task(settings["task"], settings["glue_dir"])
     run.record("finetune", settings)  # before any checkpoint: resuming one needs the same settings
     results = {}
     for label, source in models.items():

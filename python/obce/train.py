@@ -32,6 +32,7 @@ from ._io import atomic_write_text, file_sha256
 from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
 
 __all__ = [
+    "EVALUATION_LENGTH",
     "PRESETS",
     "Comparison",
     "FinetuneResult",
@@ -40,6 +41,7 @@ __all__ = [
     "count_parameters",
     "evaluate",
     "finetune",
+    "finetuned_setting",
     "head_mismatch",
     "load_for_task",
     "results_table",
@@ -168,6 +170,14 @@ def head_mismatch(architecture: str, config, info: TaskInfo) -> str | None:
     problem = config.problem_type
     if problem is not None and problem != _problem_type(info):
         return f"was set up for problem_type={problem!r}; {info.display_name} needs {_problem_type(info)!r}"
+    labels = [str(config.id2label.get(i, "")) for i in range(config.num_labels)] if config.id2label else []
+    named = labels and not all(re.fullmatch(r"LABEL_\d+", label) for label in labels)  # not transformers' defaults
+    if info.label_names and named and [x.lower() for x in labels] != [x.lower() for x in info.label_names]:
+        # Another task's head, or this task's labels in another order: its outputs would be misread.
+        return (
+            f"has a head for the labels ({', '.join(labels)}); {info.display_name} needs "
+            f"({', '.join(info.label_names)}), in that order"
+        )
     return None
 
 
@@ -273,6 +283,17 @@ def _resolve_task(task, data_dir, splits: Sequence[str] | None = None) -> Task:
     return load_task(task, data_dir, splits=splits)
 
 
+def _truncation(model, tokenizer, max_length: int) -> int:
+    """``max_length``, or the model's own limit where that is shorter: a longer input would index past its
+    position table."""
+    from .models.adapters import max_sequence_length
+
+    try:
+        return min(max_length, max_sequence_length(model, tokenizer))
+    except ValueError:  # a family obce does not analyse: as asked
+        return max_length
+
+
 def _encode(task: Task, split: str, tokenizer, max_length: int) -> list[dict]:
     """Tokenized examples with ``labels``, padded later per batch."""
     texts = task.texts(split)
@@ -308,7 +329,7 @@ def evaluate(
     tokenizer=None,
     data_dir: str | os.PathLike | None = None,
     batch_size: int = 64,
-    max_length: int = 128,
+    max_length: int | None = None,
     device: str | None = None,
 ) -> dict[str, float]:
     """Score a fine-tuned model on one split of a task.
@@ -325,8 +346,11 @@ def evaluate(
         By default, loaded from the model's folder.
     data_dir : path-like, optional
         Local GLUE folder, when ``task`` is a GLUE name.
-    batch_size, max_length : int
-        Evaluation batch size and truncation length.
+    batch_size : int
+        Evaluation batch size.
+    max_length : int, optional
+        Truncation length; by default the one a :func:`finetune` folder was trained with (its ``finetune.json``),
+        else :data:`EVALUATION_LENGTH`. At most the model's own limit (its position table).
     device : str, optional
         ``"cpu"`` keeps evaluation on the CPU (default: every visible GPU); see :func:`trainer_device_args`.
 
@@ -346,10 +370,13 @@ def evaluate(
     # The scored split alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
     task = _resolve_task(task, data_dir, splits=[split])
     task.check_split(split)
+    if max_length is None:
+        folder = model if isinstance(model, (str, os.PathLike)) else None
+        max_length = (finetuned_setting(folder, "max_length") if folder else None) or EVALUATION_LENGTH
     _check_positive("batch_size", batch_size)
     _check_positive("max_length", max_length)
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
-    dataset = _encode(task, split, tokenizer, max_length)
+    dataset = _encode(task, split, tokenizer, _truncation(model, tokenizer, max_length))
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
         args = TrainingArguments(
             output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args(), **trainer_device_args(device)
@@ -358,6 +385,18 @@ def evaluate(
             model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer
         )
         return _predict_metrics(trainer, task.info, dataset)
+
+
+EVALUATION_LENGTH = 128
+"""Truncation length of an evaluation of a model that records none."""
+
+
+def finetuned_setting(folder: str | os.PathLike, key: str):
+    """A setting of the fine-tuning run saved in ``folder`` (its ``finetune.json``), or None."""
+    settings = Path(folder) / _SETTINGS_FILE
+    if settings.is_file():
+        return json.loads(settings.read_text(encoding="utf-8")).get(key)
+    return None
 
 
 def _check_positive(name: str, value) -> None:
@@ -545,6 +584,8 @@ def _training_arguments(
         "greater_is_better": True,
         # With load_best_model_at_end, the best checkpoint is kept beside the latest one.
         "save_total_limit": 1,
+        # A resumed run counts evaluations without improvement from where it stopped, as if never interrupted.
+        "restore_callback_states_from_checkpoint": True,
         "logging_strategy": "steps",
         "logging_steps": max(1, min(50, (max_steps or 500) // 10)),
         **_common_args(),
@@ -662,7 +703,7 @@ def finetune(
     lr : float, optional
         Peak learning rate (AdamW with weight decay 0.01, linear decay, no warmup).
     max_length : int, optional
-        Truncation length in tokens.
+        Truncation length in tokens, at most the model's own limit (its position table).
     patience : int, optional
         Evaluations without improvement before stopping; 0 never stops early.
     eval_steps : int, optional
@@ -779,7 +820,8 @@ def finetune(
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(output_dir / _SETTINGS_FILE, settings)
     splits = dict.fromkeys(("train", info.selection_split, *info.report_splits))
-    encoded = {split: _encode(task, split, tokenizer, values["max_length"]) for split in splits}
+    length = _truncation(model, tokenizer, values["max_length"])
+    encoded = {split: _encode(task, split, tokenizer, length) for split in splits}
 
     arguments = _training_arguments(
         output_dir, seed, values, max_steps, eval_steps, info, len(encoded["train"]), fp16, bf16, training_args
