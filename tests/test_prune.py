@@ -270,3 +270,15 @@ def test_a_non_finite_fold_statistic_is_named(tiny3, column):
     table.neurons.loc[table.neurons["layer"] == 3, column] = np.inf  # edited after the table's own checks
     with pytest.raises(ValueError, match=f"non-finite '{column}' for layer 3 value"):
         prune_model(tiny3, table, uniform_plan(3, 30), fold="mean+std", progress=False)
+
+
+def test_a_float64_model_keeps_its_weights_exactly(tiny3):
+    model = tiny3.double()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(1e-9 * torch.randn_like(p))  # not a float32 value any more
+    small = prune_model(model, random_table(model), uniform_plan(3, 30), progress=False)
+    assert next(small.parameters()).dtype == torch.float64
+    untouched = {k: v for k, v in model.state_dict().items() if "layer.2." not in k}  # layer 3 is pruned
+    for name, tensor in untouched.items():
+        assert torch.equal(small.state_dict()[name], tensor), name

@@ -368,8 +368,8 @@ def reader_input_moments(
 
     The reader is :meth:`~obce.models.adapters.LayerModules.reader`: for ``value`` the heads' context vectors
     that ``attention_output`` reads, for ``intermediate`` the activations that ``output`` reads. Layers are code
-    indices (from 0). One forward pass per batch; per-batch centred products are combined in float64 (Chan et
-    al.'s pairwise update), so a large common mean does not cost precision.
+    indices (from 0). One forward pass per batch; each batch's centred products, taken in float32, are combined in
+    float64 (Chan et al.'s pairwise update), so a large common mean does not cost precision.
 
     Raises
     ------

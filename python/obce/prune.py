@@ -196,10 +196,11 @@ def prune_model(
 
     state = _pruned_state(model, selections, folds)
     extra = {"add_pooling_layer": False} if getattr(model, "pooler", False) is None else {}
-    pruned = new_cls(config, **extra)
-    pruned.load_state_dict(state, strict=True)
     reference = next(model.parameters())
-    return pruned.to(device=reference.device, dtype=reference.dtype).train(model.training)
+    # In the original's dtype before the weights go in: a float64 model would be rounded through float32.
+    pruned = new_cls(config, **extra).to(dtype=reference.dtype)
+    pruned.load_state_dict(state, strict=True)
+    return pruned.to(device=reference.device).train(model.training)
 
 
 def _removed_inputs(sel: LayerSelection, shape: EncoderShape):
