@@ -844,6 +844,7 @@ def test_cuda_tensor_without_cuda_build_is_a_clear_error():
         ([[0.0, 0.0], [1e-160, 0.0], [1.0, 0.0]], [1e-160, 1.0]),  # a subnormal square: imprecise
         ([[0.0, 0.0], [0.0, 0.0], [1e-300, 0.0], [1.0, 0.0]], [0.0, 1e-300, 1.0]),  # and a duplicate
         ([[0.0, 0.0, 0.0], [3e-300, 4e-300, 0.0], [1e10, 0.0, 0.0]], [5e-300, 1e10]),
+        ([[1.0, 0.0], [1.0, 5e-324], [2.0, 0.0]], [5e-324, 1.0]),  # points that scaling down would merge
     ],
 )
 def test_float64_deaths_beyond_its_squares_are_exact(cloud, deaths, as_tensor):

@@ -31,9 +31,9 @@ __all__ = ["app", "main"]
 _DEFAULT_OUTPUT = Path("obce-run")
 _INTERRUPTED = 130  # 128 + SIGINT, the shell's status for Ctrl-C
 _BUDGET, _SPEED = Budget(), SpeedSettings()
+_TAYLOR_TASK = "needed with --score taylor: the task the model was fine-tuned on"
 # What a user gets wrong (an input, a file, a clash with the run folder): one line, no traceback.
 # OSError: files, permissions, a full disk, no network: the user's to mend, in one line.
-_TAYLOR_TASK = "needed with --score taylor: the task the model was fine-tuned on"
 _USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
 # The exceptions typer (and the click it builds on) raises for usage errors, whatever its version.
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
@@ -537,8 +537,8 @@ def evaluate(
     Without MODELS: every model fine-tuned in the run folder.
     """
     from .tasks import load_task, task_info
-    from .train import EVALUATION_LENGTH, finetuned_setting
     from .train import evaluate as score
+    from .train import evaluation_length
 
     run = RunFolder(output)
     run.prepare()
@@ -557,7 +557,7 @@ def evaluate(
     for split in splits:
         results = {}
         for label, folder in chosen.items():
-            length = max_length or finetuned_setting(folder, "max_length") or EVALUATION_LENGTH
+            length = evaluation_length(folder, max_length)
             _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
             metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
             results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}

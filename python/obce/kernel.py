@@ -240,7 +240,7 @@ def _redo_squares_out_of_range_numpy(kernel, acts, out, n_threads, full_diagram)
     with np.errstate(over="ignore"):  # a λ beyond the result's type is infinite: reported after
         out[redo] = np.ldexp(again, exponents[:, None] if full_diagram else exponents)
     if acts.dtype == np.float64:  # float32 input always fits float64's squares
-        for i in _beyond_float64(scaled, again, full_diagram):
+        for i in _beyond_float64(clouds, again, full_diagram):
             out[redo[i]] = _exact_deaths(clouds[i], full_diagram)
 
 
@@ -257,17 +257,19 @@ def _redo_squares_out_of_range_torch(torch, kernel, acts, out, n_threads, full_d
     again = _run_torch(torch, kernel, scaled, n_threads, False, full_diagram)
     out[redo] = _times_power_of_two(torch, again, exponents[:, None] if full_diagram else exponents).to(out.dtype)
     if acts.dtype == torch.float64:  # float32 input always fits float64's squares
-        for i in _beyond_float64(scaled.cpu().numpy(), again.cpu().numpy(), full_diagram):
-            out[redo[i]] = torch.as_tensor(_exact_deaths(clouds[i].cpu().numpy(), full_diagram), device=out.device)
+        clouds = clouds.cpu().numpy()
+        for i in _beyond_float64(clouds, again.cpu().numpy(), full_diagram):
+            out[redo[i]] = torch.as_tensor(_exact_deaths(clouds[i], full_diagram), device=out.device)
 
 
-def _beyond_float64(scaled, again, full_diagram: bool) -> list[int]:
-    """The clouds still out of range computed in float64 on coordinates scaled to about 1 (``scaled``, float64
-    input whose deaths span more than float64's squares); the zero deaths of duplicate points are exact."""
-    least = _least_precise_death(np.dtype(np.float64), scaled.shape[2])
+def _beyond_float64(clouds, again, full_diagram: bool) -> list[int]:
+    """Which float64 ``clouds`` are still out of range computed again on coordinates scaled to about 1 (their deaths
+    ``again`` span more than float64's squares). Zero deaths are exact where the input repeats as many points:
+    counted on ``clouds`` themselves, since scaling down can merge points that differ by a subnormal."""
+    least = _least_precise_death(np.dtype(np.float64), clouds.shape[2])
     beyond = []
     for i in np.flatnonzero(_squares_out_of_range(again, full_diagram, least)):
-        duplicates = len(scaled[i]) - len(np.unique(scaled[i], axis=0))
+        duplicates = len(clouds[i]) - len(np.unique(clouds[i], axis=0))
         if not (full_diagram and np.all(again[i, duplicates:] >= least) and not np.any(again[i, :duplicates])):
             beyond.append(int(i))
     return beyond

@@ -40,6 +40,7 @@ __all__ = [
     "compare",
     "count_parameters",
     "evaluate",
+    "evaluation_length",
     "finetune",
     "finetuned_setting",
     "head_mismatch",
@@ -370,9 +371,7 @@ def evaluate(
     # The scored split alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
     task = _resolve_task(task, data_dir, splits=[split])
     task.check_split(split)
-    if max_length is None:
-        folder = model if isinstance(model, (str, os.PathLike)) else None
-        max_length = (finetuned_setting(folder, "max_length") if folder else None) or EVALUATION_LENGTH
+    max_length = evaluation_length(model, max_length)
     _check_positive("batch_size", batch_size)
     _check_positive("max_length", max_length)
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
@@ -389,6 +388,15 @@ def evaluate(
 
 EVALUATION_LENGTH = 128
 """Truncation length of an evaluation of a model that records none."""
+
+
+def evaluation_length(model, max_length: int | None = None) -> int:
+    """``max_length``, or by default the length a :func:`finetune` folder was trained with, else
+    :data:`EVALUATION_LENGTH`."""
+    if max_length is not None:
+        return max_length
+    trained = finetuned_setting(model, "max_length") if isinstance(model, (str, os.PathLike)) else None
+    return trained or EVALUATION_LENGTH
 
 
 def finetuned_setting(folder: str | os.PathLike, key: str):

@@ -137,9 +137,8 @@ def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
     if params:
         before, after = params[ORIGINAL], params[COMPRESSED]
         lines.append(
-            f"{analysis.get('model', '?')} pruned with plan `{_user(plan.name) if plan else '?'}`: the encoder layers "
-            "keep "
-            f"{_n(after['encoder_layers'])} of {_n(before['encoder_layers'])} parameters "
+            f"{analysis.get('model', '?')} pruned with plan `{_user(plan.name) if plan else '?'}`: "
+            f"the encoder layers keep {_n(after['encoder_layers'])} of {_n(before['encoder_layers'])} parameters "
             f"({_pct(after['encoder_layers'] / before['encoder_layers'])}), the whole model {_n(after['total'])} of "
             f"{_n(before['total'])} ({_pct(after['total'] / before['total'])})."
         )
@@ -191,8 +190,8 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
         prune = steps["prune"]
         # Runs recorded before the score was a setting ranked by λ.
         ranked = SCORE_TITLES[prune.get("score", "lam")]
-        if prune.get("score") == "taylor":
-            score = steps["score"]
+        score = steps.get("score")
+        if prune.get("score") == "taylor" and score:
             most = score["n_batches"] * score["batch_size"]
             ranked += f" on {score['task']}'s training sentences (a sample of up to {most}, seed {score['seed']})"
         rows.append(["neurons ranked by", ranked])
