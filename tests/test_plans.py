@@ -331,6 +331,22 @@ def test_target_spec_adds_p90_when_the_paper_levels_fall_short(tiny_bert_config)
         build_plan("target:0.05", model, table)
 
 
+def test_target_plan_keeps_units_whose_neurons_all_tie(tiny_bert_config):
+    """A first layer's Q/K/V are constant on [CLS] (λ = 0 for every neuron): no percentile can prune part of them."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=4)).eval()
+    constant = {(1, c): {"lam": np.zeros(32)} for c in ("query", "key", "value")}
+    table = random_table(model, overrides=constant)
+    plan = target_plan(model, table, 0.8, start_layer=1)
+    assert plan.level(1, "query") is None and plan.level(1, "value") is None
+    assert plan.level(1, "intermediate") is not None
+    assert "kept whole, all neurons tied: layer 1 query/key, layer 1 value" in plan.notes
+    assert dry_run(model, table, plan).encoder_fraction >= 0.8
+    flat = {(n, c): {"lam": np.ones(37 if c == "intermediate" else 32)} for n in (3, 4) for c in COMPONENTS}
+    with pytest.raises(ValueError, match="nothing to prune from layer 3: in every unit, all neurons have the same λ"):
+        target_plan(model, random_table(model, overrides=flat), 0.8)
+
+
 def test_target_plan_lands_on_the_budget(tiny_bert_config):
     torch.manual_seed(0)
     model = BertModel(tiny_bert_config(num_hidden_layers=6)).eval()

@@ -852,6 +852,16 @@ def target_plan(
     _check_start_layer(start_layer, shape.num_layers)
     check_score(table, score)
     units = _rank_units(table, shape, start_layer, score)
+    # A unit whose neurons all score the same (a first layer's Q/K/V on [CLS] are constant) has no neuron to
+    # single out: no percentile removes some of its neurons and not all, so it stays whole.
+    tied = [unit for unit in units if np.ptp(_unit_scores(table, shape, unit, score)) == 0]
+    for unit in tied:
+        del units[unit]
+    if not units:
+        raise ValueError(
+            f"nothing to prune from layer {start_layer}: in every unit, all neurons have the same "
+            f"{'λ' if score == 'lam' else repr(score)}"
+        )
 
     def build(strength: float, overrides: Mapping[tuple[int, str], float] | None = None) -> PruningPlan:
         overrides = overrides or {}
@@ -905,8 +915,20 @@ def target_plan(
             f"levels {'/'.join(f'P{v:g}' for v in level_values)} from the "
             f"{'λ' if score == 'lam' else repr(score)} medians (spread {spread:g}), "
             f"fine-adjusted to {target:.2%} of the {of} (reached {fraction(plan):.3%})"
+            + ("; kept whole, all neurons tied: " if tied else "")
+            + ", ".join(f"layer {layer} {group.replace('_', '/')}" for layer, group in tied)
         ),
     )
+
+
+def _unit_scores(table, shape: EncoderShape, unit: tuple[int, str], score: str) -> np.ndarray:
+    """The scores that order a unit's neurons: the joint rank for query/key, the score itself otherwise."""
+    layer, group = unit
+    if group == "query_key":
+        q, k = (_score(table, layer, c, shape.qk_width, score) for c in ("query", "key"))
+        return _joint_rank(q, k)
+    width = shape.intermediate_size if group == "intermediate" else shape.qk_width
+    return _score(table, layer, group, width, score)
 
 
 def _first(group: str) -> str:
