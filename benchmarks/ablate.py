@@ -40,11 +40,11 @@ import argparse
 import json
 import math
 import os
-import platform
 import sys
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import pandas as pd
 import torch
@@ -372,10 +372,7 @@ def report(args_line: str, original: dict | None, expected: dict[str, int]) -> s
         "# Neuron scores and bias folding: λ against simpler scores at the same size",
         "",
         f"Command: `{args_line}` (resumable: the same command skips what is done)  ",
-        (
-            f"Machine: {platform.machine()}, {os.cpu_count()} cores shared with other jobs, "
-            f"torch {torch.__version__}, CPU only.  "
-        ),
+        (f"Machine: {machine.summary(machine.describe())}, shared with other jobs, CPU only.  "),
         (
             "Model: built-in all-MiniLM-L6-v2, fine-tuned once on `polarity` (seed 0, "
             f"{'3 epochs' if not original or not original.get('steps') else str(original['steps']) + ' steps'}) "

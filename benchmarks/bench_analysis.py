@@ -20,10 +20,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 from pathlib import Path
 
+import machine
 import numpy as np
 import torch
 
@@ -107,14 +107,6 @@ def run_once(name: str, device: str) -> dict:
     }
 
 
-def machine(device: str) -> dict:
-    info = {"platform": platform.platform(), "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads()}
-    info["load_average_1m"] = os.getloadavg()[0]
-    if device.startswith("cuda"):
-        info["gpu"] = torch.cuda.get_device_name(0)
-    return info
-
-
 def markdown(rows: list[dict], command: str, info: dict) -> str:
     lines = [
         "# Whole-analysis timing",
@@ -127,9 +119,7 @@ def markdown(rows: list[dict], command: str, info: dict) -> str:
         "",
         f"Reproduce: `{command}`",
         "",
-        f"Machine: {info['platform']}, {info['cpu_count']} cores, torch threads {info['torch_threads']}"
-        + (f", GPU {info['gpu']}" if "gpu" in info else "")
-        + f"; obce build: {json.dumps(obce.build_info())}",
+        f"Machine: {machine.summary(info)}; obce build: {json.dumps(info['build_info'])}",
         "",
         "| model | device | run | neurons | tokens | total s | forward s | kernel s | rest s (load / corpus / table) | "
         "cpu s | limit s | 1-min load avg |",
@@ -158,7 +148,7 @@ def main() -> None:
     global TOKENIZER, CORPUS
     TOKENIZER, CORPUS = args.tokenizer, args.corpus
 
-    info = machine(args.device)
+    info = machine.describe(gpu=args.device.startswith("cuda"))
     rows = []
     for name in args.models:
         for run in range(1, args.runs + 1):
@@ -168,13 +158,13 @@ def main() -> None:
                 check_lambda(name, table, args.device)
             row.update(run=run, load_average_1m=os.getloadavg()[0])
             rows.append(row)
-            print(json.dumps({**row, "machine": info, "build": obce.build_info()}), flush=True)
+            print(json.dumps({**row, "machine": info}), flush=True)
 
     RESULTS.mkdir(exist_ok=True)
     command = "python benchmarks/bench_analysis.py " + " ".join(
         f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if v is not None
     )
-    jsonl = "".join(json.dumps({**r, "machine": info, "build": obce.build_info()}) + "\n" for r in rows)
+    jsonl = "".join(json.dumps({**r, "machine": info}) + "\n" for r in rows)
     (RESULTS / f"{args.name}.jsonl").write_text(jsonl, encoding="utf-8")
     (RESULTS / f"{args.name}.md").write_text(markdown(rows, command, info), encoding="utf-8")
     for name in args.models:

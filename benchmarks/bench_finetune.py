@@ -24,12 +24,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import time
 from pathlib import Path
 
-import torch
+import machine
 
 import obce
 from obce.models import builtin_model_path
@@ -118,7 +116,7 @@ def main() -> None:
     total = time.perf_counter() - start
 
     RESULTS.mkdir(exist_ok=True)
-    machine = f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}"
+    where = machine.summary(machine.describe())
     text = "\n".join(
         [
             f"# Fine-tuning original vs compressed MiniLM on `{args.task}`",
@@ -130,7 +128,7 @@ def main() -> None:
             + (f" --after-finetune {' '.join(args.after_finetune)}" if args.after_finetune else "")
             + (f" --recovery-steps {args.recovery_steps}" if args.after_finetune else "")
             + "`  ",
-            f"Machine: {machine}; CPU only. Wall time {total / 60:.1f} min "
+            f"Machine: {where}; CPU only. Wall time {total / 60:.1f} min "
             f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × "
             f"{2 + len(args.distill) + len(args.folds) + len(args.after_finetune)} models; "
             "runs found finished in the output folder are reused).",

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import time
 
 import numpy as np
@@ -32,9 +31,9 @@ import torch
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+import machine
 from transformers import BertConfig, BertModel
 
-import obce
 from obce.corpus import sample_sentences
 from obce.importance import ImportanceTable, analyze
 from obce.models import COMPONENTS, encoder_layers, load_model
@@ -42,16 +41,6 @@ from obce.plans import dry_run, paper_plan, uniform_plan
 from obce.prune import FOLD_MODES, STATISTICS, prune_model
 
 MINILM_LEVEL = 50
-
-
-def environment() -> dict:
-    info = dict(obce.build_info())
-    return {
-        "cpu": platform.processor() or platform.machine(),
-        "threads": torch.get_num_threads(),
-        "torch": torch.__version__,
-        "build_info": info,
-    }
 
 
 def emit(record: dict) -> dict:
@@ -203,7 +192,7 @@ def speed(repeats: int, batch_size: int, tokens: int) -> list[dict]:
                         "speedup": round(base_time / t, 3),
                         "flop_ratio": round(flop_ratio, 3),
                         "speedup_over_flop_ratio": round(base_time / t / flop_ratio, 3),
-                        **environment(),
+                        "machine": machine.describe(),
                     }
                 )
             )

@@ -23,7 +23,6 @@ import ctypes
 import json
 import math
 import os
-import platform
 import subprocess
 import sys
 import time
@@ -34,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cases as case_defs
+import machine as machine_defs
 import peers as peer_defs
 from peers import Peer, n_clouds, subset
 
@@ -42,21 +42,6 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 # --- the machine --------------------------------------------------------------------------------
-
-
-def cpu_model() -> str:
-    """The model name from /proc/cpuinfo, with family and model (a VM may show only "AMD EPYC")."""
-    fields = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor() or platform.machine()
-    name = fields.get("model name", platform.machine())
-    if "cpu family" in fields:
-        name += f" (family {fields['cpu family']}, model {fields.get('model', '?')})"
-    return name
 
 
 def gemm_gflops(device: str, repeats: int = 5) -> float:
@@ -71,30 +56,6 @@ def gemm_gflops(device: str, repeats: int = 5) -> float:
     a @ b
     times = [timed(lambda x: x @ b, a, device)[0] for _ in range(repeats)]
     return 2.0 * size**3 / float(np.median(times)) / 1e9
-
-
-def machine_info(device: str) -> dict:
-    import obce
-
-    info = {
-        "cpu": cpu_model(),
-        "cores": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
-        "python": platform.python_version(),
-        "numpy": np.__version__,
-        "build_info": obce.build_info(),
-        "gpu": None,
-    }
-    try:
-        info["ram_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
-    except (ValueError, OSError):
-        info["ram_gib"] = None
-    if device == "cuda":
-        import torch
-
-        info["gpu"] = torch.cuda.get_device_name()
-        info["torch"] = torch.__version__
-        info["cuda"] = torch.version.cuda
-    return info
 
 
 # --- the tools ----------------------------------------------------------------------------------
@@ -116,10 +77,10 @@ def _obce_cuda(x):
     return _obce_tensor(x).double().cpu().numpy()
 
 
-OBCE = Peer("obce", _obce_numpy, "obce")
-OBCE_CUDA = Peer("obce", _obce_cuda, "obce", device="cuda", tensor_fn=_obce_tensor)
+OBCE = Peer("obce", _obce_numpy, "obce", "obce", threads=None)
+OBCE_CUDA = Peer("obce", _obce_cuda, "obce", "obce", device="cuda", tensor_fn=_obce_tensor)
 # On a GPU run, obce on the CPU is one more thing to compare with.
-OBCE_CPU = Peer("obce-cpu", _obce_numpy, "obce")
+OBCE_CPU = Peer("obce-cpu", _obce_numpy, "obce", "obce", threads=None)
 
 
 def tools_for(case, device: str, only=None) -> list[tuple[Peer, str | None]]:
@@ -134,6 +95,15 @@ def tools_for(case, device: str, only=None) -> list[tuple[Peer, str | None]]:
             continue
         out.append((peer, case.skip.get(peer.name) if device == "cpu" else None))
     return out
+
+
+def threads_of(peer: Peer, machine: dict) -> int | str:
+    """CPU threads a peer computes on ("GPU" for one that runs on the device)."""
+    if peer.device == "cuda":
+        return "GPU"
+    if peer.name.startswith("obce"):
+        return machine["build_info"]["threads"]
+    return machine["cores"] if peer.threads is None else peer.threads
 
 
 def tiny(kind: str) -> np.ndarray:
@@ -295,6 +265,7 @@ def run_case(case, args, machine: dict) -> list[dict]:
     rec = {
         **base,
         "tool": "obce",
+        "threads": threads_of(obce_peer, machine),
         "version": machine["build_info"].get("version"),
         "status": "ok",
         "clouds_timed": total,
@@ -313,7 +284,8 @@ def run_case(case, args, machine: dict) -> list[dict]:
     records = [rec]
 
     for peer, reason in tools_for(case, device, args.tools):
-        rec = {**base, "tool": peer.name, "version": peer.version, "per_cloud_loop": peer.per_cloud}
+        rec = {**base, "tool": peer.name, "threads": threads_of(peer, machine), "version": peer.version}
+        rec["per_cloud_loop"] = peer.per_cloud
         records.append(rec)
         if peer.name in args.broken:
             rec.update(status="broken", reason=args.broken[peer.name])
@@ -377,9 +349,7 @@ def evaluate_targets(case, records: list[dict]) -> None:
     by_tool = {r["tool"]: r for r in records}
     for name, least in case.targets:
         if name == "best":
-            timed_peers = [
-                r for r in records if r["tool"] != "obce" and r["status"] == "ok" and not r["tool"].startswith("obce")
-            ]
+            timed_peers = [r for r in records if r["status"] == "ok" and not r["tool"].startswith("obce")]
             if not timed_peers:
                 continue
             rec = min(timed_peers, key=lambda r: r["full_s"])
@@ -426,14 +396,14 @@ def case_table(records: list[dict]) -> list[str]:
     lines = [
         f"#### {head}",
         "",
-        f"| tool | version | clouds timed | time (whole case) | per cloud | {mem_col} {_SPEEDUP_COLUMNS}",
-        "|---|---|---|---|---|---|---|---|---|",
+        f"| tool | version | threads | clouds timed | time (whole case) | per cloud | {mem_col} {_SPEEDUP_COLUMNS}",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         mem = r.get("torch_alloc_peak_mib", r.get("peak_rss_mib"))
         mem = "—" if mem is None else f"{mem:,.1f} MiB"
         if r["status"] != "ok":
-            lines.append(f"| {r['tool']} | {r['version']} | {r['status']}: {r['reason']} | | | | | | |")
+            lines.append(f"| {r['tool']} | {r['version']} | | {r['status']}: {r['reason']} | | | | | | |")
             continue
         if r["scale"] == 1:
             clouds = f"{r['clouds_timed']:,} (all)"
@@ -449,8 +419,9 @@ def case_table(records: list[dict]) -> list[str]:
         else:
             ratio = _fmt_x(r["speedup"])
             target = r.get("target", "")
+        once = " (1 run)" if len(r["times_s"]) == 1 else ""
         lines.append(
-            f"| {r['tool']} | {r['version']} | {clouds} | {_fmt_s(r['full_s'])} "
+            f"| {r['tool']} | {r['version']} | {r.get('threads', '?')} | {clouds} | {_fmt_s(r['full_s'])}{once} "
             f"| {_fmt_s(r['per_cloud_s'])} | {mem} | {ratio} | {target} "
             f"| {r.get('verdict', '')} |"
         )
@@ -520,7 +491,8 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 METHOD = (
     "Each peer's λ was checked against obce's (rtol 1e-5) before it was timed. Times are "
-    "medians of warm runs, for the whole case: peers timed on the first clouds only "
+    'medians of 3 to 25 warm runs (a run of a second or more is timed once: "1 run"), for the whole '
+    "case, on the threads shown: peers timed on the first clouds only "
     '("64 of 3,072, ×48") are scaled up linearly. obce speedup = peer time / obce time. '
     "Peak RSS Δ: extra resident memory of one run in a fresh process (of the clouds timed). "
     "The d > 1 floor: n_clouds · n_points² · dim FLOPs (a subtract and an FMA per "
@@ -665,7 +637,7 @@ def main(argv=None) -> int:
     name = args.name or f"kernel_{'gpu' if args.device == 'cuda' else 'cpu'}"
     command = "python benchmarks/bench_kernel.py" + "".join(f" {a}" for a in (argv or sys.argv[1:]))
 
-    machine = machine_info(args.device)
+    machine = machine_defs.describe(gpu=args.device == "cuda")
     machine.update(
         device=args.device,
         gemm_gflops=gemm_gflops(args.device),

@@ -7,6 +7,10 @@ set -u
 out=${1:-benchmarks/results}
 mkdir -p "$out"
 card=$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1 | tr ' ' '_')
+if [ -z "$card" ]; then
+  echo "gpu_check: no GPU found (nvidia-smi lists none); nothing was built or installed" >&2
+  exit 1
+fi
 log="$out/gpu_check_${card}_$(date +%Y-%m-%d).log"
 status=()
 stage() { # name, command...

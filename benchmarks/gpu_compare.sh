@@ -24,13 +24,18 @@ wait
 for spec in "$@"; do
   name=${spec%%=*} src=${spec#*=}
   echo "=== $name ($src)"
-  # sys.path[0] is the script's folder, so PYTHONPATH alone decides which build is imported.
-  PYTHONPATH="/tmp/obce-compare-$name/site" python3 "$src/benchmarks/gpu_targets.py" --out "$out/$name" \
+  # PYTHONPATH comes before site-packages, but an editable install's import hook comes before both:
+  # make sure this tree's build is the one imported before timing it.
+  site="/tmp/obce-compare-$name/site"
+  if ! PYTHONPATH="$site" python3 -c "import obce, sys; sys.exit(not obce.__file__.startswith('$site/'))"; then
+    echo "$name: SKIPPED: import obce does not load $site (an editable install of obce? pip uninstall obce)"
+    continue
+  fi
+  PYTHONPATH="$site" python3 "$src/benchmarks/gpu_targets.py" --out "$out/$name" \
     >"$out/$name/targets.log" 2>&1 || echo "$name: FAILED (see $out/$name/build.log, targets.log)"
   if [ -f "$src/benchmarks/host_cost.py" ]; then
-    PYTHONPATH="/tmp/obce-compare-$name/site" python3 "$src/benchmarks/host_cost.py" --device cuda --out "$out/$name" \
+    PYTHONPATH="$site" python3 "$src/benchmarks/host_cost.py" --device cuda --out "$out/$name" \
       >"$out/$name/host_cost.log" 2>&1 || echo "$name: host_cost FAILED (see $out/$name/host_cost.log)"
   fi
-  PYTHONPATH="/tmp/obce-compare-$name/site" python3 -c "import obce; print('obce from', obce.__file__)"
   cat "$out/$name"/gpu_targets_*.md "$out/$name"/host_cost_cuda.md 2>/dev/null
 done

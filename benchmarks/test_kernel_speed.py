@@ -2,8 +2,8 @@
 
 Run with ``pytest benchmarks/ --benchmark-only``; ``pytest tests/`` (the test suite) never
 collects it. Without ``--benchmark-only`` the checks of the benchmark code itself run too.
-Peers that loop over clouds in Python run on the first clouds of a case (``extra_info`` has the
-factor to the whole case). Every benchmarked result is checked against obce's λ.
+Peers that loop over clouds in Python run on the first clouds of a case, and so does obce, in a
+group of their own. Every benchmarked result is checked against obce's λ.
 """
 
 from __future__ import annotations
@@ -21,11 +21,25 @@ import cases  # noqa: E402
 import peers  # noqa: E402
 
 CASES = ("1d-bert-layer", "1d-768x3000", "d64-144x150", "d64-144x1500")
-TOOLS = ("obce", "numpy-sort-diff", "numba-prim", "fastcluster", "scipy-linkage", "ripser")
-# Clouds given to a per-cloud peer, so a round stays well under a second.
+TOOLS = ("numpy-sort-diff", "numpy-sort-rows", "numba-prim", "fastcluster", "scipy-linkage", "ripser")
+# Clouds given to a peer too slow for a whole case per round (a Python loop over clouds, or numba's
+# Prim, O(n²) on 1-D clouds too), so a round stays well under a second. obce runs on the whole case
+# and on this subset, and each pytest-benchmark group holds runs on the same clouds only.
 SUBSET = {"1d-bert-layer": 64, "1d-768x3000": 2, "d64-144x150": 16, "d64-144x1500": 2}
-# Vectorized peers too slow for a whole case per round: numba's Prim is O(n²) on 1-D clouds too.
-SUBSET_VECTORIZED = {("1d-768x3000", "numba-prim"): 64}
+SLOW_VECTORIZED = {("1d-768x3000", "numba-prim")}
+
+
+def _runs():
+    """(case, tool, clouds timed) of every benchmark: obce on each case and its subset, each peer once."""
+    for name in CASES:
+        case = cases.by_name(name)
+        yield name, "obce", case.n_clouds
+        yield name, "obce", SUBSET[name]
+        for tool in TOOLS:
+            peer = peers.ALL[tool]
+            if case.kind in peer.kinds:
+                slow = peer.per_cloud or (name, tool) in SLOW_VECTORIZED
+                yield name, tool, SUBSET[name] if slow else case.n_clouds
 
 
 @functools.cache
@@ -43,24 +57,16 @@ def _peer(tool: str):
     return peers.PEERS[tool]
 
 
-@pytest.mark.parametrize("tool", TOOLS)
-@pytest.mark.parametrize("name", CASES)
-def test_cpu(benchmark, name, tool):
+@pytest.mark.parametrize(("name", "tool", "k"), list(_runs()))
+def test_cpu(benchmark, name, tool, k):
     case = cases.by_name(name)
     peer = _peer(tool)
-    if case.kind not in peer.kinds:
-        pytest.skip(f"{tool} does not take {case.kind} clouds")
     acts, lam = data(name)
-    k = SUBSET[name] if peer.per_cloud else SUBSET_VECTORIZED.get((name, tool), peers.n_clouds(acts))
-    arg = peers.subset(acts, k)
-    benchmark.group = f"{name}: {case.describe}"
+    benchmark.group = f"{name}: {case.describe}; {k:,} of {case.n_clouds:,} clouds"
     benchmark.extra_info.update(
-        clouds_timed=k,
-        scale=peers.n_clouds(acts) / k,
-        tool=tool,
-        build_info=json.dumps(obce.build_info()),
+        clouds_timed=k, tool=tool, threads=peer.threads, build_info=json.dumps(obce.build_info())
     )
-    got = benchmark(peer.fn, arg)
+    got = benchmark(peer.fn, peers.subset(acts, k))
     np.testing.assert_allclose(got, lam[:k], rtol=bench_kernel.RTOL)
 
 
@@ -119,11 +125,11 @@ def test_peer_agrees_with_scipy(tool):
 
 
 def test_subset_choice():
-    loop = peers.PEERS.get("ripser") or peers.Peer("loop", None, "numpy", per_cloud=True)
+    loop = peers.PEERS.get("ripser") or peers.Peer("loop", None, "numpy", "numpy", per_cloud=True)
     assert bench_kernel.choose_subset(loop, 3072, 0.005, 1.0) == 128
     assert bench_kernel.choose_subset(loop, 100, 0.005, 1.0) == 100
     assert bench_kernel.choose_subset(loop, 768, 3.0, 1.0) == 1
-    vectorized = peers.Peer("vec", None, "numpy")
+    vectorized = peers.Peer("vec", None, "numpy", "numpy")
     assert bench_kernel.choose_subset(vectorized, 768, 0.01, 1.0) == 768
 
 
