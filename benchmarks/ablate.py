@@ -366,17 +366,20 @@ def acc_cell(rows: pd.DataFrame) -> str:
     return f"{cell(rows['accuracy'])} (SE {se:.1f})" if len(rows) else "–"
 
 
-def report(args_line: str, original: dict | None, expected: dict[str, int]) -> str:
-    rows = pd.DataFrame(read_results())
+def report(args_line: str, finetune_steps: int | None, expected: dict[str, int]) -> str:
+    results = read_results()
+    original = next(
+        (r for r in results if r["phase"] == "original" and r.get("original_steps") == finetune_steps), None
+    )
+    rows = pd.DataFrame([r for r in results if r["phase"] != "original"])
     lines = [
         "# Neuron scores and bias folding: λ against simpler scores at the same size",
         "",
         f"Command: `{args_line}` (resumable: the same command skips what is done)  ",
-        (f"Machine: {machine.summary(machine.describe())}, shared with other jobs, CPU only.  "),
+        f"Machine: {original['machine'] if original else 'not recorded'}, shared with other jobs, CPU only.  ",
         (
             "Model: built-in all-MiniLM-L6-v2, fine-tuned once on `polarity` (seed 0, "
-            f"{'3 epochs' if not original or not original.get('steps') else str(original['steps']) + ' steps'}) "
-            "= the original.  "
+            f"{'3 epochs' if finetune_steps is None else f'{finetune_steps} steps'}) = the original.  "
         ),
     ]
     if original:
@@ -518,17 +521,15 @@ def main() -> None:
     args = p.parse_args()
     args_line = "python benchmarks/ablate.py " + " ".join(a for a in sys.argv[1:] if a != "--report")
     RESULTS.mkdir(exist_ok=True)
-    original_file = args.work / "original_measures.json"
 
     def write_report() -> None:
-        original = json.loads(original_file.read_text()) if original_file.is_file() else None
         n_scores = len(SCORES) - 1 + len(args.seeds)  # one random score per seed
         expected = {
             "retention": len(args.fractions) * n_scores * len(FOLDS),
             "stability": 4,
             "recovery": len(args.seeds) * len(args.fractions) * len(SCORES) * len(RECOVERY_FOLDS),
         }
-        atomic_write_text(MARKDOWN, report(args_line.strip(), original, expected) + "\n", overwrite=True)
+        atomic_write_text(MARKDOWN, report(args_line.strip(), args.finetune_steps, expected) + "\n", overwrite=True)
 
     if args.report:
         write_report()
@@ -547,8 +548,10 @@ def main() -> None:
     }
     data["ref_logits"] = run_outputs(model, tokenizer, data["test_texts"], pooled=False)
     data["ref_embeddings"] = run_outputs(model, tokenizer, data["held_out"], pooled=True)
-    original = {**measure(model, tokenizer, data), "steps": args.finetune_steps}
-    atomic_write_text(original_file, json.dumps(original, indent=2) + "\n", overwrite=True)
+    original = {"phase": "original", "original_steps": args.finetune_steps, **measure(model, tokenizer, data)}
+    original["machine"] = machine.summary(machine.describe())
+    if key(original) not in done:
+        append_result(original)
     log(f"original: acc {original['accuracy']:.4f}")
 
     measure_missing(model, tokenizer, table, data, args)
