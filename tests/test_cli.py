@@ -65,6 +65,9 @@ def test_defaults_are_shared_with_the_pipeline():
         (("prune", "--fold", "median"), "median"),
         (("prune", "--score", "taylor"), "taylor"),
         (("compress", "--device", "tpu:x"), "tpu:x"),
+        (("compress", "--no-finetune", "--steps", "7"), "--steps"),
+        (("compress", "--no-finetune", "--distill"), "--distill"),
+        (("finetune", "--fp16", "--bf16"), "--bf16"),
         (("frobnicate",), "frobnicate"),
         ((), "Usage"),
     ],
@@ -143,6 +146,7 @@ def test_evaluate_reads_the_scored_split_alone(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(train, "evaluate", score)
     model = tmp_path / "model"
     model.mkdir()
+    (model / "config.json").write_text("{}")  # a model folder (train.evaluate is replaced)
     args = ("evaluate", str(model), "--task", "sst2", "--glue-dir", str(glue), "-o", str(tmp_path / "run"))
     code, out, err = run_cli(capsys, *args)
     assert code == 0, err
@@ -152,6 +156,7 @@ def test_evaluate_reads_the_scored_split_alone(monkeypatch, capsys, tmp_path):
 
 def _finetuned_model(folder, task):
     folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
     (folder / "finetune.json").write_text(json.dumps({"task": task, "max_length": 32}))
     return folder
 

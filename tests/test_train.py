@@ -456,6 +456,7 @@ def _result(name, task, seed, metrics, encoder=22_700_000):
 def test_trainer_device_args(monkeypatch, gpus):
     """The Trainer takes no GPU index: one is honoured only where it cannot mean anything else."""
     monkeypatch.setattr(torch.cuda, "device_count", lambda: gpus)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert train.trainer_device_args(None) == train.trainer_device_args("cuda") == {}
     assert train.trainer_device_args("cpu") == {"use_cpu": True}
     if gpus == 1:
@@ -465,6 +466,13 @@ def test_trainer_device_args(monkeypatch, gpus):
             train.trainer_device_args("cuda:0")
     with pytest.raises(ValueError, match="CUDA_VISIBLE_DEVICES"):
         train.trainer_device_args("cuda:1")
+
+
+def test_trainer_stays_on_the_cpu_without_a_gpu(monkeypatch):
+    """Without a GPU the Trainer is told so: bf16 then runs on the CPU instead of failing on a missing GPU."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    assert train.trainer_device_args(None) == {"use_cpu": True}
 
 
 def test_results_table_by_hand():

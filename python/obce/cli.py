@@ -256,12 +256,14 @@ def _command_line(ctx: typer.Context) -> list[str]:
 def _open_run(ctx: typer.Context, output: Path, overwrite: bool, steps: Mapping[str, Mapping]) -> RunFolder:
     """The run folder, cleared with ``overwrite``. ``steps``' settings were made from the checked inputs, so a
     typo clears nothing; the command is recorded once they agree with what the folder holds."""
-    run = RunFolder(output)
-    run.prepare(overwrite=overwrite)
-    for step, settings in steps.items():
-        run.check_step(step, settings)
+    run = pipeline.open_run(output, steps, overwrite=overwrite)
     _record_command(ctx, run)
     return run
+
+
+def _typed(ctx: typer.Context, name: str) -> bool:
+    """Whether the option was given on the command line (or by the environment), not left at its default."""
+    return getattr(ctx.get_parameter_source(name), "name", None) not in (None, "DEFAULT")
 
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
@@ -361,7 +363,8 @@ def prune(
         )
     if glue_dir is not None and task is None:
         raise typer.BadParameter("is read by --score taylor only, with --task", param_hint="--glue-dir")
-    steps = {"analyze": pipeline.analysis_settings(model, corpus, sentences, seed, token)}
+    analyzed = None if overwrite else _finished_analysis(ctx, output)
+    steps = {"analyze": analyzed or pipeline.analysis_settings(model, corpus, sentences, seed, token)}
     scores = None
     if task is not None:
         if glue_dir is None and not overwrite:  # the run's GLUE folder, for the same task
@@ -399,17 +402,31 @@ def _recorded(output: Path, step: str) -> dict:
     return run.settings().get("steps", {}).get(step, {}) if run.is_run() else {}
 
 
+_ANALYSIS_OPTIONS = ("model", "corpus", "sentences", "seed", "token")
+
+
+def _finished_analysis(ctx: typer.Context, output: Path) -> dict | None:
+    """The recorded analysis settings where the folder's analysis is done and no analysis option was typed:
+    what follows reads the analysis' own files (its sentences included), not the corpus, which may have been
+    edited or moved since."""
+    run = RunFolder(output)
+    if any(_typed(ctx, name) for name in _ANALYSIS_OPTIONS):
+        return None
+    if not ((run / run.IMPORTANCE).is_file() and (run / run.PERSISTENCE).is_file()):
+        return None
+    return _recorded(output, "analyze") or None
+
+
 def _recorded_analysis(ctx: typer.Context, output: Path, *typed):
     """The analysis options (model, corpus, sentences, seed, token): each as typed, or where left at its default,
     as the run folder recorded it, so that ``obce prune`` after ``obce analyze`` repeats nothing."""
     recorded = _recorded(output, "analyze")
     if not recorded:
         return typed
-    names = ("model", "corpus", "sentences", "seed", "token")
     from_folder = [recorded[key] for key in ("model_path", "corpus", "n_sentences", "seed", "token")]
     return tuple(
-        saved if getattr(ctx.get_parameter_source(name), "name", None) == "DEFAULT" else value
-        for name, value, saved in zip(names, typed, from_folder, strict=True)
+        value if _typed(ctx, name) else saved
+        for name, value, saved in zip(_ANALYSIS_OPTIONS, typed, from_folder, strict=True)
     )
 
 
@@ -447,6 +464,8 @@ def finetune(
     """
     from .tasks import load_task
 
+    if fp16 and bf16:
+        raise typer.BadParameter("is another mixed precision than --fp16: choose one", param_hint="--bf16")
     run = RunFolder(output)
     run.prepare()
     budget = Budget(steps=steps, batch_size=batch_size, max_length=max_length)
@@ -478,9 +497,7 @@ def _clear_finetuning(run: RunFolder) -> None:
     shutil.rmtree(run / run.FINETUNE, ignore_errors=True)
     (run / run.METRICS).unlink(missing_ok=True)
     (run / run.EVALUATION).unlink(missing_ok=True)  # the scores of the models just removed
-    settings = run.settings()
-    if settings.get("steps", {}).pop("finetune", None) is not None:
-        run.write_json(run.SETTINGS, settings)
+    run.forget("finetune")
 
 
 def _labelled(run: RunFolder, models: Sequence[str] | None) -> dict[str, str]:
@@ -490,13 +507,16 @@ def _labelled(run: RunFolder, models: Sequence[str] | None) -> dict[str, str]:
         if (run / run.COMPRESSED / "config.json").is_file():
             chosen[COMPRESSED] = str(run / run.COMPRESSED)
         return chosen
+    from .models.adapters import check_model_source
+
     chosen = {}
     for model in models:
-        path = Path(model).expanduser()
-        label = path.absolute().name if path.exists() else model.replace("/", "--")
+        local, _ = check_model_source(model)  # a mistyped folder is named here, not looked up on the hub
+        path = Path(model).expanduser().resolve()  # resolved: ".." is named by the folder it means
+        label = path.name if local else model.replace("/", "--")
         if label in chosen:
             raise typer.BadParameter(f"two models would both be named {label!r}; rename a folder", param_hint="MODELS")
-        chosen[label] = str(path.absolute()) if path.exists() else model
+        chosen[label] = str(path) if local else model
     return chosen
 
 
@@ -620,8 +640,14 @@ def compress(
     on --task keeps its head and is trained further; --task T --score taylor --fold linear compresses it closest to
     itself.
     """
-    if score == pipeline.TASK_SCORE and getattr(ctx.get_parameter_source("task"), "name", None) == "DEFAULT":
+    if score == pipeline.TASK_SCORE and not _typed(ctx, "task"):
         raise typer.BadParameter(_TAYLOR_TASK, param_hint="--task")  # not the default task, unseen
+    if not finetune:
+        read_by_score = ("task", "glue_dir") if score == pipeline.TASK_SCORE else ()
+        for name in ("task", "glue_dir", "steps", "batch_size", "max_length", "distill"):
+            if _typed(ctx, name) and name not in read_by_score:
+                option = "--" + name.replace("_", "-")
+                raise typer.BadParameter("is read by fine-tuning, which --no-finetune skips", param_hint=option)
     _check_prunable(model)
     report = pipeline.compress(
         output,

@@ -1,11 +1,12 @@
 """Sentences to probe a model with: a Wikipedia dump, a text file or a Hugging Face dataset.
 
 The method samples about 150 short English sentences: Wikipedia entries are split at periods and
-a seeded random subset of the sentences of 6 to 25 words is kept. The same rules apply to every
-source, so a user's corpus is read exactly like the built-in one:
+a seeded random subset of the sentences of 6 to 25 words is kept. Splitting, word counts and sampling
+are the same for every source; a dump's sentences are also cleaned of what its markup leaves behind:
 
 - a MediaWiki XML dump (``.xml``, or bz2-compressed ``.bz2``), streamed page by page and cleaned with gensim's
-  Wikipedia tools; redirects and markup leftovers are dropped (a compressed text file is refused: decompress it);
+  Wikipedia tools; redirects are dropped, and so are sentences that markup leftovers give away (no capital
+  start, no final period, unbalanced brackets) (a compressed text file is refused: decompress it);
 - a plain text file with one text per line, streamed;
 - a Hugging Face dataset, streamed (needs the optional ``datasets`` package and a network).
 
@@ -127,12 +128,14 @@ def _dump_pages(f, path: Path) -> Iterator[tuple[str, str, str]]:
             f"corpus file {str(path)!r} is not a MediaWiki XML dump ({err}); a .xml or .bz2 corpus must be one: "
             "decompress a compressed text file (one text per line) first"
         ) from None
+    except (OSError, EOFError) as err:  # a truncated download, or a .bz2 name on an uncompressed file
+        raise ValueError(f"corpus file {str(path)!r} cannot be read to its end: {err}") from None
 
 
 def _wiki_article_texts(path: Path) -> Iterator[str]:
     from gensim.corpora.wikicorpus import filter_wiki
 
-    opener = bz2.open if path.suffix == ".bz2" else open
+    opener = bz2.open if path.suffix.lower() == ".bz2" else open
     with opener(path, "rb") as f:
         for _title, text, _page_id in _dump_pages(f, path):
             if not text or text.lstrip()[:9].upper() == "#REDIRECT":
@@ -255,7 +258,7 @@ class Corpus:
             return cls.hf_dataset(name, config or None)
         path = Path(text).expanduser()
         if path.is_file():
-            return cls.wikipedia(path) if path.name.endswith(_DUMP_SUFFIXES) else cls.text_file(path)
+            return cls.wikipedia(path) if path.name.lower().endswith(_DUMP_SUFFIXES) else cls.text_file(path)
         if isinstance(source, os.PathLike) or path.suffix or text.startswith(("/", ".", "~")) or path.is_dir():
             raise FileNotFoundError(
                 f"no corpus file at {text!r} (for a Hugging Face dataset, write 'hf:NAME' or 'hf:NAME:CONFIG')"

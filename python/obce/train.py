@@ -68,14 +68,15 @@ _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson
 def trainer_device_args(device) -> dict:
     """TrainingArguments that put transformers' Trainer on ``device``.
 
-    ``"cpu"`` keeps it on the CPU; None and ``"cuda"`` leave its default, every visible GPU. It
-    takes no GPU index, so ``"cuda:N"`` is refused while several GPUs are visible (rather than
-    quietly training on all of them): ``CUDA_VISIBLE_DEVICES=N`` picks one.
+    ``"cpu"`` keeps it on the CPU, as None does where torch sees no GPU (so that bf16 runs on a recent
+    CPU); None and ``"cuda"`` otherwise leave its default, every visible GPU. It takes no GPU index, so
+    ``"cuda:N"`` is refused while several GPUs are visible (rather than quietly training on all of them):
+    ``CUDA_VISIBLE_DEVICES=N`` picks one.
     """
     import torch
 
     if device is None:
-        return {}
+        return {} if torch.cuda.is_available() or torch.backends.mps.is_available() else {"use_cpu": True}
     device = torch.device(device)
     if device.type == "cpu":
         return {"use_cpu": True}
@@ -485,7 +486,9 @@ def _comparable(settings: dict) -> dict:
 
 
 # Settings recorded since a later version: a folder written before them is compared without them.
-_RECORDED_SINCE = frozenset({"split_digests", "model_digest"})
+_RECORDED_SINCE = frozenset({"split_digests", "model_digest", "teacher_digest"})
+# A model's path is a label where the digest of its folder matches: a run folder copied or moved elsewhere resumes.
+_LABELLED_BY_DIGEST = {"model": "model_digest", "teacher": "teacher_digest"}
 
 
 def _model_digest(model) -> str | None:
@@ -522,6 +525,11 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
     # Compare as stored: JSON turns tuples into lists.
     settings = _comparable(json.loads(json.dumps(settings, default=_json_default)))
     compared = (set(previous) | set(settings)) - {"versions"} - (_RECORDED_SINCE - set(previous))
+    compared -= {
+        path
+        for path, digest in _LABELLED_BY_DIGEST.items()
+        if previous.get(digest) is not None and previous.get(digest) == settings.get(digest)
+    }
     differ = sorted(k for k in compared if previous.get(k) != settings.get(k))
     if differ:
         changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
@@ -809,7 +817,12 @@ def finetune(
         "training_args": dict(training_args or {}),
         # Only with a teacher, so that the folders of runs without one keep their settings.
         **(
-            {"teacher": _describe_model(teacher), "temperature": temperature, "distill_weight": distill_weight}
+            {
+                "teacher": _describe_model(teacher),
+                "teacher_digest": _model_digest(teacher),
+                "temperature": temperature,
+                "distill_weight": distill_weight,
+            }
             if teacher is not None
             else {}
         ),

@@ -13,6 +13,7 @@ import json
 import operator
 import os
 from collections.abc import Callable, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -439,6 +440,33 @@ def check_model_source(source: str | os.PathLike) -> tuple[bool, str]:
     return local, location
 
 
+@contextmanager
+def _hub_errors(location: str, local: bool):
+    """A hub model that cannot be loaded: say which, and what to do without a network."""
+    try:
+        yield
+    except OSError as err:
+        if local:
+            raise
+        raise OSError(
+            f"could not load {location!r} from the Hugging Face hub: {err} (without a network, HF_HUB_OFFLINE=1 "
+            "fails at once instead of retrying, and reads only the local cache)"
+        ) from err
+
+
+def check_loadable(name_or_path: str | os.PathLike) -> None:
+    """Raise now, as :func:`load_model` would, if the model's configuration cannot be read (cheap: no weights).
+
+    Raises
+    ------
+    FileNotFoundError, OSError
+        As :func:`load_model`.
+    """
+    local, location = check_model_source(name_or_path)
+    with _hub_errors(location, local):
+        checkpoint_class(location, **({"local_files_only": True} if local else {}))
+
+
 def load_model(
     name_or_path: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
@@ -482,17 +510,10 @@ def load_model(
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
     local, location = check_model_source(source)
     options = {"local_files_only": True} if local else {}
-    try:
+    with _hub_errors(location, local):
         tokenizer = load_tokenizer(location, **options)
         model_class = checkpoint_class(location, **options) if model_class is None else model_class
         model = weights_from(model_class, location, **options)
-    except OSError as err:
-        if local:
-            raise
-        raise OSError(
-            f"could not load {location!r} from the Hugging Face hub: {err} (without a network, HF_HUB_OFFLINE=1 "
-            "fails at once instead of retrying, and reads only the local cache)"
-        ) from err
     encoder_layers(model)  # fail early and clearly on an unsupported architecture
     # transformers 5 keeps a checkpoint's own dtype by default; analysis wants float32 unless told.
     model.to(device=_default_device() if device is None else torch.device(device), dtype=dtype or torch.float32)

@@ -410,10 +410,13 @@ def _make_family(family: str) -> None:
                 "__doc__": f"{original.__name__} with narrowed encoder layers (see :mod:`{__name__}`).",
                 "__init__": __init__,
                 "config_class": config_cls,
-                # The unequal-head module implements eager and SDPA attention only.
+                # The unequal-head module implements eager and SDPA attention only, and reads the config's choice
+                # on every call, so set_attn_implementation may switch between them (transformers guesses from
+                # the module's source, and would refuse).
                 "_supports_flash_attn": False,
                 "_supports_flex_attn": False,
                 "_supports_attention_backend": False,
+                "_can_set_attn_implementation": classmethod(lambda cls: True),
             },
         )
         _COMPRESSED[original] = model_cls
@@ -464,7 +467,9 @@ def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "
     for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
         values.pop(key, None)
     new = _CONFIGS[family](**values, obce_layers=[s.to_dict() for s in sizes], obce_attention=attention)
-    new._attn_implementation = config._attn_implementation
+    # Heads of unequal size run eager or SDPA attention only: a model loaded with flash or flex attention gets SDPA.
+    implementation = config._attn_implementation
+    new._attn_implementation = implementation if implementation in (None, "eager", "sdpa") else "sdpa"
     layer_sizes(new)
     return new
 
