@@ -25,6 +25,7 @@ from torch.utils.dlpack import to_dlpack
 
 import obce
 from obce import _core
+from obce._io import atomic_write_text
 
 LOOP, LOOPS = 200, 25
 
@@ -97,8 +98,10 @@ def main() -> None:
     where = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
     found = steps(args.device)
     rows = [(name, host_us(fn, sync)) for name, fn in found.items()]
+    date = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"Host time per call, 32 × 150 float32 on {where} (torch {torch.__version__}, obce {obce.__version__}):",
+        f"Host time per call, 32 × 150 float32 on {where} (torch {torch.__version__}, obce {obce.__version__}), "
+        f"{date}; the latest run (every run is a line of host_cost_{args.device}.jsonl):",
         "",
         "| step | µs a call |",
         "|---|---|",
@@ -113,9 +116,10 @@ def main() -> None:
     print("\n".join(lines))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / f"host_cost_{args.device}.md").write_text("\n".join(lines) + "\n")
+        atomic_write_text(args.out / f"host_cost_{args.device}.md", "\n".join(lines) + "\n", overwrite=True)
         with open(args.out / f"host_cost_{args.device}.jsonl", "a") as f:
-            f.write(json.dumps({"device": where, "torch": torch.__version__, "steps_us": dict(rows)}) + "\n")
+            record = {"date": date, "device": where, "torch": torch.__version__, "steps_us": dict(rows)}
+            f.write(json.dumps(record) + "\n")
 
 
 if __name__ == "__main__":
