@@ -57,13 +57,16 @@ template <class T> T max_gap(const T *x, index_t n, T *bucket_min, T *bucket_max
       bucket_max[b] = std::max(bucket_max[b], x[i]);
     }
   });
-  // Branch-free: about a third of the buckets are empty, at random, which a branch mispredicts.
-  // Tops of non-empty buckets increase, so the running maximum of the tops is the previous top.
+  // About a third of the buckets are empty, at random, which a branch in the scan mispredicts (and
+  // compilers branch on a select there): empty buckets get a bottom of -inf first, in a pass that
+  // vectorizes, so the scan is branch-free max operations. Tops of non-empty buckets increase, so the
+  // running maximum of the tops is the previous top.
+#pragma omp simd
+  for (index_t b = 0; b < n; ++b) bucket_min[b] = bucket_min[b] <= bucket_max[b] ? bucket_min[b] : -inf;
   T gap = 0, prev = bucket_max[0]; // bucket 0 holds lo
   for (index_t b = 1; b < n; ++b) {
-    const T bottom = bucket_min[b], top = bucket_max[b];
-    gap = std::max(gap, bottom <= top ? bottom - prev : T(0));
-    prev = std::max(prev, top);
+    gap = std::max(gap, bucket_min[b] - prev);
+    prev = std::max(prev, bucket_max[b]);
   }
   return gap;
 }
