@@ -14,6 +14,12 @@ from obce import cli, pipeline
 COMMANDS = ("analyze", "prune", "finetune", "evaluate", "compress", "report", "info")
 
 
+@pytest.fixture(autouse=True)
+def _in_a_scratch_folder(tmp_path, monkeypatch):
+    """A command that wrongly runs instead of failing writes its default run folder here, not in the checkout."""
+    monkeypatch.chdir(tmp_path)
+
+
 def run_cli(capsys, *args: str) -> tuple[int, str, str]:
     """Run ``obce ARGS`` in this process: (exit status, stdout, stderr)."""
     with pytest.raises(SystemExit) as exit_info:
