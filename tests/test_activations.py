@@ -102,6 +102,8 @@ def test_reader_moments_equal_the_manual_forward(tiny_bert, tiny_tokenizer, sent
         reader_input_moments(tiny_bert, tiny_tokenizer, sentences, [(0, "query")], progress=False)
     with pytest.raises(ValueError, match="sentences is empty"):
         reader_input_moments(tiny_bert, tiny_tokenizer, [], wanted, progress=False)
+    twice = reader_input_moments(tiny_bert, tiny_tokenizer, sentences, wanted[:1] * 2, batch_size=5, progress=False)
+    assert twice[wanted[0]].n_tokens == moments[wanted[0]].n_tokens  # a key given twice is folded in once
 
 
 def test_layout_and_views(tiny_bert, tiny_tokenizer, sentences):

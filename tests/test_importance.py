@@ -204,6 +204,53 @@ def test_a_refused_save_changes_nothing_and_numbers_keep_their_type(acts, tmp_pa
     assert settings["seed"] == 3 and settings["share"] == 0.5 and settings["path"] == str(tmp_path)
 
 
+def test_an_overflowed_output_names_its_layer_and_neuron(acts):
+    """A float16 model that overflowed: the error names the neuron in the table's numbering, not a joined column."""
+    offsets = acts.offsets["intermediate"]
+    acts.values["intermediate"][3, int(offsets[1]) + 5] = float("inf")
+    with pytest.raises(ValueError, match="layer 2 intermediate neuron 5 has a NaN or infinite output"):
+        compute_importance(acts)
+
+
+def test_an_empty_table_and_score_columns_named_like_head_columns_round_trip(acts, tmp_path):
+    table = compute_importance(acts)
+    scored = table.with_columns({"size": np.linspace(0.1, 0.9, len(table)), "head": np.full(len(table), 1e-300)})
+    scored.save(tmp_path / "scored")
+    back = ImportanceTable.load(tmp_path / "scored")
+    np.testing.assert_array_equal(back.neurons["size"], scored.neurons["size"])
+    np.testing.assert_array_equal(back.neurons["head"], scored.neurons["head"])
+    ImportanceTable(table.neurons.iloc[:0], sentences=table.sentences).save(tmp_path / "empty")
+    assert len(ImportanceTable.load(tmp_path / "empty")) == 0
+
+
+def test_a_byte_level_tokenizer_is_measured_on_raw_bytes(sentences):
+    """Byte-level BPE tokens cover raw bytes, which NFKD can shorten: 'Ａ' is 3 bytes, 'A' one."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast, RobertaConfig, RobertaModel
+
+    vocab = {"<s>": 0, "<pad>": 1, "</s>": 2, "<unk>": 3}
+    for ch in sorted(pre_tokenizers.ByteLevel.alphabet()):
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.RobertaProcessing(("</s>", 2), ("<s>", 0))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>",
+        cls_token="<s>", sep_token="</s>", model_max_length=66,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    config = RobertaConfig(
+        vocab_size=len(vocab), hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=37,
+        max_position_embeddings=66, pad_token_id=1,
+    )  # fmt: skip
+    wide = "ＡＢＣＤＥＦＧＨＩＪＫＬＭＮＯＰＱＲＳＴＵＶＷＸＹ"  # 25 letters, 75 tokens: over the limit of 64
+    short = [s for s in sentences if len(tokenizer(s)["input_ids"]) <= 64][:6]
+    table = analyze(RobertaModel(config).eval(), [wide, *short], n_sentences=len(short), tokenizer=tokenizer,
+                    progress=False)  # fmt: skip
+    assert wide not in table.sentences and len(table.sentences) == len(short)
+
+
 def test_a_copy_shares_no_settings_and_an_empty_table_describes_itself(acts):
     table = compute_importance(acts, settings={"timings_s": {"analyze": 1.0}})
     copy = table.with_columns({"score": np.ones(len(table))})

@@ -152,6 +152,21 @@ def test_lambda_over_tokens_by_hand(cls_run, tiny_bert, tiny_tokenizer, sentence
         table_score(table, tokens, "nope")
 
 
+def test_a_head_view_without_every_head_component_is_refused(cls_run):
+    _, table = cls_run
+    partial = ImportanceTable(table.neurons, heads=table.heads[table.heads["component"] == "query"])
+    with pytest.raises(ValueError, match="the head view has no head for layer 1 key"):
+        head_score(partial)
+
+
+def test_taylor_needs_autograd(cls_run, tiny_bert_config, tiny_tokenizer, sentences):
+    _, table = cls_run
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).eval()
+    batch = {**tiny_tokenizer(sentences[:2], padding=True, return_tensors="pt"), "labels": torch.tensor([0, 1])}
+    with torch.inference_mode(), pytest.raises(RuntimeError, match="outside torch.inference_mode"):
+        taylor_score(table, model, [batch])
+
+
 def test_taylor_matches_finite_differences(tiny_bert_config, tiny_tokenizer, sentences):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).double().eval()

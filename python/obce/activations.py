@@ -405,7 +405,8 @@ def reader_input_moments(
 
         return record
 
-    handles = [layers[i].reader(c).register_forward_pre_hook(hook((i, c))) for i, c in wanted]
+    # Each key once: a second hook on a reader would fold every batch in twice.
+    handles = [layers[i].reader(c).register_forward_pre_hook(hook((i, c))) for i, c in dict.fromkeys(wanted)]
     try:
         with _inference(model):
             for _batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, progress, "moments"):

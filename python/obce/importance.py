@@ -257,8 +257,8 @@ class ImportanceTable:
         folder = Path(folder)
         if not (folder / _NEURONS_FILE).is_file():
             raise FileNotFoundError(f"no {_NEURONS_FILE} in {folder}")
-        neurons = _read_csv(folder / _NEURONS_FILE)
-        heads = _read_csv(folder / _HEADS_FILE) if (folder / _HEADS_FILE).is_file() else None
+        neurons = _read_csv(folder / _NEURONS_FILE, ("layer", "neuron"))
+        heads = _read_csv(folder / _HEADS_FILE, ("layer", "head", "size")) if (folder / _HEADS_FILE).is_file() else None
         settings_path = folder / _SETTINGS_FILE
         settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
         sentences_path = folder / _SENTENCES_FILE
@@ -272,11 +272,15 @@ def _json_value(value):
     return value.item() if isinstance(value, np.generic) else str(value)
 
 
-def _read_csv(path: Path) -> pd.DataFrame:
+def _read_csv(path: Path, counts: Sequence[str]) -> pd.DataFrame:
+    """The table file at ``path``: ``counts`` as integers, every other column but the component as exact floats."""
     # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does.
     header = pd.read_csv(path, nrows=0).columns
-    exact = {c: float for c in header if c not in (*_KEY_COLUMNS, "head", "size")}
-    return pd.read_csv(path, dtype={"component": str}, converters=exact)
+    exact = {c: float for c in header if c not in (*counts, "component")}
+    frame = pd.read_csv(path, dtype={"component": str}, converters=exact)
+    if frame.empty:  # no row to infer types from: an empty table saved
+        frame = frame.astype({c: np.int64 if c in counts else str if c == "component" else np.float64 for c in header})
+    return frame
 
 
 def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str, *, extra: bool = False) -> pd.DataFrame:
@@ -299,7 +303,7 @@ def _checked_frame(frame: pd.DataFrame, columns: Sequence[str], what: str, *, ex
         values = frame[column].to_numpy(dtype=np.float64)
         if not np.isfinite(values).all():
             raise ValueError(f"{what}: column {column!r} has {int((~np.isfinite(values)).sum())} non-finite value(s)")
-        if column in _COUNT_COLUMNS and (values != np.round(values)).any():
+        if column in _COUNT_COLUMNS and column in columns and (values != np.round(values)).any():
             raise ValueError(f"{what}: column {column!r} must hold whole numbers")
     if len(frame) and int(frame["layer"].min()) < 1:
         raise ValueError(f"{what} has layer {int(frame['layer'].min())}; layers are counted from 1")
@@ -332,6 +336,19 @@ def _head_components(components: Sequence[str]) -> tuple[str, ...]:
     if not found:
         raise ValueError(f"heads=True needs query, key or value among the components, got {', '.join(components)}")
     return found
+
+
+def _check_finite_outputs(values: torch.Tensor, component: str, offsets) -> None:
+    """Name the layer and neuron of the first non-finite output (a float16 model that overflowed): the kernel would
+    name a column of all the component's layers joined."""
+    bad = (~torch.isfinite(values)).any(0).nonzero()
+    if bad.numel():
+        column = int(bad[0, 0])
+        index = int(np.searchsorted(np.asarray(offsets), column, side="right")) - 1
+        raise ValueError(
+            f"layer {to_user_layer(index)} {component} neuron {column - int(offsets[index])} has a NaN or infinite "
+            "output (a float16 model that overflowed? analyse it in float32 or bfloat16)"
+        )
 
 
 def compute_importance(
@@ -367,7 +384,11 @@ def compute_importance(
         values = acts.values[component]
         widths = np.diff(acts.offsets[component])
         start = time.perf_counter()
-        lam = _numpy(fast_death_radii(values, n_threads=n_threads))
+        try:
+            lam = _numpy(fast_death_radii(values, n_threads=n_threads))
+        except ValueError:
+            _check_finite_outputs(values, component, acts.offsets[component])  # says which layer and neuron
+            raise
         kernel_s += time.perf_counter() - start
         frames.append(
             pd.DataFrame(
@@ -539,9 +560,13 @@ def analyze(
 
     def fits(chunk: list[str]) -> list[bool]:
         # A WordPiece, BPE or SentencePiece token covers at least one character of the normalized text (NFKC for
-        # SentencePiece, NFD to strip accents: NFKD is at least as long as either), except a word-start marker,
-        # so a sentence under this bound fits without being tokenized.
-        surely = [len(unicodedata.normalize("NFKD", s).encode()) + len(s.split()) + specials <= limit for s in chunk]
+        # SentencePiece, NFD to strip accents: NFKD is at least as long as either), except a word-start marker;
+        # a byte-level BPE token covers at least one byte of the raw text, which NFKD can shorten ("Ａ" is 3 bytes,
+        # "A" one). So a sentence under this bound fits without being tokenized.
+        def bound(s: str) -> int:
+            return max(len(s.encode()), len(unicodedata.normalize("NFKD", s).encode())) + len(s.split()) + specials
+
+        surely = [bound(s) <= limit for s in chunk]
         doubtful = [s for s, ok in zip(chunk, surely, strict=True) if not ok]
         counts = (
             iter(len(ids) for ids in tokenizer(doubtful, add_special_tokens=True)["input_ids"]) if doubtful else None

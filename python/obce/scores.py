@@ -45,6 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from .activations import eval_mode
+from .importance import HEAD_COMPONENTS
 from .models.adapters import COMPONENTS, encoder_layers, to_user_layer
 
 __all__ = [
@@ -231,6 +232,13 @@ def head_score(table) -> np.ndarray:
         rows.append((int(layer), component, values))
     heads = _frame(rows)
     merged = table.neurons[_KEYS].merge(heads, on=_KEYS, how="left", validate="one_to_one")
+    uncovered = merged["value"].isna() & table.neurons["component"].isin(HEAD_COMPONENTS)
+    if uncovered.any():
+        first = table.neurons[uncovered].iloc[0]
+        raise ValueError(
+            f"the head view has no head for layer {first['layer']} {first['component']}; compute it with "
+            "analyze(..., heads=True) over query, key and value"
+        )
     return merged["value"].fillna(table.neurons["lam"]).to_numpy(dtype=np.float64)
 
 
@@ -313,9 +321,13 @@ def taylor_score(table, model, batches: Sequence[Mapping[str, torch.Tensor]]) ->
     ------
     ValueError
         No batch, or a batch without ``labels`` or ``attention_mask``.
+    RuntimeError
+        Called inside ``torch.inference_mode()``, where no gradient can be taken.
     """
     if not batches:
         raise ValueError("taylor_score needs at least one labelled batch, got none")
+    if torch.is_inference_mode_enabled():
+        raise RuntimeError("taylor_score takes gradients: call it outside torch.inference_mode()")
     layers = encoder_layers(model)
     components = _table_components(table)
     captured: list[tuple[int, str, torch.Tensor]] = []
