@@ -103,7 +103,9 @@ def fold_comparison(n_held_out: int) -> list[dict]:
         fraction = dry_run(model, table, plan).model_fraction
         for fold in FOLD_MODES:
             for source in STATISTICS if fold != "none" else ("token",):
-                pruned = prune_model(model, table, plan, fold=fold, statistics=source).eval()
+                pruned = prune_model(
+                    model, table, plan, fold=fold, statistics=source, tokenizer=tokenizer, progress=False
+                ).eval()
                 cosine = torch.nn.functional.cosine_similarity(mean_pooled(pruned, tokenizer, held_out), reference)
                 records.append(
                     emit(
