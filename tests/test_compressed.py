@@ -59,6 +59,7 @@ def pruned_classifier(tiny_bert_config):
     [
         (((8, 8), (8,), 5), "one entry per head"),
         (((8, -1), (8, 8), 5), "non-negative integers"),
+        (((True, 8), (8, 8), 5), "non-negative integers"),
         (((8, 4), (8, 0), 5), "a head without value dimensions must have no query/key"),
         (((0, 0), (0, 0), 5), "at least one value dimension"),
         (((8, 8), (8, 8), 0), "at least one value dimension and one intermediate neuron"),
@@ -75,6 +76,11 @@ def test_config_validation(tiny_bert_config):
         compressed_config(config, SIZES[:2])
     with pytest.raises(ValueError, match="layer 2 lists 2 heads, the config has 4"):
         compressed_config(config, [SIZES[0], LayerSizes((8, 8), (8, 8), 5), SIZES[0]])
+    wider = r"layer 2 keeps more than the original has: .* \(heads of 8, intermediate 37\)"
+    with pytest.raises(ValueError, match=wider):
+        compressed_config(config, [SIZES[0], LayerSizes((9, 8, 8, 8), (8, 8, 8, 8), 37), SIZES[0]])
+    with pytest.raises(ValueError, match="layer 3 keeps more than the original has"):
+        compressed_config(config, [SIZES[0], SIZES[0], LayerSizes.full(4, 8, 38)])
     with pytest.raises(ValueError, match="attention must be one of"):
         compressed_config(config, SIZES, attention="flash")
     with pytest.raises(ValueError, match="expected the original model's config"):

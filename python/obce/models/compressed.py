@@ -103,7 +103,7 @@ class LayerSizes:
         object.__setattr__(self, "v_head_sizes", v)
         if len(qk) != len(v):
             raise ValueError(f"qk_head_sizes and v_head_sizes must have one entry per head, got {qk} and {v}")
-        if any(not isinstance(s, int) or s < 0 for s in qk + v + (self.intermediate_size,)):
+        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in qk + v + (self.intermediate_size,)):
             raise ValueError(f"sizes must be non-negative integers, got {qk}, {v}, {self.intermediate_size!r}")
         if any(e == 0 and d > 0 for d, e in zip(qk, v, strict=True)):
             raise ValueError(f"a head without value dimensions must have no query/key dimensions, got {qk}, {v}")
@@ -334,10 +334,16 @@ def layer_sizes(config) -> list[LayerSizes]:
             f"obce_layers must list {config.num_hidden_layers} layers (num_hidden_layers), got {raw!r:.200}"
         )
     sizes = [LayerSizes.from_dict(entry) for entry in raw]
+    head_size = config.hidden_size // config.num_attention_heads
     for i, s in enumerate(sizes):
         if len(s.qk_head_sizes) != config.num_attention_heads:
             raise ValueError(
                 f"layer {i + 1} lists {len(s.qk_head_sizes)} heads, the config has {config.num_attention_heads}"
+            )
+        if max(s.qk_head_sizes + s.v_head_sizes) > head_size or s.intermediate_size > config.intermediate_size:
+            raise ValueError(
+                f"layer {i + 1} keeps more than the original has: {s} (heads of {head_size}, intermediate "
+                f"{config.intermediate_size})"
             )
     return sizes
 
