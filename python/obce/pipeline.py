@@ -1104,7 +1104,7 @@ def run_finetune(
     dict of str to obce.train.FinetuneResult
     """
     from .tasks import load_task
-    from .train import trainer_device_args
+    from .train import finetune, trainer_device_args
 
     run.check_step("finetune", settings)
     distill = settings.get("distill", False)
@@ -1118,38 +1118,32 @@ def run_finetune(
     new = "finetune" not in run.settings().get("steps", {})
     run.record("finetune", settings)  # before any checkpoint: resuming one needs the same settings
     try:
-        return _finetune_each(run, models, settings, task, training_args, log, progress, distill)
+        results = {}
+        for label, source in models.items():
+            folder = run / run.FINETUNE / label
+            done = (folder / "results.json").is_file()
+            log(
+                f"obce:   {label}: "
+                + ("fine-tuned before, skipped" if done else f"{settings['steps']} steps on {task.display_name}")
+            )
+            start = time.perf_counter()
+            results[label] = finetune(
+                str(source), task, folder, seed=settings["seed"], max_steps=settings["steps"],
+                batch_size=settings["batch_size"], lr=settings["lr"], max_length=settings["max_length"],
+                patience=settings["patience"], eval_steps=settings["eval_steps"], fp16=settings["fp16"],
+                bf16=settings["bf16"], name=label, training_args=training_args, progress=progress,
+                teacher=run / run.FINETUNE / ORIGINAL if distill and label == COMPRESSED else None,
+            )  # fmt: skip
+            if not done:
+                run.record(timings_s={f"finetune_{label}": round(time.perf_counter() - start, 2)})
+        write_metrics(run)
+        return results
     except BaseException:
         # Failed before writing anything (a bad option, a model that does not load): the settings go too,
         # so that the same folder takes corrected ones.
         if new and not any((run / run.FINETUNE).glob("*/*")):
             run.forget("finetune")
         raise
-
-
-def _finetune_each(run: RunFolder, models, settings, task, training_args, log, progress, distill) -> dict:
-    from .train import finetune
-
-    results = {}
-    for label, source in models.items():
-        folder = run / run.FINETUNE / label
-        done = (folder / "results.json").is_file()
-        log(
-            f"obce:   {label}: "
-            + ("fine-tuned before, skipped" if done else f"{settings['steps']} steps on {task.display_name}")
-        )
-        start = time.perf_counter()
-        results[label] = finetune(
-            str(source), task, folder, seed=settings["seed"], max_steps=settings["steps"],
-            batch_size=settings["batch_size"], lr=settings["lr"], max_length=settings["max_length"],
-            patience=settings["patience"], eval_steps=settings["eval_steps"], fp16=settings["fp16"],
-            bf16=settings["bf16"], name=label, training_args=training_args, progress=progress,
-            teacher=run / run.FINETUNE / ORIGINAL if distill and label == COMPRESSED else None,
-        )  # fmt: skip
-        if not done:
-            run.record(timings_s={f"finetune_{label}": round(time.perf_counter() - start, 2)})
-    write_metrics(run)
-    return results
 
 
 def write_metrics(run: RunFolder) -> dict:
