@@ -184,6 +184,17 @@ def test_activation_matrix_layout():
     check(acts)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_either_side_of_the_pair_matrix_limit(dtype):
+    """Clouds of d >= 32 whose squared distances fit in 1 MiB take the pair-matrix path; one point more,
+    Prim on implicit distances. Both agree with the reference at the limit (512 points in float32, 362 in
+    float64)."""
+    limit = {np.float32: 512, np.float64: 362}[dtype]
+    rng = np.random.default_rng(limit)
+    for n_points in (limit, limit + 1):
+        check(rng.normal(size=(2, n_points, 40)).astype(dtype))
+
+
 def test_one_large_cloud_split_over_threads():
     """A single cloud of over 2048 points and 2^18 coordinates shares its Prim steps among threads."""
     rng = np.random.default_rng(1)
@@ -302,7 +313,8 @@ finite_coords = st.integers(-16000, 16000).map(lambda i: i / 16)
 def clouds(draw, max_dim=6):
     n_clouds = draw(st.integers(1, 4))
     n_points = draw(st.integers(2, 40))
-    dim = draw(st.integers(1, max_dim))
+    # low dimensions, and from 32 on, where small clouds take the pair-matrix path
+    dim = draw(st.one_of(st.integers(1, max_dim), st.integers(32, 36)))
     # drawing from a small pool makes duplicates and ties common
     pool = draw(hnp.arrays(np.float64, draw(st.integers(1, 8)), elements=finite_coords))
     idx = draw(hnp.arrays(np.intp, (n_clouds, n_points, dim), elements=st.integers(0, len(pool) - 1)))
@@ -361,8 +373,8 @@ def prim_lambda(cloud: np.ndarray) -> float:
 @st.composite
 def any_magnitude(draw) -> np.ndarray:
     """3 clouds at any scale of their type, subnormal to near its largest value, with or without a
-    large offset; d = 1, 2 or 5."""
-    dtype, dim = draw(st.sampled_from(DTYPES)), draw(st.sampled_from([1, 2, 5]))
+    large offset; d = 1, 2, 5 or 40."""
+    dtype, dim = draw(st.sampled_from(DTYPES)), draw(st.sampled_from([1, 2, 5, 40]))
     info = np.finfo(dtype)
     rng = np.random.default_rng(draw(st.integers(0, 2**32 - 1)))
     low, high = np.log2(info.smallest_subnormal) + 8, np.log2(info.max) - 8
