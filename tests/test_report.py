@@ -15,8 +15,9 @@ import torch
 from transformers import BertConfig, BertModel
 
 from obce import pipeline
+from obce.importance import ImportanceTable
 from obce.pipeline import Budget, RunFolder, SpeedSettings
-from obce.report import page
+from obce.report import figures, page
 from obce.report.page import cutoffs, report_sections, summary_lines, write_report
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -182,12 +183,18 @@ def test_user_text_shows_as_written(run, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run, copy)
     plan = json.loads((copy / "plan.json").read_text())
-    plan["notes"] = "<img src=x onerror=alert(1)> & more"
+    plan["notes"] = "<img src=x onerror=alert(1)> & more *[link](x)*\n\n# not a heading"
     (copy / "plan.json").write_text(json.dumps(plan))
+    settings = json.loads((copy / "settings.json").read_text())
+    settings["steps"]["analyze"]["model"] = "# <b>model</b>"
+    (copy / "settings.json").write_text(json.dumps(settings))
     page = write_report(copy)
     md = page.with_name("report.md").read_text(encoding="utf-8")
-    assert "&lt;img src=x onerror=alert(1)> & more" in md and "<img src=x" not in md
-    assert "&lt;img src=x onerror=alert(1)&gt; &amp; more" in page.read_text(encoding="utf-8")
+    assert "&lt;img src=x onerror=alert(1)> &amp; more \\*[link\\](x)\\* # not a heading" in md
+    assert md.startswith("# obce report: # &lt;b>model&lt;/b>\n") and "\n\\# &lt;b>model&lt;/b> pruned with" in md
+    assert "<img src=x" not in md and "<b>" not in md and "\n# not" not in md
+    html = page.read_text(encoding="utf-8")
+    assert "&lt;img src=x onerror=alert(1)&gt; &amp; more" in html and "<b>" not in html
 
 
 def test_diagram_captions_name_the_component_they_rank_in(run):
@@ -238,7 +245,7 @@ def test_backticks_and_dollars_of_the_user_show_as_written(run, tmp_path):
     html = written.read_text(encoding="utf-8")
     assert "<code>obce prune --model &#x27;a&#96;b$1_$2&#x27; -o run</code>" in html
     md = written.with_name("report.md").read_text(encoding="utf-8")
-    assert "`` obce prune --model 'a`b$1_$2' -o run ``" in md and "a\\`b$1_$2" in md
+    assert "`` obce prune --model 'a`b$1_$2' -o run ``" in md and "a\\`b$1\\_$2" in md
     assert summary_lines(copy, plain=True)[0].startswith("a`b$1_$2 pruned with plan uniform")
 
 
@@ -251,3 +258,69 @@ def test_a_plan_not_yet_pruned_shows_its_own_scores_cutoffs(run, tmp_path):
     (copy / "settings.json").write_text(json.dumps(settings))
     md = write_report(copy).with_name("report.md").read_text(encoding="utf-8")
     assert "(std > " in md and "(λ > " not in md
+
+
+# ---- what the figures draw ---------------------------------------------------------------------
+
+
+def test_lambda_by_layer_draws_the_tables_statistic(run):
+    table = RunFolder(run).table()
+    stats = table.stats()
+    ax = figures.lambda_by_layer_figure(table, statistic="p70", log=True).axes[0]
+    for line, component in zip(ax.get_lines(), table.components, strict=True):
+        rows = stats[stats["component"] == component]
+        assert line.get_label() == component
+        np.testing.assert_array_equal(line.get_xdata(), rows["layer"])
+        np.testing.assert_array_equal(line.get_ydata(), rows["p70"])
+    # On the log axis the largest value keeps a margin below the frame.
+    assert ax.get_ylim()[1] > 1.2 * stats["p70"].max()
+
+
+def test_distributions_mark_each_cutoff_on_its_layer(run):
+    folder = RunFolder(run)
+    table, plan = folder.table(), folder.plan()
+    cuts = cutoffs(table, plan)
+    figure = figures.lambda_distributions_figure(table, log=True, cutoffs=cuts)
+    by_component = {ax.get_title(): ax for ax in figure.axes}
+    for component in ("value", "intermediate"):
+        (lines,) = by_component[component].collections  # the cut-off marks
+        (segment,) = lines.get_segments()  # one unit pruned: layer 3, the third box
+        np.testing.assert_allclose(segment, [[2.6, cuts[3, component]], [3.4, cuts[3, component]]])
+    assert not by_component["query"].collections
+
+
+def test_persistence_figure_draws_the_points_deaths():
+    points = np.array([0.0, 1.0, 1.5, 4.0])
+    ax = figures.persistence_figure(points, 3, "intermediate", 7).axes[0]
+    deaths = ax.collections[0].get_offsets()[:, 1]
+    np.testing.assert_allclose(np.sort(deaths), [0.5, 1.0, 2.5])
+    assert ax.get_title().endswith("layer 3 intermediate, neuron 7")
+
+
+def test_figures_of_an_empty_table_are_refused(run):
+    table = RunFolder(run).table()
+    empty = ImportanceTable(table.neurons.iloc[:0], table.settings)
+    for draw in (figures.lambda_by_layer_figure, figures.lambda_distributions_figure):
+        with pytest.raises(ValueError, match="table is empty"):
+            draw(empty)
+
+
+def test_one_diagram_where_no_neuron_of_the_layer_has_positive_lambda(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    persistence = json.loads((copy / "persistence.json").read_text())
+    for entry in persistence["neurons"]:  # what the analysis saves when every λ of the layer is 0
+        entry.update(neuron=0, lam=0.0, points=[0.25] * len(entry["points"]))
+    (copy / "persistence.json").write_text(json.dumps(persistence))
+    shutil.rmtree(copy / "report")
+    _, sections = report_sections(copy)
+    (diagram,) = next(s for s in sections if s.title.startswith("Persistence diagrams")).blocks
+    assert "neuron 0, one of its layer's intermediate neurons, all of λ = 0: λ = 0" in diagram.caption
+    assert sorted(p.name for p in (copy / "report").glob("persistence_*.png")) == ["persistence_high.png"]
+
+
+def test_a_backtick_in_the_run_folders_path_shows_as_written(run, tmp_path):
+    copy = tmp_path / "a`b"
+    shutil.copytree(run, copy)
+    html = write_report(copy).read_text(encoding="utf-8")
+    assert f"<td>{tmp_path}/a&#96;b</td>" in html

@@ -301,7 +301,8 @@ def _analysis(run: RunFolder, settings: Mapping, device, progress) -> None:
 def _report(run: RunFolder) -> None:
     from .report.page import write_report
 
-    _echo(f"report: {write_report(run.path)}")
+    if pipeline.is_main_process():  # under torchrun, one process writes it, after the results it shows
+        _echo(f"report: {write_report(run.path)}")
 
 
 # --------------------------------------------------------------------------------------------------

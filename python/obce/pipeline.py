@@ -1303,7 +1303,8 @@ def compress(
                      device=device, log=log, progress=progress)  # fmt: skip
     # Recorded before the report is drawn, so that the report shows it.
     run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
-    report = write_report(run.path)
+    # Under torchrun one process writes it: the others could rewrite it without the scores rank 0 wrote.
+    report = write_report(run.path) if is_main_process() else run / run.REPORT / "report.html"
     stage("report written")
     return report
 

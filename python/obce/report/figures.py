@@ -1,9 +1,12 @@
-"""Figures of neuron importance, written as PNG files.
+"""Figures of neuron importance and of a run, written as PNG files.
 
 - :func:`plot_lambda_by_layer`: median λ per layer for each component (the paper's Figure 6);
 - :func:`plot_persistence_diagram`: one neuron's H0 persistence diagram (the paper's Figure 5);
 - :func:`plot_lambda_distributions`: λ's distribution per layer, one panel per component.
 
+Each ``plot_*`` function draws its figure with the matching ``*_figure`` function, which returns the
+matplotlib :class:`~matplotlib.figure.Figure` unsaved (to restyle or embed it), and writes it with
+:func:`save_png`. The report's own figures (parameters per layer, training curves) are built here too.
 Figures are drawn on matplotlib's Agg canvas directly, so no pyplot state or GUI backend is
 involved, and each file is written atomically.
 """
@@ -15,6 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
@@ -23,19 +27,26 @@ from .._io import atomic_open
 from ..activations import Activations
 from ..importance import ImportanceTable
 from ..kernel import h0_deaths
-from ..models.adapters import check_component
+from ..models.adapters import COMPONENTS, check_component
 
-__all__ = ["plot_lambda_by_layer", "plot_lambda_distributions", "plot_persistence_diagram"]
+__all__ = [
+    "lambda_by_layer_figure",
+    "lambda_distributions_figure",
+    "persistence_figure",
+    "plot_lambda_by_layer",
+    "plot_lambda_distributions",
+    "plot_persistence_diagram",
+    "save_png",
+]
 
 _STATISTICS = ("median", "mean", "p30", "p50", "p70")
 
 
-def _save(figure: Figure, path: str | os.PathLike, overwrite: bool) -> Path:
+def save_png(figure: Figure, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write ``figure`` to ``path`` (a ``.png``) atomically; an existing file only with ``overwrite``."""
     path = Path(path)
     if path.suffix.lower() != ".png":
         raise ValueError(f"figures are PNG files; expected a path ending in .png, got {os.fspath(path)!r}")
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     FigureCanvasAgg(figure)
     with atomic_open(path, "wb", overwrite=overwrite) as f:
         figure.savefig(f, format="png", dpi=150, bbox_inches="tight")
@@ -48,6 +59,19 @@ def _log_axis(ax, values: np.ndarray) -> None:
     positive = values[values > 0]
     if positive.size:
         ax.set_yscale("symlog", linthresh=float(np.quantile(positive, 0.01)))
+        # Limits set before (by ticks or a box plot) were margins of a linear axis, a sliver of a decade.
+        ax.autoscale(axis="y")
+
+
+def _check_not_empty(table: ImportanceTable) -> None:
+    if len(table.neurons) == 0:
+        raise ValueError("the importance table is empty: there is no λ to plot")
+
+
+def _layer_ticks(ax, layers: list[int], positions) -> None:
+    """One tick per layer, labelled; past 12 layers every other label only, so that they stay apart."""
+    step = 1 if len(layers) <= 12 else 2
+    ax.set_xticks(list(positions), [str(layer) if i % step == 0 else "" for i, layer in enumerate(layers)])
 
 
 def literal(text: str) -> str:
@@ -60,6 +84,29 @@ def _title(table: ImportanceTable, what: str) -> str:
     token = table.settings.get("token", "cls")
     points = table.settings.get("n_points")
     return f"{what}\n{model}, token={token}" + (f", {points} points" if points else "")
+
+
+def lambda_by_layer_figure(table: ImportanceTable, *, statistic: str = "median", log: bool = False) -> Figure:
+    """The figure of :func:`plot_lambda_by_layer`, unsaved."""
+    if statistic not in _STATISTICS:
+        raise ValueError(f"unknown statistic {statistic!r}; expected one of {', '.join(_STATISTICS)}")
+    _check_not_empty(table)
+    stats = table.stats()
+    figure = Figure(figsize=(6.4, 4.2))
+    ax = figure.add_subplot()
+    for component in table.components:
+        rows = stats[stats["component"] == component]
+        ax.plot(rows["layer"], rows[statistic], marker="o", label=component)
+    _layer_ticks(ax, table.layers, table.layers)
+    ax.set_xlabel("layer")
+    ax.set_ylabel(f"{statistic} λ")
+    if log:
+        _log_axis(ax, stats[statistic].to_numpy())
+    ax.set_ylim(bottom=0)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, never on them
+    ax.set_title(_title(table, f"{statistic.capitalize()} λ per layer"), fontsize="medium")
+    return figure
 
 
 def plot_lambda_by_layer(
@@ -91,28 +138,38 @@ def plot_lambda_by_layer(
     Raises
     ------
     ValueError
-        On an unknown statistic or a path that is not a ``.png``.
+        On an unknown statistic, an empty table or a path that is not a ``.png``.
     FileExistsError
         If ``path`` exists and ``overwrite`` is False.
     """
-    if statistic not in _STATISTICS:
-        raise ValueError(f"unknown statistic {statistic!r}; expected one of {', '.join(_STATISTICS)}")
-    stats = table.stats()
-    figure = Figure(figsize=(6.4, 4.2))
+    return save_png(lambda_by_layer_figure(table, statistic=statistic, log=log), path, overwrite)
+
+
+def persistence_figure(points, layer: int, component: str, neuron: int) -> Figure:
+    """The figure of :func:`plot_persistence_diagram`, unsaved, from the neuron's outputs ``points``
+    (one per input, or an ``(n_points, dim)`` cloud), labelled with its layer (from 1), component and
+    index."""
+    points = np.asarray(points)
+    cloud = points.reshape(1, len(points), -1)
+    deaths = np.asarray(h0_deaths(cloud)[0], dtype=np.float64)
+    lam = float(deaths.max()) if deaths.size else 0.0
+    top = lam * 1.15 if lam > 0 else 1.0
+
+    figure = Figure(figsize=(4.8, 4.6))
     ax = figure.add_subplot()
-    for component in table.components:
-        rows = stats[stats["component"] == component]
-        ax.plot(rows["layer"], rows[statistic], marker="o", label=component)
-    ax.set_xticks(table.layers)
-    ax.set_xlabel("layer")
-    ax.set_ylabel(f"{statistic} λ")
-    if log:
-        _log_axis(ax, stats[statistic].to_numpy())
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))  # beside the lines, never on them
-    ax.set_title(_title(table, f"{statistic.capitalize()} λ per layer"), fontsize="medium")
-    return _save(figure, path, overwrite)
+    ax.plot([0, top], [0, top], color="grey", linewidth=0.8)
+    ax.scatter(np.zeros_like(deaths), deaths, s=14, label=f"finite deaths ({deaths.size})")
+    ax.scatter([0], [top], marker="^", color="black", label="infinite bar")
+    ax.axhline(lam, color="C3", linestyle="--", linewidth=1, label=f"λ = {lam:.4g}")
+    ax.set_xlim(-0.05 * top, top)
+    ax.set_ylim(-0.02 * top, top * 1.05)
+    ax.set_xlabel("birth")
+    ax.set_ylabel("death")
+    ax.ticklabel_format(style="sci", scilimits=(-2, 3))
+    ax.xaxis.set_major_locator(MaxNLocator(4))
+    ax.legend(loc="lower right", fontsize="small")
+    ax.set_title(f"H0 persistence diagram\nlayer {layer} {literal(component)}, neuron {neuron}", fontsize="medium")
+    return figure
 
 
 def plot_persistence_diagram(
@@ -157,25 +214,41 @@ def plot_persistence_diagram(
     values = acts.get(layer, check_component(component))
     if isinstance(neuron, bool) or not isinstance(neuron, (int, np.integer)) or not 0 <= neuron < values.shape[1]:
         raise ValueError(f"neuron must be an int in 0..{values.shape[1] - 1}, got {neuron!r}")
-    deaths = np.asarray(h0_deaths(values[:, neuron : neuron + 1].cpu().numpy())[0], dtype=np.float64)
-    lam = float(deaths.max()) if deaths.size else 0.0
-    top = lam * 1.15 if lam > 0 else 1.0
+    points = values[:, neuron].cpu().numpy()
+    return save_png(persistence_figure(points, layer, component, int(neuron)), path, overwrite)
 
-    figure = Figure(figsize=(4.8, 4.6))
-    ax = figure.add_subplot()
-    ax.plot([0, top], [0, top], color="grey", linewidth=0.8)
-    ax.scatter(np.zeros_like(deaths), deaths, s=14, label=f"finite deaths ({deaths.size})")
-    ax.scatter([0], [top], marker="^", color="black", label="infinite bar")
-    ax.axhline(lam, color="C3", linestyle="--", linewidth=1, label=f"λ = {lam:.4g}")
-    ax.set_xlim(-0.05 * top, top)
-    ax.set_ylim(-0.02 * top, top * 1.05)
-    ax.set_xlabel("birth")
-    ax.set_ylabel("death")
-    ax.ticklabel_format(style="sci", scilimits=(-2, 3))
-    ax.xaxis.set_major_locator(MaxNLocator(4))
-    ax.legend(loc="lower right", fontsize="small")
-    ax.set_title(f"H0 persistence diagram\nlayer {layer} {component}, neuron {neuron}", fontsize="medium")
-    return _save(figure, path, overwrite)
+
+def lambda_distributions_figure(
+    table: ImportanceTable, *, log: bool = False, cutoffs: Mapping[tuple[int, str], float] | None = None
+) -> Figure:
+    """The figure of :func:`plot_lambda_distributions`, unsaved."""
+    _check_not_empty(table)
+    components = table.components
+    columns = min(3, len(components))
+    rows = -(-len(components) // columns)
+    figure = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
+    for i, component in enumerate(components):
+        ax = figure.add_subplot(rows, columns, i + 1)
+        layers = [layer for layer in table.layers if component in _components_of(table, layer)]
+        values = [table.lam(layer, component) for layer in layers]
+        ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
+        _layer_ticks(ax, layers, range(1, len(layers) + 1))
+        marks = [
+            (i, cutoffs[layer, component]) for i, layer in enumerate(layers, 1) if (layer, component) in (cutoffs or {})
+        ]
+        if marks:
+            x, y = np.array(marks).T
+            ax.hlines(y, x - 0.4, x + 0.4, colors="C3", linewidth=1.5, label="cut-off", zorder=3)
+            ax.legend(fontsize="small")
+        ax.set_title(component, fontsize="medium")
+        ax.set_xlabel("layer")
+        ax.set_ylabel("λ")
+        if log:
+            _log_axis(ax, np.concatenate(values))
+        ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3, axis="y")
+    figure.suptitle(_title(table, "λ per layer and component"), fontsize="medium")
+    return figure
 
 
 def plot_lambda_distributions(
@@ -204,34 +277,58 @@ def plot_lambda_distributions(
     Returns
     -------
     pathlib.Path
+
+    Raises
+    ------
+    ValueError
+        On an empty table or a path that is not a ``.png``.
     """
-    components = table.components
-    columns = min(3, len(components))
-    rows = -(-len(components) // columns)
-    figure = Figure(figsize=(4.2 * columns, 3.4 * rows), layout="constrained")
-    for i, component in enumerate(components):
-        ax = figure.add_subplot(rows, columns, i + 1)
-        layers = [layer for layer in table.layers if component in _components_of(table, layer)]
-        values = [table.lam(layer, component) for layer in layers]
-        ax.boxplot(values, showfliers=True, flierprops={"markersize": 2})
-        ax.set_xticks(range(1, len(layers) + 1), [str(layer) for layer in layers])
-        marks = [
-            (i, cutoffs[layer, component]) for i, layer in enumerate(layers, 1) if (layer, component) in (cutoffs or {})
-        ]
-        if marks:
-            x, y = np.array(marks).T
-            ax.hlines(y, x - 0.4, x + 0.4, colors="C3", linewidth=1.5, label="cut-off", zorder=3)
-            ax.legend(fontsize="small")
-        ax.set_title(component, fontsize="medium")
-        ax.set_xlabel("layer")
-        ax.set_ylabel("λ")
-        if log:
-            _log_axis(ax, np.concatenate(values))
-        ax.set_ylim(bottom=0)
-        ax.grid(alpha=0.3, axis="y")
-    figure.suptitle(_title(table, "λ per layer and component"), fontsize="medium")
-    return _save(figure, path, overwrite)
+    return save_png(lambda_distributions_figure(table, log=log, cutoffs=cutoffs), path, overwrite)
 
 
 def _components_of(table: ImportanceTable, layer: int) -> set[str]:
     return set(table.neurons.loc[table.neurons["layer"] == layer, "component"])
+
+
+def parameters_figure(parameters: pd.DataFrame) -> Figure:
+    """Stacked bars of each layer's parameters by component, original (outline) and compressed (filled), from a run
+    folder's ``parameters.csv``."""
+    components = [*COMPONENTS, "other"]
+    layers = sorted(parameters["layer"].unique())
+    figure = Figure(figsize=(6.4, 3.8), layout="constrained")
+    ax = figure.add_subplot()
+    x = np.arange(len(layers))
+    bottom_before, bottom_after = np.zeros(len(layers)), np.zeros(len(layers))
+    for i, component in enumerate(components):
+        rows = parameters[parameters["component"] == component].set_index("layer").loc[layers]
+        before, after = rows["params_original"].to_numpy(float), rows["params_compressed"].to_numpy(float)
+        colour = f"C{i}"
+        ax.bar(x, before, 0.7, bottom=bottom_before, fill=False, edgecolor=colour, linewidth=0.8)
+        ax.bar(x, after, 0.7, bottom=bottom_after, color=colour, label=component)
+        bottom_before += before
+        bottom_after += after
+    _layer_ticks(ax, [int(layer) for layer in layers], x)
+    ax.set_xlabel("layer")
+    ax.set_ylabel("parameters")
+    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 3))
+    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
+    ax.set_title("Parameters per layer: original (outline), compressed (filled)", fontsize="medium")
+    return figure
+
+
+def training_figure(logs: Mapping[str, list[dict]], dev_metric: str) -> Figure:
+    """Training loss and the dev score by step, one line per fine-tuned model (label -> its logged entries)."""
+    figure = Figure(figsize=(8.4, 3.2), layout="constrained")
+    loss_ax, dev_ax = figure.subplots(1, 2)
+    for i, (label, log) in enumerate(logs.items()):
+        for ax, key, style in ((loss_ax, "loss", "-"), (dev_ax, dev_metric, "o-")):
+            points = [(entry["step"], entry[key]) for entry in log if key in entry]
+            if points:
+                ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=literal(label), markersize=4)
+    for ax, title in ((loss_ax, "training loss"), (dev_ax, f"dev {dev_metric.removeprefix('eval_')}")):
+        ax.set_xlabel("step")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_title(title, fontsize="medium")
+        ax.grid(alpha=0.3)
+    loss_ax.legend(fontsize="small")
+    return figure

@@ -13,6 +13,7 @@ import base64
 import html
 import json
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,21 +21,27 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .._io import atomic_open, atomic_write_text
-from ..activations import Activations
+from .._io import atomic_write_text
 from ..importance import ImportanceTable
 from ..models.adapters import COMPONENTS
 from ..pipeline import COMPRESSED, ORIGINAL, RunFolder
 from ..plans import PruningPlan
 from ..tasks import task_info
 from ..train import TRAINING_LOG
-from .figures import literal, plot_lambda_by_layer, plot_lambda_distributions, plot_persistence_diagram
+from .figures import (
+    parameters_figure,
+    persistence_figure,
+    plot_lambda_by_layer,
+    plot_lambda_distributions,
+    save_png,
+    training_figure,
+)
 
 __all__ = ["Figure", "Section", "Table", "report_sections", "summary_lines", "write_report"]
 
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
-_ROLES = {"high": "highest λ", "low": "lowest non-zero λ"}
+_ROLES = {"high": "the highest λ", "low": "the lowest non-zero λ"}
 _ENCODER_LAYERS = (
     "Encoder layers are the transformer layers only (attention and feed-forward blocks with their layer norms); "
     "the embeddings, the pooler and a task head are never pruned and not counted in that fraction. The whole model "
@@ -82,12 +89,12 @@ def _score(value: float) -> str:
     return f"{100 * value:.2f}"
 
 
-def _sec(value: float) -> str:
-    return f"{value:.4g}"
-
-
 def _g(value: float) -> str:
     return f"{value:.4g}"
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
 
 
 def _level(level: float | None) -> str:
@@ -149,9 +156,9 @@ def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
     if speed:
         fastest = _fastest(speed)
         lines.append(
-            f"CPU inference: {_sec(fastest[ORIGINAL])} s → {_sec(fastest[COMPRESSED])} s per batch of "
+            f"CPU inference: {_g(fastest[ORIGINAL])} s → {_g(fastest[COMPRESSED])} s per batch of "
             f"{speed['batch_size']} × {speed['tokens']} tokens ({fastest[ORIGINAL] / fastest[COMPRESSED]:.2f}× as "
-            f"fast; fastest of {speed['repeats']} repeats)."
+            f"fast; fastest of {_count(speed['repeats'], 'repeat')})."
         )
     if metrics:
         for label, entry in metrics.items():
@@ -175,10 +182,11 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
     analysis = steps.get("analyze", {})
     section = Section("Summary")
     section.blocks += _summary_lines(settings, plan, params, speed, metrics) or ["The run folder holds no results yet."]
-    rows = [["run folder", str(run.path)]]
+    rows = [["run folder", _user(str(run.path))]]
     if analysis:
+        path = analysis.get("model_path")
         rows += [
-            ["model", f"{analysis['model']}" + (f" ({analysis['model_path']})" if analysis.get("model_path") else "")],
+            ["model", analysis["model"] + (f" ({path})" if path and path != analysis["model"] else "")],
             ["corpus", analysis["corpus_description"]],
             ["sentences, seed", f"{analysis['n_sentences']}, seed {analysis['seed']}"],
             ["points", _points_text(analysis["token"], analysis["n_sentences"])],
@@ -240,7 +248,8 @@ def _parameters(parameters: pd.DataFrame, params: dict, figure: str) -> Section:
         by = group.set_index("component")
         cells = [f"{_n(by.at[c, 'params_compressed'])} / {_n(by.at[c, 'params_original'])}" for c in components]
         kept = by["params_compressed"].sum() / by["params_original"].sum()
-        rows.append([str(layer), *cells, _n(by["params_compressed"].sum()), _pct(kept)])
+        total = f"{_n(by['params_compressed'].sum())} / {_n(by['params_original'].sum())}"
+        rows.append([str(layer), *cells, total, _pct(kept)])
     per_layer = Table(["layer", *components, "total", "kept"], rows)
     return Section(
         "The model before and after",
@@ -302,10 +311,9 @@ def cutoffs(table: ImportanceTable, plan: PruningPlan, score: str = "lam") -> di
 
 
 def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str, score: str) -> Section:
-    section = Section("λ distributions and the plan's cut-offs")
     if plan is None:
-        section.blocks.append(Figure(figure, "λ per layer and component.", wide=True))
-        return section
+        return Section("λ distributions", [Figure(figure, "λ per layer and component.", wide=True)])
+    section = Section("λ distributions and the plan's cut-offs")
     cuts, name = cutoffs(table, plan, score), "λ" if score == "lam" else score
     caption = (
         "λ per layer and component; the red lines are the plan's cut-offs (neurons above them are kept). Query "
@@ -329,40 +337,34 @@ def _distributions(table: ImportanceTable, plan: PruningPlan | None, figure: str
     return section
 
 
-def _neuron_activations(entry: dict, token: str) -> Activations:
-    """One neuron's saved outputs, laid out as its layer's component outputs (the other columns are 0)."""
-    import torch
-
-    layer, neuron = entry["layer"], entry["neuron"]
-    values = torch.zeros(len(entry["points"]), neuron + 1, dtype=torch.float64)
-    values[:, neuron] = torch.tensor(entry["points"], dtype=torch.float64)
-    return Activations(
-        values={entry["component"]: values},
-        offsets={entry["component"]: (0,) * layer + (neuron + 1,)},
-        token_mean={},
-        token_std={},
-        n_tokens=0,
-        token=token,
-        head_sizes={},
-        sentences=[],
-    )
-
-
 def _diagrams(persistence: dict, removed: list | None, files: Sequence[str]) -> Section:
     section = Section("Persistence diagrams of a high-λ and a low-λ neuron")
     removed_by_layer = {entry["layer"]: set(entry["intermediate"]["removed"]) for entry in removed or []}
-    for entry, file in zip(persistence["neurons"], files, strict=True):
+    for entry, file in zip(_distinct_neurons(persistence), files, strict=True):
         fate = ""
         if entry["component"] == "intermediate" and entry["layer"] in removed_by_layer:
             fate = "; removed by the plan" if entry["neuron"] in removed_by_layer[entry["layer"]] else "; kept"
-        section.blocks.append(
-            Figure(
-                file,
-                f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, the {_ROLES[entry['role']]} "
-                f"among its layer's {entry['component']} neurons: λ = {_g(entry['lam'])}{fate}.",
-            )
+        rank = (
+            f"{_ROLES[entry['role']]} among its layer's {entry['component']} neurons"
+            if entry["lam"] > 0
+            else f"one of its layer's {entry['component']} neurons, all of λ = 0"
         )
+        section.blocks.append(
+            Figure(file, f"Layer {entry['layer']} {entry['component']} neuron {entry['neuron']}, {rank}: λ = "
+                   f"{_g(entry['lam'])}{fate}.")
+        )  # fmt: skip
     return section
+
+
+def _distinct_neurons(persistence: dict) -> list[dict]:
+    """The saved neurons, each once: where no λ of the layer is above 0, the highest and the lowest are one neuron."""
+    seen, distinct = set(), []
+    for entry in persistence["neurons"]:
+        key = (entry["layer"], entry["component"], entry["neuron"])
+        if key not in seen:
+            seen.add(key)
+            distinct.append(entry)
+    return distinct
 
 
 def _removed(removed: list) -> Section:
@@ -399,9 +401,9 @@ def _speed(speed: dict) -> Section:
     rows = [
         [
             label,
-            _sec(fastest[label]),
-            _sec(float(np.median(speed["seconds"][label]))),
-            ", ".join(_sec(s) for s in speed["seconds"][label]),
+            _g(fastest[label]),
+            _g(float(np.median(speed["seconds"][label]))),
+            ", ".join(_g(s) for s in speed["seconds"][label]),
         ]
         for label in (ORIGINAL, COMPRESSED)
     ]
@@ -410,9 +412,9 @@ def _speed(speed: dict) -> Section:
         [
             (
                 f"One forward pass of a batch of {speed['batch_size']} × {speed['tokens']} random token ids (seed "
-                f"{speed['seed']}), {speed['threads']} threads, {speed['repeats']} timed repeats after a warm-up, the "
-                f"models in turns. On a shared machine the fastest repeat is the least disturbed by other work: by "
-                f"it, the compressed model is {fastest[ORIGINAL] / fastest[COMPRESSED]:.2f}× as fast."
+                f"{speed['seed']}), {_count(speed['threads'], 'thread')}, {_count(speed['repeats'], 'timed repeat')} "
+                "after a warm-up, the models in turns. On a shared machine the fastest repeat is the least disturbed "
+                f"by other work: by it, the compressed model is {fastest[ORIGINAL] / fastest[COMPRESSED]:.2f}× as fast."
             ),
             Table(["model", "fastest s", "median s", "every repeat (s)"], rows),
         ],
@@ -473,62 +475,6 @@ def _reproduce(settings: dict) -> Section:
 
 
 # --------------------------------------------------------------------------------------------------
-# Figures
-
-
-def _plot_training(logs: dict[str, list[dict]], dev_metric: str, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    figure = MplFigure(figsize=(8.4, 3.2), layout="constrained")
-    loss_ax, dev_ax = figure.subplots(1, 2)
-    for i, (label, log) in enumerate(logs.items()):
-        for ax, key, style in ((loss_ax, "loss", "-"), (dev_ax, dev_metric, "o-")):
-            points = [(entry["step"], entry[key]) for entry in log if key in entry]
-            if points:
-                ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=literal(label), markersize=4)
-    for ax, title in ((loss_ax, "training loss"), (dev_ax, f"dev {dev_metric.removeprefix('eval_')}")):
-        ax.set_xlabel("step")
-        ax.set_title(title, fontsize="medium")
-        ax.grid(alpha=0.3)
-    loss_ax.legend(fontsize="small")
-    FigureCanvasAgg(figure)
-    with atomic_open(path, "wb", overwrite=True) as f:
-        figure.savefig(f, format="png", dpi=150)
-    return path
-
-
-def _plot_parameters(parameters: pd.DataFrame, path: Path) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure as MplFigure
-
-    components = [*COMPONENTS, "other"]
-    layers = sorted(parameters["layer"].unique())
-    figure = MplFigure(figsize=(6.4, 3.8), layout="constrained")
-    ax = figure.add_subplot()
-    x = np.arange(len(layers))
-    bottom_before, bottom_after = np.zeros(len(layers)), np.zeros(len(layers))
-    for i, component in enumerate(components):
-        rows = parameters[parameters["component"] == component].set_index("layer").loc[layers]
-        before, after = rows["params_original"].to_numpy(float), rows["params_compressed"].to_numpy(float)
-        colour = f"C{i}"
-        ax.bar(x, before, 0.7, bottom=bottom_before, fill=False, edgecolor=colour, linewidth=0.8)
-        ax.bar(x, after, 0.7, bottom=bottom_after, color=colour, label=component)
-        bottom_before += before
-        bottom_after += after
-    ax.set_xticks(x, [str(layer) for layer in layers])
-    ax.set_xlabel("layer")
-    ax.set_ylabel("parameters")
-    ax.ticklabel_format(axis="y", style="sci", scilimits=(0, 3))
-    ax.legend(fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1))
-    ax.set_title("Parameters per layer: original (outline), compressed (filled)", fontsize="medium")
-    FigureCanvasAgg(figure)
-    with atomic_open(path, "wb", overwrite=True) as f:
-        figure.savefig(f, format="png", dpi=150)
-    return path
-
-
-# --------------------------------------------------------------------------------------------------
 # Rendering
 
 
@@ -553,14 +499,21 @@ def _inline_markdown(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)).replace(_BACKTICK, "&#96;")
 
 
+_MARKDOWN_SPECIAL = re.compile(r"[\\*]|\](?=\()|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+"""What would open emphasis or a link in Markdown: a backslash, *, a ] before (, and _ not inside a word."""
+
+
 def _markdown_text(text: str) -> str:
-    """A paragraph for Markdown: outside `code` spans, < as an entity, so text from the user (a plan's notes, a
-    path) shows as written instead of opening an HTML tag ("λ > x" stays readable); the user's backticks escaped,
-    or inside a code span, fenced by two."""
-    out = []
+    """A paragraph, heading or table cell for Markdown, on one line: outside `code` spans, & and < as entities and
+    Markdown's emphasis and link characters escaped, so text from the user (a plan's notes, a path, a model name)
+    shows as written instead of opening an HTML tag or a heading ("λ > x" stays readable); the user's backticks
+    escaped, or inside a code span, fenced by two."""
+    text = " ".join(line.strip() for line in text.splitlines() if line.strip())  # no indent: no code block
+    out = ["\\" if text[:1] in ("#", ">", "-", "+") else ""]  # would open a heading, a quote or a list
     for i, part in enumerate(text.split("`")):
         if i % 2 == 0:
-            out.append(part.replace("<", "&lt;").replace(_BACKTICK, "\\`"))
+            part = _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m[0], part.replace("&", "&amp;").replace("<", "&lt;"))
+            out.append(part.replace(_BACKTICK, "\\`"))
         elif _BACKTICK in part:
             out.append(f"`` {part.replace(_BACKTICK, '`')} ``")
         else:
@@ -569,9 +522,9 @@ def _markdown_text(text: str) -> str:
 
 
 def _markdown(title: str, sections: list[Section]) -> str:
-    out = [f"# {title}", ""]
+    out = [f"# {_markdown_text(title)}", ""]
     for section in sections:
-        out += [f"## {section.title}", ""]
+        out += [f"## {_markdown_text(section.title)}", ""]
         for block in section.blocks:
             if isinstance(block, Table):
                 cells = [[_markdown_text(c).replace("|", "\\|") for c in row] for row in [block.header, *block.rows]]
@@ -669,17 +622,19 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     speed, persistence = _read(run, run.SPEED), _read(run, run.PERSISTENCE)
     metrics = _user((_read(run, run.METRICS) or {}).get("models"))
 
-    def draw(name: str, plot, *args, **kwargs) -> str:
+    def draw(name: str, plot) -> str:
+        """``name``, drawn by ``plot(path)`` into the report folder when figures are asked for."""
         if figures:
-            plot(*args, folder / name, **kwargs)
+            plot(folder / name)
         return name
 
     sections = [_summary(run, settings, plan, params, speed, metrics)]
     if parameters is not None and params:
-        sections.append(_parameters(parameters, params, draw("parameters.png", _plot_parameters, parameters)))
+        name = draw("parameters.png", lambda path: save_png(parameters_figure(parameters), path, overwrite=True))
+        sections.append(_parameters(parameters, params, name))
     if table is not None:
         # λ spans orders of magnitude across layers: a linear axis shows the last layer and flattens the rest.
-        name = draw("lambda_by_layer.png", plot_lambda_by_layer, table, log=True, overwrite=True)
+        name = draw("lambda_by_layer.png", lambda path: plot_lambda_by_layer(table, path, log=True, overwrite=True))
         sections.append(_importance(table, name))
         steps = settings.get("steps", {})
         # The plan's score ranked the neurons (a run stopped before pruning has no prune step); runs recorded
@@ -687,15 +642,16 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         score = steps.get("plan", steps.get("prune", {})).get("score", "lam")
         cuts = cutoffs(table, plan) if plan is not None and score == "lam" else None  # drawn on the λ axis
         name = draw(
-            "lambda_distributions.png", plot_lambda_distributions, table, log=True, cutoffs=cuts, overwrite=True
+            "lambda_distributions.png",
+            lambda path: plot_lambda_distributions(table, path, log=True, cutoffs=cuts, overwrite=True),
         )
         sections.append(_distributions(table, plan, name, score))
     if persistence:
         files = []
-        for entry in persistence["neurons"]:
-            acts = _neuron_activations(entry, persistence["token"])
-            args = (acts, entry["layer"], entry["component"], entry["neuron"])
-            files.append(draw(f"persistence_{entry['role']}.png", plot_persistence_diagram, *args, overwrite=True))
+        for entry in _distinct_neurons(persistence):
+            args = (entry["points"], entry["layer"], entry["component"], entry["neuron"])
+            files.append(draw(f"persistence_{entry['role']}.png", lambda path, a=args: save_png(
+                persistence_figure(*a), path, overwrite=True)))  # fmt: skip
         sections.append(_diagrams(persistence, removed, files))
     if removed:
         sections.append(_removed(removed))
@@ -704,7 +660,11 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     if metrics:
         logs = _training_logs(run)
         dev_metric = f"eval_{task_info(next(iter(metrics.values()))['task']).main_metric}"
-        curves = draw("training.png", _plot_training, logs, dev_metric) if logs else None
+        curves = (
+            draw("training.png", lambda path: save_png(training_figure(logs, dev_metric), path, overwrite=True))
+            if logs
+            else None
+        )
         sections.append(_scores(metrics, settings, curves))
     sections.append(_reproduce(settings))
     model = settings.get("steps", {}).get("analyze", {}).get("model", "a model")
@@ -731,6 +691,5 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     """
     title, sections = report_sections(run_dir)
     folder = RunFolder(run_dir) / RunFolder.REPORT
-    markdown = _markdown(title, sections).replace(_BACKTICK, "\\`")  # what no code span took: headings
-    atomic_write_text(folder / MARKDOWN_NAME, markdown, overwrite=True)
+    atomic_write_text(folder / MARKDOWN_NAME, _markdown(title, sections), overwrite=True)
     return atomic_write_text(folder / HTML_NAME, _html(title, sections, folder).replace(_BACKTICK, "`"), overwrite=True)
