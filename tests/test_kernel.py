@@ -459,6 +459,37 @@ def test_read_only_input():
     np.testing.assert_array_equal(obce.fast_death_radii(acts), obce.fast_death_radii(acts.copy()))
 
 
+def test_numpy_views_are_not_copied():
+    """float32 and float64 arrays are read in place whatever their strides: numpy's allocations during the call
+    stay far below the input's size."""
+    import tracemalloc
+
+    base = np.random.default_rng(5).normal(size=(2000, 500)).astype(np.float32)  # 4 MB
+    read_only = base.view()
+    read_only.flags.writeable = False
+    for view in (base[::-1], base[:, ::-1], base.T.reshape(500, 2000, 1), np.asfortranarray(base), read_only):
+        expected = obce.fast_death_radii(np.ascontiguousarray(view))
+        tracemalloc.start()
+        lam = obce.fast_death_radii(view)
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        np.testing.assert_array_equal(lam, expected)
+        assert peak < base.nbytes / 20
+
+
+def test_a_refused_capsule_is_left_to_its_producer():
+    """A capsule the binding refuses (here a read-only output) keeps its name, so its destructor frees the tensor."""
+    acts, out = np.zeros((3, 2), dtype=np.float32), np.zeros(2, dtype=np.float32)
+    out.flags.writeable = False
+    before = sys.getrefcount(out)
+    for _ in range(3):
+        with pytest.raises(ValueError, match="read-only"):
+            obce.kernel._core.death_radii(
+                acts.__dlpack__(max_version=(1, 0)), out.__dlpack__(max_version=(1, 0)), 1, 0, True
+            )
+    assert sys.getrefcount(out) == before
+
+
 def test_torch_bfloat16_and_grad():
     x = torch.randn(3, 40, 4, requires_grad=True)
     lam = obce.fast_death_radii(x.to(torch.bfloat16))
@@ -600,10 +631,28 @@ def test_result_overflow_is_reported(dtype):
                 function(x)
 
 
-@pytest.mark.parametrize("n_threads", [0, -2, 1.5])
+@pytest.mark.parametrize("n_threads", [0, -2, 1.5, True])
 def test_bad_thread_count(n_threads):
     with pytest.raises(ValueError, match="n_threads"):
         obce.fast_death_radii(np.zeros((3, 2)), n_threads=n_threads)
+
+
+def test_more_threads_than_processors_are_not_started():
+    """Asking for 2^40 threads runs on this process's processors (thread creation would fail and end the
+    process)."""
+    clouds = np.random.default_rng(6).normal(size=(8, 50, 3))
+    np.testing.assert_array_equal(obce.fast_death_radii(clouds, n_threads=2**40), obce.fast_death_radii(clouds))
+
+
+@pytest.mark.parametrize("check_finite", ["no", None, 1])
+def test_check_finite_must_be_a_bool(check_finite):
+    with pytest.raises(TypeError, match="check_finite must be True or False"):
+        obce.fast_death_radii(np.zeros((3, 2)), check_finite=check_finite)
+
+
+def test_masked_arrays_are_refused():
+    with pytest.raises(TypeError, match="masked arrays"):
+        obce.fast_death_radii(np.ma.masked_equal(np.arange(6.0).reshape(3, 2), 4.0))
 
 
 def test_build_info():

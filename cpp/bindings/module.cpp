@@ -23,18 +23,21 @@ using obce::index_t;
 namespace {
 
 // Takes ownership of a DLPack capsule's tensor (renaming it "used_…" as the protocol asks) and
-// calls the producer's deleter when done.
+// calls the producer's deleter when done. A capsule refused is left unused, so that its own
+// destructor still frees the tensor.
 class BorrowedTensor {
 public:
   BorrowedTensor(const py::capsule &capsule, bool writable) {
     PyObject *obj = capsule.ptr();
     if (PyCapsule_IsValid(obj, "dltensor_versioned")) {
-      versioned_ = static_cast<DLManagedTensorVersioned *>(PyCapsule_GetPointer(obj, "dltensor_versioned"));
-      PyCapsule_SetName(obj, "used_dltensor_versioned");
-      tensor_ = &versioned_->dl_tensor;
-      if (versioned_->version.major != 1) throw std::invalid_argument("unsupported DLPack major version");
-      if (writable && (versioned_->flags & kDLFlagReadOnly))
+      auto *versioned =
+          static_cast<DLManagedTensorVersioned *>(PyCapsule_GetPointer(obj, "dltensor_versioned"));
+      if (versioned->version.major != 1) throw std::invalid_argument("unsupported DLPack major version");
+      if (writable && (versioned->flags & kDLFlagReadOnly))
         throw std::invalid_argument("output array is read-only");
+      PyCapsule_SetName(obj, "used_dltensor_versioned");
+      versioned_ = versioned;
+      tensor_ = &versioned_->dl_tensor;
     } else if (PyCapsule_IsValid(obj, "dltensor")) {
       legacy_ = static_cast<DLManagedTensor *>(PyCapsule_GetPointer(obj, "dltensor"));
       PyCapsule_SetName(obj, "used_dltensor");

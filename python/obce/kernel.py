@@ -55,7 +55,9 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     λ is the length of the longest edge of the cloud's Euclidean minimum spanning tree, the
     smallest scale at which the cloud is connected. 1-D clouds are sorted-gap problems solved in
     linear time per cloud; d-dimensional ones run Prim's algorithm with distances computed on the
-    fly (O(n) memory, no distance matrix). On a GPU, d-dimensional clouds whose squared-distance
+    fly (O(n) memory, no distance matrix), except small clouds of d >= 32 (whose squared distances fit
+    in 1 MiB: up to 512 points in float32), which compute all of them first, in register blocks, and
+    run Prim on that matrix. On a GPU, d-dimensional clouds whose squared-distance
     matrices fit half the free GPU memory (4 GiB at most) compute those first, as scratch (from
     torch's caching allocator, reused across calls), and run Prim on them, except clouds of over
     8,192 points whose coordinates fit the shared memory of a thread-block cluster (those step
@@ -73,7 +75,8 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         2^-511 in float64, where squares lose precision, or beyond ~1.8e19 or ~1.3e154, where
         they overflow): in float64, on coordinates scaled exactly by a power of two.
     n_threads : int, default -1
-        CPU threads; -1 uses all cores. Ignored for CUDA tensors. In a process forked after its parent ran the
+        CPU threads; -1 uses all cores, and more than this process's processors are not started (they would
+        only wait on each other). Ignored for CUDA tensors. In a process forked after its parent ran the
         kernel on several threads, always 1 (GNU OpenMP's threads do not survive fork).
     check_finite : bool, default True
         Raise on NaN or infinity in the input or the result, and recompute clouds out of range
@@ -142,8 +145,16 @@ def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
 
 
 def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool):
-    if not isinstance(n_threads, (int, np.integer)) or (n_threads < 1 and n_threads != -1):
+    if (
+        isinstance(n_threads, bool)
+        or not isinstance(n_threads, (int, np.integer))
+        or (n_threads < 1 and n_threads != -1)
+    ):
         raise ValueError(f"n_threads must be -1 (all cores) or a positive integer, got {n_threads!r}")
+    if not isinstance(check_finite, (bool, np.bool_)):
+        raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
+    if n_threads > 0:
+        n_threads = min(int(n_threads), _processors())
     global _threads_used
     n_threads = 1 if _single_threaded else int(n_threads)
     _threads_used = _threads_used or n_threads != 1
@@ -158,6 +169,11 @@ def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool
             f"out of memory for {n_clouds} clouds of {n_points} points (each thread holds up to 16 1-D clouds or "
             "one d-dimensional cloud at a time): pass fewer clouds per call or a smaller n_threads"
         ) from err
+
+
+def _processors() -> int:
+    """The processors this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 def _check_shape(shape: tuple[int, ...]) -> tuple[int, int]:
@@ -305,6 +321,8 @@ def _times_power_of_two(torch, x, exponents):
 
 
 def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
+    if isinstance(acts, np.ma.MaskedArray):
+        raise TypeError("masked arrays are not supported (the mask would be ignored): pass the unmasked points")
     if not isinstance(acts, np.ndarray):
         acts = np.asarray(acts)
     if not acts.dtype.isnative:  # e.g. big-endian data read from a file; the kernels read native floats
@@ -317,12 +335,9 @@ def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
     out = np.empty(_result_shape(n_clouds, n_points, full_diagram), dtype=acts.dtype)
     if n_clouds == 0:
         return out
-    if any(s < 0 or s % acts.itemsize for s in acts.strides):
-        acts = np.ascontiguousarray(acts)  # DLPack has no negative or fractional strides
-    try:
-        capsule = acts.__dlpack__(max_version=(1, 0))
-    except (BufferError, TypeError):  # read-only arrays on older numpy
-        capsule = np.array(acts).__dlpack__()
+    if any(s % acts.itemsize for s in acts.strides):
+        acts = np.ascontiguousarray(acts)  # DLPack strides count elements, not bytes
+    capsule = acts.__dlpack__(max_version=(1, 0))
     first_bad, first_out_of_range = kernel(capsule, out.__dlpack__(max_version=(1, 0)), n_threads, 0, check_finite)
     _raise_if_bad(first_bad, acts.ndim)
     if check_finite and first_out_of_range >= 0:
@@ -351,8 +366,6 @@ def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
     out = acts.new_empty(_result_shape(n_clouds, n_points, full_diagram))
     if n_clouds == 0:
         return out
-    if any(s < 0 for s in acts.stride()):
-        acts = acts.contiguous()
     if acts.is_cuda:
         # The kernels run on torch's current stream, the one the input was produced on, so the
         # capsules ask no synchronization of the producer.
