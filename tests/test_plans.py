@@ -112,7 +112,7 @@ def test_quartile_variant_maps_levels():
         ({3: {"value": float("nan")}}, "got nan"),
         ({3: {"value": True}}, "got True"),
         ({3: {"value": "30"}}, "got '30'"),
-        ({0: {"value": 30}}, "numbered from 1, got 0"),
+        ({0: {"value": 30}}, "counted from 1, got 0"),
         ({"three": {"value": 30}}, "got 'three'"),
         ({3: {"query": 30, "key": 50}}, "query=30.0, key=50.0"),
         ({3: {"query": 30}}, "query=30.0, key=None"),
@@ -206,7 +206,7 @@ def test_plan_builders_name_a_model_passed_by_mistake(tiny3):
         uniform_plan(tiny3, 50)
     with pytest.raises(TypeError, match=r"table's name.*got a BertModel$"):
         paper_plan(tiny3)
-    with pytest.raises(ValueError, match=r"numbered from 1, got a BertModel$"):
+    with pytest.raises(ValueError, match=r"counted from 1, got a BertModel$"):
         target_plan(tiny3, random_table(tiny3), 0.6, start_layer=tiny3)
 
 
@@ -345,6 +345,18 @@ def test_target_plan_keeps_units_whose_neurons_all_tie(tiny_bert_config):
     flat = {(n, c): {"lam": np.ones(37 if c == "intermediate" else 32)} for n in (3, 4) for c in COMPONENTS}
     with pytest.raises(ValueError, match="nothing to prune from layer 3: in every unit, all neurons have the same λ"):
         target_plan(model, random_table(model, overrides=flat), 0.8)
+
+
+def test_target_plan_stops_a_unit_at_the_highest_level_that_keeps_some(tiny_bert_config):
+    """36 of a unit's 37 neurons tie at its top λ: every level from P2.8 on keeps none of them, so that unit stays
+    below, while the others take the levels the target needs."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=4)).eval()
+    table = random_table(model, overrides={(3, "intermediate"): {"lam": np.r_[0.5, np.ones(36)]}})
+    plan = target_plan(model, table, 0.8)
+    level = plan.level(3, "intermediate")
+    assert level is None or level < 100 / 36
+    assert dry_run(model, table, plan).encoder_fraction >= 0.8
 
 
 def test_target_plan_lands_on_the_budget(tiny_bert_config):

@@ -96,7 +96,8 @@ def _check_level(value, where: str) -> float:
         raise ValueError(f"{where}: level must be a percentile in [0, 100), got {_shown(value)}")
     if not 0 <= value < 100:
         # A level keeps the neurons above that percentile: at 100, none.
-        raise ValueError(f"{where}: level must be a percentile in [0, 100) (P100 keeps no neuron), got {value!r}")
+        why = " (P100 keeps no neuron)" if value >= 100 else ""
+        raise ValueError(f"{where}: level must be a percentile in [0, 100){why}, got {value!r}")
     return float(value)
 
 
@@ -109,10 +110,10 @@ def _check_component(component, where: str) -> str:
 
 
 def _check_layer(layer, where: str) -> int:
-    if isinstance(layer, str) and layer.strip().isdigit():
+    if isinstance(layer, str) and layer.strip().isdecimal():
         layer = int(layer)
     if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or layer < 1:
-        raise ValueError(f"{where}: layers are numbered from 1, got {_shown(layer)}")
+        raise ValueError(f"{where}: layers are whole numbers counted from 1, got {_shown(layer)}")
     return int(layer)
 
 
@@ -696,7 +697,7 @@ class PlanReport:
         per_layer["total"] = self.table.groupby("layer")["params_after"].sum()
         per_layer["kept"] = per_layer["total"] / self.table.groupby("layer")["params_before"].sum()
         removed = self.table.groupby("layer")["removed_heads"].first()
-        per_layer["removed heads"] = removed.map(lambda h: ",".join(map(str, h)) or "-")
+        per_layer["removed heads (from 0)"] = removed.map(lambda h: ",".join(map(str, h)) or "-")
         return "\n".join(
             [
                 self.plan.summary(),
@@ -863,12 +864,21 @@ def target_plan(
             f"{'λ' if score == 'lam' else repr(score)}"
         )
 
+    # Where many neurons tie at a unit's top score, high levels keep none of them: such a unit stops at the
+    # highest level that keeps some.
+    scores = {unit: _unit_scores(table, shape, unit, score) for unit in units}
+
+    def keeps_some(unit: tuple[int, str], level: float) -> bool:
+        return bool(scores[unit].max() > np.percentile(scores[unit], level))
+
     def build(strength: float, overrides: Mapping[tuple[int, str], float] | None = None) -> PruningPlan:
         overrides = overrides or {}
         rows: dict[int, dict[str, float]] = {}
         for (layer, group), s in units.items():
             below = [v for v in level_values if v <= strength + spread * (0.5 - s)]
             level = overrides.get((layer, group), below[-1] if below else None)
+            if level is not None and not keeps_some((layer, group), level):
+                level = max((v for v in level_values if v < level and keeps_some((layer, group), v)), default=None)
             if level is not None:
                 for c in ("query", "key") if group == "query_key" else (group,):
                     rows.setdefault(layer, {})[c] = level

@@ -163,7 +163,8 @@ def prune_model(
     ValueError
         Bad ``fold``/``statistics``/``attention``; a plan naming a layer the model lacks; a level that keeps no
         neuron; a table that does not match the model or lacks the folding columns or the ``score`` column; an
-        unsupported model class; ``fold="linear"`` without a tokenizer or with a table that holds no sentences.
+        unsupported model class; weights on the meta device; ``fold="linear"`` without a tokenizer or with a table
+        that holds no sentences.
         All checks run before any weight is read for the new model.
 
     Examples
@@ -181,6 +182,8 @@ def prune_model(
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError("the model's weights are on the meta device (not loaded): load them before pruning it")
     if fold == "linear" and tokenizer is None:
         raise ValueError("fold='linear' runs the model over the table's sentences: pass tokenizer=")
     if fold == "linear" and not getattr(table, "sentences", None):
