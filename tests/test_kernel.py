@@ -201,6 +201,15 @@ def test_one_large_cloud_split_over_threads():
     clouds = rng.normal(size=(1, 2500, 105))
     check(clouds, n_threads=2)
     check(clouds.astype(np.float32), n_threads=2)
+    # Sharing the steps changes no distance and no choice: the same diagram as on one thread.
+    assert np.array_equal(obce.h0_deaths(clouds, n_threads=2), obce.h0_deaths(clouds, n_threads=1))
+
+
+def test_groups_of_1d_clouds_over_threads():
+    """1-D clouds are handed to threads 16 at a time: 40 columns make three groups, the last one short."""
+    acts = np.random.default_rng(2).normal(size=(300, 40)).astype(np.float32)
+    lam = check(acts, n_threads=2)
+    assert np.array_equal(obce.fast_death_radii(acts, n_threads=1), lam)
 
 
 SIMD_SCRIPT = """
