@@ -197,6 +197,21 @@ def test_user_text_shows_as_written(run, tmp_path):
     assert "&lt;img src=x onerror=alert(1)&gt; &amp; more" in html and "<b>" not in html
 
 
+@pytest.mark.parametrize(
+    "text, markdown",
+    [
+        ("# not a heading", "\\# not a heading"),
+        ("1. not a list", "1\\. not a list"),
+        ("- nor this", "\\- nor this"),
+        ("a ~~b~~ *c* _d_ e_f [g](h)", "a \\~\\~b\\~\\~ \\*c\\* \\_d\\_ e_f [g\\](h)"),
+        ("one\n\n  two", "one two"),
+        ("x < y & z", "x &lt; y &amp; z"),
+    ],
+)
+def test_markdown_text_opens_nothing(text, markdown):
+    assert page._markdown_text(text) == markdown
+
+
 def test_diagram_captions_name_the_component_they_rank_in(run):
     _, sections = report_sections(run, figures=False)
     diagrams = next(s for s in sections if s.title.startswith("Persistence diagrams"))

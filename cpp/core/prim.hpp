@@ -109,8 +109,9 @@ template <class T, int VectorBytes> index_t pair_stride(index_t n) {
 }
 
 // D[i * stride + j] = squared distance between points i and j of W (tiled as above; points past n
-// are W's finite padding), for i, j below stride. Each block of pair_rows points i is paired with
-// the points j from its own block on; the other triangle is filled by symmetry.
+// are W's finite padding), for every i below n and every j below stride (the rest of the padding
+// may stay unwritten). Each block of pair_rows points i is paired with the points j from its own
+// block on; the other triangle is filled by symmetry.
 template <class T, int VectorBytes>
 OBCE_ALWAYS_INLINE void pair_distances(const T *W, index_t n, index_t dim, T *D, index_t stride) {
   typedef T vec __attribute__((vector_size(VectorBytes)));

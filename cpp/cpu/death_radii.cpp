@@ -120,13 +120,14 @@ template <class T> struct RelaxBest {
   }
 };
 
-// Whether a cloud takes the pair-matrix path (prim.hpp): its matrix must stay in a core's L2 cache
-// (its mirrored writes stride through it), and its points need enough dimensions for the blocked
-// distances to win. Measured on Zen 3 (AVX2, one thread, float, n = 150): 1.7x faster at d = 64,
-// 1.4x at d = 32, even at d = 16, slower below; at d = 64, 1.3x at n = 600, even at n = 1000.
+// Whether a cloud takes the pair-matrix path (prim.hpp): its matrix (n rounded up to whole tiles,
+// squared) must stay in a core's L2 cache, as its mirrored writes stride through it, and its points
+// need enough dimensions for the blocked distances to win. Measured on Zen 3 (AVX2, one thread,
+// float, n = 150): 1.7x faster at d = 64, 1.4x at d = 32, even at d = 16, slower below; at d = 64,
+// 1.3x at n = 600, even at n = 1000.
 constexpr index_t pair_matrix_bytes = index_t(1) << 20, pair_least_dim = 32;
 template <class T> bool use_pair_matrix(index_t n, index_t dim) {
-  return dim >= pair_least_dim && n * n * index_t(sizeof(T)) <= pair_matrix_bytes;
+  return dim >= pair_least_dim && tiled_points(n) * tiled_points(n) * index_t(sizeof(T)) <= pair_matrix_bytes;
 }
 
 int thread_count(int requested) { return requested > 0 ? requested : default_threads(); }
@@ -150,16 +151,15 @@ template <class T> bool finite(T x) { return x - x == T(0); }
 // one cloud's buckets.
 template <class T> struct Scratch {
   std::vector<T> points, a, b, pairs;
-  void reserve(index_t n_points_values, index_t n_work) {
-    if (index_t(points.size()) < n_points_values) points.resize(n_points_values);
-    for (auto *v : {&a, &b})
-      if (index_t(v->size()) < n_work) v->resize(n_work);
+  void reserve(index_t n_points_values, index_t n_a, index_t n_b, index_t n_pairs = 0) {
+    for (auto [v, size] : {std::pair{&points, n_points_values}, {&a, n_a}, {&b, n_b}, {&pairs, n_pairs}})
+      if (index_t(v->size()) < size) v->resize(size);
   }
   // (Every pair_stride is at most tiled_points.)
   void reserve_cloud(index_t n, index_t dim) {
     const index_t padded = tiled_points(n);
-    reserve(padded * dim, std::max(2 * padded, dim));
-    if (use_pair_matrix<T>(n, dim) && index_t(pairs.size()) < padded * padded) pairs.resize(padded * padded);
+    reserve(padded * dim, 2 * padded, std::max(padded, dim),
+            use_pair_matrix<T>(n, dim) ? padded * padded : 0);
   }
 };
 
@@ -306,7 +306,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
 #pragma omp for schedule(dynamic, 1)
         for (index_t c0 = 0; c0 < v.n_clouds; c0 += line_group) {
           errors.run([&] {
-            s.reserve(group * v.n_points, v.n_points);
+            s.reserve(group * v.n_points, v.n_points, v.n_points);
             const index_t count = std::min(line_group, v.n_clouds - c0);
             gather_lines(v, c0, count, s, finite_cloud);
             for (index_t g = 0; g < count; ++g) {

@@ -75,8 +75,9 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         2^-511 in float64, where squares lose precision, or beyond ~1.8e19 or ~1.3e154, where
         they overflow): in float64, on coordinates scaled exactly by a power of two.
     n_threads : int, default -1
-        CPU threads; -1 uses all cores, and more than this process's processors are not started (they would
-        only wait on each other). Ignored for CUDA tensors. In a process forked after its parent ran the
+        CPU threads; -1 uses OpenMP's default (all cores, or ``OMP_NUM_THREADS``). A larger count than this
+        process's processors is lowered to it: the extra threads would only wait on each other. Ignored for
+        CUDA tensors. In a process forked after its parent ran the
         kernel on several threads, always 1 (GNU OpenMP's threads do not survive fork).
     check_finite : bool, default True
         Raise on NaN or infinity in the input or the result, and recompute clouds out of range

@@ -1253,7 +1253,7 @@ def compress(
     FileExistsError
         A non-empty folder that is not a run folder (``overwrite`` or not).
     """
-    from .report.page import write_report
+    from .report.page import HTML_NAME, write_report
 
     run = RunFolder(output)
     if isinstance(plan, str):
@@ -1304,7 +1304,7 @@ def compress(
     # Recorded before the report is drawn, so that the report shows it.
     run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
     # Under torchrun one process writes it: the others could rewrite it without the scores rank 0 wrote.
-    report = write_report(run.path) if is_main_process() else run / run.REPORT / "report.html"
+    report = write_report(run.path) if is_main_process() else run / run.REPORT / HTML_NAME
     stage("report written")
     return report
 

@@ -810,7 +810,8 @@ def target_plan(
     harder than the one with the highest. ``a`` is raised (bisection) until one more step would go below the
     target. Discrete levels cannot land exactly on a budget, so the next unit in line then gets the percentile
     between its two levels that reaches the target (to within one neuron); every other unit stays on a level
-    of ``levels``.
+    of ``levels``. A unit whose neurons all tie stays whole, and one where many neurons tie at its top score
+    stops at the highest level that still keeps some of them (the notes name both).
 
     Parameters
     ----------
@@ -853,9 +854,10 @@ def target_plan(
     _check_start_layer(start_layer, shape.num_layers)
     check_score(table, score)
     units = _rank_units(table, shape, start_layer, score)
+    scores = {unit: _unit_scores(table, shape, unit, score) for unit in units}
     # A unit whose neurons all score the same (a first layer's Q/K/V on [CLS] are constant) has no neuron to
     # single out: no percentile removes some of its neurons and not all, so it stays whole.
-    tied = [unit for unit in units if np.ptp(_unit_scores(table, shape, unit, score)) == 0]
+    tied = [unit for unit in units if np.ptp(scores[unit]) == 0]
     for unit in tied:
         del units[unit]
     if not units:
@@ -866,8 +868,6 @@ def target_plan(
 
     # Where many neurons tie at a unit's top score, high levels keep none of them: such a unit stops at the
     # highest level that keeps some.
-    scores = {unit: _unit_scores(table, shape, unit, score) for unit in units}
-
     def keeps_some(unit: tuple[int, str], level: float) -> bool:
         return bool(scores[unit].max() > np.percentile(scores[unit], level))
 
@@ -888,10 +888,12 @@ def target_plan(
         return _plan_fraction(plan, table, shape, of, score)
 
     top = level_values[-1] + spread
+    capped = [unit for unit in units if not keeps_some(unit, level_values[-1])]
     if fraction(build(top)) > target:
         raise TargetOutOfReach(
             f"target {target:.2%} of the {of} is out of reach: the highest level everywhere from layer "
             f"{start_layer} keeps {fraction(build(top)):.2%}"
+            + (f" ({len(capped)} units stop lower: many of their neurons tie at the top)" if capped else "")
         )
     # Below every level: fraction(build(lo)) == 1 > target >= fraction(build(hi)).
     lo, hi = level_values[0] - spread - 1, top
@@ -925,10 +927,14 @@ def target_plan(
             f"levels {'/'.join(f'P{v:g}' for v in level_values)} from the "
             f"{'λ' if score == 'lam' else repr(score)} medians (spread {spread:g}), "
             f"fine-adjusted to {target:.2%} of the {of} (reached {fraction(plan):.3%})"
-            + ("; kept whole, all neurons tied: " if tied else "")
-            + ", ".join(f"layer {layer} {group.replace('_', '/')}" for layer, group in tied)
+            + (f"; kept whole, all neurons tied: {_units_text(tied)}" if tied else "")
+            + (f"; stopped below the highest level, many tied at the top: {_units_text(capped)}" if capped else "")
         ),
     )
+
+
+def _units_text(units: list[tuple[int, str]]) -> str:
+    return ", ".join(f"layer {layer} {group.replace('_', '/')}" for layer, group in units)
 
 
 def _unit_scores(table, shape: EncoderShape, unit: tuple[int, str], score: str) -> np.ndarray:

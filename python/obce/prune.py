@@ -189,13 +189,13 @@ def prune_model(
         raise ValueError(f"attention must be one of {ATTENTION_MODES}, got {attention!r}")
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
-    if any(p.device.type == "meta" for p in model.parameters()):
-        raise ValueError("the model's weights are on the meta device (not loaded): load them before pruning it")
     if fold == "linear" and tokenizer is None:
         raise ValueError("fold='linear' runs the model over the table's sentences: pass tokenizer=")
     if fold == "linear" and not getattr(table, "sentences", None):
         raise ValueError("fold='linear' needs the sentences the table was computed on, and this table holds none")
     new_cls = compressed_class_for(model)
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError("the model's weights are on the meta device (not loaded): load them before pruning it")
     shape = EncoderShape.from_model(model)
     selections = select_neurons(plan, table, shape, score=score)
     if fold == "linear":

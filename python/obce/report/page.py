@@ -16,6 +16,7 @@ import os
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -29,10 +30,10 @@ from ..plans import PruningPlan
 from ..tasks import task_info
 from ..train import TRAINING_LOG
 from .figures import (
+    lambda_by_layer_figure,
+    lambda_distributions_figure,
     parameters_figure,
     persistence_figure,
-    plot_lambda_by_layer,
-    plot_lambda_distributions,
     save_png,
     training_figure,
 )
@@ -499,20 +500,25 @@ def _inline_markdown(text: str) -> str:
     return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts)).replace(_BACKTICK, "&#96;")
 
 
-_MARKDOWN_SPECIAL = re.compile(r"[\\*]|\](?=\()|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
-"""What would open emphasis or a link in Markdown: a backslash, *, a ] before (, and _ not inside a word."""
+_MARKDOWN_SPECIAL = re.compile(r"[\\*~]|\](?=\()|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
+"""What would open emphasis, a strikethrough or a link in Markdown: a backslash, *, ~, a ] before (, and _ not inside
+a word."""
+_MARKDOWN_BLOCK_START = re.compile(r"^(?:[#>+-]|\d+[.)])")
+"""What opens a heading, a quote or a list at the start of a paragraph."""
 
 
 def _markdown_text(text: str) -> str:
     """A paragraph, heading or table cell for Markdown, on one line: outside `code` spans, & and < as entities and
     Markdown's emphasis and link characters escaped, so text from the user (a plan's notes, a path, a model name)
-    shows as written instead of opening an HTML tag or a heading ("λ > x" stays readable); the user's backticks
-    escaped, or inside a code span, fenced by two."""
+    shows as written instead of opening an HTML tag, a heading or a list ("λ > x" stays readable); the user's
+    backticks escaped, or inside a code span, fenced by two."""
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())  # no indent: no code block
-    out = ["\\" if text[:1] in ("#", ">", "-", "+") else ""]  # would open a heading, a quote or a list
+    out = []
     for i, part in enumerate(text.split("`")):
         if i % 2 == 0:
             part = _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m[0], part.replace("&", "&amp;").replace("<", "&lt;"))
+            if i == 0:  # a backslash before the opening's last character: \# or 1\.
+                part = _MARKDOWN_BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], part)
             out.append(part.replace(_BACKTICK, "\\`"))
         elif _BACKTICK in part:
             out.append(f"`` {part.replace(_BACKTICK, '`')} ``")
@@ -622,36 +628,34 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     speed, persistence = _read(run, run.SPEED), _read(run, run.PERSISTENCE)
     metrics = _user((_read(run, run.METRICS) or {}).get("models"))
 
-    def draw(name: str, plot) -> str:
-        """``name``, drawn by ``plot(path)`` into the report folder when figures are asked for."""
+    def draw(name: str, figure) -> str:
+        """``name``, drawn by ``figure()`` (a matplotlib Figure) into the report folder when figures are asked for."""
         if figures:
-            plot(folder / name)
+            save_png(figure(), folder / name, overwrite=True)
         return name
 
     sections = [_summary(run, settings, plan, params, speed, metrics)]
     if parameters is not None and params:
-        name = draw("parameters.png", lambda path: save_png(parameters_figure(parameters), path, overwrite=True))
-        sections.append(_parameters(parameters, params, name))
+        sections.append(_parameters(parameters, params, draw("parameters.png", partial(parameters_figure, parameters))))
     if table is not None:
         # λ spans orders of magnitude across layers: a linear axis shows the last layer and flattens the rest.
-        name = draw("lambda_by_layer.png", lambda path: plot_lambda_by_layer(table, path, log=True, overwrite=True))
+        name = draw("lambda_by_layer.png", partial(lambda_by_layer_figure, table, log=True))
         sections.append(_importance(table, name))
         steps = settings.get("steps", {})
         # The plan's score ranked the neurons (a run stopped before pruning has no prune step); runs recorded
         # before the score was a setting ranked by λ.
         score = steps.get("plan", steps.get("prune", {})).get("score", "lam")
         cuts = cutoffs(table, plan) if plan is not None and score == "lam" else None  # drawn on the λ axis
-        name = draw(
-            "lambda_distributions.png",
-            lambda path: plot_lambda_distributions(table, path, log=True, cutoffs=cuts, overwrite=True),
-        )
+        name = draw("lambda_distributions.png", partial(lambda_distributions_figure, table, log=True, cutoffs=cuts))
         sections.append(_distributions(table, plan, name, score))
     if persistence:
-        files = []
-        for entry in _distinct_neurons(persistence):
-            args = (entry["points"], entry["layer"], entry["component"], entry["neuron"])
-            files.append(draw(f"persistence_{entry['role']}.png", lambda path, a=args: save_png(
-                persistence_figure(*a), path, overwrite=True)))  # fmt: skip
+        files = [
+            draw(
+                f"persistence_{entry['role']}.png",
+                partial(persistence_figure, entry["points"], entry["layer"], entry["component"], entry["neuron"]),
+            )
+            for entry in _distinct_neurons(persistence)
+        ]
         sections.append(_diagrams(persistence, removed, files))
     if removed:
         sections.append(_removed(removed))
@@ -660,11 +664,7 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     if metrics:
         logs = _training_logs(run)
         dev_metric = f"eval_{task_info(next(iter(metrics.values()))['task']).main_metric}"
-        curves = (
-            draw("training.png", lambda path: save_png(training_figure(logs, dev_metric), path, overwrite=True))
-            if logs
-            else None
-        )
+        curves = draw("training.png", partial(training_figure, logs, dev_metric)) if logs else None
         sections.append(_scores(metrics, settings, curves))
     sections.append(_reproduce(settings))
     model = settings.get("steps", {}).get("analyze", {}).get("model", "a model")
