@@ -201,15 +201,17 @@ def test_user_text_shows_as_written(run, tmp_path):
     "text, markdown",
     [
         ("# not a heading", "\\# not a heading"),
+        ("## nor this", "#\\# nor this"),
         ("1. not a list", "1\\. not a list"),
         ("- nor this", "\\- nor this"),
+        ("70.16 % -3 #1", "70.16 % -3 #1"),
         ("a ~~b~~ *c* _d_ e_f [g](h)", "a \\~\\~b\\~\\~ \\*c\\* \\_d\\_ e_f [g\\](h)"),
         ("one\n\n  two", "one two"),
         ("x < y & z", "x &lt; y &amp; z"),
     ],
 )
 def test_markdown_text_opens_nothing(text, markdown):
-    assert page._markdown_text(text) == markdown
+    assert page._markdown_text(text, paragraph=True) == markdown
 
 
 def test_diagram_captions_name_the_component_they_rank_in(run):

@@ -503,21 +503,21 @@ def _inline_markdown(text: str) -> str:
 _MARKDOWN_SPECIAL = re.compile(r"[\\*~]|\](?=\()|(?<![0-9A-Za-z])_|_(?![0-9A-Za-z])")
 """What would open emphasis, a strikethrough or a link in Markdown: a backslash, *, ~, a ] before (, and _ not inside
 a word."""
-_MARKDOWN_BLOCK_START = re.compile(r"^(?:[#>+-]|\d+[.)])")
+_MARKDOWN_BLOCK_START = re.compile(r"^(?:>|(?:#{1,6}|[+-]|\d{1,9}[.)])(?=\s|$))")
 """What opens a heading, a quote or a list at the start of a paragraph."""
 
 
-def _markdown_text(text: str) -> str:
+def _markdown_text(text: str, paragraph: bool = False) -> str:
     """A paragraph, heading or table cell for Markdown, on one line: outside `code` spans, & and < as entities and
     Markdown's emphasis and link characters escaped, so text from the user (a plan's notes, a path, a model name)
-    shows as written instead of opening an HTML tag, a heading or a list ("λ > x" stays readable); the user's
-    backticks escaped, or inside a code span, fenced by two."""
+    shows as written instead of opening an HTML tag ("λ > x" stays readable); the user's backticks escaped, or inside
+    a code span, fenced by two. A ``paragraph`` that would open a heading, a quote or a list is escaped too."""
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())  # no indent: no code block
     out = []
     for i, part in enumerate(text.split("`")):
         if i % 2 == 0:
             part = _MARKDOWN_SPECIAL.sub(lambda m: "\\" + m[0], part.replace("&", "&amp;").replace("<", "&lt;"))
-            if i == 0:  # a backslash before the opening's last character: \# or 1\.
+            if i == 0 and paragraph:  # a backslash before the opening's last character: \# or 1\.
                 part = _MARKDOWN_BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], part)
             out.append(part.replace(_BACKTICK, "\\`"))
         elif _BACKTICK in part:
@@ -542,7 +542,7 @@ def _markdown(title: str, sections: list[Section]) -> str:
                 out.append(f"![{caption}]({block.file})")
                 out += ["", f"*{caption}*"]
             else:
-                out.append(_markdown_text(block))
+                out.append(_markdown_text(block, paragraph=True))
             out.append("")
     return "\n".join(out)
 
