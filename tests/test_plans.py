@@ -140,6 +140,22 @@ def test_save_load_round_trip(tmp_path):
     assert PruningPlan.load(path) == uniform_plan(4, 50)
 
 
+def test_a_plan_cannot_be_changed_behind_its_checks():
+    """Levels are read-only (a level set afterwards would skip validation); the plan still hashes, copies and
+    pickles."""
+    import copy
+    import pickle
+
+    plan = PruningPlan({3: {"query": 30, "key": 30, "value": 50}}, name="x")
+    with pytest.raises(TypeError):
+        plan.levels[3]["value"] = 250
+    with pytest.raises(TypeError):
+        plan.levels[4] = {"value": 50}
+    same = PruningPlan({3: {"value": 50, "key": 30, "query": 30}}, name="x")
+    assert {plan: 1}[same] == 1
+    assert copy.deepcopy(plan) == plan and pickle.loads(pickle.dumps(plan)) == plan
+
+
 def test_load_small_json_and_yaml(tmp_path):
     (tmp_path / "p.json").write_text(json.dumps({"levels": {"3": {"value": 50, "intermediate": 30}}}))
     plan = PruningPlan.load(tmp_path / "p.json")

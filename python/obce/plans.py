@@ -34,6 +34,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import MappingProxyType
 
 import numpy as np
 import pandas as pd
@@ -176,9 +177,17 @@ class PruningPlan:
                 )
             if entries:
                 clean[layer] = {c: entries[c] for c in PRUNABLE if c in entries}
-        object.__setattr__(self, "levels", dict(sorted(clean.items())))
+        # Read-only all the way down: a level set afterwards would skip the checks above.
+        levels = {layer: MappingProxyType(row) for layer, row in sorted(clean.items())}
+        object.__setattr__(self, "levels", MappingProxyType(levels))
         if not isinstance(self.name, str) or not isinstance(self.notes, str):
             raise TypeError(f"name and notes must be strings, got {self.name!r} and {self.notes!r}")
+
+    def __hash__(self) -> int:
+        return hash((tuple((layer, tuple(row.items())) for layer, row in self.levels.items()), self.name, self.notes))
+
+    def __reduce__(self):  # pickle and copy through plain dicts (read-only views do not pickle)
+        return type(self), ({layer: dict(row) for layer, row in self.levels.items()}, self.name, self.notes)
 
     @property
     def layers(self) -> list[int]:
