@@ -255,6 +255,42 @@ def test_every_simd_build(level, tmp_path):
         np.testing.assert_allclose(out[name], deaths_ref, rtol=rtol, atol=rtol * deaths_ref.max(), err_msg=name)
 
 
+INTERRUPT_SCRIPT = """
+import os, signal, threading, time
+import numpy as np, obce
+rng = np.random.default_rng(0)
+cases = [  # each runs for seconds uninterrupted
+    ("one cloud split over threads", rng.random((1, 60000, 32), dtype=np.float32), 2),
+    ("one cloud on one thread", rng.random((1, 60000, 32), dtype=np.float32), 1),
+    ("many clouds", rng.random((64, 6000, 32), dtype=np.float32), 2),
+]
+for name, clouds, threads in cases:
+    timer = threading.Timer(0.5, os.kill, (os.getpid(), signal.SIGINT))
+    start = time.perf_counter()
+    timer.start()
+    try:
+        obce.h0_deaths(clouds, n_threads=threads)
+        print(name, "finished", time.perf_counter() - start)
+    except KeyboardInterrupt:
+        print(name, "interrupted", round(time.perf_counter() - start, 3))
+    timer.join()
+small = rng.random((3, 50, 4))
+print("after", obce.fast_death_radii(small, n_threads=2).tolist() == obce.fast_death_radii(small, n_threads=1).tolist())
+"""
+
+
+def test_ctrl_c_stops_a_long_call():
+    """A long call sees Ctrl-C within about 50 ms (the kernels ask Python every 50 ms) and raises
+    KeyboardInterrupt; the kernels work again after it."""
+    run = subprocess.run([sys.executable, "-c", INTERRUPT_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "after True"
+    for line in lines[:-1]:
+        _, outcome, seconds = line.rsplit(" ", 2)
+        assert outcome == "interrupted" and float(seconds) < 1.5, line
+
+
 OUT_OF_MEMORY_SCRIPT = """
 import resource, numpy as np, obce
 acts = np.random.default_rng(0).random((4, 2_000_000, 1))  # 64 MB; each thread's scratch needs 96 MB more

@@ -104,6 +104,13 @@ private:
 };
 #endif
 
+// Runs Python's signal handlers on the calling thread (the one that released the GIL): true when
+// one raised, e.g. KeyboardInterrupt for Ctrl-C, which then stays set for error_already_set.
+bool python_signal_raised() {
+  py::gil_scoped_acquire gil;
+  return PyErr_CheckSignals() != 0;
+}
+
 template <class T>
 obce::Findings run(Operation op, const obce::CloudView<T> &v, T *out, const DLDevice &device, int n_threads,
                    std::uintptr_t stream, [[maybe_unused]] const py::object &scratch, bool check_finite) {
@@ -120,9 +127,13 @@ obce::Findings run(Operation op, const obce::CloudView<T> &v, T *out, const DLDe
         "obce was built without CUDA: reinstall on a machine with nvcc, or pass a CPU array");
 #endif
   }
-  py::gil_scoped_release release;
-  return op == Operation::death_radii ? obce::cpu::death_radii(v, out, n_threads)
-                                      : obce::cpu::h0_deaths(v, out, n_threads);
+  try {
+    py::gil_scoped_release release;
+    return op == Operation::death_radii ? obce::cpu::death_radii(v, out, n_threads, python_signal_raised)
+                                        : obce::cpu::h0_deaths(v, out, n_threads, python_signal_raised);
+  } catch (const obce::cpu::Interrupted &) {
+    throw py::error_already_set(); // the GIL is held again here
+  }
 }
 
 std::pair<index_t, index_t> compute(Operation op, const py::capsule &acts_capsule,

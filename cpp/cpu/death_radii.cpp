@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <exception>
@@ -186,6 +187,38 @@ private:
   std::atomic<bool> failed_{false};
 };
 
+// A call's interruption: `interrupt` is asked on the calling thread (OpenMP's thread 0) at most
+// every 50 ms, between clouds and every so many Prim steps; once it says stop, every thread skips the
+// work left and the call throws Interrupted.
+class Interruption {
+public:
+  explicit Interruption(Interrupt interrupt) : interrupt_(interrupt) {}
+  // Asks, on the calling thread and when due; on every thread, whether the call stops.
+  bool stop() {
+    if (interrupt_ != nullptr && this_thread() == 0 && !stopped()) {
+      const auto now = std::chrono::steady_clock::now();
+      if (now >= next_) {
+        next_ = now + period;
+        if (interrupt_()) stopped_.store(true, std::memory_order_relaxed);
+      }
+    }
+    return stopped();
+  }
+  bool stopped() const { return stopped_.load(std::memory_order_relaxed); }
+  void rethrow() const {
+    if (stopped()) throw Interrupted();
+  }
+
+private:
+  static constexpr std::chrono::milliseconds period{50};
+  Interrupt interrupt_;
+  std::chrono::steady_clock::time_point next_ = std::chrono::steady_clock::now() + period;
+  std::atomic<bool> stopped_{false};
+};
+
+// Prim steps between two looks at the interruption in a single cloud.
+constexpr index_t steps_per_look = 1024;
+
 // Copies cloud c into s.points in the tiled layout of prim.hpp (for dim 1, plainly contiguous).
 // False if a value is not finite.
 template <class T> bool gather(const CloudView<T> &v, index_t c, Scratch<T> &s) {
@@ -229,9 +262,14 @@ template <class T> T line_death_radius(T *x, index_t n, Scratch<T> &s) {
 }
 
 // Prim's tree edges (squared lengths) of the cloud in s.points, one thread.
-template <class T, class OnEdge> void serial_prim(Scratch<T> &s, index_t n, index_t dim, OnEdge on_edge) {
+template <class T, class OnEdge>
+void serial_prim(Scratch<T> &s, index_t n, index_t dim, Interruption &interruption, OnEdge on_edge) {
   if (!use_pair_matrix<T>(n, dim)) {
-    prim(s.points.data(), n, dim, s.a.data(), s.b.data(), RelaxBest<T>{}, on_edge);
+    index_t step = 0;
+    prim(s.points.data(), n, dim, s.a.data(), s.b.data(), RelaxBest<T>{}, [&](T d2) {
+      on_edge(d2);
+      if (++step % steps_per_look == 0 && interruption.stop()) throw Interrupted();
+    });
     return;
   }
   T *dist = s.a.data(), *closed = dist + tiled_points(n);
@@ -244,7 +282,7 @@ template <class T, class OnEdge> void serial_prim(Scratch<T> &s, index_t n, inde
 // Points [0, n - 1) are shared out in whole tiles; point n - 1 is the root.
 template <class T, class OnEdge>
 void parallel_prim(T *W, index_t n, index_t dim, T *dist, std::vector<Nearest<T>> &candidates,
-                   std::vector<T> &p, OnEdge on_edge) {
+                   std::vector<T> &p, Interruption &interruption, OnEdge on_edge) {
 #ifdef _OPENMP
   const int t = omp_get_thread_num(), n_threads = omp_get_num_threads();
 #else
@@ -258,8 +296,12 @@ void parallel_prim(T *W, index_t n, index_t dim, T *dist, std::vector<Nearest<T>
   copy_point(W, dim, n - 1, p.data());
   std::fill(dist + lo, dist + hi, std::numeric_limits<T>::infinity());
   for (index_t step = 0; step + 1 < n; ++step) {
+    if (t == 0 && step % steps_per_look == 0) interruption.stop();
     candidates[t] = kernels<T>().relax(W, dim, p.data(), dist, lo, end);
 #pragma omp barrier
+    // Only thread 0 writes the flag, before this barrier, and the next barrier comes before its next
+    // write: every thread reads the same value here, so all leave at the same step.
+    if (interruption.stopped()) break;
     int owner = 0;
     for (int r = 1; r < n_threads; ++r) {
       const auto &c = candidates[r], &o = candidates[owner];
@@ -278,7 +320,8 @@ void parallel_prim(T *W, index_t n, index_t dim, T *dist, std::vector<Nearest<T>
 constexpr index_t split_cloud_points = 2048, split_cloud_work = index_t(1) << 18;
 
 template <class T, class PerCloud, class BigCloud>
-index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud, BigCloud big_cloud) {
+index_t for_each_cloud(const CloudView<T> &v, int n_threads, Interruption &interruption, PerCloud per_cloud,
+                       BigCloud big_cloud) {
   const int nt = thread_count(n_threads);
   index_t first_bad = std::numeric_limits<index_t>::max();
   if (v.dim > 1 && nt > 1 && v.n_clouds < nt && v.n_points >= split_cloud_points &&
@@ -287,7 +330,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
     s.reserve_cloud(v.n_points, v.dim);
     std::vector<Nearest<T>> candidates(nt);
     std::vector<std::vector<T>> p(nt, std::vector<T>(v.dim));
-    for (index_t c = 0; c < v.n_clouds; ++c) {
+    for (index_t c = 0; c < v.n_clouds && !interruption.stopped(); ++c) {
       if (!gather(v, c, s)) {
         first_bad = std::min(first_bad, c);
         continue;
@@ -305,6 +348,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
         bool finite_cloud[line_group];
 #pragma omp for schedule(dynamic, 1)
         for (index_t c0 = 0; c0 < v.n_clouds; c0 += line_group) {
+          if (interruption.stop()) continue;
           errors.run([&] {
             s.reserve(group * v.n_points, v.n_points, v.n_points);
             const index_t count = std::min(line_group, v.n_clouds - c0);
@@ -320,6 +364,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, PerCloud per_cloud,
       } else {
 #pragma omp for schedule(dynamic, 1)
         for (index_t c = 0; c < v.n_clouds; ++c) {
+          if (interruption.stop()) continue;
           errors.run([&] {
             s.reserve_cloud(v.n_points, v.dim);
             if (gather(v, c, s))
@@ -348,31 +393,33 @@ template <class T> index_t first_out_of_range(const T *rows, index_t count, inde
 
 } // namespace
 
-template <class T> Findings death_radii(const CloudView<T> &v, T *out, int n_threads) {
+template <class T> Findings death_radii(const CloudView<T> &v, T *out, int n_threads, Interrupt interrupt) {
   check_simd();
   const index_t n = v.n_points, dim = v.dim;
   std::fill(out, out + v.n_clouds, std::numeric_limits<T>::quiet_NaN());
+  Interruption interruption(interrupt);
   const index_t first_bad = for_each_cloud(
-      v, n_threads,
+      v, n_threads, interruption,
       [&](index_t c, T *points, Scratch<T> &s) {
         if (dim == 1) {
           out[c] = line_death_radius(points, n, s);
           return;
         }
         T longest = 0;
-        serial_prim(s, n, dim, [&](T d2) { longest = std::max(longest, d2); });
+        serial_prim(s, n, dim, interruption, [&](T d2) { longest = std::max(longest, d2); });
         out[c] = std::sqrt(longest);
       },
       [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
         T longest = 0;
-        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p,
+        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p, interruption,
                       [&](T d2) { longest = std::max(longest, d2); });
         if (this_thread() == 0) out[c] = std::sqrt(longest);
       });
+  interruption.rethrow();
   return {first_bad, first_out_of_range(out, v.n_clouds, 1, dim)};
 }
 
-template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threads) {
+template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threads, Interrupt interrupt) {
   check_simd();
   const index_t n = v.n_points, dim = v.dim;
   std::fill(out, out + v.n_clouds * (n - 1), std::numeric_limits<T>::quiet_NaN());
@@ -380,8 +427,9 @@ template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threa
     for (index_t i = 0; i + 1 < n; ++i) row[i] = std::sqrt(row[i]);
     std::sort(row, row + n - 1);
   };
+  Interruption interruption(interrupt);
   const index_t first_bad = for_each_cloud(
-      v, n_threads,
+      v, n_threads, interruption,
       [&](index_t c, T *points, Scratch<T> &s) {
         T *row = out + c * (n - 1);
         if (dim == 1) {
@@ -389,15 +437,17 @@ template <class T> Findings h0_deaths(const CloudView<T> &v, T *out, int n_threa
           return;
         }
         index_t e = 0;
-        serial_prim(s, n, dim, [&](T d2) { row[e++] = d2; });
+        serial_prim(s, n, dim, interruption, [&](T d2) { row[e++] = d2; });
         finish(row);
       },
       [&](index_t c, Scratch<T> &s, std::vector<Nearest<T>> &candidates, std::vector<T> &p) {
         T *row = out + c * (n - 1);
         index_t e = 0;
-        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p, [&](T d2) { row[e++] = d2; });
+        parallel_prim(s.points.data(), n, dim, s.a.data(), candidates, p, interruption,
+                      [&](T d2) { row[e++] = d2; });
         if (this_thread() == 0) finish(row);
       });
+  interruption.rethrow();
   return {first_bad, first_out_of_range(out, v.n_clouds, n - 1, dim)};
 }
 
@@ -426,9 +476,9 @@ bool has_openmp() {
 #endif
 }
 
-template Findings death_radii<float>(const CloudView<float> &, float *, int);
-template Findings death_radii<double>(const CloudView<double> &, double *, int);
-template Findings h0_deaths<float>(const CloudView<float> &, float *, int);
-template Findings h0_deaths<double>(const CloudView<double> &, double *, int);
+template Findings death_radii<float>(const CloudView<float> &, float *, int, Interrupt);
+template Findings death_radii<double>(const CloudView<double> &, double *, int, Interrupt);
+template Findings h0_deaths<float>(const CloudView<float> &, float *, int, Interrupt);
+template Findings h0_deaths<double>(const CloudView<double> &, double *, int, Interrupt);
 
 } // namespace obce::cpu

@@ -101,6 +101,9 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
         (above ~3.4e38 for float32, ~1.8e308 for float64); the first offending cloud is named.
     RuntimeError
         A CUDA error (out of memory included), or a CUDA tensor given to a build without CUDA.
+    KeyboardInterrupt
+        Ctrl-C during a CPU call: the kernels ask Python for signals every 50 ms or so, between clouds and
+        between Prim steps, and stop.
 
     Examples
     --------
