@@ -341,3 +341,13 @@ def test_a_backtick_in_the_run_folders_path_shows_as_written(run, tmp_path):
     shutil.copytree(run, copy)
     html = write_report(copy).read_text(encoding="utf-8")
     assert f"<td>{tmp_path}/a&#96;b</td>" in html
+
+
+def test_a_figure_never_replaces_a_users_file_unasked(tmp_path):
+    mine = tmp_path / "diagram.png"
+    mine.write_text("mine")
+    figure = figures.persistence_figure(np.array([0.0, 1.0, 3.0]), 1, "value", 0)
+    with pytest.raises(FileExistsError, match="overwrite=True"):
+        figures.save_png(figure, mine)
+    assert mine.read_text() == "mine"
+    assert figures.save_png(figure, mine, overwrite=True).read_bytes().startswith(_PNG)
