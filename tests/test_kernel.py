@@ -885,6 +885,22 @@ def test_cuda_side_stream():
 
 @needs_cuda
 @pytest.mark.cuda
+def test_cuda_stream_handle_is_torchs_current_stream():
+    """The fast raw getter names the same stream as torch's public API, on any stream and device."""
+    from obce.kernel import _current_raw_stream
+
+    for index in range(torch.cuda.device_count()):
+        device = torch.device("cuda", index)
+        with torch.cuda.device(device):
+            side = torch.cuda.Stream()
+        for stream in (torch.cuda.default_stream(device), side):
+            with torch.cuda.stream(stream):
+                assert _current_raw_stream(torch, device) == torch.cuda.current_stream(device).cuda_stream
+                assert _current_raw_stream(torch, device) == stream.cuda_stream
+
+
+@needs_cuda
+@pytest.mark.cuda
 def test_cuda_scratch_comes_from_torch():
     """The matrix path's distance matrices are torch allocations: counted by torch, cached after."""
     x = torch.randn(12, 3000, 64, device="cuda")

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <cstdlib>
 #include <limits>
+#include <map>
+#include <mutex>
 #include <stdexcept>
 #include <string>
 
@@ -28,14 +30,19 @@ void check(cudaError_t err, const char *what) {
 
 void check_launch(const char *what) { check(cudaGetLastError(), what); }
 
-// Makes `device` current for the scope of a call and restores the caller's device after.
+// Makes `device` current for the scope of a call and restores the caller's device after, where
+// it changed (the usual call is on the current device: no cudaSetDevice at all).
 struct DeviceGuard {
   int previous = 0;
+  bool changed = false;
   explicit DeviceGuard(int device) {
     check(cudaGetDevice(&previous), "cudaGetDevice");
-    if (device != previous) check(cudaSetDevice(device), "cudaSetDevice");
+    changed = device != previous;
+    if (changed) check(cudaSetDevice(device), "cudaSetDevice");
   }
-  ~DeviceGuard() { cudaSetDevice(previous); }
+  ~DeviceGuard() {
+    if (changed) cudaSetDevice(previous);
+  }
 };
 
 template <class T> T *take(const Scratch &scratch, size_t count) {
@@ -86,14 +93,33 @@ struct Device {
   }
 };
 
+// A device's attributes, read once per process: they cannot change, and three reads cost about
+// 1.2 µs a call (H200), a tenth of the 1-D BERT-base kernel's budget.
+const Device &device_attributes(int device) {
+  static std::mutex mutex;
+  static std::map<int, Device> known; // references stay valid as devices are added
+  const std::lock_guard<std::mutex> lock(mutex);
+  auto found = known.find(device);
+  if (found == known.end()) found = known.emplace(device, Device(device)).first;
+  return found->second;
+}
+
+// A kernel may take 48 KiB of shared memory, static and dynamic, unasked; only more needs the
+// attribute (1.6 µs a call on an H200). A limit an earlier call raised further still admits this
+// launch.
+template <class Kernel> void allow_shared_memory(Kernel *kernel, size_t bytes) {
+  constexpr size_t kUnasked = 48 * 1024 - kStaticShared;
+  if (bytes > kUnasked)
+    check(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(bytes)),
+          "cudaFuncSetAttribute");
+}
+
 template <class T>
 void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *first_bad, const Device &dev,
                              cudaStream_t stream, const Scratch &scratch) {
   const size_t tile_bytes = size_t(v.n_points) * (kTileStride + 2 * kLineWarps) * sizeof(T);
   if (tile_bytes <= size_t(dev.shared_optin)) {
-    check(cudaFuncSetAttribute(line_tile_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                               int(tile_bytes)),
-          "cudaFuncSetAttribute");
+    allow_shared_memory(line_tile_kernel<T>, tile_bytes);
     const unsigned blocks = unsigned((v.n_clouds + kTileClouds - 1) / kTileClouds);
     line_tile_kernel<T><<<blocks, kLineWarps * 32, tile_bytes, stream>>>(v, out, first_bad);
     check_launch("line_tile_kernel");
@@ -104,9 +130,7 @@ void launch_line_death_radii(const CloudView<T> &v, T *out, unsigned long long *
   key_t<T> *buckets = take<key_t<T>>(scratch, warps ? 0 : 2 * size_t(v.n_clouds) * v.n_points);
   const size_t shared = warps ? warps * per_warp : 0;
   if (!warps) warps = kLineWarps;
-  check(cudaFuncSetAttribute(line_death_radii_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(shared)),
-        "cudaFuncSetAttribute");
+  allow_shared_memory(line_death_radii_kernel<T>, shared);
   const unsigned blocks = unsigned((v.n_clouds + warps - 1) / warps);
   line_death_radii_kernel<T><<<blocks, warps * 32, shared, stream>>>(v, out, first_bad, buckets);
   check_launch("line_death_radii_kernel");
@@ -119,7 +143,7 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
                         const Device &dev, cudaStream_t stream, const Scratch &scratch) {
   const index_t n = v.n_points;
   const size_t per_cloud = size_t(n) * size_t(n) * sizeof(T), dist_bytes = size_t(n) * sizeof(T);
-  if (dist_bytes + 1024 > size_t(dev.shared_optin)) return false;
+  if (dist_bytes + kStaticShared > size_t(dev.shared_optin)) return false;
   size_t free_bytes = 0, total_bytes = 0;
   check(cudaMemGetInfo(&free_bytes, &total_bytes), "cudaMemGetInfo");
   const size_t budget = std::min(free_bytes / 2, kMatrixBudget);
@@ -128,9 +152,7 @@ bool launch_prim_matrix(const CloudView<T> &v, T *out, bool all_edges, unsigned 
   T *matrices = take<T>(scratch, size_t(chunk) * per_cloud / sizeof(T));
   const unsigned tiles = unsigned((n + kPairTile - 1) / kPairTile);
   const int threads = prim_matrix_threads(n);
-  check(cudaFuncSetAttribute(prim_matrix_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize,
-                             int(dist_bytes)),
-        "cudaFuncSetAttribute");
+  allow_shared_memory(prim_matrix_kernel<T>, dist_bytes);
   for (index_t c0 = 0; c0 < v.n_clouds; c0 += chunk) {
     CloudView<T> part = v;
     part.data = v.cloud(c0);
@@ -169,7 +191,7 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
   const size_t base = (shape.per_block + v.dim) * sizeof(T);
   const index_t stride = shape.per_block | 1; // odd row stride: the winner's column reads spread over banks
   const size_t with_coords = base + size_t(v.dim) * stride * sizeof(T);
-  if (with_coords + 1024 <= size_t(dev.shared_optin)) shape.coord_stride = stride;
+  if (with_coords + kStaticShared <= size_t(dev.shared_optin)) shape.coord_stride = stride;
   // The matrix path (one block per cloud) waits on ceil(n / (kRowLoads * 1024)) dependent row loads
   // a step; past two, the cluster kernel with coordinates in shared memory steps faster (H200:
   // 1 x 20,000 x 8 took 144 ms by the matrix, 95 ms by the cluster kernel; benchmarks/gpu_notes.md).
@@ -178,15 +200,14 @@ void launch_prim(const CloudView<T> &v, T *out, bool all_edges, unsigned long lo
       path == PrimPath::cluster ||
       (path == PrimPath::automatic && shape.coord_stride && v.n_points > 2 * kRowLoads * 1024);
   if (!cluster_first && launch_prim_matrix(v, out, all_edges, first_bad, dev, stream, scratch)) return;
-  if (base + 1024 > size_t(dev.shared_optin))
+  if (base + kStaticShared > size_t(dev.shared_optin))
     throw std::invalid_argument("a cloud of " + std::to_string(v.n_points) + " points in " +
                                 std::to_string(v.dim) + " dimensions needs " + std::to_string(base / 1024) +
                                 " KiB of shared memory a block, over this GPU's " +
                                 std::to_string(dev.shared_optin / 1024) + " KiB: compute it on the CPU");
   const size_t shared = shape.coord_stride ? with_coords : base;
   const int threads = int(std::clamp<index_t>((shape.per_block + 31) / 32 * 32, 64, 512));
-  check(cudaFuncSetAttribute(prim_kernel<T>, cudaFuncAttributeMaxDynamicSharedMemorySize, int(shared)),
-        "cudaFuncSetAttribute");
+  allow_shared_memory(prim_kernel<T>, shared);
 
   cudaLaunchConfig_t config = {};
   config.gridDim = dim3(unsigned(v.n_clouds * cluster));
@@ -212,7 +233,7 @@ template <class T, class Body>
 Findings with_findings(int device, std::uintptr_t stream_handle, const Scratch &scratch, bool check_finite,
                        const CloudView<T> &v, const T *rows, index_t row_length, Body body) {
   DeviceGuard guard(device);
-  const Device dev(device);
+  const Device &dev = device_attributes(device);
   cudaStream_t stream = reinterpret_cast<cudaStream_t>(stream_handle);
   if (!check_finite) {
     body(dev, stream, nullptr);

@@ -218,6 +218,11 @@ template <class T> struct Candidate {
   index_t index; // global point index; larger than any index when the block has none left
 };
 
+// Room left for the kernels' static shared memory (prim_matrix_kernel's 64 candidates the most)
+// when sizing their dynamic shared memory.
+constexpr size_t kStaticShared = 1024;
+static_assert(64 * sizeof(Candidate<double>) <= kStaticShared, "static shared memory outgrew its room");
+
 template <class T> __device__ bool better(const Candidate<T> &a, const Candidate<T> &b) {
   return a.dist2 < b.dist2 || (a.dist2 == b.dist2 && a.index < b.index);
 }

@@ -355,6 +355,18 @@ def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
 _TORCH_COMPUTED_AS_FLOAT32 = ("float16", "bfloat16")
 
 
+def _current_raw_stream(torch, device) -> int:
+    """The handle of torch's current stream on a CUDA device.
+
+    torch's raw getter (the one its compiled code calls) costs 0.3 µs; the public
+    ``current_stream(device).cuda_stream`` builds a Stream object first, 5.7 µs (H200).
+    """
+    raw = getattr(torch._C, "_cuda_getCurrentRawStream", None)
+    if raw is None:
+        return torch.cuda.current_stream(device).cuda_stream
+    return raw(device.index)
+
+
 def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
     dtype_name = str(acts.dtype).removeprefix("torch.")
     if dtype_name not in ("float32", "float64", *_TORCH_COMPUTED_AS_FLOAT32):
@@ -373,7 +385,7 @@ def _run_torch(torch, kernel, acts, n_threads, check_finite, full_diagram):
     if acts.is_cuda:
         # The kernels run on torch's current stream, the one the input was produced on, so the
         # capsules ask no synchronization of the producer.
-        stream = torch.cuda.current_stream(acts.device).cuda_stream
+        stream = _current_raw_stream(torch, acts.device)
         # Scratch from torch's caching allocator on this stream: kept between calls, counted by torch.
         scratch = functools.partial(acts.new_empty, dtype=torch.uint8)
     else:
