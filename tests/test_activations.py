@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import copy
+
+import numpy as np
 import pytest
 import torch
 
@@ -106,6 +109,44 @@ def test_reader_moments_equal_the_manual_forward(tiny_bert, tiny_tokenizer, sent
     assert twice[wanted[0]].n_tokens == moments[wanted[0]].n_tokens  # a key given twice is folded in once
 
 
+def test_reader_moments_refuse_a_bad_key_before_any_hook(tiny_bert, tiny_tokenizer, sentences):
+    before = tiny_bert(**tiny_tokenizer(sentences[:2], padding=True, return_tensors="pt")).last_hidden_state
+    for wanted, match in (
+        ([(0, "value"), (0, "query")], "only value and intermediate"),
+        ([(0, "value"), (-1, "value")], "layer must be a code index from 0 to 1, got -1"),
+        ([(2, "value")], "got 2"),
+    ):
+        with pytest.raises(ValueError, match=match):
+            reader_input_moments(tiny_bert, tiny_tokenizer, sentences, wanted, progress=False)
+        assert not any(m._forward_pre_hooks for m in tiny_bert.modules())
+    after = tiny_bert(**tiny_tokenizer(sentences[:2], padding=True, return_tensors="pt")).last_hidden_state
+    torch.testing.assert_close(after, before, rtol=0, atol=0)
+    assert reader_input_moments(tiny_bert, tiny_tokenizer, sentences, [], progress=False) == {}
+
+
+def test_reader_moments_are_ordinary_tensors(tiny_bert, tiny_tokenizer, sentences):
+    moments = reader_input_moments(tiny_bert, tiny_tokenizer, sentences, [(1, "value")], progress=False)[1, "value"]
+    assert not moments.mean.is_inference() and not moments.covariance.is_inference()
+    moments.mean -= 1  # a caller may shift them in place
+
+
+def test_a_one_shot_iterable_corpus(tiny_bert, tiny_tokenizer, sentences):
+    acts = compute_activations(tiny_bert, tiny_tokenizer, (s for s in sentences), progress=False)
+    plain = compute_activations(tiny_bert, tiny_tokenizer, sentences, progress=False)
+    assert acts.sentences == sentences
+    torch.testing.assert_close(acts.values["value"], plain.values["value"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("token", TOKEN_MODES)
+def test_left_padding_gives_the_same_values(tiny_bert, tiny_tokenizer, sentences, token):
+    right = compute_activations(tiny_bert, tiny_tokenizer, sentences, batch_size=4, token=token, progress=False)
+    left_tokenizer = copy.deepcopy(tiny_tokenizer)
+    left_tokenizer.padding_side = "left"
+    left = compute_activations(tiny_bert, left_tokenizer, sentences, batch_size=4, token=token, progress=False)
+    for component in COMPONENTS:
+        torch.testing.assert_close(left.values[component], right.values[component], rtol=1e-5, atol=1e-5)
+
+
 def test_layout_and_views(tiny_bert, tiny_tokenizer, sentences):
     acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, progress=False)
     assert acts.components == COMPONENTS
@@ -166,6 +207,12 @@ def test_bad_corpus(tiny_bert, tiny_tokenizer):
         compute_activations(tiny_bert, tiny_tokenizer, [], progress=False)
     with pytest.raises(TypeError, match="sequence of str"):
         compute_activations(tiny_bert, tiny_tokenizer, "one sentence", progress=False)
+    with pytest.raises(TypeError, match="sentence 1 is a bytes"):
+        compute_activations(tiny_bert, tiny_tokenizer, ["One.", b"two."], progress=False)
+    # Refused before the forward pass, not when the table is saved.
+    for bad in ("", "  ", "Line one.\nLine two."):
+        with pytest.raises(ValueError, match="sentence 1 must be a non-empty single line"):
+            compute_activations(tiny_bert, tiny_tokenizer, ["One.", bad], progress=False)
     long = "word " * 40  # 160 character-level tokens, over the limit of 128
     with pytest.raises(ValueError, match="1 sentence.*limit of 128 tokens.*sentence 1"):
         compute_activations(tiny_bert, tiny_tokenizer, ["Short.", long], progress=False)
@@ -249,12 +296,20 @@ def test_each_modules_own_mode_is_restored_and_meta_weights_are_named(tiny_bert_
     from obce.scores import taylor_score
 
     torch.manual_seed(0)
-    model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).train()
+    config = tiny_bert_config(num_labels=2, hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    model = BertForSequenceClassification(config).train()
     model.bert.encoder.layer[0].eval()  # e.g. a frozen layer while the rest trains
     modes = {name: m.training for name, m in model.named_modules()}
-    table = compute_importance(compute_activations(model, tiny_tokenizer, sentences[:4], progress=False))
+    acts = compute_activations(model, tiny_tokenizer, sentences[:4], progress=False)
+    table = compute_importance(acts)
     batch = {**tiny_tokenizer(sentences[:4], padding=True, return_tensors="pt"), "labels": torch.tensor([0, 1, 1, 0])}
-    taylor_score(table, model, [batch])
+    taylor = taylor_score(table, model, [batch])
     assert {name: m.training for name, m in model.named_modules()} == modes
+    # Dropout is off while measuring: a training model gives the outputs and scores of its eval mode.
+    model.eval()
+    in_eval = compute_activations(model, tiny_tokenizer, sentences[:4], progress=False)
+    for component in COMPONENTS:
+        torch.testing.assert_close(acts.values[component], in_eval.values[component], rtol=0, atol=0)
+    np.testing.assert_array_equal(taylor, taylor_score(table, model, [batch]))
     with pytest.raises(ValueError, match="on the meta device"):
         compute_activations(model.to("meta"), tiny_tokenizer, sentences[:3], progress=False)

@@ -103,6 +103,10 @@ def test_head_view_unequal_sizes(acts):
     np.testing.assert_allclose(layer2.loc[3, "lam"], mst_longest_edge(values[:, 24:]), rtol=1e-5)
     with pytest.raises(ValueError, match="only query, key and value"):
         head_importance(acts, ["output"])
+    # Sizes that overrun the layer would read the next layer's neurons.
+    acts.head_sizes = {**acts.head_sizes, "value": ((8, 8, 8, 16), (8, 8, 8, 8))}
+    with pytest.raises(ValueError, match=r"layer 1 value: head sizes \(8, 8, 8, 16\) add up to 40, the layer has 32"):
+        head_importance(acts, ["value"])
     table = compute_importance(acts)
     with pytest.raises(TypeError, match="head_importance takes the Activations .* got ImportanceTable"):
         head_importance(table)
@@ -190,8 +194,12 @@ def test_a_table_holds_finite_numbers_one_row_per_neuron_in_order(acts, edit, ma
 
 
 def test_a_refused_save_changes_nothing_and_numbers_keep_their_type(acts, tmp_path):
-    table = compute_importance(acts, settings={"seed": np.int64(3), "share": np.float32(0.5), "path": tmp_path})
-    bad = ImportanceTable(table.neurons, sentences=["fine", "two\nlines"])
+    settings = {"seed": np.int64(3), "share": np.float32(0.5), "path": tmp_path, "sizes": np.arange(2000)}
+    table = compute_importance(acts, settings=settings)
+    with pytest.raises(ValueError, match="sentence 1 must be a non-empty single line"):
+        ImportanceTable(table.neurons, sentences=["fine", "two\nlines"])
+    bad = ImportanceTable(table.neurons, sentences=["fine"])
+    bad.sentences.append("two\nlines")  # the list stays the caller's to change: save checks it again
     with pytest.raises(ValueError, match="sentence 1 must be a non-empty single line"):
         bad.save(tmp_path / "new")
     assert not (tmp_path / "new").exists() or not any((tmp_path / "new").iterdir())
@@ -202,6 +210,12 @@ def test_a_refused_save_changes_nothing_and_numbers_keep_their_type(acts, tmp_pa
     assert {p.name: p.read_bytes() for p in (tmp_path / "run").iterdir()} == before
     settings = ImportanceTable.load(tmp_path / "run").settings
     assert settings["seed"] == 3 and settings["share"] == 0.5 and settings["path"] == str(tmp_path)
+    assert settings["sizes"] == list(range(2000))  # an array in full, not its shortened text
+    votes = np.arange(len(table)) - 7  # an integer score column comes back as integers
+    ImportanceTable(table.neurons.assign(votes=votes, ratio=2.0)).save(tmp_path / "scored")
+    loaded = ImportanceTable.load(tmp_path / "scored").neurons
+    assert loaded["votes"].dtype == np.int64 and loaded["ratio"].dtype == np.float64
+    np.testing.assert_array_equal(loaded["votes"], votes)
 
 
 def test_an_overflowed_output_names_its_layer_and_neuron(acts):
@@ -302,6 +316,7 @@ def test_analyze_loaded_model(tiny_bert, tiny_tokenizer, sentences):
     [
         ({"token": "pooled"}, "unknown token mode"),
         ({"components": ["gate"]}, "unknown component"),
+        ({"components": []}, "components is empty"),
         ({"components": ["intermediate"], "heads": True}, "heads=True needs query, key or value"),
     ],
 )

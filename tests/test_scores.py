@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -294,6 +296,22 @@ def test_extra_columns_validate_and_round_trip(cls_run, tmp_path):
     loaded = ImportanceTable.load(tmp_path)
     pd.testing.assert_frame_equal(loaded.neurons, scored.neurons)
     pd.testing.assert_frame_equal(loaded.heads, scored.heads)
+
+
+def test_norms_of_a_half_precision_model_are_taken_in_float64(cls_run, tiny_bert):
+    _, table = cls_run
+    model = copy.deepcopy(tiny_bert).to(torch.bfloat16)
+    w = linears(model, 1)["intermediate"].weight.detach().double().numpy()
+    expected = np.sqrt((w**2).sum(axis=1))
+    np.testing.assert_allclose(
+        table.with_columns({"weight": weight_score(table, model)}).column("weight", 2, "intermediate"),
+        expected,
+        rtol=1e-12,
+    )  # in bfloat16 most of the 37 norms would tie
+    with torch.no_grad():
+        linears(model, 0)["value"].weight[3, 0] = float("nan")
+    with pytest.raises(ValueError, match="non-finite score \\(nan\\) to 1 neuron.*layer 1 value neuron 3"):
+        weight_score(table, model)
 
 
 def test_table_columns_name_what_is_wrong(tiny_bert):

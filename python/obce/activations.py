@@ -11,7 +11,7 @@ the attention mask hides it and only real tokens are read.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from .corpus import checked_sentences
 from .models.adapters import (
     COMPONENTS,
     LayerModules,
@@ -188,14 +189,12 @@ class _Recorder:
         self.values[component][self.rows, columns] = points
 
 
-def _checked_corpus(sentences: Sequence[str], batch_size: int) -> list[str]:
-    """``sentences`` as a list; ValueError or TypeError for an empty corpus, one that is not of str, or a bad
-    batch size."""
+def _checked_corpus(sentences: Iterable[str], batch_size: int) -> list[str]:
+    """``sentences`` as a list; ValueError or TypeError for an empty corpus, one that is not of non-empty
+    single-line str (what the importance table saves), or a bad batch size."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
-    if isinstance(sentences, str) or not all(isinstance(s, str) for s in sentences):
-        raise TypeError("sentences must be a sequence of str")
-    sentences = list(sentences)
+    sentences = checked_sentences(sentences)
     if not sentences:
         raise ValueError("sentences is empty; the corpus needs at least one sentence")
     return sentences
@@ -254,7 +253,7 @@ def _batches(tokenizer, sentences: list[str], lengths: list[int], batch_size: in
 def compute_activations(
     model: nn.Module,
     tokenizer,
-    sentences: Sequence[str],
+    sentences: Iterable[str],
     *,
     token: str = "cls",
     components: Sequence[str] = COMPONENTS,
@@ -304,8 +303,6 @@ def compute_activations(
     """
     check_token_mode(token)
     components = check_components(components)
-    if not components:
-        raise ValueError("components is empty; expected some of " + ", ".join(COMPONENTS))
     if precision not in PRECISIONS:
         raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     sentences = _checked_corpus(sentences, batch_size)
@@ -358,7 +355,7 @@ class InputMoments:
 def reader_input_moments(
     model: nn.Module,
     tokenizer,
-    sentences: Sequence[str],
+    sentences: Iterable[str],
     wanted: Sequence[tuple[int, str]],
     *,
     batch_size: int = 32,
@@ -374,11 +371,15 @@ def reader_input_moments(
     Raises
     ------
     ValueError
-        An empty corpus, a sentence longer than the model accepts, a non-positive batch size, or a component
-        without a reader.
+        An empty corpus, a sentence longer than the model accepts, a non-positive batch size, a layer out of
+        range, or a component without a reader.
     """
     sentences = _checked_corpus(sentences, batch_size)
     layers = encoder_layers(model)
+    # Each key once: a second hook on a reader would fold every batch in twice.
+    readers = {key: _reader(layers, *key) for key in dict.fromkeys(wanted)}
+    if not readers:
+        return {}
     device = next(model.parameters()).device
     lengths = _token_lengths(model, tokenizer, sentences)
     sums: dict[tuple[int, str], list] = {}
@@ -405,9 +406,10 @@ def reader_input_moments(
 
         return record
 
-    # Each key once: a second hook on a reader would fold every batch in twice.
-    handles = [layers[i].reader(c).register_forward_pre_hook(hook((i, c))) for i, c in dict.fromkeys(wanted)]
+    handles = []
     try:
+        for key, reader in readers.items():
+            handles.append(reader.register_forward_pre_hook(hook(key)))
         with _inference(model):
             for _batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, progress, "moments"):
                 mask[:] = [inputs["attention_mask"].bool()]
@@ -415,4 +417,12 @@ def reader_input_moments(
     finally:
         for handle in handles:
             handle.remove()
-    return {key: InputMoments(mean, m2 / n, n) for key, (n, mean, m2) in sums.items()}
+    # clone: made under inference mode, the mean would refuse in-place changes
+    return {key: InputMoments(mean.clone(), m2 / n, n) for key, (n, mean, m2) in sums.items()}
+
+
+def _reader(layers: list[LayerModules], layer: int, component: str) -> nn.Linear:
+    """The reader of ``component`` in code layer ``layer`` (from 0); ValueError for a layer out of range."""
+    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+        raise ValueError(f"layer must be a code index from 0 to {len(layers) - 1}, got {layer!r}")
+    return layers[layer].reader(component)

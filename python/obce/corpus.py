@@ -457,18 +457,36 @@ def save_sentences(sentences: Sequence[str], path: str | os.PathLike, *, overwri
     return atomic_write_text(path, sentences_text(sentences), overwrite=overwrite)
 
 
+def checked_sentences(sentences: Iterable[str]) -> list[str]:
+    """``sentences`` as a list, each one a non-empty single line (what a saved corpus can hold).
+
+    Raises
+    ------
+    TypeError
+        If ``sentences`` is a single str or holds something other than str.
+    ValueError
+        If a sentence is empty or spans several lines.
+    """
+    if isinstance(sentences, str):
+        raise TypeError("sentences must be a sequence of str, got one str")
+    sentences = list(sentences)  # once: a generator is read only once
+    for i, sentence in enumerate(sentences):
+        if not isinstance(sentence, str):
+            raise TypeError(f"sentences must be a sequence of str, sentence {i} is a {type(sentence).__name__}")
+        if not sentence.strip() or "\n" in sentence or "\r" in sentence:
+            raise ValueError(f"sentence {i} must be a non-empty single line, got {sentence!r}")
+    return sentences
+
+
 def sentences_text(sentences: Sequence[str]) -> str:
     """The text :func:`save_sentences` writes: one sentence a line.
 
     Raises
     ------
-    ValueError
-        If a sentence is empty or spans several lines.
+    TypeError, ValueError
+        As :func:`checked_sentences`.
     """
-    for i, sentence in enumerate(sentences):
-        if not isinstance(sentence, str) or not sentence.strip() or "\n" in sentence or "\r" in sentence:
-            raise ValueError(f"sentence {i} must be a non-empty single line, got {sentence!r}")
-    return "".join(f"{s}\n" for s in sentences)
+    return "".join(f"{s}\n" for s in checked_sentences(sentences))
 
 
 def load_sentences(path: str | os.PathLike) -> list[str]:

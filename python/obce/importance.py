@@ -27,7 +27,7 @@ import torch
 from ._io import atomic_write_text
 from ._version import __version__
 from .activations import Activations, check_token_mode, compute_activations
-from .corpus import Corpus, load_sentences, sample_sentences, sentences_text
+from .corpus import Corpus, checked_sentences, load_sentences, sample_sentences, sentences_text
 from .kernel import fast_death_radii
 from .models.adapters import (
     COMPONENTS,
@@ -104,7 +104,7 @@ class ImportanceTable:
         self.neurons = _checked_frame(neurons, NEURON_COLUMNS, "neurons", extra=True)
         self.heads = None if heads is None else _checked_frame(heads, HEAD_COLUMNS, "heads")
         self.settings = copy.deepcopy(dict(settings or {}))  # a table's copy shares no nested entry
-        self.sentences = None if sentences is None else list(sentences)
+        self.sentences = None if sentences is None else checked_sentences(sentences)
 
     def __len__(self) -> int:
         return len(self.neurons)
@@ -267,19 +267,25 @@ class ImportanceTable:
 
 
 def _json_value(value):
-    """A settings value that JSON has no type for: a numpy number as the Python number, anything else (a path, a
-    device) as its text."""
-    return value.item() if isinstance(value, np.generic) else str(value)
+    """A settings value that JSON has no type for: a numpy number or array as the Python number or list, anything
+    else (a path, a device) as its text."""
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else str(value)
 
 
 def _read_csv(path: Path, counts: Sequence[str]) -> pd.DataFrame:
-    """The table file at ``path``: ``counts`` as integers, every other column but the component as exact floats."""
-    # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does.
+    """The table file at ``path``: ``counts`` and other columns written as integers as integers, every other column
+    but the component as exact floats."""
+    # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does; pandas writes a
+    # float column's every value with a point or an exponent, so digits alone mark an integer column.
     header = pd.read_csv(path, nrows=0).columns
-    exact = {c: float for c in header if c not in (*counts, "component")}
-    frame = pd.read_csv(path, dtype={"component": str}, converters=exact)
-    if frame.empty:  # no row to infer types from: an empty table saved
-        frame = frame.astype({c: np.int64 if c in counts else str if c == "component" else np.float64 for c in header})
+    text = {c: str for c in header if c not in counts}
+    frame = pd.read_csv(path, dtype={**dict.fromkeys(counts, np.int64), **text}, keep_default_na=False)
+    if frame.empty:  # no row to tell the types by: an empty table saved
+        return frame.astype({c: np.int64 if c in counts else str if c == "component" else np.float64 for c in header})
+    for column in text:
+        if column != "component":
+            integers = frame[column].str.fullmatch(r"-?\d+").all()
+            frame[column] = frame[column].astype(np.int64) if integers else frame[column].map(float)
     return frame
 
 
@@ -448,7 +454,12 @@ def head_importance(
         if component not in acts.values:
             raise ValueError(f"component {component!r} was not captured; captured: {', '.join(acts.components)}")
         for index, sizes in enumerate(acts.head_sizes[component]):
-            start = acts.offsets[component][index]
+            start, end = acts.offsets[component][index : index + 2]
+            if sum(sizes) != end - start:
+                raise ValueError(
+                    f"layer {to_user_layer(index)} {component}: head sizes {sizes} add up to {sum(sizes)}, "
+                    f"the layer has {end - start} neurons"
+                )
             for head, size in enumerate(sizes):
                 rows.append((to_user_layer(index), component, head, size, len(clouds.get(size, ()))))
                 clouds.setdefault(size, []).append(acts.values[component][:, start : start + size])
@@ -514,7 +525,7 @@ def analyze(
     Returns
     -------
     ImportanceTable
-        With ``settings`` recording every argument, the versions and the time each step took
+        With ``settings`` recording every argument that shapes the result, the versions and the time each step took
         (``timings_s``), and the sampled sentences. Sentences longer than the model's token limit
         are not eligible for the sample.
 
@@ -609,6 +620,7 @@ def analyze(
         "batch_size": batch_size,
         "precision": precision,
         "components": list(components),
+        "heads": heads,
         "device": str(next(model.parameters()).device),
     }
     start = time.perf_counter()

@@ -45,8 +45,8 @@ import torch
 import torch.nn.functional as F
 
 from .activations import eval_mode
-from .importance import HEAD_COMPONENTS
-from .models.adapters import COMPONENTS, encoder_layers, to_user_layer
+from .importance import HEAD_COMPONENTS, NEURON_COLUMNS
+from .models.adapters import encoder_layers, to_user_layer
 
 __all__ = [
     "SCORES",
@@ -76,7 +76,7 @@ SCORES: tuple[str, ...] = (
 )
 """Score names: ``lam`` and ``std`` are columns of every table; :func:`add_scores` adds the others."""
 
-_KEYS = ["layer", "component", "neuron"]
+_KEYS = list(NEURON_COLUMNS[:3])  # layer, component, neuron
 # Head λ is tied over a head's dimensions; this relative nudge by the neuron's own λ rank orders them within
 # the head without reordering heads (whose λ differ by far more).
 _TIE_BREAK = 1e-9
@@ -84,15 +84,22 @@ _TIE_BREAK = 1e-9
 
 def _aligned(table, frame: pd.DataFrame, what: str) -> np.ndarray:
     """``frame["value"]`` in the row order of ``table.neurons``, matched on layer, component and neuron."""
-    merged = table.neurons[_KEYS].merge(frame, on=_KEYS, how="left", validate="one_to_one")
-    missing = merged["value"].isna()
+    merged = table.neurons[_KEYS].merge(frame, on=_KEYS, how="left", validate="one_to_one", indicator=True)
+    missing = merged.pop("_merge") == "left_only"
     if missing.any():
         row = merged[missing].iloc[0]
         raise ValueError(
             f"{what} has no value for {int(missing.sum())} neuron(s) of the table, e.g. layer {row['layer']} "
             f"{row['component']} neuron {row['neuron']}"
         )
-    return merged["value"].to_numpy(dtype=np.float64)
+    values = merged["value"].to_numpy(dtype=np.float64)
+    if not np.isfinite(values).all():
+        row = merged[~np.isfinite(values)].iloc[0]
+        raise ValueError(
+            f"{what} gives a non-finite score ({row['value']}) to {int((~np.isfinite(values)).sum())} neuron(s), "
+            f"e.g. layer {row['layer']} {row['component']} neuron {row['neuron']}"
+        )
+    return values
 
 
 def table_columns(table, frame: pd.DataFrame, what: str) -> dict[str, np.ndarray]:
@@ -132,10 +139,6 @@ def _frame(per_layer: Iterable[tuple[int, str, torch.Tensor | np.ndarray]]) -> p
     return pd.concat(parts, ignore_index=True)
 
 
-def _table_components(table) -> list[str]:
-    return [c for c in COMPONENTS if c in set(table.neurons["component"])]
-
-
 def random_score(table, seed: int = 0) -> np.ndarray:
     """Uniform random values in [0, 1), one per row, from ``numpy.random.default_rng(seed)``."""
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
@@ -155,7 +158,7 @@ def abs_mean_score(table, acts) -> np.ndarray:
     """
     rows = []
     for component in acts.components:
-        values = acts.values[component].abs().double().mean(0)
+        values = acts.values[component].abs().mean(0, dtype=torch.float64)
         offsets = acts.offsets[component]
         for index in range(len(offsets) - 1):
             rows.append((to_user_layer(index), component, values[offsets[index] : offsets[index + 1]]))
@@ -170,8 +173,8 @@ def weight_score(table, model) -> np.ndarray:
     """
     rows = []
     for layer in encoder_layers(model):
-        for component in _table_components(table):
-            rows.append((to_user_layer(layer.index), component, layer.linear(component).weight.norm(dim=1)))
+        for component in table.components:
+            rows.append((to_user_layer(layer.index), component, _norms(layer.linear(component).weight, dim=1)))
     return _aligned(table, _frame(rows), f"the {type(model).__name__}")
 
 
@@ -185,14 +188,18 @@ def outgoing_norm(table, model) -> np.ndarray:
     """
     rows = []
     for layer in encoder_layers(model):
-        readers = {"value": layer.attention_output, "intermediate": layer.output}
-        for component in _table_components(table):
-            if component in readers:
-                norms = readers[component].weight.norm(dim=0)
+        for component in table.components:
+            if component in ("value", "intermediate"):
+                norms = _norms(layer.reader(component).weight, dim=0)
             else:
                 norms = torch.ones(layer.width(component))
             rows.append((to_user_layer(layer.index), component, norms))
     return _aligned(table, _frame(rows), f"the {type(model).__name__}")
+
+
+def _norms(weight: torch.Tensor, dim: int) -> torch.Tensor:
+    """L2 norms along ``dim`` in float64: in a half-precision model's own dtype, most would tie."""
+    return torch.linalg.vector_norm(weight, dim=dim, dtype=torch.float64)
 
 
 def lam_weighted_score(table, model) -> np.ndarray:
@@ -329,7 +336,7 @@ def taylor_score(table, model, batches: Sequence[Mapping[str, torch.Tensor]]) ->
     if torch.is_inference_mode_enabled():
         raise RuntimeError("taylor_score takes gradients: call it outside torch.inference_mode()")
     layers = encoder_layers(model)
-    components = _table_components(table)
+    components = table.components
     captured: list[tuple[int, str, torch.Tensor]] = []
 
     def keep(index: int, component: str, tensor: torch.Tensor) -> torch.Tensor:

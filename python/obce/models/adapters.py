@@ -181,9 +181,18 @@ def check_component(component: str) -> str:
 
 
 def check_components(components: str | Sequence[str]) -> tuple[str, ...]:
-    """``components`` checked, without repeats; one name alone stands for itself (not for its letters)."""
+    """``components`` checked, without repeats; one name alone stands for itself (not for its letters).
+
+    Raises
+    ------
+    ValueError
+        For an unknown component or none at all.
+    """
     names = (components,) if isinstance(components, str) else components
-    return tuple(dict.fromkeys(check_component(c) for c in names))
+    checked = tuple(dict.fromkeys(check_component(c) for c in names))
+    if not checked:
+        raise ValueError("components is empty; expected some of " + ", ".join(COMPONENTS))
+    return checked
 
 
 def to_user_layer(index: int) -> int:
