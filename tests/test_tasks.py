@@ -352,6 +352,10 @@ def test_metric_shape_errors():
         compute_metrics("stsb", np.zeros((2, 2)), [0.0, 1.0])
     with pytest.raises(ValueError, match="empty"):
         compute_metrics("rte", [], [])
+    with pytest.raises(ValueError, match="SST-2 predictions must be classes 0 to 1, got 5"):
+        compute_metrics("sst2", [0, 5, 1], [0, 1, 1])
+    with pytest.raises(ValueError, match="CoLA labels must be classes 0 to 1, got -1"):
+        compute_metrics("cola", [0, 1, 1], [0, -1, 1])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -576,6 +580,7 @@ def test_one_task_in_the_cache_needs_no_download_of_the_other(tmp_path, monkeypa
     assert len(load_task("polarity", cache_dir=tmp_path / "c").data["test"]) == 4
     with pytest.raises(ValueError, match=r"unknown offline tasks \['sst2'\]"):
         fetch_offline_tasks(tmp_path / "c", names=["sst2"])
+    assert fetch_offline_tasks(tmp_path / "c", names="polarity") == tmp_path / "c" / "tasks"  # a name, not letters
 
 
 def test_cache_paths_expand_the_home_folder(tmp_path, monkeypatch):

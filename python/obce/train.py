@@ -49,7 +49,8 @@ __all__ = [
 ]
 
 PRESETS: dict[str, dict] = {
-    # A few epochs, stopped early when the dev score stops improving.
+    # A few epochs; stopped early after two dev evaluations without improvement (with one evaluation an epoch
+    # that can only cut a run of more than three epochs; a step budget gets at least four evaluations).
     "default": {"epochs": 3, "lr": 5e-5, "batch_size": 32, "max_length": 128, "patience": 2},
     # 40 epochs as in the paper; the best dev checkpoint is kept, without early stopping. The other
     # values are common BERT fine-tuning choices.
@@ -62,6 +63,10 @@ TRAINING_LOG = "training_log.json"  # in each run folder: the loss and dev score
 # TrainingArguments that only choose where the Trainer runs (see trainer_device_args): a run resumed on another
 # device continues from the same checkpoints with the same settings, so they are not compared with an earlier call's.
 _DEVICE_ARGS = frozenset({"use_cpu"})
+# TrainingArguments finetune itself sets from its parameters and the task; training_args may not change them.
+_OWNED_ARGS = frozenset(
+    {"output_dir", "seed", "data_seed", "load_best_model_at_end", "metric_for_best_model", "greater_is_better"}
+)
 _METRIC_SHORT = {"accuracy": "Acc", "f1": "F1", "matthews_corr": "MCC", "pearson": "Pearson", "spearman": "Spearman"}
 
 
@@ -149,7 +154,8 @@ def _json_default(obj):
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Parameters of the encoder (``model.base_model``: embeddings and layers) and of the whole model."""
+    """Parameters of the encoder (``model.base_model``: embeddings, layers and the pooler where the model has one)
+    and of the whole model."""
     return {
         "encoder": sum(p.numel() for p in model.base_model.parameters()),
         "total": sum(p.numel() for p in model.parameters()),
@@ -271,6 +277,13 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
         ignore_mismatched_sizes=True,
         **(labels if info.label_names else {}),
     )
+    saved_head = next((a for a in config.architectures or () if a.endswith("ForSequenceClassification")), None)
+    if saved_head and config.num_labels == info.num_labels and head_mismatch(saved_head, config, info):
+        # A head of the same size made for other labels (another task, or this one's in another order) would be
+        # kept by the size check and only renamed: start from a fresh one, made under the caller's seed.
+        fresh = AutoModelForSequenceClassification.from_config(loaded.config)
+        fresh.base_model.load_state_dict(loaded.base_model.state_dict())
+        loaded = fresh.to(loaded.dtype)
     return loaded, _load_tokenizer(model, tokenizer)
 
 
@@ -373,8 +386,8 @@ def evaluate(
     task = _resolve_task(task, data_dir, splits=[split])
     task.check_split(split)
     max_length = evaluation_length(model, max_length)
-    _check_positive("batch_size", batch_size)
-    _check_positive("max_length", max_length)
+    _check_positive_int("batch_size", batch_size)
+    _check_positive_int("max_length", max_length)
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
     dataset = _encode(task, split, tokenizer, _truncation(model, tokenizer, max_length))
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
@@ -411,6 +424,11 @@ def finetuned_setting(folder: str | os.PathLike, key: str):
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
+
+
+def _check_positive_int(name: str, value, alternative: str = "") -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive int{alternative}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -492,15 +510,29 @@ _LABELLED_BY_DIGEST = {"model": "model_digest", "teacher": "teacher_digest"}
 
 
 def _model_digest(model) -> str | None:
-    """A short sha256 of the folder a run starts from (its config and weights): another model saved under the
-    same path is another run. None for a hub name (its weights are the name's) and for a model object, which
-    training changes in place. About a second for BERT-base's 440 MB."""
-    if not isinstance(model, (str, os.PathLike)) or not Path(model).expanduser().is_dir():
+    """A short sha256 of what a run starts from, the files of a folder (config and weights) or a model object's
+    weights: another model saved under the same path, or changed in place (pruned), is another run. None for a hub
+    name (its weights are the name's). About a second for BERT-base's 440 MB."""
+    if not isinstance(model, (str, os.PathLike)):
+        return _weights_digest(model)
+    if not Path(model).expanduser().is_dir():
         return None
     digest = hashlib.sha256()
     folder = Path(model).expanduser()
     for path in sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")):
         digest.update(file_sha256(path).encode())
+    return digest.hexdigest()[:16]
+
+
+def _weights_digest(model) -> str:
+    """A short sha256 of a model object's weights: names, dtypes, shapes and bytes."""
+    import torch
+
+    digest = hashlib.sha256()
+    for name, tensor in model.state_dict().items():
+        digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
+        # As bytes: bfloat16 has no numpy dtype.
+        digest.update(tensor.detach().contiguous().view(torch.uint8).cpu().numpy())
     return digest.hexdigest()[:16]
 
 
@@ -515,6 +547,8 @@ def _split_digests(task: Task) -> dict[str, str]:
 def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict | None:
     """Check ``output_dir`` against a previous run; return its results if that run finished."""
     settings_path = output_dir / _SETTINGS_FILE
+    if output_dir.exists() and not output_dir.is_dir():
+        raise ValueError(f"output_dir {str(output_dir)!r} is a file, not a folder")
     if not output_dir.exists() or not any(output_dir.iterdir()):
         return None
     if not settings_path.is_file():
@@ -524,13 +558,17 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
     previous = _comparable(json.loads(settings_path.read_text(encoding="utf-8")))
     # Compare as stored: JSON turns tuples into lists.
     settings = _comparable(json.loads(json.dumps(settings, default=_json_default)))
-    compared = (set(previous) | set(settings)) - {"versions"} - (_RECORDED_SINCE - set(previous))
+    if previous.get("trained_digest") is not None and previous["trained_digest"] == settings.get("model_digest"):
+        settings["model_digest"] = previous["model_digest"]  # the very model object this run trained
+    compared = (set(previous) | set(settings)) - {"versions", "trained_digest"} - (_RECORDED_SINCE - set(previous))
     compared -= {
         path
         for path, digest in _LABELLED_BY_DIGEST.items()
         if previous.get(digest) is not None and previous.get(digest) == settings.get(digest)
     }
     differ = sorted(k for k in compared if previous.get(k) != settings.get(k))
+    if differ and not any(output_dir.glob("checkpoint-*")) and not (output_dir / _RESULTS_FILE).exists():
+        return None  # a run that failed before its first checkpoint holds nothing to keep: these settings replace it
     if differ:
         changes = "; ".join(f"{k}: {previous.get(k)!r} -> {settings.get(k)!r}" for k in differ)
         raise ValueError(
@@ -544,14 +582,17 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
     return json.loads(results_path.read_text(encoding="utf-8")) if results_path.is_file() else None
 
 
-def _eval_schedule(n_train: int, batch_size: int, max_steps: int | None, eval_steps: int | None) -> dict:
+def _eval_schedule(
+    n_train: int, batch_size: int, accumulation: int, max_steps: int | None, eval_steps: int | None
+) -> dict:
     """Evaluation/checkpoint cadence: every epoch, or every ``eval_steps`` steps."""
     if eval_steps is None and max_steps is None:
         return {"eval_strategy": "epoch", "save_strategy": "epoch"}
     if eval_steps is None:
-        # Devices split each step's batches, so an epoch takes fewer steps with more of them.
+        # Devices split each step's batches, so an epoch takes fewer steps with more of them; a step accumulates
+        # the gradients of ``accumulation`` batches.
         world = int(os.environ.get("WORLD_SIZE", "1"))
-        steps_per_epoch = max(1, math.ceil(n_train / (batch_size * world)))
+        steps_per_epoch = max(1, math.ceil(n_train / (batch_size * world * accumulation)))
         # At least four evaluations in a step budget, and at least one per epoch.
         eval_steps = max(1, min(steps_per_epoch, math.ceil(max_steps / 4)))
     return {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": eval_steps, "save_steps": eval_steps}
@@ -562,14 +603,26 @@ def _budget_values(preset: str, given: Mapping, max_steps, eval_steps) -> dict:
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     values = {**PRESETS[preset], **{k: v for k, v in given.items() if v is not None}}
-    for key in ("epochs", "batch_size", "lr", "max_length"):
+    for key in ("epochs", "lr"):
         _check_positive(key, values[key])
+    for key in ("batch_size", "max_length"):
+        _check_positive_int(key, values[key])
     if isinstance(values["patience"], bool) or not isinstance(values["patience"], int) or values["patience"] < 0:
         raise ValueError(f"patience must be an int >= 0, got {values['patience']!r}")
     for key, value in (("max_steps", max_steps), ("eval_steps", eval_steps)):
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-            raise ValueError(f"{key} must be a positive int or None, got {value!r}")
+        if value is not None:
+            _check_positive_int(key, value, " or None")
     return values
+
+
+def _check_training_args(training_args: Mapping) -> None:
+    owned = sorted(_OWNED_ARGS & set(training_args))
+    if owned:
+        raise ValueError(
+            f"training_args may not set {', '.join(owned)}: finetune sets them (pass seed= or output_dir=; the best "
+            "checkpoint is chosen on the task's main metric)"
+        )
+    _check_positive_int("gradient_accumulation_steps", training_args.get("gradient_accumulation_steps", 1))
 
 
 def _check_distillation(temperature, weight) -> None:
@@ -585,6 +638,8 @@ def _training_arguments(
     fp16: bool, bf16: bool, training_args: Mapping | None,
 ) -> dict:  # fmt: skip
     """TrainingArguments of a fine-tuning run: the budget, best-checkpoint selection on the task's main metric."""
+    training_args = dict(training_args or {})
+    accumulation = training_args.get("gradient_accumulation_steps", 1)
     return {
         "output_dir": str(output_dir),
         "seed": seed,
@@ -605,10 +660,11 @@ def _training_arguments(
         "logging_strategy": "steps",
         "logging_steps": max(1, min(50, (max_steps or 500) // 10)),
         **_common_args(),
+        **trainer_device_args(None),  # on a CPU-only machine, say so: bf16 runs there
         "fp16": fp16,
         "bf16": bf16,
-        **_eval_schedule(n_train, values["batch_size"], max_steps, eval_steps),
-        **dict(training_args or {}),
+        **_eval_schedule(n_train, values["batch_size"], accumulation, max_steps, eval_steps),
+        **training_args,
     }
 
 
@@ -790,6 +846,7 @@ def finetune(
     values = _budget_values(preset, given, max_steps, eval_steps)
     if not isinstance(seed, int) or isinstance(seed, bool):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    _check_training_args(training_args or {})
     if teacher is not None:
         _check_distillation(temperature, distill_weight)
 
@@ -834,6 +891,7 @@ def finetune(
 
     # Seed before the head is created: its initialization is part of the run.
     set_seed(seed)
+    from_object = not isinstance(model, (str, os.PathLike))
     model, tokenizer = load_for_task(model, info, tokenizer=tokenizer)
     if teacher is not None:
         teacher = _load_teacher(teacher, info, model)
@@ -889,6 +947,10 @@ def finetune(
     # Every process calls save_model: sharded setups (FSDP, DeepSpeed) gather weights collectively.
     trainer.save_model(str(output_dir))
     if trainer.is_world_process_zero():
+        if from_object:
+            # The object now holds the best checkpoint's weights: called again with it, finetune finds this run.
+            settings["trained_digest"] = _weights_digest(trainer.model)
+            _write_json(output_dir / _SETTINGS_FILE, settings)
         _write_json(output_dir / TRAINING_LOG, trainer.state.log_history)  # before results.json, the finished mark
         _write_json(output_dir / _RESULTS_FILE, result.to_dict())
         atomic_write_text(output_dir / "results.md", results_table([result]), overwrite=True)
