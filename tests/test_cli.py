@@ -71,6 +71,9 @@ def test_defaults_are_shared_with_the_pipeline():
         (("prune", "--fold", "median"), "median"),
         (("prune", "--score", "taylor"), "taylor"),
         (("compress", "--device", "tpu:x"), "tpu:x"),
+        (("compress", "--device", "mps"), "mps"),
+        (("compress", "--device", "meta"), "meta"),
+        (("compress", "--device", "cpu:1"), "cpu:1"),
         (("compress", "--no-finetune", "--steps", "7"), "--steps"),
         (("compress", "--no-finetune", "--distill"), "--distill"),
         (("finetune", "--fp16", "--bf16"), "--bf16"),
@@ -239,7 +242,19 @@ def test_interrupt_says_how_to_resume(monkeypatch, capsys):
 
     monkeypatch.setattr(pipeline, "compress", interrupted)
     code, _, err = run_cli(capsys, "compress")
-    assert code == 130 and "resume" in err and err.count("\n") == 1
+    assert code == 130 and "run the same command again to resume" in err and err.count("\n") == 1
+    # The same command with --overwrite would clear what was done.
+    code, _, err = run_cli(capsys, "compress", "--overwrite")
+    assert code == 130 and "run again without --overwrite to resume" in err
+
+
+def test_a_hub_task_without_datasets_is_refused_before_any_work(monkeypatch, capsys, tmp_path):
+    monkeypatch.setitem(sys.modules, "datasets", None)  # import datasets fails
+    monkeypatch.setattr(pipeline, "run_analysis", lambda *a, **k: pytest.fail("refused before the analysis"))
+    for command in (["compress", "--task", "sst2"], ["finetune", "--task", "sst2"]):
+        code, _, err = run_cli(capsys, *command, "--output", str(tmp_path / "run"))
+        assert code == 1 and "needs the 'datasets' package" in err and "--glue-dir" in err, err
+        assert not (tmp_path / "run").exists()
 
 
 def test_info(capsys):

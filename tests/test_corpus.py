@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import bz2
 import os
+import random
 import sys
 import types
 from collections import Counter
@@ -237,6 +238,23 @@ def test_sample_larger_than_corpus_is_an_error(tmp_path):
     path.write_text("One two three four five six.\nSeven eight nine ten eleven twelve.\n", encoding="utf-8")
     with pytest.raises(ValueError, match="asked for a sample of 3 sentences .* has only 2"):
         sample_sentences(path, 3)
+
+
+def test_a_sample_holds_each_sentence_once():
+    ten = [f"Sentence number {i} of ten." for i in range(10)]
+    with pytest.raises(ValueError, match="asked for a sample of 11 sentences .* has only 10 distinct ones"):
+        sample_sentences(ten * 100, 11)
+    for seed in range(20):  # repeats late in the stream, while their first copy is in the sample
+        sample = sample_sentences(ten[:6] + [f"Filler {i} here." for i in range(40)] + ten * 5, 8, seed)
+        assert len(set(sample)) == 8
+    # A corpus without repeats gives the sample plain Algorithm R gives.
+    unique = [f"Unique sentence {i} here." for i in range(500)]
+    rng, reservoir = random.Random(7), unique[:20]
+    for i, sentence in enumerate(unique[20:], start=20):
+        slot = rng.randrange(i + 1)
+        if slot < 20:
+            reservoir[slot] = sentence
+    assert sample_sentences(unique, 20, 7) == sorted(reservoir, key=unique.index)
 
 
 @pytest.mark.parametrize("n", [0, -1, 2.5, True])

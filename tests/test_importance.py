@@ -284,7 +284,7 @@ def test_analyze_tiny_model_from_folder(tiny_bert_dir, sentences):
     assert table.settings["n_sentences"] == 12 and table.settings["seed"] == 1
     assert set(table.settings["timings_s"]) == {"load", "corpus", "forward", "kernel", "importance"}
     with pytest.raises(
-        ValueError, match=r"asked for a sample of 13 sentences .* has only 12 that fit the model \(1 more"
+        ValueError, match=r"asked for a sample of 13 sentences .* has only 12 distinct ones that fit the model \(1 more"
     ):
         analyze(str(tiny_bert_dir), corpus=corpus, n_sentences=13, progress=False, device="cpu")
 

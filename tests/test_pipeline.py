@@ -439,8 +439,8 @@ def test_compress_with_distillation(inputs, tmp_path, capsys):
 def test_a_failed_step_leaves_no_settings_behind(inputs, tmp_path, capsys):
     """The corrected command runs without --overwrite: the failed attempt recorded nothing to refuse it with."""
     path = tmp_path / "run"
-    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50", sentences=1))
-    assert code == 1 and "needs at least 2" in err.strip().splitlines()[-1]
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50", sentences=100))
+    assert code == 1 and "asked for a sample of 100 sentences" in err.strip().splitlines()[-1]
     assert "steps" not in json.loads((path / "settings.json").read_text())
     code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50"))
     assert code == 0, err
@@ -526,6 +526,17 @@ def test_a_finished_run_outlives_a_mistyped_or_refused_command(inputs, tmp_path,
     assert code == 2 and "--dry-run writes no plan and no model" in err
     code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P30"))
     assert code == 1 and "other plan settings" in err
+    # A corpus that cannot give the sample, or a sample of one point a cloud, is refused before the clear.
+    small = tmp_path / "small.txt"
+    small.write_text("Only one sentence of six words here.\n", encoding="utf-8")
+    for corpus, sentences, match in (
+        (small, "24", "has only 1 distinct ones"),
+        (inputs["corpus"], "1", "n_sentences=1"),
+    ):
+        args = prune_args(inputs, path, "--plan", "uniform:P50", "--overwrite")
+        args[args.index("--corpus") + 1], args[args.index("--sentences") + 1] = str(corpus), sentences
+        code, _, err = run_cli(capsys, args)
+        assert code == 1 and match in err, err
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
     assert len(RunFolder(path).settings()["commands"]) == 1
 
@@ -562,7 +573,7 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeyp
     assert "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--seed", "3", "--output", str(path)])
     assert code == 1 and "other analyze settings (seed: 0 -> 3)" in err
-    # Starting again takes the options as typed: the defaults, the built-in model.
+    # Starting again (--overwrite) changes only what is typed: the other analysis options stay the run's.
     asked = []
 
     def stop(*args):
@@ -570,11 +581,13 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeyp
         raise ValueError("stop here")
 
     monkeypatch.setattr(pipeline, "analysis_settings", stop)
-    # A finished analysis is reused as recorded (its corpus is not read again); with --overwrite, the defaults.
+    # A finished analysis is reused as recorded (its corpus is not read again).
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
     assert code == 0 and "(done before, skipped)" in err
-    assert run_cli(capsys, ["prune", "--plan", "uniform:P50", "--output", str(path), "--overwrite"])[0] == 1
-    assert [a[0] for a in asked] == [None]
+    args = ["prune", "--plan", "uniform:P50", "--output", str(path), "--overwrite", "--seed", "2"]
+    assert run_cli(capsys, args)[0] == 1
+    recorded = RunFolder(path).settings()["steps"]["analyze"]
+    assert asked == [(recorded["model_path"], recorded["corpus"], 24, 2, "cls")]
 
 
 def test_an_edited_corpus_file_is_another_corpus(inputs, tmp_path, capsys):

@@ -77,9 +77,13 @@ def _check_device(value: str | None) -> str | None:
     try:
         device = torch.device(value)
     except RuntimeError:
-        raise typer.BadParameter(f"expected cpu, cuda or cuda:N, got {value!r}") from None
+        device = None
+    if device is None or device.type not in ("cpu", "cuda") or (device.type == "cpu" and device.index):
+        raise typer.BadParameter(f"expected cpu, cuda or cuda:N, got {value!r}")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise typer.BadParameter(f"{value!r} asked for, but torch sees no CUDA device here")
+    if device.index is not None and device.index >= torch.cuda.device_count():
+        raise typer.BadParameter(f"{value!r} asked for, but torch sees {torch.cuda.device_count()} CUDA device(s)")
     return value
 
 
@@ -355,8 +359,8 @@ def prune(
     """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
     if dry_run and overwrite:
         raise typer.BadParameter("--dry-run writes no plan and no model: it clears nothing", param_hint="--overwrite")
-    if not overwrite:  # starting again takes the options as typed, defaults included
-        model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
+    # Read before --overwrite clears the folder: starting again changes only what is typed.
+    model, corpus, sentences, seed, token = _recorded_analysis(ctx, output, model, corpus, sentences, seed, token)
     _check_prunable(model)
     if (score == pipeline.TASK_SCORE) != (task is not None):
         raise typer.BadParameter(
@@ -368,7 +372,7 @@ def prune(
     steps = {"analyze": analyzed or pipeline.analysis_settings(model, corpus, sentences, seed, token)}
     scores = None
     if task is not None:
-        if glue_dir is None and not overwrite:  # the run's GLUE folder, for the same task
+        if glue_dir is None:  # the run's GLUE folder, for the same task
             recorded = _recorded(output, "score")
             glue_dir = recorded.get("glue_dir") if recorded.get("task") == task else None
         scores = pipeline.score_settings(steps["analyze"]["model_path"], task, glue_dir=glue_dir, seed=seed)
@@ -731,12 +735,18 @@ def main(argv: Sequence[str] | None = None) -> None:
         where = f" (see {ctx.command_path} --help)" if ctx is not None else ""
         _fail(f"{err.format_message()}{where}", err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _fail("interrupted; run the same command again to resume", _INTERRUPTED)
+        _fail(_interrupted(args), _INTERRUPTED)
     except _USER_ERRORS as err:
         _fail(str(err), 1)
     if code == _INTERRUPTED:  # typer turns Ctrl-C into this status
-        _fail("interrupted; run the same command again to resume", _INTERRUPTED)
+        _fail(_interrupted(args), _INTERRUPTED)
     sys.exit(code or 0)
+
+
+def _interrupted(args: Sequence[str]) -> str:
+    # The same command with --overwrite would clear what the interrupted one did.
+    again = "again without --overwrite" if "--overwrite" in args else "the same command again"
+    return f"interrupted; run {again} to resume"
 
 
 if __name__ == "__main__":

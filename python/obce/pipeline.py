@@ -48,8 +48,8 @@ import pandas as pd
 
 from ._io import atomic_folder, atomic_write_text, file_sha256
 from ._version import __version__
-from .corpus import Corpus
-from .importance import ImportanceTable, analyze
+from .corpus import Corpus, sample_sentences
+from .importance import ImportanceTable, analyze, check_sample_size
 from .models.adapters import (
     ARCHITECTURES,
     COMPONENTS,
@@ -543,6 +543,7 @@ def analysis_settings(
     FileNotFoundError
         A corpus path or a model path that does not exist (checked before a run folder changes).
     """
+    check_sample_size(n_sentences, token)
     if model is not None:
         check_model_source(model)
     resolved = Corpus.resolve(_local_or_name(corpus))
@@ -696,13 +697,16 @@ def finetune_settings(
         An unknown task, or both ``fp16`` and ``bf16``.
     FileNotFoundError
         A ``glue_dir`` that is not a folder (checked before a run folder changes).
+    ImportError
+        A GLUE task from the hub without the ``datasets`` package (see :func:`obce.tasks.check_task_source`).
     """
-    from .tasks import task_info
+    from .tasks import check_task_source, task_info
 
     if fp16 and bf16:
         raise ValueError("fp16 and bf16 are two kinds of mixed precision: choose one")
     if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
         raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
+    check_task_source(task, glue_dir)
     return {
         "task": task_info(task).name,
         "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
@@ -719,26 +723,38 @@ def finetune_settings(
 
 def open_run(path: str | os.PathLike, steps: Mapping[str, Mapping], *, overwrite: bool = False) -> RunFolder:
     """The run folder at ``path``, ready for ``steps`` (step -> settings): cleared with ``overwrite``, once the
-    model to analyse is found (a mistyped name clears nothing); otherwise checked against what it records.
+    model to analyse is found and the corpus gives the sample (a mistyped name or a corpus too small clears
+    nothing); otherwise checked against what it records.
 
     Raises
     ------
     ValueError
-        Settings that differ from those recorded.
+        Settings that differ from those recorded; with ``overwrite``, a corpus without the sample.
     FileExistsError, NotADirectoryError
         As :meth:`RunFolder.prepare`.
-    OSError
-        With ``overwrite``, a model that cannot be found.
+    OSError, ImportError
+        With ``overwrite``, a model or corpus that cannot be found or read.
     """
     from .models.adapters import check_loadable
 
     run = RunFolder(path)
     if overwrite and "analyze" in steps and run.is_run():
         check_loadable(_model_source(steps["analyze"]["model_path"]))
+        _check_corpus(steps["analyze"])
     run.prepare(overwrite=overwrite)
     for step, settings in steps.items():
         run.check_step(step, settings)
     return run
+
+
+def _check_corpus(settings: Mapping) -> None:
+    """Raise unless the analysis' corpus can give its sample: a local corpus is sampled (without the model's token
+    limit, which the analysis applies), a dataset opened."""
+    corpus = Corpus.resolve(settings["corpus"])
+    if corpus.kind == "hf":
+        next(corpus.texts(), None)
+    else:
+        sample_sentences(corpus, settings["n_sentences"], settings["seed"])
 
 
 def _model_source(model_path: str | None) -> str:

@@ -43,6 +43,7 @@ __all__ = [
     "Task",
     "TaskInfo",
     "cache_dir",
+    "check_task_source",
     "compute_metrics",
     "fetch_offline_tasks",
     "list_tasks",
@@ -470,14 +471,27 @@ def _load_glue_local(info: TaskInfo, data_dir: Path, splits: Sequence[str]) -> d
     return data
 
 
-def _load_glue_hub(info: TaskInfo, splits: Sequence[str]) -> dict[str, list[dict]]:
+def check_task_source(task: str, data_dir: str | os.PathLike | None = None) -> None:
+    """Raise ImportError where ``task`` is a GLUE task to load from the hub (no ``data_dir``) and the ``datasets``
+    package is missing: checked before work that the task comes after."""
+    info = task_info(task)
+    if info.name in GLUE_TASKS and data_dir is None:
+        _hub_datasets(info)
+
+
+def _hub_datasets(info: TaskInfo):
     try:
         import datasets
     except ImportError as err:
         raise ImportError(
             f"loading {info.display_name} from the hub needs the 'datasets' package (pip install 'obce[glue]'); "
-            "without a network, pass data_dir= a local GLUE folder in the official layout"
+            "without a network, pass a local GLUE folder in the official layout (data_dir=, --glue-dir)"
         ) from err
+    return datasets
+
+
+def _load_glue_hub(info: TaskInfo, splits: Sequence[str]) -> dict[str, list[dict]]:
+    datasets = _hub_datasets(info)
     data = {}
     for split in splits:
         hub_split = "validation_matched" if (info.name, split) == ("mnli", "dev") else _HUB_SPLITS[split]
