@@ -257,6 +257,27 @@ def test_a_sample_holds_each_sentence_once():
     assert sample_sentences(unique, 20, 7) == sorted(reservoir, key=unique.index)
 
 
+@pytest.mark.parametrize(
+    ("bounds", "match"),
+    [
+        ({"min_words": 0}, "min_words must be a positive int, got 0"),
+        ({"min_words": 3, "max_words": 2}, "max_words must be None or an int >= min_words=3, got 2"),
+    ],
+)
+def test_bad_word_bounds(bounds, match):
+    with pytest.raises(ValueError, match=match):
+        list(split_sentences("Hello world.  ", **bounds))  # min_words=0 gave an empty sentence
+    with pytest.raises(ValueError, match=match):
+        Corpus.builtin_sample(**bounds)
+
+
+def test_numpy_integers_are_sizes_and_seeds():
+    import numpy as np
+
+    sentences = [f"Sentence {i} is here." for i in range(10)]
+    assert sample_sentences(sentences, np.int64(3), np.int32(4)) == sample_sentences(sentences, 3, 4)
+
+
 @pytest.mark.parametrize("n", [0, -1, 2.5, True])
 def test_bad_sample_size(n):
     with pytest.raises(ValueError, match="n must be a positive int"):

@@ -17,6 +17,7 @@ about 12,000 sentences after cleaning), so everything works offline.
 from __future__ import annotations
 
 import bz2
+import numbers
 import os
 import random
 import re
@@ -38,7 +39,7 @@ __all__ = [
 ]
 
 _BUILTIN_DUMP = "enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
-_DUMP_SUFFIXES = (".xml", ".xml.bz2", ".bz2")
+_DUMP_SUFFIXES = (".xml", ".bz2")
 # A line starting with one of these is a heading, a list item, a table row or an indented block.
 _MARKUP_LINE_STARTS = tuple("=*#|!{}:;")
 # Text that survives gensim's filtering when a template or a file link is removed around it:
@@ -95,11 +96,26 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
     --------
     >>> list(split_sentences("One two three. Four five six seven.", min_words=3))
     ['One two three.', 'Four five six seven.']
+
+    Raises
+    ------
+    ValueError
+        If ``min_words`` is not a positive int, or ``max_words`` neither None nor an int of at least ``min_words``.
     """
+    _check_word_bounds(min_words, max_words)
     for piece in _SENTENCE_END.split(text):
         words = piece.split()
         if len(words) >= min_words and (max_words is None or len(words) <= max_words):
             yield " ".join(words)
+
+
+def _check_word_bounds(min_words, max_words) -> None:
+    if isinstance(min_words, bool) or not isinstance(min_words, int) or min_words < 1:
+        raise ValueError(f"min_words must be a positive int, got {min_words!r}")
+    if max_words is not None and (
+        isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < min_words
+    ):
+        raise ValueError(f"max_words must be None or an int >= min_words={min_words}, got {max_words!r}")
 
 
 def _is_clean_wiki_sentence(sentence: str) -> bool:
@@ -154,7 +170,7 @@ def _wiki_article_texts(path: Path) -> Iterator[str]:
 class Corpus:
     """Where sentences come from and how texts are cut into sentences.
 
-    Build one with :meth:`builtin`, :meth:`wikipedia`, :meth:`text_file`, :meth:`hf_dataset`
+    Build one with :meth:`builtin_sample`, :meth:`wikipedia`, :meth:`text_file`, :meth:`hf_dataset`
     or :meth:`resolve`; iterate its sentences with :meth:`sentences`.
 
     Parameters
@@ -191,12 +207,7 @@ class Corpus:
     def __post_init__(self) -> None:
         if self.kind not in ("wikipedia", "text", "hf"):
             raise ValueError(f"kind must be 'wikipedia', 'text' or 'hf', got {self.kind!r}")
-        if isinstance(self.min_words, bool) or not isinstance(self.min_words, int) or self.min_words < 1:
-            raise ValueError(f"min_words must be a positive int, got {self.min_words!r}")
-        if self.max_words is not None and (
-            isinstance(self.max_words, bool) or not isinstance(self.max_words, int) or self.max_words < self.min_words
-        ):
-            raise ValueError(f"max_words must be None or an int >= min_words={self.min_words}, got {self.max_words!r}")
+        _check_word_bounds(self.min_words, self.max_words)
 
     @classmethod
     def builtin_sample(cls, **options) -> Corpus:
@@ -384,10 +395,11 @@ def sample_sentences(
     for name, value in (("n", n), ("limit", limit)):
         if value is None and name == "limit":
             continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r}")
+    n, seed = int(n), int(seed)
     if isinstance(source, (list, tuple)):
         if not all(isinstance(s, str) for s in source):
             raise TypeError("a sequence corpus must hold only str sentences")
