@@ -32,11 +32,13 @@ from ..models.adapters import COMPONENTS, check_component
 __all__ = [
     "lambda_by_layer_figure",
     "lambda_distributions_figure",
+    "parameters_figure",
     "persistence_figure",
     "plot_lambda_by_layer",
     "plot_lambda_distributions",
     "plot_persistence_diagram",
     "save_png",
+    "training_figure",
 ]
 
 _STATISTICS = ("median", "mean", "p30", "p50", "p70")
