@@ -2,9 +2,10 @@
 
 Two models: the built-in all-MiniLM-L6-v2 (6 layers, hidden 384) and a BERT-base-sized model
 (``BertConfig()``: 12 layers, hidden 768, random weights seeded, with the MiniLM tokenizer, whose
-vocabulary is BERT's). Before timing, λ of every component is checked against an independent
-reference (the largest gap of the sorted outputs, float64). Each run starts from the files on disk,
-so the first run includes one-time costs (imports excepted); times are wall clock.
+vocabulary is BERT's). The first run's λ of every component is checked against an independent
+reference (the largest gap of the sorted outputs, float64), after that run's timing and before the
+next; its second model load warms the page cache for the later runs. Each run starts from the files
+on disk, so the first run includes one-time costs (imports excepted); times are wall clock.
 
 Results: one JSON line per run (with ``obce.build_info()``, the machine and its load average)
 to ``benchmarks/results/analysis_timing.jsonl`` and the table to ``analysis_timing.md``.

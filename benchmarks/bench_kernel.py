@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import json
 import math
 import os
@@ -45,7 +46,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def gemm_gflops(device: str, repeats: int = 5) -> float:
-    """float32 matmul rate in this process, the yardstick for the d > 1 floor.
+    """float32 matmul rate in this process, the d > 1 yardstick's rate.
 
     numpy 2048² on the CPU; torch 8192² on a GPU (TF32 off, torch's default for matmul).
     """
@@ -61,10 +62,10 @@ def gemm_gflops(device: str, repeats: int = 5) -> float:
 # --- the tools ----------------------------------------------------------------------------------
 
 
-def _obce_numpy(acts):
+def _obce_numpy(acts, n_threads: int = -1):
     import obce
 
-    return np.asarray(obce.fast_death_radii(acts), dtype=np.float64)
+    return np.asarray(obce.fast_death_radii(acts, n_threads=n_threads), dtype=np.float64)
 
 
 def _obce_tensor(x):
@@ -81,17 +82,19 @@ OBCE = Peer("obce", _obce_numpy, "obce", "obce", threads=None)
 OBCE_CUDA = Peer("obce", _obce_cuda, "obce", "obce", device="cuda", tensor_fn=_obce_tensor)
 # On a GPU run, obce on the CPU is one more thing to compare with.
 OBCE_CPU = Peer("obce-cpu", _obce_numpy, "obce", "obce", threads=None)
+# Most peers compute on one thread: obce on one thread too shows what of each ratio is threads.
+OBCE_ONE_THREAD = Peer("obce-1-thread", functools.partial(_obce_numpy, n_threads=1), "obce", "obce", threads=1)
 
 
 def tools_for(case, device: str, only=None) -> list[tuple[Peer, str | None]]:
     """(peer, skip reason or None) for every peer that takes this case's kind on ``device``."""
     out = []
-    candidates = [OBCE_CPU] if device == "cuda" else []
+    candidates = [OBCE_CPU] if device == "cuda" else [OBCE_ONE_THREAD]
     candidates += [p for p in peer_defs.PEERS.values() if p.device == device]
     for peer in candidates:
-        if case.kind not in peer.kinds or (only and peer.name not in only):
+        if case.kind not in peer.kinds or (only and peer.name not in (*only, OBCE_ONE_THREAD.name)):
             continue
-        if device == "cpu" and case.tools is not None and peer.name not in case.tools:
+        if device == "cpu" and case.tools is not None and peer.name not in (*case.tools, OBCE_ONE_THREAD.name):
             continue
         out.append((peer, case.skip.get(peer.name) if device == "cpu" else None))
     return out
@@ -101,9 +104,9 @@ def threads_of(peer: Peer, machine: dict) -> int | str:
     """CPU threads a peer computes on ("GPU" for one that runs on the device)."""
     if peer.device == "cuda":
         return "GPU"
-    if peer.name.startswith("obce"):
-        return machine["build_info"]["threads"]
-    return machine["cores"] if peer.threads is None else peer.threads
+    if peer.threads is not None:
+        return peer.threads
+    return machine["build_info"]["threads"] if peer.name.startswith("obce") else machine["cores"]
 
 
 def tiny(kind: str) -> np.ndarray:
@@ -155,9 +158,8 @@ def timed(fn, arg, device: str) -> tuple[float, object]:
 
 
 def repeat(fn, arg, device: str, first: float, target_s: float = 1.0) -> list[float]:
-    """More warm runs after a first one of ``first`` seconds: about ``target_s`` in all, 3 to 25."""
-    if first >= target_s:
-        return [first]
+    """More runs after a first one of ``first`` seconds: about ``target_s`` in all, 3 to 25. Never fewer than 3,
+    so that the median is a warm run's even for a tool whose first run at this size was also its first call."""
     n = int(min(25, max(3, target_s / max(first, 1e-6))))
     return [first] + [timed(fn, arg, device)[0] for _ in range(n - 1)]
 
@@ -199,7 +201,7 @@ def _status_kib(field: str) -> int:
 def probe_memory(case_name: str, tool: str, k: int) -> dict:
     """Peak extra RSS of one run of ``tool`` on the first ``k`` clouds (called in a subprocess)."""
     case = case_defs.by_name(case_name)
-    peer = OBCE if tool == "obce" else peer_defs.PEERS[tool]
+    peer = {OBCE.name: OBCE, OBCE_ONE_THREAD.name: OBCE_ONE_THREAD}.get(tool) or peer_defs.PEERS[tool]
     peer.fn(tiny(case.kind))
     arg = subset(case.generate(), k)
     # Hand freed heap pages back first, or a tool's allocations reuse them without raising RSS.
@@ -412,16 +414,16 @@ def case_table(records: list[dict]) -> list[str]:
         if r["tool"] == "obce":
             ratio = "—"
             target = (
-                f"floor {_fmt_s(r['floor_s'])} at {r['gemm_gflops']:.0f} GFLOP/s: {r['floor_fraction']:.1%} of it"
+                f"GEMM yardstick {_fmt_s(r['floor_s'])} at {r['gemm_gflops']:.0f} GFLOP/s: "
+                f"{r['floor_fraction']:.1%} of it"
                 if "floor_s" in r
                 else ""
             )
         else:
             ratio = _fmt_x(r["speedup"])
             target = r.get("target", "")
-        once = " (1 run)" if len(r["times_s"]) == 1 else ""
         lines.append(
-            f"| {r['tool']} | {r['version']} | {r.get('threads', '?')} | {clouds} | {_fmt_s(r['full_s'])}{once} "
+            f"| {r['tool']} | {r['version']} | {r.get('threads', '?')} | {clouds} | {_fmt_s(r['full_s'])} "
             f"| {_fmt_s(r['per_cloud_s'])} | {mem} | {ratio} | {target} "
             f"| {r.get('verdict', '')} |"
         )
@@ -478,7 +480,7 @@ def verdicts(records: list[dict]) -> list[str]:
         lines.append(f"| {r['case']} | {r['tool']} | {r['target']} | {measured} | {r['verdict']} |")
     floors = [r for r in records if r["tool"] == "obce" and "floor_fraction" in r and r["group"] == "main"]
     for r in floors:
-        lines.append(f"| {r['case']} | pair-distance floor | (fraction of floor) | {r['floor_fraction']:.1%} | |")
+        lines.append(f"| {r['case']} | GEMM yardstick | (not a target) | {r['floor_fraction']:.1%} of its rate | |")
     return [*lines, ""]
 
 
@@ -491,12 +493,14 @@ def write_atomic(path: Path, data: bytes) -> None:
 
 METHOD = (
     "Each peer's λ was checked against obce's (rtol 1e-5) before it was timed. Times are "
-    'medians of 3 to 25 warm runs (a run of a second or more is timed once: "1 run"), for the whole '
+    "medians of 3 to 25 runs (obce's after an untimed call; a peer's first run at the timed size, after "
+    "pilot runs on fewer clouds, counts), for the whole "
     "case, on the threads shown: peers timed on the first clouds only "
     '("64 of 3,072, ×48") are scaled up linearly. obce speedup = peer time / obce time. '
     "Peak RSS Δ: extra resident memory of one run in a fresh process (of the clouds timed). "
-    "The d > 1 floor: n_clouds · n_points² · dim FLOPs (a subtract and an FMA per "
-    "dimension over the n²/2 pairs) at the GEMM rate above."
+    "The d > 1 GEMM yardstick: n_clouds · n_points² · dim FLOPs, what a GEMM (SYRK) computing half of each "
+    "cloud's pair distances as products x·y would do, at the GEMM rate above; obce computes exact differences "
+    "instead (a subtract and an FMA per dimension and pair), so it is a scale, not a bound."
 )
 GPU_NOTE = (
     "On the GPU, times come from CUDA events; memory is the peak of torch's allocator above "
@@ -629,8 +633,10 @@ def main(argv=None) -> int:
 
         if not torch.cuda.is_available():
             raise SystemExit("--device cuda: torch.cuda.is_available() is False on this machine")
+    if (args.cases or args.tools) and not args.name:
+        raise SystemExit("--cases or --tools measure a part: name its files with --name (the default is a full run)")
     if args.tools:
-        unknown = set(args.tools) - set(peer_defs.PEERS) - {"obce-cpu"}
+        unknown = set(args.tools) - set(peer_defs.PEERS) - {OBCE_CPU.name, OBCE_ONE_THREAD.name}
         if unknown:
             raise SystemExit(f"unknown or missing peers {sorted(unknown)}; have {sorted(peer_defs.PEERS)}")
     selected = select_cases(args.cases)

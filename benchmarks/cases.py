@@ -80,7 +80,7 @@ class Case:
 
     @property
     def pair_flops(self) -> float:
-        """n_clouds · n_points² · dim: a subtract and an FMA per dimension over the n²/2 pairs."""
+        """n_clouds · n_points² · dim: the FLOPs of a GEMM (SYRK) giving half of each cloud's pair products."""
         return float(self.n_clouds) * self.n_points**2 * self.dim
 
     def generate(self) -> np.ndarray:
