@@ -410,7 +410,7 @@ def test_a_model_folder_typed_another_way_is_the_same_model(inputs, tmp_path, mo
     run.record("analyze", pipeline.analysis_settings("tiny-bert", corpus, 24))
     for model in ("./tiny-bert", str(inputs["model"])):
         run.check_step("analyze", pipeline.analysis_settings(model, corpus, 24))
-    with pytest.raises(ValueError, match=r"\(model: 'tiny-bert' -> 'other'; model_path: '/.*' -> 'other'\)"):
+    with pytest.raises(ValueError, match=r"\(model: 'tiny-bert' -> 'other'; model_path: '/.*' -> 'other'; model_sha"):
         run.check_step("analyze", pipeline.analysis_settings("other", corpus, 24))
 
 
@@ -862,12 +862,90 @@ def test_an_interrupted_clear_leaves_a_run_folder(run, tmp_path, monkeypatch):
 def test_run_folders_that_cannot_be_used_say_why(run, tmp_path, capsys):
     path = tmp_path / "run"
     shutil.copytree(run["path"], path)
-    args = prune_args(run["inputs"], path / "compressed")
+    for inside in (path / "compressed", path / "compressed" / "inner", path / "finetune" / "compressed"):
+        code, _, err = run_cli(capsys, ["analyze", *prune_args(run["inputs"], inside)[1:]])
+        assert code == 1 and "is inside what the run in" in err and str(path) in err, err
+        assert not (inside / "settings.json").exists()
+    for broken in (b'{"obce_version": "0.1.0", "vers', b"\xff\xfe binary"):
+        (path / "settings.json").write_bytes(broken)
+        code, _, err = run_cli(capsys, ["analyze", *prune_args(run["inputs"], path)[1:]])
+        assert code == 1 and "settings.json is not valid JSON" in err, err
+
+
+def test_overwrite_keeps_the_inputs_it_would_clear(run, tmp_path, capsys):
+    """A plan file or corpus inside the run's own files would be gone before the step that reads it."""
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    before = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    args = prune_args(run["inputs"], path, "--overwrite")
+    args[args.index("--corpus") + 1] = str(path / "sentences.txt")
+    code, _, err = run_cli(capsys, args)
+    assert code == 1 and "corpus=" in err and "copy it out of the run folder first" in err, err
+    plan = path / "plan.json"
+    code, _, err = run_cli(capsys, prune_args(run["inputs"], path, "--plan", str(plan), "--overwrite"))
+    assert code == 1 and "plan=" in err and "copy it out of the run folder first" in err, err
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+
+def test_other_speed_settings_are_measured_again(run, tmp_path, capsys):
+    """Nothing depends on the timing: another repeat count re-times the models, and keeps every other result."""
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    kept = [p for p in path.rglob("*") if p.is_file() and p.name not in ("speed.json", "settings.json")]
+    before = {p: p.read_bytes() for p in kept}
+    args = compress_args(run["inputs"], path)
+    args[args.index("--speed-repeats") + 1] = "2"
+    code, _, err = run_cli(capsys, args)
+    assert code == 0, err
+    assert len(json.loads((path / "speed.json").read_text())["seconds"]["original"]) == 2
+    assert RunFolder(path).settings()["steps"]["speed"]["repeats"] == 2
+    after = {p: p.read_bytes() for p in before}
+    assert {p for p in before if before[p] != after[p] and "report" not in p.parts} == set()
+
+
+def test_a_model_folder_saved_again_with_other_weights_is_another_model(inputs, tmp_path, capsys):
+    model = tmp_path / "model"
+    shutil.copytree(inputs["model"], model)
+    args = prune_args(inputs, tmp_path / "run")
+    args[args.index("--model") + 1] = str(model)
+    assert run_cli(capsys, ["analyze", *args[1:]])[0] == 0
+    torch.manual_seed(1)
+    BertModel(BertModel.from_pretrained(model).config).save_pretrained(model)
     code, _, err = run_cli(capsys, ["analyze", *args[1:]])
-    assert code == 1 and "is where the run in" in err and "'compressed'" in err
-    (path / "settings.json").write_text('{"obce_version": "0.1.0", "vers')
-    code, _, err = run_cli(capsys, ["analyze", *prune_args(run["inputs"], path)[1:]])
-    assert code == 1 and "settings.json is not valid JSON" in err, err
+    assert code == 1 and "other analyze settings (model_sha256: " in err, err
+
+
+def test_analysis_and_pruning_refuse_several_processes(inputs, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    code, _, err = run_cli(capsys, prune_args(inputs, tmp_path / "run"))
+    assert code == 1 and "run in one process" in err and "obce finetune" in err, err
+    assert not (tmp_path / "run").exists()
+
+
+def test_clear_leaves_files_that_only_look_like_staging(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.record("analyze", {"n_sentences": 3})
+    mine = [".settings.json.bak", ".compressed.tar.gz", ".report.notes"]
+    for name in mine:
+        (run / name).write_text("mine")
+    (run / ".finetune.old").mkdir()
+    staging = [".plan.json.ab3_9xyz.tmp", ".compressed.k2j4h5g6"]
+    (run / staging[0]).write_text("{}")
+    (run / staging[1]).mkdir()
+    run.clear()
+    assert sorted(p.name for p in run.path.iterdir()) == sorted([*mine, ".finetune.old"])
+
+
+def test_paths_are_recorded_without_dot_dots_and_numbers_as_numbers(run, tmp_path, monkeypatch):
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path / "sub")
+    corpus = os.path.relpath(run["inputs"]["corpus"])  # a path through ".."
+    assert ".." in corpus
+    settings = pipeline.analysis_settings(None, corpus, np.int64(24), np.int64(0))
+    assert settings["corpus"] == str(run["inputs"]["corpus"])
+    assert pipeline._plain(settings)["n_sentences"] == 24  # not "24"
+    folder = RunFolder("../run")
+    assert folder.path == tmp_path / "run"
 
 
 def test_models_named_by_path_are_labelled_by_their_folder(run, tmp_path, monkeypatch):

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
@@ -46,7 +47,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_folder, atomic_write_text, file_sha256
+from ._io import atomic_folder, atomic_write_text, file_sha256, model_files_digest
 from ._version import __version__
 from .corpus import Corpus, sample_sentences
 from .importance import ImportanceTable, analyze, check_sample_size
@@ -114,7 +115,7 @@ ORIGINAL, COMPRESSED = "original", "compressed"
 DIAGRAM_COMPONENT = "intermediate"
 """Component whose highest- and lowest-λ neurons get a persistence diagram."""
 
-_RECORDED_SINCE = frozenset({"corpus_sha256"})
+_RECORDED_SINCE = frozenset({"corpus_sha256", "model_sha256"})
 
 RUN_SCORES = ("lam", "std", "taylor")
 """Neuron scores a run can rank by: λ and the standard deviation of the same points (the better of the two at strong
@@ -178,13 +179,23 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def _json_value(value):
+    """What JSON has no type for: a numpy number as the Python number (np.int64(24) is 24, not '24'), else text."""
+    return value.item() if isinstance(value, np.generic) else str(value)
+
+
 def _json_text(obj) -> str:
-    return json.dumps(obj, indent=2, default=str) + "\n"
+    return json.dumps(obj, indent=2, default=_json_value) + "\n"
 
 
 def _plain(settings: Mapping) -> dict:
     """Settings as JSON stores them (tuples become lists), to compare with recorded ones."""
-    return json.loads(json.dumps(dict(settings), default=str))
+    return json.loads(json.dumps(dict(settings), default=_json_value))
+
+
+def _normal_path(path: str | os.PathLike) -> Path:
+    """``path`` absolute, with ``..`` and ``.`` taken out (links kept: a recorded path stays the one typed)."""
+    return Path(os.path.normpath(Path(path).expanduser().absolute()))
 
 
 def _stderr(message: str) -> None:
@@ -233,7 +244,7 @@ class RunFolder:
         if not isinstance(path, (str, os.PathLike)):
             raise TypeError(f"a run folder is a path, got {type(path).__name__}")
         # Absolute: fine-tuning runs record the model folder they start from.
-        self.path = Path(path).expanduser().absolute()
+        self.path = _normal_path(path)
 
     def __repr__(self) -> str:
         return f"RunFolder({str(self.path)!r})"
@@ -248,7 +259,7 @@ class RunFolder:
             return {}
         try:
             return json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON ({err}); repair it") from None
 
     def is_run(self) -> bool:
@@ -283,11 +294,12 @@ class RunFolder:
             raise NotADirectoryError(f"run folder {str(self.path)!r} is a file")
         if overwrite and not is_main_process():
             return  # rank 0 checks and clears the folder; the others could find it half cleared
-        parent = RunFolder(self.path.parent)
-        if self.path.name in self._OWNED and parent.is_run():
+        owner = self.owner()
+        if owner is not None:
             raise FileExistsError(
-                f"{str(self.path)!r} is where the run in {str(parent.path)!r} writes its {self.path.name!r}: "
-                "choose a folder outside it"
+                f"{str(self.path)!r} is inside what the run in {str(owner.path)!r} writes (its "
+                f"{self.path.relative_to(owner.path).parts[0]!r}), which its --overwrite clears: choose a folder "
+                "outside it"
             )
         self.settings()  # a settings.json that is not JSON says so, rather than "not a run folder"
         if self.path.is_dir() and any(self.path.iterdir()) and not self.is_run():
@@ -298,6 +310,27 @@ class RunFolder:
         if overwrite:
             self.clear()
 
+    def owner(self, path: str | os.PathLike | None = None) -> RunFolder | None:
+        """The run folder, this one's ancestor, that writes the file or folder ``path`` lies in (default: this
+        folder), or None."""
+        path = self.path if path is None else _normal_path(path)
+        for ancestor in path.parents:
+            relative = path.relative_to(ancestor)
+            if relative.parts[0] in self._OWNED and RunFolder(ancestor).is_run():
+                return RunFolder(ancestor)
+        return None
+
+    def forget_step(self, step: str, *names: str) -> None:
+        """Remove ``step``'s recorded settings and its files ``names``: the step runs again."""
+        if not is_main_process():
+            return
+        for name in names:
+            (self / name).unlink(missing_ok=True)
+        data = self.settings()
+        if step in data.get("steps", {}):
+            del data["steps"][step]
+            self.write_json(self.SETTINGS, data)
+
     def clear(self) -> None:
         """Remove every file and folder a run writes (other files in the folder are left alone)."""
         if not is_main_process():
@@ -307,8 +340,10 @@ class RunFolder:
         markers = (self.PERSISTENCE, self.SCORES, self.PLAN, self.REMOVED, self.SPEED, self.EVALUATION, self.METRICS)
         rest = [name for name in self._OWNED if name not in markers and name != self.SETTINGS]
         for name in (*markers, *rest, self.SETTINGS):
-            # With what a killed process left while writing it atomically (.NAME.xxxxxxxx staging).
-            for target in (self / name, *self.path.glob(f".{name}.*")):
+            # With what a killed process left while writing it atomically: tempfile's .NAME.xxxxxxxx[.tmp].
+            staging = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.tmp)?")
+            leftovers = [p for p in self.path.glob(f".{name}.*") if staging.fullmatch(p.name)]
+            for target in (self / name, *leftovers):
                 if target.is_dir():
                     shutil.rmtree(target)
                 elif target.exists():
@@ -343,6 +378,9 @@ class RunFolder:
         # The model as typed is a label: "./bert" after "bert" names the same folder (the same model_path). So is
         # a plan file's path: its digest says whether it is the same plan.
         labels = {"model"} if before.get("model_path") == now.get("model_path") else set()
+        # A text corpus copied or moved keeps its digest: the same corpus.
+        if before.get("corpus_sha256") is not None and before.get("corpus_sha256") == now.get("corpus_sha256"):
+            labels |= {"corpus", "corpus_description"}
         if ("plan_sha256" in before and "plan_sha256" in now) or _same_named_plan(before.get("plan"), now.get("plan")):
             labels.add("plan")
         keys = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k) and k not in labels)
@@ -547,9 +585,12 @@ def analysis_settings(
     if model is not None:
         check_model_source(model)
     resolved = Corpus.resolve(_local_or_name(corpus))
+    model_path = _local_or_name(model)
     return {
         "model": model or BUILTIN_MODEL,
-        "model_path": _local_or_name(model),
+        "model_path": model_path,
+        # A local folder is the user's to re-save: with other weights, it is another model.
+        **({"model_sha256": model_files_digest(model_path)} if model_path and Path(model_path).is_dir() else {}),
         "corpus": _local_or_name(corpus),
         "corpus_description": resolved.describe(),
         # A text file is the user's to edit: edited, it is another corpus (a dump or a dataset is as named).
@@ -564,7 +605,7 @@ def _local_or_name(source: str | None) -> str | None:
     """An existing path made absolute (the run may be resumed from elsewhere); a name as given."""
     if source is None or not Path(source).expanduser().exists():
         return source
-    return str(Path(source).expanduser().absolute())
+    return str(_normal_path(source))
 
 
 def prune_settings(fold: str | None = None, score: str = "lam") -> dict:
@@ -726,10 +767,14 @@ def open_run(path: str | os.PathLike, steps: Mapping[str, Mapping], *, overwrite
     model to analyse is found and the corpus gives the sample (a mistyped name or a corpus too small clears
     nothing); otherwise checked against what it records.
 
+    Speed settings that differ from the recorded ones drop the recorded timing (nothing depends on it), to be
+    measured again.
+
     Raises
     ------
     ValueError
-        Settings that differ from those recorded; with ``overwrite``, a corpus without the sample.
+        Settings that differ from those recorded; with ``overwrite``, a corpus without the sample, or an input
+        (plan file, corpus, model, GLUE folder) among the files the clear removes; several processes (torchrun).
     FileExistsError, NotADirectoryError
         As :meth:`RunFolder.prepare`.
     OSError, ImportError
@@ -737,14 +782,37 @@ def open_run(path: str | os.PathLike, steps: Mapping[str, Mapping], *, overwrite
     """
     from .models.adapters import check_loadable
 
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        raise ValueError(
+            "analysis, pruning and compress run in one process (their steps are not shared out): run them alone, "
+            "then fine-tune on several GPUs with torchrun or accelerate launch and `obce finetune`"
+        )
     run = RunFolder(path)
-    if overwrite and "analyze" in steps and run.is_run():
-        check_loadable(_model_source(steps["analyze"]["model_path"]))
-        _check_corpus(steps["analyze"])
+    if overwrite and run.is_run():
+        _check_inputs_outlive_the_clear(run, steps)
+        if "analyze" in steps:
+            check_loadable(_model_source(steps["analyze"]["model_path"]))
+            _check_corpus(steps["analyze"])
     run.prepare(overwrite=overwrite)
     for step, settings in steps.items():
+        if step == "speed" and run.settings().get("steps", {}).get(step) not in (None, _plain(settings)):
+            run.forget_step(step, run.SPEED)
         run.check_step(step, settings)
     return run
+
+
+def _check_inputs_outlive_the_clear(run: RunFolder, steps: Mapping[str, Mapping]) -> None:
+    """Refuse a path among the steps' settings that lies in a file or folder that clearing ``run`` removes."""
+    for step, settings in steps.items():
+        for key, value in settings.items():
+            if not isinstance(value, str) or not Path(value).expanduser().exists():
+                continue
+            owner = run.owner(value)
+            if owner is not None and owner.path == run.path:
+                raise ValueError(
+                    f"the {step} input {key}={value!r} lies in what the run folder writes, which --overwrite clears: "
+                    "copy it out of the run folder first"
+                )
 
 
 def _check_corpus(settings: Mapping) -> None:
@@ -1006,12 +1074,13 @@ def _forget_finetune(run: RunFolder, label: str) -> None:
     """Remove the fine-tuning of the model ``label`` and its scores (``metrics.json``, ``evaluation.json``)."""
     if not (run / run.FINETUNE / label).exists():
         return
-    shutil.rmtree(run / run.FINETUNE / label)
-    (run / run.METRICS).unlink(missing_ok=True)
-    write_metrics(run)
+    # The scores go first, the folder last: interrupted, this runs again and finds the folder.
     if (run / run.EVALUATION).is_file():
         scores = run.read_json(run.EVALUATION)
         run.write_json(run.EVALUATION, {key: {k: v for k, v in by.items() if k != label} for key, by in scores.items()})
+    (run / run.METRICS).unlink(missing_ok=True)
+    shutil.rmtree(run / run.FINETUNE / label)
+    write_metrics(run)
 
 
 def measure_speed(models: Mapping[str, object], tokenizer, settings: SpeedSettings = SpeedSettings(), *, seed: int = 0):

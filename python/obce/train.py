@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_text, file_sha256
+from ._io import atomic_write_text, model_files_digest
 from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
 
 __all__ = [
@@ -517,11 +517,7 @@ def _model_digest(model) -> str | None:
         return _weights_digest(model)
     if not Path(model).expanduser().is_dir():
         return None
-    digest = hashlib.sha256()
-    folder = Path(model).expanduser()
-    for path in sorted(p for p in folder.iterdir() if p.name == "config.json" or p.suffix in (".safetensors", ".bin")):
-        digest.update(file_sha256(path).encode())
-    return digest.hexdigest()[:16]
+    return model_files_digest(Path(model).expanduser())
 
 
 def _weights_digest(model) -> str:
