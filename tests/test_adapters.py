@@ -75,7 +75,7 @@ def test_head_model_goes_through_base_model(tiny_bert_config):
 def test_compressed_type_uses_its_family_layout(tiny_bert):
     tiny_bert.config.model_type = "obce_bert"
     attention = tiny_bert.encoder.layer[0].attention.self
-    attention.qk_sizes, attention.v_sizes = [8, 2, 8, 8], [8, 8, 1, 8]
+    attention.qk_head_sizes, attention.v_head_sizes = [8, 2, 8, 8], [8, 8, 1, 8]
     layers = encoder_layers(tiny_bert)
     assert layers[0].head_sizes("query") == (8, 2, 8, 8)
     assert layers[0].head_sizes("value") == (8, 8, 1, 8)

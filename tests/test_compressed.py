@@ -95,7 +95,7 @@ def test_built_model_has_the_sizes(tiny_bert_config):
     assert (layers[1].query.out_features, layers[1].value.out_features) == (11, 15)
     assert layers[1].attention_output.in_features == 15
     assert (layers[2].intermediate.out_features, layers[2].output.in_features) == (5, 5)
-    assert layers[1].qk_head_sizes == (8, 3, 0) and layers[1].v_head_sizes == (8, 5, 2)  # head 4 removed
+    assert layers[1].qk_head_sizes == (8, 3, 0, 0) and layers[1].v_head_sizes == (8, 5, 2, 0)  # head 4 removed
     assert type(layers[0].attention).__name__ == "BertSelfAttention"  # an untouched layer keeps its module
 
 
@@ -245,9 +245,11 @@ def test_onnx_export_matches_pytorch(tiny_bert_config, batch, tmp_path, sizes, a
     assert names[0] == "model.onnx" and set(names) <= {"model.onnx", "model.onnx.data"}  # no staging left
 
 
-def test_hooks_on_projections_see_real_widths(tiny_bert_config, batch):
+@pytest.mark.parametrize("attention", ["padded", "loop"])
+def test_hooks_on_projections_see_real_widths(tiny_bert_config, batch, attention):
     torch.manual_seed(0)
-    model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES)).eval()
+    config = compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention=attention)
+    model = AutoModel.from_config(config).eval()
     with torch.no_grad():
         plain = model(**batch).last_hidden_state
         seen = []
@@ -256,3 +258,53 @@ def test_hooks_on_projections_see_real_widths(tiny_bert_config, batch):
         handle.remove()
     assert seen == [torch.Size([3, 10, 11])]
     torch.testing.assert_close(hooked, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_padded_heads_train_after_a_pass_in_inference_mode(tiny_bert_config, batch):
+    """The padded layout's index tensors, cached in a first pass under inference_mode, still allow a backward."""
+    torch.manual_seed(0)
+    model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention="padded"))
+    with torch.inference_mode():
+        model.eval()(**batch)
+    model.train()(**batch).last_hidden_state.sum().backward()
+    assert encoder_layers(model)[1].value.weight.grad is not None
+
+
+def test_a_projection_with_a_forward_of_its_own_is_run(tiny_bert_config, batch):
+    """An nn.Linear subclass (an adapter, fake quantization) keeps its forward in both layouts."""
+
+    class Doubled(torch.nn.Linear):
+        def forward(self, x):
+            return 2 * super().forward(x)
+
+    outputs = []
+    for attention in ("padded", "loop"):
+        torch.manual_seed(0)
+        config = compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention=attention)
+        model = AutoModel.from_config(config).eval()
+        attention_module = model.encoder.layer[2].attention.self
+        with torch.no_grad():
+            plain = model(**batch).last_hidden_state
+            doubled = Doubled(attention_module.value.in_features, attention_module.value.out_features)
+            doubled.load_state_dict(attention_module.value.state_dict())
+            attention_module.value = doubled
+            outputs.append(model(**batch).last_hidden_state)
+        assert not torch.allclose(outputs[-1], plain)
+    torch.testing.assert_close(outputs[0], outputs[1], atol=1e-6, rtol=1e-6)
+
+
+def test_removed_heads_keep_their_numbers(tiny_bert_config, sentences, tiny_tokenizer):
+    """A head without value dimensions is not computed, but the layer still has every head: the others keep their
+    numbers, and the removed one reads as size 0 (λ 0)."""
+    from obce.activations import compute_activations
+    from obce.importance import head_importance
+
+    torch.manual_seed(0)
+    model = AutoModel.from_config(compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES)).eval()
+    layer = encoder_layers(model)[1]
+    assert layer.num_heads == 4 and layer.num_heads * layer.head_size == 32
+    assert layer.head_sizes("query") == (8, 3, 0, 0) and layer.head_sizes("value") == (8, 5, 2, 0)
+    heads = head_importance(compute_activations(model, tiny_tokenizer, sentences, progress=False))
+    values = heads[(heads.layer == 2) & (heads.component == "value")].set_index("head")
+    assert list(values.index) == [0, 1, 2, 3] and list(values["size"]) == [8, 5, 2, 0]
+    assert values.loc[3, "lam"] == 0 and (values.loc[[0, 1, 2], "lam"] > 0).all()

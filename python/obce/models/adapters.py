@@ -52,7 +52,8 @@ class ArchitectureLayout:
     ``layers`` is relative to the base model; every other path is relative to one layer.
     ``position_offset`` is how many position ids the family reserves before the first token
     (RoBERTa-style models start positions after the padding index). Attention modules with
-    unequal heads list their sizes in ``qk_sizes_attr`` and ``v_sizes_attr``.
+    unequal heads list the sizes of every head of the layer (0 for a head removed) in ``qk_sizes_attr``
+    and ``v_sizes_attr``; their number is then the layer's number of heads.
     """
 
     layers: str
@@ -66,8 +67,8 @@ class ArchitectureLayout:
     output: str
     num_heads_attr: str = "num_attention_heads"
     head_size_attr: str = "attention_head_size"
-    qk_sizes_attr: str = "qk_sizes"
-    v_sizes_attr: str = "v_sizes"
+    qk_sizes_attr: str = "qk_head_sizes"
+    v_sizes_attr: str = "v_head_sizes"
     position_offset: int = 0
 
 
@@ -281,19 +282,21 @@ def encoder_layers(model: nn.Module) -> list[LayerModules]:
                 c: block.get_submodule(getattr(layout, c))
                 for c in ("query", "key", "value", "attention_output", "intermediate", "output")
             }
-            num_heads = int(getattr(attention, layout.num_heads_attr))
             head_size = int(base.config.hidden_size // base.config.num_attention_heads)
             head_size = int(getattr(attention, layout.head_size_attr, head_size))
-            uniform = (head_size,) * num_heads
+            unequal = getattr(attention, layout.qk_sizes_attr, None), getattr(attention, layout.v_sizes_attr, None)
+            if unequal[0] is None:
+                heads = int(getattr(attention, layout.num_heads_attr))
+                unequal = ((head_size,) * heads,) * 2
             layers.append(
                 LayerModules(
                     index=i,
                     attention=attention,
                     intermediate_act=act,
-                    num_heads=num_heads,
+                    num_heads=len(unequal[0]),
                     head_size=head_size,
-                    qk_head_sizes=tuple(int(n) for n in getattr(attention, layout.qk_sizes_attr, uniform)),
-                    v_head_sizes=tuple(int(n) for n in getattr(attention, layout.v_sizes_attr, uniform)),
+                    qk_head_sizes=tuple(int(n) for n in unequal[0]),
+                    v_head_sizes=tuple(int(n) for n in unequal[1]),
                     **modules,
                 )
             )

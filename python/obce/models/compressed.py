@@ -197,6 +197,10 @@ class UnequalHeadSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.mode = mode
         active = [h for h, e in enumerate(sizes.v_head_sizes) if e > 0]
+        # Every head of the layer, 0 for one removed (a head without value dimensions loses its query/key ones
+        # too): what encoder_layers reads, so heads keep their numbers. The computed heads' sizes follow.
+        self.qk_head_sizes = [sizes.qk_head_sizes[h] if h in active else 0 for h in range(len(sizes.v_head_sizes))]
+        self.v_head_sizes = list(sizes.v_head_sizes)
         self.qk_sizes = [sizes.qk_head_sizes[h] for h in active]
         self.v_sizes = [sizes.v_head_sizes[h] for h in active]
         self.num_attention_heads = len(active)
@@ -225,14 +229,20 @@ class UnequalHeadSelfAttention(nn.Module):
             return None
         key = (name, device)
         if key not in self._index_cache:
-            if name == "v_unpad":
-                self._index_cache[key] = (torch.tensor(lists, dtype=torch.long, device=device),)
-            else:
-                index, padding = lists
-                mask = torch.zeros(len(index), dtype=torch.bool, device=device)
-                mask[padding] = True
-                self._index_cache[key] = (torch.tensor(index, dtype=torch.long, device=device), mask)
+            # Made as ordinary tensors even in a pass under torch.inference_mode: cached, an inference tensor
+            # would refuse every later backward pass.
+            with torch.inference_mode(False):
+                self._index_cache[key] = self._index_tensors(lists, name, device)
         return self._index_cache[key]
+
+    @staticmethod
+    def _index_tensors(lists, name: str, device: torch.device) -> tuple[torch.Tensor, ...]:
+        if name == "v_unpad":
+            return (torch.tensor(lists, dtype=torch.long, device=device),)
+        index, padding = lists
+        mask = torch.zeros(len(index), dtype=torch.bool, device=device)
+        mask[padding] = True
+        return torch.tensor(index, dtype=torch.long, device=device), mask
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:
         """(batch, tokens, heads * width) -> (batch, heads, tokens, width)."""
@@ -246,8 +256,9 @@ class UnequalHeadSelfAttention(nn.Module):
         index = self._index(name, x.device)
         if index is None:
             return self._heads(linear(x))
-        if linear._forward_hooks or linear._forward_pre_hooks:
-            # Observed (e.g. activation capture): run the module so hooks see its real width, then pad.
+        if type(linear) is not nn.Linear or linear._forward_hooks or linear._forward_pre_hooks:
+            # Observed (e.g. activation capture) or a forward of its own (an adapter, a quantized layer): run the
+            # module, so hooks see its real width and its forward counts, then pad.
             return self._heads(linear(x).index_select(-1, index[0]).masked_fill_(index[1], 0))
         # Pad the weights, not the activations: gathering a few rows of the weight is far cheaper than
         # gathering the projection's output, and the zero rows give exact zeros in the padding slots.
