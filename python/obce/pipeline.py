@@ -567,8 +567,8 @@ def _number(text: str, spec: str, expected: str) -> float:
 
 
 # --------------------------------------------------------------------------------------------------
-# Steps: each checks its settings against the folder, skips itself when its output is there, and
-# records its settings before it writes anything.
+# Steps: each checks its settings against the folder, skips itself when its output is there, and records its
+# settings just before the file that marks it done (fine-tuning before its first checkpoint, which a resume needs).
 
 
 def analysis_settings(
@@ -1148,8 +1148,10 @@ def run_speed(run: RunFolder, settings: SpeedSettings, model: ModelLoader) -> bo
     # With the original's head, as load_model gave it: the same work timed on both sides.
     small = checkpoint_class(run / run.COMPRESSED).from_pretrained(run / run.COMPRESSED)
     device = next(original.parameters()).device
-    result = measure_speed({ORIGINAL: original, COMPRESSED: small}, tokenizer, settings)
-    original.to(device)
+    try:
+        result = measure_speed({ORIGINAL: original, COMPRESSED: small}, tokenizer, settings)
+    finally:
+        original.to(device)  # the run's later steps use it where it was
     run.record("speed", asdict(settings))
     if is_main_process():
         run.write_json(run.SPEED, result)
