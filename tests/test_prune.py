@@ -272,6 +272,14 @@ def test_dtype_device_and_mode_follow_the_original(tiny3):
     assert encoder_layers(pruned)[1].query.weight.grad is not None
 
 
+def test_frozen_parameters_stay_frozen(tiny3):
+    tiny3.embeddings.requires_grad_(False)
+    encoder_layers(tiny3)[2].value.requires_grad_(False)
+    frozen = {name for name, p in tiny3.named_parameters() if not p.requires_grad}
+    pruned = prune_model(tiny3, random_table(tiny3), MIXED_PLAN)
+    assert {name for name, p in pruned.named_parameters() if not p.requires_grad} == frozen
+
+
 @pytest.mark.parametrize("column", ["token_mean", "token_std"])
 def test_a_non_finite_fold_statistic_is_named(tiny3, column):
     table = random_table(tiny3)

@@ -162,8 +162,8 @@ def prune_model(
     -------
     transformers.PreTrainedModel
         The compressed counterpart of ``model``'s class (``ObceBertModel``, ...), on the same device and dtype, in
-        the same train/eval mode. ``save_pretrained`` it and load it back with the Auto classes after
-        ``import obce``. Its parameter count is :func:`obce.plans.dry_run`'s ``model_after``.
+        the same train/eval mode, with the same parameters frozen. ``save_pretrained`` it and load it back with the
+        Auto classes after ``import obce``. Its parameter count is :func:`obce.plans.dry_run`'s ``model_after``.
 
     Raises
     ------
@@ -210,6 +210,9 @@ def prune_model(
     # In the original's dtype before the weights go in: a float64 model would be rounded through float32.
     pruned = new_cls(config, **extra).to(dtype=reference.dtype)
     pruned.load_state_dict(state, strict=True)
+    frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
+    for name, parameter in pruned.named_parameters():
+        parameter.requires_grad_(name not in frozen)  # a frozen embedding stays frozen for the fine-tuning after
     return pruned.to(device=reference.device).train(model.training)
 
 
