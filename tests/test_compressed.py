@@ -223,12 +223,17 @@ def test_onnx_export_matches_pytorch(tiny_bert_config, batch, tmp_path, sizes, a
     else:  # SIZES has heads without query/key dimensions but with values, and heads removed whole
         model = AutoModelForSequenceClassification.from_config(compressed_config(config, SIZES, attention=attention))
         model.eval()
-    model.train()  # export traces in eval mode and gives the model back as it was
+    model.train()  # export traces in eval mode and gives the model back as it was, each module its own mode
+    model.base_model.embeddings.eval()
+    modes = {name: module.training for name, module in model.named_modules()}
+    (tmp_path / "model.onnx.data").write_bytes(b"an earlier export's weights")
     with warnings.catch_warnings():
         # The exporter's own dependencies warn about their internals; none of it concerns the graph.
         warnings.simplefilter("ignore")
         path = export_onnx(model, tmp_path / "model.onnx")
-    assert model.training
+    assert {name: module.training for name, module in model.named_modules()} == modes
+    side = tmp_path / "model.onnx.data"  # this export's weights, or none: never the earlier export's
+    assert not side.exists() or side.read_bytes() != b"an earlier export's weights"
     model.eval()
     with pytest.raises(FileExistsError):
         export_onnx(model, path)

@@ -26,6 +26,7 @@ from .models.adapters import (
     check_component,
     check_components,
     encoder_layers,
+    eval_mode,
     from_user_layer,
     max_sequence_length,
 )
@@ -37,7 +38,6 @@ __all__ = [
     "InputMoments",
     "check_token_mode",
     "compute_activations",
-    "eval_mode",
     "reader_input_moments",
 ]
 
@@ -212,18 +212,6 @@ def _token_lengths(model, tokenizer, sentences: list[str]) -> list[int]:
             f"has {n}: {sentences[i][:80]!r}"
         )
     return lengths
-
-
-@contextmanager
-def eval_mode(model: nn.Module):
-    """Eval mode (no dropout) inside; after, every submodule's own train/eval flag as it was."""
-    modes = [(module, module.training) for module in model.modules()]
-    model.eval()
-    try:
-        yield
-    finally:
-        for module, training in modes:
-            module.training = training
 
 
 @contextmanager

@@ -44,9 +44,8 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from .activations import eval_mode
 from .importance import HEAD_COMPONENTS, NEURON_COLUMNS
-from .models.adapters import encoder_layers, to_user_layer
+from .models.adapters import encoder_layers, eval_mode, to_user_layer
 
 __all__ = [
     "SCORES",

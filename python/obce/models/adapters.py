@@ -31,6 +31,7 @@ __all__ = [
     "check_model_source",
     "checkpoint_class",
     "encoder_layers",
+    "eval_mode",
     "from_user_layer",
     "load_model",
     "load_tokenizer",
@@ -194,6 +195,18 @@ def check_components(components: str | Sequence[str]) -> tuple[str, ...]:
     if not checked:
         raise ValueError("components is empty; expected some of " + ", ".join(COMPONENTS))
     return checked
+
+
+@contextmanager
+def eval_mode(model: nn.Module):
+    """Eval mode (no dropout) inside; after, every submodule's own train/eval flag as it was."""
+    modes = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
 
 
 def to_user_layer(index: int) -> int:

@@ -65,6 +65,8 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .adapters import eval_mode
+
 __all__ = [
     "ATTENTION_MODES",
     "LayerSizes",
@@ -562,8 +564,6 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
     output = _output_name(model)
-    was_training = model.training
-    wrapper = _OnnxWrapper(model, output).eval()
     device = next(model.parameters()).device
     ids = torch.arange(16, device=device).view(2, 8) % model.config.vocab_size
     # Padding in the example: an all-ones mask lets transformers skip the mask, and the trace would keep that.
@@ -579,24 +579,26 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
     # file, so both are written under their final names and moved in, the graph last.
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
     try:
-        torch.onnx.export(
-            wrapper,
-            tuple(inputs),
-            staging / path.name,
-            input_names=names,
-            output_names=[output],
-            dynamic_shapes={name: {0: batch, 1: tokens} for name in names},
-            opset_version=opset,
-            dynamo=True,
-            verbose=False,
-        )
-        for side_file in staging.iterdir():
-            if side_file.name != path.name:
-                os.replace(side_file, path.parent / side_file.name)
+        with eval_mode(model):  # every submodule's own mode comes back after
+            torch.onnx.export(
+                _OnnxWrapper(model, output).eval(),
+                tuple(inputs),
+                staging / path.name,
+                input_names=names,
+                output_names=[output],
+                dynamic_shapes={name: {0: batch, 1: tokens} for name in names},
+                opset_version=opset,
+                dynamo=True,
+                verbose=False,
+            )
+        side_files = [f for f in staging.iterdir() if f.name != path.name]
+        for side_file in side_files:
+            os.replace(side_file, path.parent / side_file.name)
+        if not side_files:  # an earlier export's weights beside the graph would be taken for this one's
+            (path.parent / f"{path.name}.data").unlink(missing_ok=True)
         os.replace(staging / path.name, path)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
-        model.train(was_training)
     return path
 
 
