@@ -174,6 +174,10 @@ def test_script_end_to_end(tmp_path):
     by = {(r["case"], r["tool"]): r for r in records}
     assert by[("d64-144x150", "obce")]["status"] == "ok"
     assert by[("d64-144x150", "numba-prim")]["status"] == "ok"
+    one = by[("d64-144x150", "obce-1-thread")]  # beside every case, whatever --tools names
+    assert one["status"] == "ok" and one["threads"] == 1 and len(one["times_s"]) >= 3
+    with pytest.raises(SystemExit, match="name its files with --name"):  # a part never replaces the full run's files
+        bench_kernel.main(["--cases", "d64-144x150", "--out", str(tmp_path)])
     assert "floor_fraction" in by[("d64-144x150", "obce")]
     assert by[("d64-144x150", "ripser")]["verdict"] in ("PASS", "MISS")
     md = (tmp_path / "t.md").read_text()
