@@ -623,3 +623,12 @@ def test_a_head_for_other_labels_is_refused(tiny_model, glue_dir, tmp_path):
         train.check_head(model, train.task_info("mnli"), "the model")
     model.config.id2label = {0: "Entailment", 1: "neutral", 2: "CONTRADICTION"}  # names as in GLUE, any case
     train.check_head(model, train.task_info("mnli"), "the model")
+
+
+def test_weights_digest_reads_every_kind_of_tensor():
+    """Scalars (0-d buffers) and half precision are hashed as bytes; any change of a value changes the digest."""
+    module = torch.nn.Linear(3, 2).to(torch.bfloat16)
+    module.register_buffer("scale", torch.tensor(2.0))
+    before = train._weights_digest(module)
+    module.scale.fill_(3.0)
+    assert train._weights_digest(module) != before

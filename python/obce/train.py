@@ -528,7 +528,7 @@ def _weights_digest(model) -> str:
     for name, tensor in model.state_dict().items():
         digest.update(f"{name} {tensor.dtype} {tuple(tensor.shape)}".encode())
         # As bytes: bfloat16 has no numpy dtype.
-        digest.update(tensor.detach().contiguous().view(torch.uint8).cpu().numpy())
+        digest.update(tensor.detach().reshape(-1).contiguous().view(torch.uint8).cpu().numpy())
     return digest.hexdigest()[:16]
 
 
