@@ -207,6 +207,8 @@ def test_bad_corpus(tiny_bert, tiny_tokenizer):
         compute_activations(tiny_bert, tiny_tokenizer, [], progress=False)
     with pytest.raises(TypeError, match="sequence of str"):
         compute_activations(tiny_bert, tiny_tokenizer, "one sentence", progress=False)
+    with pytest.raises(TypeError, match="sequence of str, got NoneType"):
+        compute_activations(tiny_bert, tiny_tokenizer, None, progress=False)
     with pytest.raises(TypeError, match="sentence 1 is a bytes"):
         compute_activations(tiny_bert, tiny_tokenizer, ["One.", b"two."], progress=False)
     # Refused before the forward pass, not when the table is saved.

@@ -492,8 +492,9 @@ def checked_sentences(sentences: Iterable[str]) -> list[str]:
     ValueError
         If a sentence is empty or spans several lines.
     """
-    if isinstance(sentences, str):
-        raise TypeError("sentences must be a sequence of str, got one str")
+    if isinstance(sentences, str) or not isinstance(sentences, Iterable):
+        what = "one str" if isinstance(sentences, str) else type(sentences).__name__
+        raise TypeError(f"sentences must be a sequence of str, got {what}")
     sentences = list(sentences)  # once: a generator is read only once
     for i, sentence in enumerate(sentences):
         if not isinstance(sentence, str):
