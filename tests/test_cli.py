@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -288,4 +289,4 @@ def test_recorded_command_can_be_pasted_back(tmp_path):
     run.prepare()
     ctx = SimpleNamespace(obj={"command": ["obce", "analyze", "--corpus", "my corpus.txt"]}, info_name="analyze")
     cli._record_command(ctx, run)
-    assert run.settings()["commands"] == ["obce analyze --corpus 'my corpus.txt'"]
+    assert run.settings()["commands"] == [{"cwd": os.getcwd(), "command": "obce analyze --corpus 'my corpus.txt'"}]

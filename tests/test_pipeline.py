@@ -143,7 +143,7 @@ def test_run_folder_holds_every_piece(run):
     assert settings["steps"]["analyze"]["model_path"] == str(run["inputs"]["model"])
     assert settings["steps"]["finetune"]["steps"] == 4
     assert settings["steps"]["plan"] == {"plan": "target:0.7", "score": "lam"}
-    assert settings["commands"][-1].startswith("obce compress --model")
+    assert settings["commands"][-1]["command"].startswith("obce compress --model")
     assert len(ImportanceTable.load(path).sentences) == 24
 
 
@@ -511,6 +511,9 @@ def test_evaluate_and_report_commands(run, capsys):
 
     code, out, err = run_cli(capsys, ["report", "--output", str(path)])
     assert code == 0 and out.strip() == f"report: {path / 'report' / 'report.html'}"
+    evaluations = (path / "report" / "report.md").read_text(encoding="utf-8").split("## Evaluations", 1)[1]
+    accuracy = 100 * evaluation["compressed"]["metrics"]["accuracy"]
+    assert f"| sst2 dev | compressed | 32 | {accuracy:.2f} |" in evaluations
 
 
 def test_a_finished_run_outlives_a_mistyped_or_refused_command(inputs, tmp_path, capsys):
@@ -638,6 +641,46 @@ def test_finetune_checks_before_it_clears_or_records(run, tmp_path, capsys):
         code, _, err = run_cli(capsys, ["finetune", "--task", "sst2", "--output", str(path), *args])
         assert code == 1 and message in err
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+
+
+def test_a_cleared_finetuning_leaves_the_report_and_each_finished_model_is_kept(run, tmp_path, capsys, monkeypatch):
+    """finetune --overwrite rewrites the report without the removed scores before it starts (the new fine-tuning may
+    not finish); a model fine-tuned before the next one is interrupted is in metrics.json, and so in the report."""
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    (path / "report" / "mine.png").write_bytes(b"mine")
+    finetune = train.finetune
+    monkeypatch.setattr(train, "finetune", lambda *a, **k: finetune(*a, callbacks=[_Interrupt()], **k))
+    args = ["finetune", "--task", "sst2", "--glue-dir", str(run["inputs"]["glue"]), "--steps", "4",
+            "--batch-size", "8", "--max-length", "32", "--device", "cpu", "--no-progress", "--overwrite",
+            "--output", str(path)]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 130, err
+    md = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "Task scores" not in md and not (path / "report" / "training.png").exists()
+    assert (path / "report" / "mine.png").read_bytes() == b"mine"
+    assert set(RunFolder(path).read_json(RunFolder.METRICS)["models"]) == {"original"}
+    code, _, err = run_cli(capsys, ["report", "--output", str(path)])
+    assert code == 0, err
+    md = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "| original |" in md.split("## Task scores", 1)[1] and (path / "report" / "training.png").is_file()
+
+
+def test_a_failed_evaluation_is_not_recorded(run, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run"
+    shutil.copytree(run["path"], path)
+    before = RunFolder(path).settings()["commands"]
+    scores = path / "evaluation.json"
+    scored = scores.read_bytes() if scores.is_file() else None  # another test may have evaluated the run
+
+    def failing(*args, **kwargs):
+        raise ValueError("the head's labels differ")
+
+    monkeypatch.setattr(train, "evaluate", failing)
+    code, _, err = run_cli(capsys, ["evaluate", "--output", str(path)])
+    assert code == 1 and "the head's labels differ" in err
+    assert RunFolder(path).settings()["commands"] == before
+    assert (scores.read_bytes() if scores.is_file() else None) == scored
 
 
 def test_a_re_prune_drops_the_replaced_models_scores(run, tmp_path):

@@ -88,6 +88,7 @@ def test_markdown_and_png_files(run):
         "Summary",
         "The model before and after",
         "Neuron importance λ",
+        "The neurons of highest λ",
         "λ distributions and the plan's cut-offs",
         "Persistence diagrams of a high-λ and a low-λ neuron",
         "Removed neurons and heads",
@@ -351,3 +352,105 @@ def test_a_figure_never_replaces_a_users_file_unasked(tmp_path):
         figures.save_png(figure, mine)
     assert mine.read_text() == "mine"
     assert figures.save_png(figure, mine, overwrite=True).read_bytes().startswith(_PNG)
+
+
+def test_highest_lambda_neurons_are_named_per_component(run):
+    table = RunFolder(run).table()
+    _, sections = report_sections(run, figures=False)
+    rows = next(s for s in sections if s.title == "The neurons of highest λ").blocks[1].rows
+    assert [row[0] for row in rows] == list(table.components)
+    for component, count, zeros, highest in rows:
+        neurons = table.neurons[table.neurons["component"] == component]
+        assert int(count.replace(",", "")) == len(neurons) and int(zeros) == (neurons["lam"] == 0).sum()
+        named = [tuple(map(int, cell.split(" ")[0].split(":"))) for cell in highest.split(", ")]
+        assert len(named) == page._TOP
+        lam = neurons.set_index(["layer", "neuron"])["lam"]
+        assert [lam[key] for key in named] == sorted(lam, reverse=True)[: page._TOP]
+        assert lam[named[0]] > 0  # a layer past the first varies: not a row of zeros
+
+
+def test_evaluations_section_from_evaluation_json(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    entry = {"model": "m", "max_length": 32}
+    evaluation = {
+        "polarity/test": {"original": {**entry, "metrics": {"accuracy": 0.8125}}},
+        "stsb/dev": {"compressed": {**entry, "metrics": {"pearson": 0.5, "spearmanr": 0.25}}},
+    }
+    RunFolder(copy).write_json("evaluation.json", evaluation)
+    _, sections = report_sections(copy, figures=False)
+    table = next(s for s in sections if s.title == "Evaluations").blocks[1]
+    assert table.header == ["task split", "model", "max length", "accuracy", "pearson", "spearmanr"]
+    assert table.rows == [
+        ["polarity test", "original", "32", "81.25", "–", "–"],
+        ["stsb dev", "compressed", "32", "–", "50.00", "25.00"],
+    ]
+
+
+def test_figures_of_results_no_longer_there_are_removed(run, tmp_path):
+    """A figure of a cleared fine-tuning goes with it; the user's own files in the report folder stay."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    for name in ("training.png", "mine.png"):
+        (copy / "report" / name).write_bytes(_PNG)
+    drawn = {p.name for p in (run / "report").glob("*.png")}
+    write_report(copy)
+    assert {p.name for p in (copy / "report").glob("*.png")} == drawn | {"mine.png"}
+    assert drawn <= set(page._FIGURE_FILES)
+
+
+def test_a_report_without_figures_makes_no_folder(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "report")
+    report_sections(copy, figures=False)
+    assert not (copy / "report").exists()
+
+
+def test_commands_are_shown_where_they_ran(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    settings = json.loads((copy / "settings.json").read_text())
+    settings["commands"] = [
+        "obce analyze -o old",  # recorded before the directory was
+        {"cwd": "/home/me/my project", "command": "obce prune -o run"},
+        {"cwd": "/home/me/my project", "command": "obce report -o 'a``b'"},
+        {"cwd": "/tmp", "command": "obce report -o x"},
+    ]
+    (copy / "settings.json").write_text(json.dumps(settings))
+    md = write_report(copy).with_name("report.md").read_text(encoding="utf-8")
+    reproduce = md.split("## Reproduce\n\n", 1)[1].split("\n\n")[:6]
+    assert reproduce == [
+        "`obce analyze -o old`",
+        "`cd '/home/me/my project'`",
+        "`obce prune -o run`",
+        "``` obce report -o 'a``b' ```",  # a fence longer than the run of backticks inside
+        "`cd /tmp`",
+        "`obce report -o x`",
+    ]
+
+
+def test_figure_titles_name_no_model_they_were_not_given(run):
+    table = RunFolder(run).table()
+    table.settings.pop("model")
+    title = figures.lambda_by_layer_figure(table).axes[0].get_title()
+    assert title.splitlines()[1].startswith("token=cls") and "MiniLM" not in title
+
+
+def test_every_models_line_is_in_the_training_legend():
+    log = [{"step": 1, "loss": 0.7}, {"step": 2, "loss": 0.6, "eval_accuracy": 0.75}]
+    figure = figures.training_figure({"_draft": log, "compressed": log}, "eval_accuracy")
+    loss_ax, dev_ax = figure.axes
+    assert [t.get_text() for t in loss_ax.get_legend().get_texts()] == ["_draft", "compressed"]
+    assert dev_ax.lines[0].get_ydata().tolist() == [75.0]  # ×100, as in the report's tables
+
+
+@pytest.mark.parametrize("n_layers, labelled", [(3, [1, 2, 3]), (13, [1, 3, 5, 7, 9, 11, 13]), (24, [2, 4, 22, 24])])
+def test_the_last_layer_is_labelled(n_layers, labelled):
+    from matplotlib.figure import Figure
+
+    ax = Figure().add_subplot()
+    figures._layer_ticks(ax, list(range(1, n_layers + 1)), range(n_layers))
+    shown = [int(t.get_text()) for t in ax.get_xticklabels() if t.get_text()]
+    step = 1 if n_layers <= 12 else 2
+    assert set(labelled) <= set(shown) and len(shown) == -(-n_layers // step)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -271,7 +270,7 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
-    run.record(commands=[*run.settings().get("commands", []), shlex.join(_command_line(ctx))])
+    run.record_command(_command_line(ctx))
 
 
 def _check_prunable(model: str | None) -> None:
@@ -503,6 +502,10 @@ def _clear_finetuning(run: RunFolder) -> None:
     (run / run.METRICS).unlink(missing_ok=True)
     (run / run.EVALUATION).unlink(missing_ok=True)  # the scores of the models just removed
     run.forget("finetune")
+    if (run / run.REPORT).is_dir():  # without them, before a new fine-tuning that may not finish
+        from .report.page import write_report
+
+        write_report(run.path)
 
 
 def _labelled(run: RunFolder, models: Sequence[str] | None) -> dict[str, str]:
@@ -577,9 +580,8 @@ def evaluate(
     splits = [split] if split else list(task_info(task).report_splits)
     # The scored splits alone: a GLUE folder may hold only the dev sets, and the hub's train sets are large.
     loaded = load_task(task, glue_dir, splits=splits)
-    _record_command(ctx, run)  # once the inputs are checked: a command that fails on them writes nothing
     recorded = run.read_json(run.EVALUATION) if (run / run.EVALUATION).is_file() else {}
-    for split in splits:
+    for i, split in enumerate(splits):
         results = {}
         for label, folder in chosen.items():
             length = evaluation_length(folder, max_length)
@@ -588,6 +590,8 @@ def evaluate(
             results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
         key = f"{loaded.name}/{split}"
         recorded[key] = {**recorded.get(key, {}), **results}
+        if i == 0:  # with the first scores: a command that fails before (on a model, a label) is not a result's
+            _record_command(ctx, run)
         run.write_json(run.EVALUATION, recorded)
         for label, entry in results.items():
             _echo(f"{label} ({split}): " + ", ".join(f"{m} {100 * v:.2f}" for m, v in entry["metrics"].items()))

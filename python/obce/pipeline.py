@@ -413,6 +413,10 @@ class RunFolder:
                 data[key] = value
         self.write_json(self.SETTINGS, data)
 
+    def record_command(self, argv: Sequence[str]) -> None:
+        """Add a command line to the settings with the directory it ran in, where its relative paths mean something."""
+        self.record(commands=[*self.settings().get("commands", []), {"cwd": os.getcwd(), "command": shlex.join(argv)}])
+
     def forget(self, step: str) -> None:
         """Remove a step's recorded settings (a step that failed before writing anything)."""
         data = self.settings()
@@ -1223,7 +1227,7 @@ def run_finetune(
             )  # fmt: skip
             if not done:
                 run.record(timings_s={f"finetune_{label}": round(time.perf_counter() - start, 2)})
-        write_metrics(run)
+            write_metrics(run)  # after each model: the report shows it if the next one fails
         return results
     except BaseException:
         # Failed before writing anything (a bad option, a model that does not load): the settings go too,
@@ -1358,8 +1362,9 @@ def compress(
     if finetune:
         steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, distill=distill)
     open_run(run.path, steps, overwrite=overwrite)
-    commands = run.settings().get("commands", []) + ([shlex.join(command)] if command else [])
-    run.record(commands=commands, seed=seed, device=device, build_info=_build_info())
+    if command:
+        run.record_command(command)
+    run.record(seed=seed, device=device, build_info=_build_info())
     start = time.perf_counter()
     loaded = ModelLoader(steps["analyze"]["model_path"], device)
     total, done = len(steps) + 1, 0

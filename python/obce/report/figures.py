@@ -71,9 +71,11 @@ def _check_not_empty(table: ImportanceTable) -> None:
 
 
 def _layer_ticks(ax, layers: list[int], positions) -> None:
-    """One tick per layer, labelled; past 12 layers every other label only, so that they stay apart."""
+    """One tick per layer, labelled; past 12 layers every other label only, so that they stay apart, counted back
+    from the last layer so that it is labelled."""
     step = 1 if len(layers) <= 12 else 2
-    ax.set_xticks(list(positions), [str(layer) if i % step == 0 else "" for i, layer in enumerate(layers)])
+    last = len(layers) - 1
+    ax.set_xticks(list(positions), [str(layer) if (last - i) % step == 0 else "" for i, layer in enumerate(layers)])
 
 
 def literal(text: str) -> str:
@@ -82,10 +84,11 @@ def literal(text: str) -> str:
 
 
 def _title(table: ImportanceTable, what: str) -> str:
-    model = literal(str(table.settings.get("model") or "all-MiniLM-L6-v2"))
+    model = table.settings.get("model")  # a table of a model object has no name: none is made up
     token = table.settings.get("token", "cls")
     points = table.settings.get("n_points")
-    return f"{what}\n{model}, token={token}" + (f", {points} points" if points else "")
+    about = [literal(str(model))] if model else []
+    return f"{what}\n" + ", ".join([*about, f"token={token}", *([f"{points} points"] if points else [])])
 
 
 def lambda_by_layer_figure(table: ImportanceTable, *, statistic: str = "median", log: bool = False) -> Figure:
@@ -322,15 +325,19 @@ def training_figure(logs: Mapping[str, list[dict]], dev_metric: str) -> Figure:
     """Training loss and the dev score by step, one line per fine-tuned model (label -> its logged entries)."""
     figure = Figure(figsize=(8.4, 3.2), layout="constrained")
     loss_ax, dev_ax = figure.subplots(1, 2)
+    handles = {}
     for i, (label, log) in enumerate(logs.items()):
-        for ax, key, style in ((loss_ax, "loss", "-"), (dev_ax, dev_metric, "o-")):
-            points = [(entry["step"], entry[key]) for entry in log if key in entry]
+        # Dev scores ×100, as in the report's tables.
+        for ax, key, scale, style in ((loss_ax, "loss", 1, "-"), (dev_ax, dev_metric, 100, "o-")):
+            points = [(entry["step"], scale * entry[key]) for entry in log if key in entry]
             if points:
-                ax.plot(*zip(*points, strict=True), style, color=f"C{i}", label=literal(label), markersize=4)
-    for ax, title in ((loss_ax, "training loss"), (dev_ax, f"dev {dev_metric.removeprefix('eval_')}")):
+                (line,) = ax.plot(*zip(*points, strict=True), style, color=f"C{i}", markersize=4)
+                handles.setdefault(literal(label), line)
+    for ax, title in ((loss_ax, "training loss"), (dev_ax, f"dev {dev_metric.removeprefix('eval_')} ×100")):
         ax.set_xlabel("step")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_title(title, fontsize="medium")
         ax.grid(alpha=0.3)
-    loss_ax.legend(fontsize="small")
+    # Labels passed with their lines: matplotlib drops a line's own label that starts with "_" (a folder's name may).
+    loss_ax.legend(list(handles.values()), list(handles), fontsize="small")
     return figure

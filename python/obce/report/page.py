@@ -14,6 +14,7 @@ import html
 import json
 import os
 import re
+import shlex
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from functools import partial
@@ -43,6 +44,11 @@ __all__ = ["Figure", "Section", "Table", "report_sections", "summary_lines", "wr
 HTML_NAME = "report.html"
 MARKDOWN_NAME = "report.md"
 _ROLES = {"high": "the highest λ", "low": "the lowest non-zero λ"}
+_FIGURE_FILES = (
+    "parameters.png", "lambda_by_layer.png", "lambda_distributions.png", *(f"persistence_{r}.png" for r in _ROLES),
+    "training.png",
+)  # fmt: skip
+"""Every figure the report draws: the ones it did not draw this time are removed (nothing else of the folder is)."""
 _ENCODER_LAYERS = (
     "Encoder layers are the transformer layers only (attention and feed-forward blocks with their layer norms); "
     "the embeddings, the pooler and a task head are never pruned and not counted in that fraction. The whole model "
@@ -225,7 +231,7 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
     versions = settings.get("versions", {})
     if versions:
         rows.append(["versions", ", ".join(f"{k} {v}" for k, v in versions.items())])
-    for i, command in enumerate(settings.get("commands", [])):
+    for i, (_, command) in enumerate(_commands(settings)):
         rows.append(["commands" if i == 0 else "", command])
     section.blocks.append(Table(["setting", "value"], rows, left=2))
     return section
@@ -292,6 +298,29 @@ def _importance(table: ImportanceTable, figure: str) -> Section:
             ),
             Figure(figure, "Median λ per layer for each component (the paper's Figure 6), on a logarithmic axis."),
             Table(["layer", *table.components], rows),
+        ],
+    )
+
+
+_TOP = 3
+"""How many of the highest-λ neurons of each component the report names."""
+
+
+def _top_neurons(table: ImportanceTable) -> Section:
+    """Which neurons matter: the highest λ of each component over all layers, and how many neurons have λ = 0."""
+    rows = []
+    for component in table.components:
+        neurons = table.neurons[table.neurons["component"] == component]
+        top = neurons.nlargest(_TOP, "lam")[["layer", "neuron", "lam"]].itertuples(index=False)
+        highest = ", ".join(f"{layer}:{neuron} ({_g(lam)})" for layer, neuron, lam in top)
+        rows.append([component, _n(len(neurons)), _n((neurons["lam"] == 0).sum()), highest])
+    return Section(
+        "The neurons of highest λ",
+        [
+            f"The {_TOP} highest λ of each component over all layers, as layer:neuron (layers counted from 1, neurons "
+            "from 0), and how many neurons have λ = 0 (the same output at every point). Every neuron's λ is in "
+            "`importance.csv`.",
+            Table(["component", "neurons", "λ = 0", "highest λ (layer:neuron)"], rows, left=1),
         ],
     )
 
@@ -466,8 +495,31 @@ def _scores(metrics: dict, settings: dict, curves: str | None) -> Section:
     )
 
 
+def _evaluations(evaluation: dict) -> Section:
+    """The scores of ``obce evaluate`` (``evaluation.json``: "task/split" -> label -> model, length, metrics)."""
+    names = list(dict.fromkeys(m for by in evaluation.values() for entry in by.values() for m in entry["metrics"]))
+    rows = []
+    for key, by in evaluation.items():
+        for label, entry in by.items():
+            scores = [_score(entry["metrics"][m]) if m in entry["metrics"] else "–" for m in names]
+            rows.append([key.replace("/", " ", 1), label, str(entry["max_length"]), *scores])
+    header = ["task split", "model", "max length", *names]
+    note = "Scores (×100) of `obce evaluate`, kept in `evaluation.json`."
+    return Section("Evaluations", [note, Table(header, rows, left=2)])
+
+
+def _commands(settings: dict) -> list[tuple[str | None, str]]:
+    """(working directory, command) of each recorded command; runs recorded before the directory was have None."""
+    return [(None, c) if isinstance(c, str) else (c["cwd"], c["command"]) for c in settings.get("commands", [])]
+
+
 def _reproduce(settings: dict) -> Section:
-    blocks = [f"`{command}`" for command in settings.get("commands", [])]
+    blocks, where = [], None
+    for cwd, command in _commands(settings):
+        if cwd is not None and cwd != where:  # relative paths of a command mean what they meant there
+            blocks.append(f"`cd {shlex.quote(cwd)}`")
+            where = cwd
+        blocks.append(f"`{command}`")
     blocks.append("Every setting is in `settings.json`; each step's inputs and outputs are files of the run folder.")
     timings = settings.get("timings_s", {})
     if timings:
@@ -511,7 +563,8 @@ def _markdown_text(text: str, paragraph: bool = False) -> str:
     """A paragraph, heading or table cell for Markdown, on one line: outside `code` spans, & and < as entities and
     Markdown's emphasis and link characters escaped, so text from the user (a plan's notes, a path, a model name)
     shows as written instead of opening an HTML tag ("λ > x" stays readable); the user's backticks escaped, or inside
-    a code span, fenced by two. A ``paragraph`` that would open a heading, a quote or a list is escaped too."""
+    a code span, fenced by more backticks than any run of them inside. A ``paragraph`` that would open a heading, a
+    quote or a list is escaped too."""
     text = " ".join(line.strip() for line in text.splitlines() if line.strip())  # no indent: no code block
     out = []
     for i, part in enumerate(text.split("`")):
@@ -521,7 +574,9 @@ def _markdown_text(text: str, paragraph: bool = False) -> str:
                 part = _MARKDOWN_BLOCK_START.sub(lambda m: m[0][:-1] + "\\" + m[0][-1], part)
             out.append(part.replace(_BACKTICK, "\\`"))
         elif _BACKTICK in part:
-            out.append(f"`` {part.replace(_BACKTICK, '`')} ``")
+            part = part.replace(_BACKTICK, "`")
+            fence = "`" * (1 + max(map(len, re.findall("`+", part))))  # longer than any run of backticks inside
+            out.append(f"{fence} {part} {fence}")
         else:
             out.append(f"`{part}`")
     return "".join(out)
@@ -620,17 +675,18 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
     run = _run_folder(run_dir)
     settings = _user(run.settings())
     folder = run / run.REPORT
-    folder.mkdir(exist_ok=True)
     table = run.table() if (run / run.IMPORTANCE).is_file() else None
     plan = run.plan() if (run / run.PLAN).is_file() else None
     parameters = pd.read_csv(run / run.PARAMETERS) if (run / run.PARAMETERS).is_file() else None
     params, removed = _read(run, run.PARAMS), _read(run, run.REMOVED)
     speed, persistence = _read(run, run.SPEED), _read(run, run.PERSISTENCE)
     metrics = _user((_read(run, run.METRICS) or {}).get("models"))
+    evaluation = _user(_read(run, run.EVALUATION))
 
     def draw(name: str, figure) -> str:
         """``name``, drawn by ``figure()`` (a matplotlib Figure) into the report folder when figures are asked for."""
         if figures:
+            folder.mkdir(exist_ok=True)
             save_png(figure(), folder / name, overwrite=True)
         return name
 
@@ -641,6 +697,7 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         # λ spans orders of magnitude across layers: a linear axis shows the last layer and flattens the rest.
         name = draw("lambda_by_layer.png", partial(lambda_by_layer_figure, table, log=True))
         sections.append(_importance(table, name))
+        sections.append(_top_neurons(table))
         steps = settings.get("steps", {})
         # The plan's score ranked the neurons (a run stopped before pruning has no prune step); runs recorded
         # before the score was a setting ranked by λ.
@@ -666,6 +723,8 @@ def report_sections(run_dir: str | os.PathLike, *, figures: bool = True) -> tupl
         dev_metric = f"eval_{task_info(next(iter(metrics.values()))['task']).main_metric}"
         curves = draw("training.png", partial(training_figure, logs, dev_metric)) if logs else None
         sections.append(_scores(metrics, settings, curves))
+    if evaluation:
+        sections.append(_evaluations(evaluation))
     sections.append(_reproduce(settings))
     model = settings.get("steps", {}).get("analyze", {}).get("model", "a model")
     return f"obce report: {model}", sections
@@ -691,5 +750,9 @@ def write_report(run_dir: str | os.PathLike) -> Path:
     """
     title, sections = report_sections(run_dir)
     folder = RunFolder(run_dir) / RunFolder.REPORT
+    folder.mkdir(exist_ok=True)
+    drawn = {block.file for section in sections for block in section.blocks if isinstance(block, Figure)}
+    for stale in set(_FIGURE_FILES) - drawn:  # of results no longer in the folder (a fine-tuning cleared)
+        (folder / stale).unlink(missing_ok=True)
     atomic_write_text(folder / MARKDOWN_NAME, _markdown(title, sections), overwrite=True)
     return atomic_write_text(folder / HTML_NAME, _html(title, sections, folder).replace(_BACKTICK, "`"), overwrite=True)
