@@ -112,10 +112,16 @@ def test_duplicate_heavy(dim, dtype):
 
 
 def test_signed_zeros_are_zeros():
-    """-0.0 and +0.0 are one value: a cloud of negatives and signed zeros has its gap at the zeros."""
+    """-0.0 and +0.0 are one value: a cloud of negatives and signed zeros has its gap at the zeros, and a zero death
+    is +0 whichever zero sorts first (-0 - +0 is -0)."""
     acts = np.array([[-0.0], [-0.0], [-1.0], [0.0], [-3.0]], dtype=np.float32)
     assert obce.fast_death_radii(acts).tolist() == [2.0]
     assert obce.h0_deaths(acts).tolist() == [[0.0, 0.0, 1.0, 2.0]]
+    signed = np.random.default_rng(0).choice([0.0, -0.0, 1.0], size=(50, 8))
+    for x in (signed, signed[None, :, :2], torch.from_numpy(signed)):
+        deaths = np.asarray(obce.h0_deaths(x))
+        assert (deaths == 0).any() and not np.signbit(deaths).any()
+        assert not np.signbit(np.asarray(obce.fast_death_radii(x))).any()
 
 
 @pytest.mark.parametrize("dim", DIMS)
@@ -262,6 +268,9 @@ rng = np.random.default_rng(0)
 cases = [  # each runs for seconds uninterrupted
     ("one cloud split over threads", rng.random((1, 60000, 32), dtype=np.float32), 2),
     ("one cloud on one thread", rng.random((1, 60000, 32), dtype=np.float32), 1),
+    # Too few coordinates to split: thread 1 takes it, and the calling thread asks while it waits.
+    ("one unsplit cloud, two threads", rng.random((1, 130000, 2), dtype=np.float32), 2),
+    ("one wide cloud", rng.random((1, 40000, 256), dtype=np.float32), 1),  # a Prim step takes milliseconds
     ("many clouds", rng.random((64, 6000, 32), dtype=np.float32), 2),
 ]
 for name, clouds, threads in cases:
@@ -312,7 +321,8 @@ def test_out_of_memory_is_a_memory_error():
 
 
 def _lambda_in_child(queue):
-    queue.put(obce.fast_death_radii(np.arange(64 * 150, dtype=np.float32).reshape(150, 64)))
+    # Two threads asked for: on a one-processor machine OpenMP's default of one would never hang.
+    queue.put(obce.fast_death_radii(np.arange(64 * 150, dtype=np.float32).reshape(150, 64), n_threads=2))
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
@@ -663,6 +673,24 @@ def test_squares_out_of_range(dtype, as_tensor):
 
 
 @pytest.mark.parametrize("as_tensor", [False, True])
+def test_duplicate_points_give_exact_zeros_without_a_second_computation(as_tensor, monkeypatch):
+    """A zero death of a repeated point is exact: the diagram is not computed again (which took float64 copies of
+    the clouds), and its last column is fast_death_radii's λ to the last bit."""
+    clouds = np.random.default_rng(0).normal(size=(200, 30, 16)).astype(np.float32)
+    clouds[:, 1] = clouds[:, 0]
+    clouds[:, 7] = clouds[:, 3]
+    x = torch.from_numpy(clouds) if as_tensor else clouds
+    calls = []
+    run = obce.kernel._run_torch if as_tensor else obce.kernel._run_numpy
+    monkeypatch.setattr(obce.kernel, run.__name__, lambda *args: calls.append(args) or run(*args))
+    deaths, lam = np.asarray(obce.h0_deaths(x)), np.asarray(obce.fast_death_radii(x))
+    assert len(calls) == 2  # one per function: nothing computed again
+    assert (deaths[:, :2] == 0).all() and (deaths[:, 2] > 0).all()
+    np.testing.assert_array_equal(deaths[:, -1], lam)
+    check(clouds)
+
+
+@pytest.mark.parametrize("as_tensor", [False, True])
 def test_a_diagram_keeps_deaths_far_below_its_lambda(as_tensor):
     """λ in range, a smaller death whose float32 square underflows: the diagram still holds it (recomputed in
     float64), and the duplicate's 0."""
@@ -683,9 +711,9 @@ def test_result_overflow_is_reported(dtype):
                 function(x)
 
 
-@pytest.mark.parametrize("n_threads", [0, -2, 1.5, True])
-def test_bad_thread_count(n_threads):
-    with pytest.raises(ValueError, match="n_threads"):
+@pytest.mark.parametrize("n_threads, error", [(0, ValueError), (-2, ValueError), (1.5, TypeError), (True, TypeError)])
+def test_bad_thread_count(n_threads, error):
+    with pytest.raises(error, match="n_threads"):
         obce.fast_death_radii(np.zeros((3, 2)), n_threads=n_threads)
 
 
@@ -957,11 +985,38 @@ def test_cuda_non_finite(dim, prim_path, bad, monkeypatch):
     assert torch.isnan(obce.fast_death_radii(x, check_finite=False)[3])
 
 
-def test_cuda_tensor_without_cuda_build_is_a_clear_error():
-    if obce.build_info()["cuda"] or not CUDA:
-        pytest.skip("only meaningful for a CPU-only build on a machine with a GPU")
+def _cuda_capsule(shape: tuple[int, ...]):
+    """A DLPack capsule that says "float32 on CUDA device 0" (a legacy DLManagedTensor, no deleter): its memory is
+    never read by a build without CUDA, which needs no GPU to refuse it."""
+    import ctypes
+
+    class Device(ctypes.Structure):
+        _fields_ = [("device_type", ctypes.c_int32), ("device_id", ctypes.c_int32)]
+
+    class DataType(ctypes.Structure):
+        _fields_ = [("code", ctypes.c_uint8), ("bits", ctypes.c_uint8), ("lanes", ctypes.c_uint16)]
+
+    class Tensor(ctypes.Structure):
+        _fields_ = [("data", ctypes.c_void_p), ("device", Device), ("ndim", ctypes.c_int32), ("dtype", DataType),
+                    ("shape", ctypes.POINTER(ctypes.c_int64)), ("strides", ctypes.POINTER(ctypes.c_int64)),
+                    ("byte_offset", ctypes.c_uint64)]  # fmt: skip
+
+    class Managed(ctypes.Structure):
+        _fields_ = [("dl_tensor", Tensor), ("manager_ctx", ctypes.c_void_p), ("deleter", ctypes.c_void_p)]
+
+    sizes = (ctypes.c_int64 * len(shape))(*shape)
+    managed = Managed(Tensor(0x1000, Device(2, 0), len(shape), DataType(2, 32, 1), sizes, None, 0), None, None)
+    new_capsule = ctypes.pythonapi.PyCapsule_New
+    new_capsule.restype, new_capsule.argtypes = ctypes.py_object, [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_void_p]
+    return new_capsule(ctypes.addressof(managed), b"dltensor", None), (managed, sizes)  # the structs kept alive
+
+
+def test_cuda_input_to_a_build_without_cuda_is_a_clear_error():
+    if obce.build_info()["cuda"]:
+        pytest.skip("a build with CUDA would run the kernels on the capsule's made-up memory")
+    acts, out = _cuda_capsule((4, 3)), _cuda_capsule((3,))  # (capsule, its structs)
     with pytest.raises(RuntimeError, match="built without CUDA"):
-        obce.fast_death_radii(torch.zeros(4, 3, device="cuda"))
+        obce._core.death_radii(acts[0], out[0], 1, 0, True)
 
 
 @pytest.mark.parametrize("as_tensor", [False, True, pytest.param("cuda", marks=[needs_cuda, pytest.mark.cuda])])
@@ -974,6 +1029,9 @@ def test_cuda_tensor_without_cuda_build_is_a_clear_error():
         ([[0.0, 0.0], [0.0, 0.0], [1e-300, 0.0], [1.0, 0.0]], [0.0, 1e-300, 1.0]),  # and a duplicate
         ([[0.0, 0.0, 0.0], [3e-300, 4e-300, 0.0], [1e10, 0.0, 0.0]], [5e-300, 1e10]),
         ([[1.0, 0.0], [1.0, 5e-324], [2.0, 0.0]], [5e-324, 1.0]),  # points that scaling down would merge
+        ([[5e307, 0.0], [5e307, 1.5e-323], [0.0, 0.0]], [1.5e-323, 5e307]),  # an odd subnormal: no halving
+        # Differences beyond float64 (not in the tree) halved alone, the subnormal one kept exact.
+        ([[1.5e308, 0.0], [1.5e308, 1.5e-323], [0.0, 0.0], [-1e308, 0.0]], [1.5e-323, 1e308, 1.5e308]),
     ],
 )
 def test_float64_deaths_beyond_its_squares_are_exact(cloud, deaths, as_tensor):

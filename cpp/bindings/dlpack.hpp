@@ -4,8 +4,8 @@
 #include <cstdint>
 
 extern "C" {
-enum DLDeviceType : int32_t { kDLCPU = 1, kDLCUDA = 2, kDLCUDAHost = 3, kDLCUDAManaged = 13 };
-enum DLDataTypeCode : uint8_t { kDLInt = 0, kDLUInt = 1, kDLFloat = 2, kDLBfloat = 4 };
+enum DLDeviceType : int32_t { kDLCPU = 1, kDLCUDA = 2, kDLCUDAManaged = 13 };
+enum DLDataTypeCode : uint8_t { kDLFloat = 2 };
 struct DLDevice {
   int32_t device_type;
   int32_t device_id;

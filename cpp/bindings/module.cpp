@@ -81,7 +81,7 @@ template <class T> obce::CloudView<T> cloud_view(const BorrowedTensor &t) {
 
 bool is_cuda(const DLDevice &d) { return d.device_type == kDLCUDA || d.device_type == kDLCUDAManaged; }
 
-// Both backends share this signature: (clouds, out, n_threads, device, stream, check_finite).
+// What a call computes: λ per cloud, or every finite death.
 enum class Operation { death_radii, h0_deaths };
 
 #ifdef OBCE_WITH_CUDA
@@ -127,6 +127,7 @@ obce::Findings run(Operation op, const obce::CloudView<T> &v, T *out, const DLDe
         "obce was built without CUDA: reinstall on a machine with nvcc, or pass a CPU array");
 #endif
   }
+  // The CPU kernels check the input and the range always (it costs nothing there): no check_finite.
   try {
     py::gil_scoped_release release;
     return op == Operation::death_radii ? obce::cpu::death_radii(v, out, n_threads, python_signal_raised)

@@ -74,7 +74,8 @@ template <class T> T max_gap(const T *x, index_t n, T *bucket_min, T *bucket_max
 // All n - 1 gaps of x, ascending (the whole finite H0 diagram). Sorts x in place.
 template <class T> void sorted_gaps(T *x, index_t n, T *gaps) {
   std::sort(x, x + n);
-  for (index_t i = 0; i + 1 < n; ++i) gaps[i] = x[i + 1] - x[i];
+  // + 0 makes the gap of -0 after +0 (equal to sort) a +0, as every other zero death.
+  for (index_t i = 0; i + 1 < n; ++i) gaps[i] = x[i + 1] - x[i] + T(0);
   std::sort(gaps, gaps + (n - 1));
 }
 

@@ -4,11 +4,14 @@
 #include <atomic>
 #include <chrono>
 #include <cmath>
+#include <condition_variable>
 #include <cstdlib>
 #include <exception>
 #include <limits>
+#include <mutex>
 #include <stdexcept>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -141,6 +144,14 @@ int this_thread() {
 #endif
 }
 
+int threads_here() {
+#ifdef _OPENMP
+  return omp_get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 // x - x is 0 for every finite x and NaN for NaN and ±inf.
 template <class T> bool finite(T x) { return x - x == T(0); }
 
@@ -188,8 +199,8 @@ private:
 };
 
 // A call's interruption: `interrupt` is asked on the calling thread (OpenMP's thread 0) at most
-// every 50 ms, between clouds and every so many Prim steps; once it says stop, every thread skips the
-// work left and the call throws Interrupted.
+// every 50 ms, between clouds, every few milliseconds of Prim steps, and while it waits for the other
+// threads; once it says stop, every thread skips the work left and the call throws Interrupted.
 class Interruption {
 public:
   explicit Interruption(Interrupt interrupt) : interrupt_(interrupt) {}
@@ -208,6 +219,7 @@ public:
   void rethrow() const {
     if (stopped()) throw Interrupted();
   }
+  bool asks() const { return interrupt_ != nullptr; }
 
 private:
   static constexpr std::chrono::milliseconds period{50};
@@ -216,8 +228,42 @@ private:
   std::atomic<bool> stopped_{false};
 };
 
-// Prim steps between two looks at the interruption in a single cloud.
-constexpr index_t steps_per_look = 1024;
+// Where the threads of a region meet when their share of the clouds is done. Thread 0 keeps asking
+// the interruption until the others are there too: only it may ask, and without this it would wait
+// at the region's end while another thread runs on (one long cloud, or the tail of a batch).
+class FinishLine {
+public:
+  void cross(Interruption &interruption) {
+    const int n = threads_here();
+    if (done_.fetch_add(1, std::memory_order_acq_rel) + 1 == n) {
+      std::lock_guard<std::mutex> lock(mutex_); // after the count: a waiter is past its check or asleep
+      arrived_.notify_one();
+      return;
+    }
+    if (this_thread() != 0 || !interruption.asks()) return;
+    auto all_there = [&] { return done_.load(std::memory_order_acquire) == n; };
+    // Most waits are one cloud's tail, shorter than a wake-up from sleep: spin through those.
+    const auto spin_until = std::chrono::steady_clock::now() + std::chrono::microseconds(100);
+    while (!all_there() && std::chrono::steady_clock::now() < spin_until) std::this_thread::yield();
+    std::unique_lock<std::mutex> lock(mutex_);
+    while (!arrived_.wait_for(lock, std::chrono::milliseconds(10), all_there)) {
+      lock.unlock(); // asking may run Python: the last thread must be able to notify meanwhile
+      if (interruption.stop()) return;
+      lock.lock();
+    }
+  }
+
+private:
+  std::atomic<int> done_{0};
+  std::mutex mutex_;
+  std::condition_variable arrived_;
+};
+
+// Prim steps between two looks at the interruption in a single cloud: about 2^22 point-dimensions of
+// work, a few milliseconds whatever the cloud's size (a look is a clock read at most).
+index_t steps_per_look(index_t n, index_t dim) {
+  return std::max<index_t>(1, (index_t(1) << 22) / (n * dim));
+}
 
 // Copies cloud c into s.points in the tiled layout of prim.hpp (for dim 1, plainly contiguous).
 // False if a value is not finite.
@@ -265,10 +311,14 @@ template <class T> T line_death_radius(T *x, index_t n, Scratch<T> &s) {
 template <class T, class OnEdge>
 void serial_prim(Scratch<T> &s, index_t n, index_t dim, Interruption &interruption, OnEdge on_edge) {
   if (!use_pair_matrix<T>(n, dim)) {
-    index_t step = 0;
+    const index_t look = steps_per_look(n, dim);
+    index_t until_look = look;
     prim(s.points.data(), n, dim, s.a.data(), s.b.data(), RelaxBest<T>{}, [&](T d2) {
       on_edge(d2);
-      if (++step % steps_per_look == 0 && interruption.stop()) throw Interrupted();
+      if (--until_look == 0) {
+        until_look = look;
+        if (interruption.stop()) throw Interrupted();
+      }
     });
     return;
   }
@@ -291,12 +341,12 @@ void parallel_prim(T *W, index_t n, index_t dim, T *dist, std::vector<Nearest<T>
   auto share_start = [&](int r) {
     return r == n_threads ? n - 1 : (n - 1) * r / n_threads / tile_points * tile_points;
   };
-  const index_t lo = share_start(t), hi = share_start(t + 1);
+  const index_t lo = share_start(t), hi = share_start(t + 1), look = steps_per_look(n, dim);
   index_t end = hi; // this thread's active points are [lo, end)
   copy_point(W, dim, n - 1, p.data());
   std::fill(dist + lo, dist + hi, std::numeric_limits<T>::infinity());
   for (index_t step = 0; step + 1 < n; ++step) {
-    if (t == 0 && step % steps_per_look == 0) interruption.stop();
+    if (t == 0 && step % look == 0) interruption.stop();
     candidates[t] = kernels<T>().relax(W, dim, p.data(), dist, lo, end);
 #pragma omp barrier
     // Only thread 0 writes the flag, before this barrier, and the next barrier comes before its next
@@ -340,13 +390,17 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, Interruption &inter
     }
   } else {
     RegionErrors errors;
-#pragma omp parallel num_threads(nt) reduction(min : first_bad)
+    FinishLine finish_line;
+    // No more threads than pieces of work: an idle one only costs its start.
+    const index_t pieces = v.dim == 1 ? (v.n_clouds + line_group - 1) / line_group : v.n_clouds;
+    const int region_threads = int(std::clamp<index_t>(pieces, 1, nt));
+#pragma omp parallel num_threads(region_threads) reduction(min : first_bad)
     {
       Scratch<T> s;
       if (v.dim == 1) {
         const index_t group = std::min(line_group, v.n_clouds);
         bool finite_cloud[line_group];
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (index_t c0 = 0; c0 < v.n_clouds; c0 += line_group) {
           if (interruption.stop()) continue;
           errors.run([&] {
@@ -362,7 +416,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, Interruption &inter
           });
         }
       } else {
-#pragma omp for schedule(dynamic, 1)
+#pragma omp for schedule(dynamic, 1) nowait
         for (index_t c = 0; c < v.n_clouds; ++c) {
           if (interruption.stop()) continue;
           errors.run([&] {
@@ -374,6 +428,7 @@ index_t for_each_cloud(const CloudView<T> &v, int n_threads, Interruption &inter
           });
         }
       }
+      finish_line.cross(interruption);
     }
     errors.rethrow();
   }

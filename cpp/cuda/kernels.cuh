@@ -557,7 +557,7 @@ template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds
   for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total;
        t += index_t(gridDim.x) * blockDim.x) {
     const index_t c = t / (n - 1), i = t % (n - 1);
-    gaps[t] = sorted[c * n + i + 1] - sorted[c * n + i];
+    gaps[t] = sorted[c * n + i + 1] - sorted[c * n + i] + T(0); // -0 - +0 is -0: a zero death is +0
   }
 }
 

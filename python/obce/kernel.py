@@ -95,10 +95,10 @@ def fast_death_radii(acts, *, n_threads: int = -1, check_finite: bool = True):
     Raises
     ------
     TypeError
-        Not a 2-D or 3-D array, or not a floating-point dtype.
+        Not a 2-D or 3-D array, not a floating-point dtype, or ``n_threads``/``check_finite`` of another type.
     ValueError
-        Fewer than 2 points, zero dimensions, NaN or infinity, or a λ beyond the result's type
-        (above ~3.4e38 for float32, ~1.8e308 for float64); the first offending cloud is named.
+        Fewer than 2 points, zero dimensions, NaN or infinity, ``n_threads`` below 1 but -1, or a λ beyond the
+        result's type (above ~3.4e38 for float32, ~1.8e308 for float64); the first offending cloud is named.
     RuntimeError
         A CUDA error (out of memory included), or a CUDA tensor given to a build without CUDA.
     KeyboardInterrupt
@@ -120,9 +120,10 @@ def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
 
     Births are all 0. Zero-length deaths of duplicate points are kept, so every cloud has
     ``n_points - 1`` of them; ripser drops such zero-persistence pairs, so compare its finite
-    deaths with the non-zero ones here. With ``check_finite``, a d > 1 cloud whose smallest death
-    is 0 or tiny is computed again in float64 (a zero may be a square that underflowed), so clouds
-    with duplicate points cost about twice as much.
+    deaths with the non-zero ones here. With ``check_finite``, a d > 1 cloud with a death below the
+    range of squares (see :func:`fast_death_radii`) other than the zeros of its repeated points is
+    computed again as λ is there (a zero may be a square that underflowed). The last column is
+    ``fast_death_radii(acts)``, to the last bit but in such recomputed clouds (to rounding there).
 
     Parameters
     ----------
@@ -149,11 +150,9 @@ def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
 
 
 def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool):
-    if (
-        isinstance(n_threads, bool)
-        or not isinstance(n_threads, (int, np.integer))
-        or (n_threads < 1 and n_threads != -1)
-    ):
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
+        raise TypeError(f"n_threads must be an integer, got {n_threads!r}")
+    if n_threads < 1 and n_threads != -1:
         raise ValueError(f"n_threads must be -1 (all cores) or a positive integer, got {n_threads!r}")
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
@@ -247,8 +246,21 @@ def _squares_out_of_range(out, full_diagram: bool, least):
     return ~((smallest >= least) & (_lambdas(out, full_diagram) < math.inf))
 
 
+def _zeros_of_duplicates(rows, n_duplicates, least):
+    """Which diagram ``rows`` are exact though their smallest deaths are below ``least``: as many zeros as their
+    clouds repeat points (a zero of a repeated point is exact; one of a square that underflowed would be one more),
+    then deaths in range."""
+    n_duplicates = np.asarray(n_duplicates, dtype=np.int64)
+    first_nonzero = rows[np.arange(len(rows)), np.minimum(n_duplicates, rows.shape[1] - 1)]
+    return ((rows == 0).sum(axis=1) == n_duplicates) & (first_nonzero >= least) & (rows[:, -1] < math.inf)
+
+
 def _redo_squares_out_of_range_numpy(kernel, acts, out, n_threads, full_diagram):
-    redo = np.flatnonzero(_squares_out_of_range(out, full_diagram, _least_precise_death(acts.dtype, acts.shape[2])))
+    least = _least_precise_death(acts.dtype, acts.shape[2])
+    redo = np.flatnonzero(_squares_out_of_range(out, full_diagram, least))
+    if full_diagram and redo.size:
+        duplicates = [len(acts[i]) - len(np.unique(acts[i], axis=0)) for i in redo]
+        redo = redo[~_zeros_of_duplicates(out[redo], duplicates, least)]
     if redo.size == 0:
         return
     clouds = acts[redo].astype(np.float64)
@@ -267,6 +279,10 @@ def _redo_squares_out_of_range_numpy(kernel, acts, out, n_threads, full_diagram)
 def _redo_squares_out_of_range_torch(torch, kernel, acts, out, n_threads, full_diagram):
     least = _least_precise_death(np.dtype(str(acts.dtype).removeprefix("torch.")), acts.shape[2])
     redo = _squares_out_of_range(out, full_diagram, float(least)).nonzero().flatten()
+    if full_diagram and len(redo):
+        duplicates = [len(acts[i]) - len(torch.unique(acts[i], dim=0)) for i in redo.tolist()]
+        exact = _zeros_of_duplicates(out[redo].cpu().numpy(), duplicates, least)
+        redo = redo[torch.as_tensor(~exact, device=redo.device)]
     if len(redo) == 0:
         return
     clouds = acts[redo].double()
@@ -299,21 +315,23 @@ def _exact_deaths(cloud: np.ndarray, full_diagram: bool) -> np.ndarray:
     """A float64 cloud's ascending minimum-spanning-tree edge lengths (its λ alone unless ``full_diagram``), by
     Prim on distances computed pair by pair as m·sqrt(Σ(dᵢ/m)²), m the largest coordinate difference, so that no
     square leaves float64's range: O(n² d), for the rare clouds that need it."""
-    halved = np.abs(cloud).max() > 2.0**1022  # differences of such coordinates could overflow
-    cloud = cloud / 2 if halved else cloud
     n = len(cloud)
     nearest, in_tree, deaths, current = np.full(n, np.inf), np.zeros(n, dtype=bool), [], 0
     for _ in range(n - 1):
         in_tree[current] = True
-        diff = cloud - cloud[current]
-        scale = np.abs(diff).max(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):
+            diff = cloud - cloud[current]
+            # Differences beyond float64 (coordinates near its largest) are halved, exactly at that magnitude,
+            # and their distances doubled: halving the whole cloud would round its subnormal differences.
+            halved = ~np.isfinite(diff).all(axis=1)
+            diff[halved] = cloud[halved] / 2 - cloud[current] / 2
+            scale = np.abs(diff).max(axis=1)
             distance = np.where(scale > 0, scale * np.sqrt(((diff / scale[:, None]) ** 2).sum(axis=1)), 0.0)
+            distance[halved] *= 2  # a λ beyond float64 is infinite: reported after
         nearest = np.where(in_tree, np.inf, np.minimum(nearest, distance))
         current = int(np.argmin(nearest))
         deaths.append(nearest[current])
-    with np.errstate(over="ignore"):  # a λ beyond float64 is infinite: reported after
-        deaths = np.sort(deaths) * (2.0 if halved else 1.0)
+    deaths = np.sort(deaths)
     return deaths if full_diagram else deaths[-1]
 
 
