@@ -515,6 +515,16 @@ def test_any_strides_are_read_in_place():
         np.testing.assert_array_equal(obce.fast_death_radii(view), obce.fast_death_radii(np.ascontiguousarray(view)))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_unaligned_input_is_read_aligned(dtype):
+    """A buffer at an odd address (np.frombuffer with an offset) is copied: the kernels read whole floats."""
+    acts = np.random.default_rng(4).normal(size=(30, 7)).astype(dtype)
+    unaligned = np.frombuffer(b"\0" + acts.tobytes(), dtype=dtype, offset=1).reshape(acts.shape)
+    assert not unaligned.flags.aligned
+    np.testing.assert_array_equal(obce.fast_death_radii(unaligned), obce.fast_death_radii(acts))
+    np.testing.assert_array_equal(obce.h0_deaths(unaligned), obce.h0_deaths(acts))
+
+
 def test_read_only_input():
     acts = np.random.default_rng(4).normal(size=(20, 5))
     acts.flags.writeable = False

@@ -357,8 +357,9 @@ def _run_numpy(kernel, acts, n_threads, check_finite, full_diagram):
     out = np.empty(_result_shape(n_clouds, n_points, full_diagram), dtype=acts.dtype)
     if n_clouds == 0:
         return out
-    if any(s % acts.itemsize for s in acts.strides):
-        acts = np.ascontiguousarray(acts)  # DLPack strides count elements, not bytes
+    if any(s % acts.itemsize for s in acts.strides) or not acts.flags.aligned:
+        # DLPack strides count elements, not bytes; a float the kernels read must sit at a float's alignment.
+        acts = np.require(acts, requirements=["C", "A"])
     capsule = acts.__dlpack__(max_version=(1, 0))
     first_bad, first_out_of_range = kernel(capsule, out.__dlpack__(max_version=(1, 0)), n_threads, 0, check_finite)
     _raise_if_bad(first_bad, acts.ndim)
