@@ -88,6 +88,26 @@ def test_paper_plans_match_the_tables(model, spec, n_layers):
         assert plan.level(layer, "query") == plan.level(layer, "key")
 
 
+def test_a_paper_table_is_refused_for_a_model_of_another_depth(tiny_bert_config, tmp_path):
+    """BERT-base's table on a 24-layer model would prune layers 3-12 only: refused, naming both depths."""
+    torch.manual_seed(0)
+    deep = BertModel(tiny_bert_config(num_hidden_layers=24))
+    table, plan = random_table(deep), paper_plan("bert-base")
+    with pytest.raises(ValueError, match="made for a 12-layer model but the model has 24 layers"):
+        dry_run(deep, table, plan)
+    with pytest.raises(ValueError, match=r"model has 4 layers \(1..4\); it is made for a 12-layer model"):
+        PruningPlan.from_dict(plan.to_dict()).check(4)
+    assert dry_run(deep, table, PruningPlan(plan.levels)).encoder_fraction < 1  # the levels alone, deliberately
+    # The depth is saved with the plan and kept by remap; a file without it (saved before) still loads.
+    assert plan.model_layers == 12 and paper_plan("bert-large").model_layers == 24
+    assert plan.remap({30: 25, 50: 50, 70: 75}).model_layers == 12
+    assert PruningPlan.load(plan.save(tmp_path / "plan.json")) == plan
+    assert json.loads((tmp_path / "plan.json").read_text())["model_layers"] == 12
+    old = {key: value for key, value in plan.to_dict().items() if key != "model_layers"}
+    assert PruningPlan.from_dict(old).model_layers is None
+    assert "model_layers" not in uniform_plan(4, 50).to_dict()
+
+
 def test_bert_large_layer_13_takes_the_stricter_level():
     plan = paper_plan("bert-large")
     assert plan.level(13, "query") == 70.0
@@ -121,6 +141,13 @@ def test_quartile_variant_maps_levels():
 def test_bad_plans_are_rejected(levels, match):
     with pytest.raises(ValueError, match=match):
         PruningPlan(levels)
+
+
+def test_level_reads_a_layer_as_the_plan_takes_it():
+    plan = PruningPlan({"3": {"value": 30}})
+    assert plan.level("3", "value") == plan.level(3, "value") == 30.0
+    with pytest.raises(ValueError, match="counted from 1, got 'three'"):
+        plan.level("three", "value")
 
 
 def test_plan_naming_a_missing_layer_is_rejected(tiny3):
@@ -210,6 +237,8 @@ def test_uniform_plan():
         uniform_plan(2, 30)
     with pytest.raises(ValueError, match="never pruned"):
         uniform_plan(4, 30, components=("output",))
+    with pytest.raises(ValueError, match="components is empty, a plan that prunes nothing"):
+        uniform_plan(4, 30, components=())
     with pytest.raises(ValueError, match=r"uniform_plan: level must be a percentile in \[0, 100\).*got 150"):
         uniform_plan(4, 150)
     with pytest.raises(ValueError, match=r"plan layer 2 value: .*\(P100 keeps no neuron\), got 100"):
@@ -240,13 +269,16 @@ def test_selection_keeps_neurons_above_the_percentile(tiny3):
 
 
 def test_query_key_ranked_by_the_product_of_ranks(tiny3):
-    q = np.arange(1, 33, dtype=float)  # ranks 1..32 in order
-    k = q[::-1].copy()  # reversed: the product of ranks peaks in the middle
+    q = np.arange(1, 33, dtype=float)  # λ equal to the ranks 1..32
+    k = 7 * q % 33  # a shuffle of the ranks, on which the least of the two ranks chooses other dimensions
     table = random_table(tiny3, overrides={(3, "query"): {"lam": q}, (3, "key"): {"lam": k}})
     sel = select_neurons(PruningPlan({3: {"query": 50, "key": 50}}), table, EncoderShape.from_model(tiny3))
-    product = q * k
+    product, least = q * k, np.minimum(q, k)
     np.testing.assert_array_equal(sel[2].qk, np.flatnonzero(product > np.median(product)))
-    assert sel[2].qk.min() > 0 and sel[2].qk.max() < 31  # the extremes (one low rank) go first
+    # Dimension 8 (ranks 9 and 30, product 270 above the median 212) is kept, dimension 10 (ranks 11 and 11,
+    # product 121) is not; by the least rank (9 below its median 10.5, 11 above) it would be the other way round.
+    assert 8 in sel[2].qk and 10 not in sel[2].qk
+    assert set(np.flatnonzero(least > np.median(least))) != set(sel[2].qk)
 
 
 def test_head_without_values_is_removed_with_its_query_key(tiny3):
@@ -405,3 +437,47 @@ def test_target_plan_lands_on_the_budget(tiny_bert_config):
     assert 0.9 <= report.encoder_fraction < 0.9 + 40 / report.encoder_before
     with pytest.raises(ValueError, match="spread must be a number of percentile points >= 0, got -40"):
         target_plan(model, table, 0.9, spread=-40)
+
+
+def test_target_plan_ends_for_a_huge_spread(tiny_bert_config, monkeypatch):
+    """At a spread of 1e11 the strengths bisected over are ~5e10, where floats are further apart than the
+    bisection's 1e-6: it must end anyway, with the plan a moderate spread that also steps one unit at a time
+    gives."""
+    import obce.plans
+
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=5)).eval()
+    table = random_table(model)
+    fraction, calls = obce.plans._plan_fraction, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > 1000:
+            raise RuntimeError("target_plan does not end")
+        return fraction(*args, **kwargs)
+
+    monkeypatch.setattr(obce.plans, "_plan_fraction", counted)
+    for target in (0.99, 0.95):
+        calls.clear()
+        plan = target_plan(model, table, target, spread=1e11)
+        assert plan.levels == target_plan(model, table, target, spread=1e4).levels
+        assert dry_run(model, table, plan).encoder_fraction >= target
+
+
+def test_target_plan_lands_within_a_neuron_when_a_step_empties_a_head(tiny_bert_config):
+    """Layer 4's value is the unit split at the target, and its next value dimension would empty a head (taking
+    the head's query/key dimensions, 528 parameters): the unit stepping after it, layer 5's intermediate, takes up
+    the rest. Splitting layer 4's value alone stopped 468 parameters above the target, where a neuron is 65."""
+    torch.manual_seed(0)
+    model = BertModel(tiny_bert_config(num_hidden_layers=5)).eval()
+    rng = np.random.default_rng(2)
+    overrides = {}
+    for layer in range(1, 6):
+        for c in ("query", "key", "value", "intermediate"):
+            width = 37 if c == "intermediate" else 32
+            overrides[(layer, c)] = {"lam": rng.uniform(0, 1, width) * (1 + layer * rng.uniform(-0.3, 0.3))}
+    table = random_table(model, seed=2, overrides=overrides)
+    plan = target_plan(model, table, 0.9, levels=(0, 50, 90), spread=200)
+    report = dry_run(model, table, plan)
+    assert plan.level(4, "value") not in (0, 50, 90) and plan.level(5, "intermediate") not in (0, 50, 90)
+    assert 0 <= (report.encoder_fraction - 0.9) * report.encoder_before < 2 * 32 + 1

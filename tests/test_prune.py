@@ -263,8 +263,12 @@ def test_a_compressed_model_is_not_pruned_again(tiny3):
 
 def test_dtype_device_and_mode_follow_the_original(tiny3):
     model = tiny3.double().train()
+    model.embeddings.eval()  # a part in eval mode under a training model (say a frozen one) stays so
+    model.encoder.layer[1].attention.self.eval()
     pruned = prune_model(model, random_table(model), MIXED_PLAN)
-    assert pruned.training
+    assert pruned.training and not pruned.encoder.layer[1].attention.self.dropout.training
+    modes = {name: module.training for name, module in model.named_modules()}
+    assert {name: module.training for name, module in pruned.named_modules()} == modes
     assert {p.dtype for p in pruned.parameters()} == {torch.float64}
     ids = torch.randint(5, 100, (2, 6))
     loss = pruned(input_ids=ids).last_hidden_state.pow(2).mean()

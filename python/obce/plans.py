@@ -138,6 +138,10 @@ class PruningPlan:
         Short name shown in summaries.
     notes : str
         Free text kept with the plan (e.g. how it was chosen).
+    model_layers : int, optional
+        The number of layers of the model the plan is made for (a paper table's: 12 or 24). A model of another
+        depth is then refused: a table written for 12 layers says nothing about layers 13-24, nor is its
+        layer 5 a 24-layer model's layer 5. None (the default): any model that has the layers the plan names.
 
     Raises
     ------
@@ -155,6 +159,7 @@ class PruningPlan:
     levels: Mapping[int, Mapping[str, float]]
     name: str = "custom"
     notes: str = ""
+    model_layers: int | None = None
 
     def __post_init__(self) -> None:
         if not isinstance(self.levels, Mapping):
@@ -182,12 +187,16 @@ class PruningPlan:
         object.__setattr__(self, "levels", MappingProxyType(levels))
         if not isinstance(self.name, str) or not isinstance(self.notes, str):
             raise TypeError(f"name and notes must be strings, got {self.name!r} and {self.notes!r}")
+        if self.model_layers is not None:
+            object.__setattr__(self, "model_layers", _check_layer(self.model_layers, "plan model_layers"))
 
     def __hash__(self) -> int:
-        return hash((tuple((layer, tuple(row.items())) for layer, row in self.levels.items()), self.name, self.notes))
+        rows = tuple((layer, tuple(row.items())) for layer, row in self.levels.items())
+        return hash((rows, self.name, self.notes, self.model_layers))
 
     def __reduce__(self):  # pickle and copy through plain dicts (read-only views do not pickle)
-        return type(self), ({layer: dict(row) for layer, row in self.levels.items()}, self.name, self.notes)
+        levels = {layer: dict(row) for layer, row in self.levels.items()}
+        return type(self), (levels, self.name, self.notes, self.model_layers)
 
     @property
     def layers(self) -> list[int]:
@@ -198,14 +207,22 @@ class PruningPlan:
         """The level of ``layer`` (from 1) and ``component``, or None when it is not pruned."""
         if component not in COMPONENTS:
             raise ValueError(f"unknown component {component!r}; expected one of {', '.join(COMPONENTS)}")
-        return self.levels.get(layer, {}).get(component)
+        return self.levels.get(_check_layer(layer, "plan level"), {}).get(component)
 
     def check(self, num_layers: int) -> None:
-        """Raise ValueError if the plan names a layer a model with ``num_layers`` layers does not have."""
+        """Raise ValueError if the plan does not fit a model with ``num_layers`` layers: it names a layer the
+        model lacks, or it is made for a model of another depth (``model_layers``)."""
         missing = [layer for layer in self.levels if layer > num_layers]
+        made_for = f"; it is made for a {self.model_layers}-layer model" if self.model_layers else ""
         if missing:
             raise ValueError(
-                f"plan {self.name!r} names layer(s) {missing} but the model has {num_layers} layers (1..{num_layers})"
+                f"plan {self.name!r} names layer(s) {missing} but the model has {num_layers} layers "
+                f"(1..{num_layers}){made_for}"
+            )
+        if self.model_layers not in (None, num_layers):
+            raise ValueError(
+                f"plan {self.name!r} is made for a {self.model_layers}-layer model but the model has {num_layers} "
+                "layers; to apply its levels anyway, to the layers it names, use PruningPlan(plan.levels)"
             )
 
     def remap(self, mapping: Mapping[float, float], *, name: str | None = None) -> PruningPlan:
@@ -214,19 +231,22 @@ class PruningPlan:
             levels = {layer: {c: mapping[v] for c, v in row.items()} for layer, row in self.levels.items()}
         except KeyError as err:
             raise ValueError(f"mapping {dict(mapping)} has no entry for level {err.args[0]:g}") from None
-        return PruningPlan(levels, name=name or self.name, notes=self.notes)
+        return PruningPlan(levels, name=name or self.name, notes=self.notes, model_layers=self.model_layers)
 
     def to_dict(self) -> dict:
-        """JSON-ready form (layer keys as strings)."""
-        return {
+        """JSON-ready form (layer keys as strings; ``model_layers`` only when set)."""
+        data = {
             "name": self.name,
             "notes": self.notes,
             "levels": {str(layer): dict(row) for layer, row in self.levels.items()},
         }
+        if self.model_layers is not None:
+            data["model_layers"] = self.model_layers
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping) -> PruningPlan:
-        """Inverse of :meth:`to_dict`; ``name`` and ``notes`` are optional.
+        """Inverse of :meth:`to_dict`; ``name``, ``notes`` and ``model_layers`` are optional.
 
         Raises
         ------
@@ -235,10 +255,15 @@ class PruningPlan:
         """
         if not isinstance(data, Mapping) or "levels" not in data:
             raise ValueError(f"a plan needs a 'levels' mapping, got {data!r:.200}")
-        unknown = set(data) - {"name", "notes", "levels"}
+        unknown = set(data) - {"name", "notes", "levels", "model_layers"}
         if unknown:
-            raise ValueError(f"unexpected plan keys {sorted(unknown)}; expected name, notes, levels")
-        return cls(data["levels"], name=data.get("name", "custom"), notes=data.get("notes", ""))
+            raise ValueError(f"unexpected plan keys {sorted(unknown)}; expected name, notes, levels, model_layers")
+        return cls(
+            data["levels"],
+            name=data.get("name", "custom"),
+            notes=data.get("notes", ""),
+            model_layers=data.get("model_layers"),
+        )
 
     def save(self, path: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the plan as JSON, atomically (temporary file in the same folder, then rename).
@@ -364,6 +389,8 @@ def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
     """The paper's pruning plan for BERT-base (its Table 2) or BERT-large (Table 3).
 
     Layers 1-2 are untouched; ``attention_output`` and ``output`` are never pruned; query and key share a level.
+    The plan is for a model of the table's depth (``model_layers`` 12 or 24): :meth:`PruningPlan.check`, hence
+    :func:`dry_run` and :func:`obce.prune.prune_model`, refuse a model of another depth.
 
     BERT-base (layers from 1): query/key P30 in 3, 4, 11, 12; P50 in 8-10; P70 in 5-7. Value P30 in 4; P50 in 3,
     11, 12; P70 in 5-10. Intermediate P30 in 3, 4, 10-12; P50 in 5-9.
@@ -374,10 +401,13 @@ def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
 
     Applied to a BERT-base-sized model the BERT-base plan keeps 62.80 % of the encoder layers' parameters
     (53,416,243 of 85,054,464) and 71.10 % of the whole model with embeddings and pooler (77,844,019 of
-    109,482,240); it removes 31.6 M parameters. The paper reports 58.47 %. The count does not depend on λ
-    (barring ties): a percentile level fixes how many neurons stay. No accounting we tried reproduces 58.47 %
-    (kept share of the query/key/value/intermediate neurons alone: 62.38 %); the paper does not say what its
-    figure counts. See ``benchmarks/results/inference_speed.md``.
+    109,482,240) with the random λ of the tests; it removes 31.6 M parameters. The paper reports 58.47 %. Other λ
+    give slightly other counts: a level fixes how many value and intermediate neurons stay (barring ties in λ),
+    but a head left with no value dimension is removed with its query/key dimensions, and query/key dimensions
+    are ranked by a product of ranks, which ties even for distinct λ (2·6 = 3·4) and drops every dimension tied
+    at the threshold. No accounting we tried reproduces 58.47 % (kept share of the query/key/value/intermediate
+    neurons alone: 62.38 %); the paper does not say what its figure counts. See
+    ``benchmarks/results/inference_speed.md``.
 
     Parameters
     ----------
@@ -414,7 +444,7 @@ def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
     notes = f"{model} table of the paper, levels {'/'.join(f'P{v:g}' for v in level_values)}"
     if model == "bert-large":
         notes += "; query/key layer 13 listed twice, the stricter level kept"
-    return PruningPlan(rows, name=f"paper-{model}-{levels}", notes=notes)
+    return PruningPlan(rows, name=f"paper-{model}-{levels}", notes=notes, model_layers=_PAPER_LAYERS[model])
 
 
 def uniform_plan(
@@ -431,7 +461,7 @@ def uniform_plan(
     TypeError
         ``num_layers`` is not an integer (a model, say).
     ValueError
-        Bad layer numbers, level, or components (query and key must be both named or both left out).
+        Bad layer numbers, level, or components (none, or query and key not both named or both left out).
     """
     if not isinstance(num_layers, numbers.Integral):
         raise TypeError(
@@ -445,6 +475,10 @@ def uniform_plan(
     if isinstance(components, str):
         raise TypeError(f"components must be a sequence of names, got the string {components!r}")
     row = {_check_component(c, "uniform_plan"): level for c in components}
+    if not row:
+        raise ValueError(
+            f"uniform_plan: components is empty, a plan that prunes nothing; expected some of {', '.join(PRUNABLE)}"
+        )
     return PruningPlan(
         dict.fromkeys(range(start_layer, num_layers + 1), row),
         name=f"uniform-P{level:g}",
@@ -630,8 +664,8 @@ def select_neurons(plan: PruningPlan, table, shape: EncoderShape, *, score: str 
     Raises
     ------
     ValueError
-        The plan names a layer the model lacks, the table does not match the model, a level keeps no neuron,
-        or the table has no column ``score``.
+        The plan names a layer the model lacks or is made for a model of another depth, the table does not match
+        the model, a level keeps no neuron, or the table has no column ``score``.
     """
     if not isinstance(plan, PruningPlan):
         raise TypeError(f"plan must be a PruningPlan, got {type(plan).__name__}")
@@ -817,10 +851,14 @@ def target_plan(
     percentile is ``a + spread * (0.5 - s)``, rounded down to the nearest level of ``levels`` (none below the
     lowest, the highest above it): the unit with the lowest median λ is pruned ``spread`` percentile points
     harder than the one with the highest. ``a`` is raised (bisection) until one more step would go below the
-    target. Discrete levels cannot land exactly on a budget, so the next unit in line then gets the percentile
-    between its two levels that reaches the target (to within one neuron); every other unit stays on a level
-    of ``levels``. A unit whose neurons all tie stays whole, and one where many neurons tie at its top score
-    stops at the highest level that still keeps some of them (the notes name both).
+    target. Discrete levels cannot land exactly on a budget, so the units stepping there take their steps one
+    at a time, lowest rank first, and the one whose step would cross the target gets the highest percentile
+    between its two levels that stays above it. That is within one neuron of the target unless the unit's next
+    neuron takes more with it (a value neuron that empties a head takes the head's query/key dimensions; tied
+    neurons go together); the units still stepping then split their steps in turn, until the plan is within a
+    neuron or none is left. Every other unit stays on a level of ``levels``. A unit whose neurons all tie
+    stays whole, and one where many neurons tie at its top score stops at the highest level that still keeps
+    some of them (the notes name both).
 
     Parameters
     ----------
@@ -908,11 +946,15 @@ def target_plan(
     lo, hi = level_values[0] - spread - 1, top
     while hi - lo > 1e-6:
         mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break  # a huge spread puts lo and hi where floats are further apart than 1e-6: they are adjacent
         lo, hi = (mid, hi) if fraction(build(mid)) > target else (lo, mid)
     plan_lo, plan_hi = build(lo), build(hi)
     # Units with tied ranks step together; take their steps one at a time, lowest rank first, and split the
     # step that crosses the target.
     overrides: dict[tuple[int, str], float] = {}
+    # The fewest parameters a neuron takes: a value or intermediate row with its reader's column.
+    neuron = (2 * shape.hidden_size + 1) / (shape.encoder_params if of == "encoder" else shape.model_params)
     for unit in sorted(units, key=lambda u: units[u]):
         step_from, step_to = plan_lo.level(unit[0], _first(unit[1])), plan_hi.level(unit[0], _first(unit[1]))
         if step_from == step_to:
@@ -920,14 +962,17 @@ def target_plan(
         if fraction(build(lo, {**overrides, unit: step_to})) > target:
             overrides[unit] = step_to
             continue
-        if step_from is None and fraction(build(lo, {**overrides, unit: 0.0})) <= target:
-            break  # even P0 (the unit's least neuron) would cross the target: the unit stays whole
-        p_lo, p_hi = (0.0 if step_from is None else step_from), step_to
-        while p_hi - p_lo > 1e-3:
-            mid = (p_lo + p_hi) / 2
-            p_lo, p_hi = (mid, p_hi) if fraction(build(lo, {**overrides, unit: mid})) > target else (p_lo, mid)
-        overrides[unit] = math.floor(p_lo * 1000) / 1000  # rounded down: the lighter side of the target
-        break
+        # Split the step, unless even P0 (the unit's least neuron) would cross the target: the unit stays whole.
+        if step_from is not None or fraction(build(lo, {**overrides, unit: 0.0})) > target:
+            p_lo, p_hi = (0.0 if step_from is None else step_from), step_to
+            while p_hi - p_lo > 1e-3:
+                mid = (p_lo + p_hi) / 2
+                p_lo, p_hi = (mid, p_hi) if fraction(build(lo, {**overrides, unit: mid})) > target else (p_lo, mid)
+            overrides[unit] = math.floor(p_lo * 1000) / 1000  # rounded down: the lighter side of the target
+        if fraction(build(lo, overrides)) - target < neuron:
+            break  # within one neuron of the target
+        # More than a neuron above the target: this unit's next neuron takes more (a value neuron that empties a
+        # head takes the head's query/key dimensions; tied neurons go together), so the next units split theirs.
     plan = build(lo, overrides)
     return PruningPlan(
         plan.levels,

@@ -162,8 +162,9 @@ def prune_model(
     -------
     transformers.PreTrainedModel
         The compressed counterpart of ``model``'s class (``ObceBertModel``, ...), on the same device and dtype, in
-        the same train/eval mode, with the same parameters frozen. ``save_pretrained`` it and load it back with the
-        Auto classes after ``import obce``. Its parameter count is :func:`obce.plans.dry_run`'s ``model_after``.
+        the same train/eval mode (submodule by submodule), with the same parameters frozen. ``save_pretrained`` it
+        and load it back with the Auto classes after ``import obce``. Its parameter count is
+        :func:`obce.plans.dry_run`'s ``model_after``.
 
     Raises
     ------
@@ -213,7 +214,12 @@ def prune_model(
     frozen = {name for name, parameter in model.named_parameters() if not parameter.requires_grad}
     for name, parameter in pruned.named_parameters():
         parameter.requires_grad_(name not in frozen)  # a frozen embedding stays frozen for the fine-tuning after
-    return pruned.to(device=reference.device).train(model.training)
+    pruned.to(device=reference.device).train(model.training)
+    # Submodule by submodule: a part set to eval mode under a training model (say a frozen encoder) stays so.
+    modes = {name: module.training for name, module in model.named_modules()}
+    for name, module in pruned.named_modules():
+        module.training = modes.get(name, module.training)
+    return pruned
 
 
 def _removed_inputs(sel: LayerSelection, shape: EncoderShape):
