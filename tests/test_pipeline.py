@@ -570,7 +570,10 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeyp
     """The analysis options left out of `obce prune` are the run's; one typed differently is still refused."""
     path = tmp_path / "run"
     analyze = [a for a in prune_args(inputs, path) if a != "prune"]
-    assert run_cli(capsys, ["analyze", *analyze])[0] == 0
+    code, out, _ = run_cli(capsys, ["analyze", *analyze])
+    assert code == 0
+    # The medians printed by layer, components in the order of the forward pass.
+    assert out.splitlines()[0].split() == ["component", *obce.COMPONENTS]
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
     assert code == 0, err
     assert "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err

@@ -153,6 +153,13 @@ def test_scores_section_from_metrics(run, tmp_path):
     _, sections = report_sections(copy, figures=False)
     scores = next(s for s in sections if s.title == "Task scores: Polarity")
     assert scores.blocks[1].rows == [["original", "1,002", "7", "81.25"], ["compressed", "902", "7", "79.38"]]
+    assert "chosen on" not in scores.blocks[0]  # chosen on dev, scored on test
+    for entry in metrics["models"].values():
+        entry["task"] = "sst2"  # GLUE: scored on the dev split it was chosen on, which the page says
+    RunFolder(copy).write_json("metrics.json", metrics)
+    _, sections = report_sections(copy, figures=False)
+    scores = next(s for s in sections if s.title.startswith("Task scores"))
+    assert "dev is also the split the best was chosen on" in scores.blocks[0]
 
 
 def test_partial_and_missing_runs(tmp_path, run):

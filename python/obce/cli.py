@@ -329,8 +329,9 @@ def analyze(
     analysis = pipeline.analysis_settings(model, corpus, sentences, seed, token)
     run = _open_run(ctx, output, overwrite, {"analyze": analysis})
     _analysis(run, analysis, device, progress)
-    stats = run.table().stats()
-    _echo(stats.pivot(index="layer", columns="component", values="median").to_string(float_format="{:.4g}".format))
+    table = run.table()
+    medians = table.stats().pivot(index="layer", columns="component", values="median")[table.components]
+    _echo(medians.to_string(float_format="{:.4g}".format))  # components in the order of the forward pass
     _report(run)
 
 

@@ -486,8 +486,14 @@ def _scores(metrics: dict, settings: dict, curves: str | None) -> Section:
                     if ft.get("distill")
                     else ""
                 )
-                + f"; the best of the dev evaluations was kept and scored on {', '.join(info.report_splits)}. Scores "
-                "×100; parameters include the classification head."
+                + f"; the best of the dev evaluations was kept and scored on {', '.join(info.report_splits)}"
+                + (
+                    f" ({info.selection_split} is also the split the best was chosen on, as usual for GLUE, whose "
+                    "test labels are not public: a choice that flatters every model alike)"
+                    if info.selection_split in info.report_splits
+                    else ""
+                )
+                + ". Scores ×100; parameters include the classification head."
             ),
             Table(["model", "parameters", "steps", *(f"{split} {m}" for split, m in columns)], rows),
             *([Figure(curves, "Training loss and dev score by step, for each model.")] if curves else []),
