@@ -10,7 +10,7 @@ are the same for every source; a dump's sentences are also cleaned of what its m
 - a plain text file with one text per line, streamed;
 - a Hugging Face dataset, streamed (needs the optional ``datasets`` package and a network).
 
-The built-in corpus is the English Wikipedia sample dump shipped in the gensim wheel (107 articles,
+The built-in corpus is the English Wikipedia sample dump shipped in the gensim wheel (106 articles,
 about 12,000 sentences after cleaning), so everything works offline.
 """
 
@@ -58,7 +58,7 @@ def builtin_dump_path() -> Path:
     Returns
     -------
     pathlib.Path
-        The ``.xml.bz2`` dump (107 articles).
+        The ``.xml.bz2`` dump (106 articles).
 
     Raises
     ------

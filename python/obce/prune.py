@@ -30,12 +30,13 @@ since the bias is added at every token) or ``"point"`` (``mean``/``std``: at the
 default).
 
 Why nothing is folded by default (``benchmarks/results/ablation.md``): a fine-tuned MiniLM classifier, which reads
-[CLS], pruned to 60% or 45% of its encoder, ranks the test sentences about as well with every folding (ROC AUC within
-about 0.02), but a folded constant shifts its decision threshold: with token means every such model predicted a
-single class, with [CLS] means most did at 45%, and 50 fine-tuning steps did not undo it in 11 of 27 runs at 45%
-(2 of 27 at 60%); without folding none of the 54 runs collapsed, and accuracy after fine-tuning was level or
-higher. Token means do keep mean-pooled sentence embeddings closest to the original's (cosine 0.48 against 0.37 at
-60%): ``fold="mean"`` suits an embedding model read by mean pooling.
+[CLS], pruned to 60% or 45% of its encoder, ranks the test sentences about as well with every folding (ROC AUC mostly
+within 0.02, up to 0.05), but a folded constant shifts its decision threshold: with token means all such models but
+one (Taylor at 60%) predicted a single class, with [CLS] means most did at 45%, and 50 fine-tuning steps did not
+undo it in 11 of 27 runs at 45% (2 of 27 at 60%); without folding none of the 54 runs collapsed, and accuracy after
+fine-tuning was level or higher. Token means do keep its mean-pooled sentence embeddings closer to the original's
+than dropping the terms (cosine 0.48 against 0.37 at 60%), and ``"linear"`` closer still (0.67); on the pretrained
+MiniLM (``benchmarks/results/inference_speed.md``) only ``"linear"`` beat dropping them.
 
 ``"linear"`` keeps the compressed model closest to the original before any training (same reference, λ at 60% and
 45%: KL divergence from the original's predictions 0.054 and 0.072 against 0.154 and 0.185 unfolded, mean-pooled
