@@ -315,3 +315,15 @@ def test_each_modules_own_mode_is_restored_and_meta_weights_are_named(tiny_bert_
     np.testing.assert_array_equal(taylor, taylor_score(table, model, [batch]))
     with pytest.raises(ValueError, match="on the meta device"):
         compute_activations(model.to("meta"), tiny_tokenizer, sentences[:3], progress=False)
+
+
+# ---- boundaries, and settings passed through -------------------------------------------------
+
+
+def test_a_sentence_exactly_at_the_token_limit_is_accepted(tiny_bert, tiny_tokenizer):
+    exact = " ".join(["a"] * 126)  # 126 one-character tokens + [CLS] + [SEP] = the limit of 128
+    assert len(tiny_tokenizer(exact)["input_ids"]) == 128
+    acts = compute_activations(tiny_bert, tiny_tokenizer, [exact, "Short."], progress=False)
+    assert acts.n_tokens == 128 + len(tiny_tokenizer("Short.")["input_ids"])
+    with pytest.raises(ValueError, match="limit of 128 tokens"):
+        compute_activations(tiny_bert, tiny_tokenizer, [exact + " a"], progress=False)

@@ -308,3 +308,27 @@ def test_save_and_load_round_trip(tmp_path):
     assert load_sentences(path) == sentences[:1]
     with pytest.raises(ValueError, match="single line"):
         save_sentences(["two\nlines"], tmp_path / "bad.txt")
+
+
+# ---- boundaries, and settings passed through -------------------------------------------------
+
+
+def test_word_bounds_are_inclusive():
+    words = [f"w{i}" for i in range(26)]
+    text = ". ".join(" ".join(words[:n]) for n in (25, 26, 6, 5)) + "."
+    assert [len(s.split()) for s in split_sentences(text)] == [25, 6]
+
+
+def test_a_dump_sentence_with_an_unclosed_parenthesis_is_dropped(tmp_path):
+    dump = (
+        '<mediawiki xmlns="http://www.mediawiki.org/xml/export-0.10/" version="0.10"><page><title>Cats</title>'
+        "<ns>0</ns><id>1</id><revision><id>10</id><text>Cats are small animals that many people keep. "
+        "Cats (such as the ones seen at home sleep all day.</text></revision></page></mediawiki>"
+    )
+    path = tmp_path / "dump.xml"
+    path.write_text(dump, encoding="utf-8")
+    assert list(Corpus.resolve(path).sentences()) == ["Cats are small animals that many people keep."]
+
+
+def test_a_list_corpus_is_normalised_to_single_spaced_lines():
+    assert sample_sentences(["  One   two\nthree. "], 1) == ["One two three."]

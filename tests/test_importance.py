@@ -12,7 +12,15 @@ from scipy.sparse.csgraph import minimum_spanning_tree
 from scipy.spatial.distance import pdist, squareform
 
 from obce.activations import compute_activations
-from obce.importance import NEURON_COLUMNS, ImportanceTable, analyze, compute_importance, head_importance
+from obce.corpus import sample_sentences
+from obce.importance import (
+    NEURON_COLUMNS,
+    ImportanceTable,
+    analyze,
+    check_sample_size,
+    compute_importance,
+    head_importance,
+)
 from obce.kernel import fast_death_radii
 from obce.models.adapters import COMPONENTS, encoder_layers
 
@@ -397,3 +405,36 @@ def test_a_sentence_that_normalization_lengthens_is_measured(tiny_bert, sentence
     odd = "\ufdfa" * 8  # 24 bytes, 146 tokens
     table = analyze(tiny_bert, [*sentences, odd], n_sentences=len(sentences), tokenizer=tokenizer, progress=False)
     assert odd not in table.sentences and len(table.sentences) == len(sentences)
+
+
+# ---- boundaries, and settings passed through -------------------------------------------------
+
+
+def test_analyze_samples_with_its_seed(tiny_bert, tiny_tokenizer, sentences):
+    def run(seed):
+        return analyze(tiny_bert, sentences, n_sentences=4, seed=seed, tokenizer=tiny_tokenizer, progress=False)
+
+    assert run(1).sentences == sample_sentences(sentences, 4, 1)
+    assert run(1).sentences != run(2).sentences
+
+
+def test_one_sentence_is_refused_for_per_sentence_clouds():
+    for token in ("cls", "mean"):
+        with pytest.raises(ValueError, match="n_sentences=1"):
+            check_sample_size(1, token)
+    check_sample_size(1, "tokens")
+
+
+def test_a_sentence_exactly_at_the_limit_can_be_sampled(tiny_bert, tiny_tokenizer, sentences):
+    exact = " ".join(["a"] * 126)  # 128 tokens with [CLS] and [SEP]: fits
+    table = analyze(
+        tiny_bert, [*sentences, exact], n_sentences=len(sentences) + 1, tokenizer=tiny_tokenizer, progress=False
+    )
+    assert exact in table.sentences
+
+
+def test_an_overflow_in_a_layers_first_neuron_names_that_layer(tiny_bert, tiny_tokenizer, sentences):
+    acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, token="mean", progress=False)
+    acts.values["intermediate"][3, acts.offsets["intermediate"][1]] = float("inf")
+    with pytest.raises(ValueError, match="layer 2 intermediate neuron 0 has a NaN"):
+        compute_importance(acts)

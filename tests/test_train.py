@@ -13,7 +13,7 @@ from test_tasks import write_glue_task
 from transformers import TrainerCallback
 
 from obce import train
-from obce.tasks import load_task
+from obce.tasks import load_task, task_info
 from obce.train import FinetuneResult, compare, evaluate, finetune, load_for_task, results_table
 
 _TOKENIZER_FILES = ("tokenizer.json", "vocab.txt", "tokenizer_config.json", "special_tokens_map.json")
@@ -632,3 +632,42 @@ def test_weights_digest_reads_every_kind_of_tensor():
     before = train._weights_digest(module)
     module.scale.fill_(3.0)
     assert train._weights_digest(module) != before
+
+
+# ---- boundaries, and settings passed through -------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["mrpc", "qqp", "hedge", "stsb", "cola"])
+def test_best_checkpoint_is_chosen_on_the_main_metric_higher_is_better(name):
+    info = task_info(name)
+    args = train._training_arguments(
+        Path("out"), seed=0, values=train.PRESETS["default"], max_steps=None, eval_steps=None, info=info,
+        n_train=100, fp16=False, bf16=False, training_args=None,
+    )  # fmt: skip
+    assert args["load_best_model_at_end"] is True
+    assert args["metric_for_best_model"] == info.main_metric
+    assert args["greater_is_better"] is True
+
+
+def test_the_restored_model_is_the_best_evaluated_one(tiny_model, glue_dir, tmp_path):
+    result = train.finetune(
+        tiny_model, "stsb", tmp_path / "run", data_dir=glue_dir, progress=False, lr=3e-3, patience=0,
+        **{**FAST, "max_steps": 8, "eval_steps": 1},
+    )  # fmt: skip
+    log = json.loads((tmp_path / "run" / train.TRAINING_LOG).read_text())
+    scores = [entry["eval_spearman"] for entry in log if "eval_spearman" in entry]
+    assert len(set(scores)) > 1  # otherwise every checkpoint is "best"
+    assert result.metrics["dev"]["spearman"] == pytest.approx(max(scores))
+
+
+def test_encoder_parameters_include_embeddings_and_pooler(tiny_bert_config):
+    from transformers import BertForSequenceClassification
+
+    model = BertForSequenceClassification(tiny_bert_config(num_labels=2))
+    counts = train.count_parameters(model)
+    assert counts["encoder"] == sum(p.numel() for p in model.bert.parameters())
+    assert counts["total"] - counts["encoder"] == 32 * 2 + 2  # the classifier head alone
+
+
+def test_a_step_budget_is_evaluated_about_four_times():
+    assert train._eval_schedule(800, 8, 1, 10, None)["eval_steps"] == 3  # 3, 6, 9 and the last step
