@@ -669,6 +669,22 @@ def test_a_cleared_finetuning_leaves_the_report_and_each_finished_model_is_kept(
     assert "| original |" in md.split("## Task scores", 1)[1] and (path / "report" / "training.png").is_file()
 
 
+def test_a_compress_whose_finetuning_fails_still_reports_what_is_done(inputs, tmp_path, capsys, monkeypatch):
+    path = tmp_path / "run"
+    finetune = train.finetune
+
+    def compressed_fails(source, *args, name=None, **kwargs):
+        if name == "compressed":
+            raise ValueError("the compressed model does not fit the task")
+        return finetune(source, *args, name=name, **kwargs)
+
+    monkeypatch.setattr(train, "finetune", compressed_fails)
+    code, _, err = run_cli(capsys, compress_args(inputs, path))
+    assert code == 1 and "does not fit the task" in err
+    md = (path / "report" / "report.md").read_text(encoding="utf-8")
+    assert "## Inference speed on the CPU" in md and "| original |" in md.split("## Task scores", 1)[1]
+
+
 def test_a_failed_evaluation_is_not_recorded(run, tmp_path, capsys, monkeypatch):
     path = tmp_path / "run"
     shutil.copytree(run["path"], path)

@@ -28,6 +28,7 @@ from the recorded ones are refused unless the folder is cleared (``overwrite=Tru
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import inspect
 import json
@@ -1391,8 +1392,16 @@ def compress(
     stage(f"speed: {fastest[ORIGINAL]:.3f} s -> {fastest[COMPRESSED]:.3f} s per batch on the CPU", did)
     if finetune:
         stage(f"fine-tune and evaluate both models on {task}")
-        run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
-                     device=device, log=log, progress=progress)  # fmt: skip
+        try:
+            run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
+                         device=device, log=log, progress=progress)  # fmt: skip
+        except Exception:
+            # The report of what is done (analysis, pruning, speed, a model fine-tuned before the failure) is
+            # written before the error is raised; one that cannot be written leaves the error as it was.
+            if is_main_process():
+                with contextlib.suppress(Exception):
+                    write_report(run.path)
+            raise
     # Recorded before the report is drawn, so that the report shows it.
     run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
     # Under torchrun one process writes it: the others could rewrite it without the scores rank 0 wrote.
