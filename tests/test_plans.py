@@ -88,7 +88,7 @@ def test_paper_plans_match_the_tables(model, spec, n_layers):
         assert plan.level(layer, "query") == plan.level(layer, "key")
 
 
-def test_a_paper_table_is_refused_for_a_model_of_another_depth(tiny_bert_config, tmp_path):
+def test_a_paper_table_is_refused_for_a_model_of_another_depth(tiny_bert_config, tiny3, tmp_path):
     """BERT-base's table on a 24-layer model would prune layers 3-12 only: refused, naming both depths."""
     torch.manual_seed(0)
     deep = BertModel(tiny_bert_config(num_hidden_layers=24))
@@ -105,7 +105,12 @@ def test_a_paper_table_is_refused_for_a_model_of_another_depth(tiny_bert_config,
     assert json.loads((tmp_path / "plan.json").read_text())["model_layers"] == 12
     old = {key: value for key, value in plan.to_dict().items() if key != "model_layers"}
     assert PruningPlan.from_dict(old).model_layers is None
-    assert "model_layers" not in uniform_plan(4, 50).to_dict()
+    assert "model_layers" not in PruningPlan(plan.levels).to_dict()
+    # A uniform or a target plan is made for the model it is built for, so a deeper one is refused too.
+    for made_for_3 in (uniform_plan(3, 50), target_plan(tiny3, random_table(tiny3), 0.8)):
+        assert made_for_3.model_layers == 3
+        with pytest.raises(ValueError, match="made for a 3-layer model but the model has 24 layers"):
+            made_for_3.check(24)
 
 
 def test_bert_large_layer_13_takes_the_stricter_level():

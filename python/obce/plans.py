@@ -456,6 +456,8 @@ def uniform_plan(
 ) -> PruningPlan:
     """One level for the given components of every layer from ``start_layer`` (from 1) on.
 
+    The plan records ``num_layers`` (:attr:`PruningPlan.model_layers`): a model of another depth is refused.
+
     Raises
     ------
     TypeError
@@ -483,6 +485,7 @@ def uniform_plan(
         dict.fromkeys(range(start_layer, num_layers + 1), row),
         name=f"uniform-P{level:g}",
         notes=f"P{level:g} for {', '.join(row)} from layer {start_layer} on",
+        model_layers=num_layers,  # on a deeper model it would leave the layers past num_layers whole
     )
 
 
@@ -882,6 +885,7 @@ def target_plan(
     Returns
     -------
     PruningPlan
+        Made for the model's depth (:attr:`PruningPlan.model_layers`).
 
     Raises
     ------
@@ -977,6 +981,7 @@ def target_plan(
     return PruningPlan(
         plan.levels,
         name=plan.name,
+        model_layers=shape.num_layers,
         notes=(
             f"levels {'/'.join(f'P{v:g}' for v in level_values)} from the "
             f"{'λ' if score == 'lam' else repr(score)} medians (spread {spread:g}), "
