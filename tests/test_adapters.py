@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -111,9 +112,12 @@ def test_table_names_the_required_families():
 def test_layer_numbering_round_trip():
     assert [to_user_layer(i) for i in range(3)] == [1, 2, 3]
     assert [from_user_layer(to_user_layer(i)) for i in range(3)] == [0, 1, 2]
-    for bad in (0, -1, "1", 1.5):
+    assert from_user_layer(np.int64(2)) == 1 and to_user_layer(np.int64(1)) == 2
+    for bad in (0, -1, "1", 1.5, True):
         with pytest.raises(ValueError, match="layer"):
             from_user_layer(bad)
+    with pytest.raises(TypeError):
+        to_user_layer("1")  # not 2
     with pytest.raises(ValueError, match=r"1\.\.2"):
         from_user_layer(3, n_layers=2)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -58,8 +60,10 @@ def pruned_classifier(tiny_bert_config):
     ("args", "match"),
     [
         (((8, 8), (8,), 5), "one entry per head"),
-        (((8, -1), (8, 8), 5), "non-negative integers"),
-        (((True, 8), (8, 8), 5), "non-negative integers"),
+        (((8, -1), (8, 8), 5), "each of qk_head_sizes must be an int >= 0, got -1"),
+        (((True, 8), (8, 8), 5), "each of qk_head_sizes must be an int >= 0, got True"),
+        (((8, 8), 8, 5), "v_head_sizes must be a sequence of head sizes, got 8"),
+        (((8, 8), (8, 8), 5.0), "intermediate_size must be an int >= 0, got 5.0"),
         (((8, 4), (8, 0), 5), "a head without value dimensions must have no query/key"),
         (((0, 0), (0, 0), 5), "at least one value dimension"),
         (((8, 8), (8, 8), 0), "at least one value dimension and one intermediate neuron"),
@@ -68,6 +72,11 @@ def pruned_classifier(tiny_bert_config):
 def test_layer_sizes_validation(args, match):
     with pytest.raises(ValueError, match=match):
         LayerSizes(*args)
+
+
+def test_layer_sizes_take_numpy_integers_and_store_ints():
+    sizes = LayerSizes(np.array([8, 4]), [np.int64(8), 8], np.int32(5))
+    assert sizes == LayerSizes((8, 4), (8, 8), 5) and json.dumps(sizes.to_dict())
 
 
 def test_config_validation(tiny_bert_config):
@@ -86,6 +95,12 @@ def test_config_validation(tiny_bert_config):
     with pytest.raises(ValueError, match="expected the original model's config"):
         compressed_config(compressed_config(config, SIZES), SIZES)
     assert layer_sizes(compressed_config(config, SIZES)) == SIZES
+    with pytest.raises(TypeError, match="sizes must be a sequence of LayerSizes"):
+        compressed_config(config, [s.to_dict() for s in SIZES])
+    edited = compressed_config(config, SIZES)  # a hand-edited config.json
+    edited.obce_layers[1] = {**edited.obce_layers[1], "v_head_sizes": 8}
+    with pytest.raises(ValueError, match="obce_layers, layer 2: v_head_sizes must be a sequence of head sizes, got 8"):
+        layer_sizes(edited)
 
 
 def test_built_model_has_the_sizes(tiny_bert_config):
@@ -263,6 +278,34 @@ def test_hooks_on_projections_see_real_widths(tiny_bert_config, batch, attention
         handle.remove()
     assert seen == [torch.Size([3, 10, 11])]
     torch.testing.assert_close(hooked, plain, atol=1e-6, rtol=1e-6)
+
+
+def test_padded_heads_run_a_watched_or_replaced_projection_as_is(tiny_bert_config, batch):
+    """Reading the weight directly would skip backward and global hooks, or a forward replaced on the instance
+    (accelerate's offloading replaces it)."""
+    torch.manual_seed(0)
+    config = compressed_config(tiny_bert_config(num_hidden_layers=3), SIZES, attention="padded")
+    model = AutoModel.from_config(config).eval()
+    value = encoder_layers(model)[1].value
+    calls = []
+    handles = [
+        value.register_full_backward_hook(lambda m, gi, go: calls.append("backward")),
+        torch.nn.modules.module.register_module_forward_hook(
+            lambda m, i, o: calls.append("global") if m is value else None
+        ),
+    ]
+    model(**batch).last_hidden_state.sum().backward()
+    for handle in handles:
+        handle.remove()
+    assert sorted(calls) == ["backward", "global"]
+    with torch.no_grad():
+        plain = model(**batch).last_hidden_state
+        original = value.forward
+        value.forward = lambda x: 2 * original(x)
+        doubled = model(**batch).last_hidden_state
+        del value.forward
+        assert torch.equal(model(**batch).last_hidden_state, plain)
+    assert not torch.allclose(doubled, plain, atol=1e-3)
 
 
 def test_padded_heads_train_after_a_pass_in_inference_mode(tiny_bert_config, batch):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import bz2
 import os
 import random
+import re
 import sys
 import types
 from collections import Counter
@@ -67,7 +68,8 @@ def test_builtin_corpus_is_clean_and_large(builtin_sentences):
     assert 11_000 <= len(builtin_sentences) <= 13_000
     for sentence in builtin_sentences:
         assert 6 <= len(sentence.split()) <= 25, sentence
-        assert sentence.endswith("."), sentence
+        assert re.search(r"""[.?!]["')]*$""", sentence), sentence
+        assert sentence.count("(") == sentence.count(")") and sentence.count('"') % 2 == 0, sentence
         for leftover in ("[[", "]]", "{{", "}}", "|", "'''", "==", "<ref", "#REDIRECT", "()"):
             assert leftover not in sentence, sentence
 
@@ -126,7 +128,7 @@ def test_byte_order_mark_is_not_text(tmp_path):
     assert load_sentences(path) == ["The first line of the file has a mark."]
 
 
-def test_text_file_lines_are_split_at_periods(tmp_path):
+def test_text_file_lines_are_split_into_sentences(tmp_path):
     path = tmp_path / "texts.txt"
     path.write_text(
         "One two three four five six. Seven eight nine ten eleven twelve.\n\n"
@@ -140,7 +142,7 @@ def test_text_file_lines_are_split_at_periods(tmp_path):
         "Seven eight nine ten eleven twelve.",
         "A line with spaces has seven words",
     ]
-    whole = corpus.with_options(split_at_periods=False, min_words=1, max_words=None)
+    whole = corpus.with_options(split_into_sentences=False, min_words=1, max_words=None)
     assert list(whole.sentences())[1] == "Too short."
 
 
@@ -261,7 +263,7 @@ def test_a_sample_holds_each_sentence_once():
     ("bounds", "match"),
     [
         ({"min_words": 0}, "min_words must be a positive int, got 0"),
-        ({"min_words": 3, "max_words": 2}, "max_words must be None or an int >= min_words=3, got 2"),
+        ({"min_words": 3, "max_words": 2}, r"max_words must be an int >= 3 \(min_words\) or None, got 2"),
     ],
 )
 def test_bad_word_bounds(bounds, match):
@@ -297,6 +299,20 @@ def test_split_sentences_keeps_decimals():
     ]
 
 
+def test_split_sentences_knows_abbreviations_initials_and_quotes():
+    text = (
+        "Many species, e.g. the red fox, live in the forests of the U.S. and Canada. William B. Yeats met "
+        'Dr. Smith at St. Louis in 1903. Was it known? "They had met before." It ends with ca. 1.5 m.'
+    )
+    assert list(split_sentences(text, min_words=1)) == [
+        "Many species, e.g. the red fox, live in the forests of the U.S. and Canada.",
+        "William B. Yeats met Dr. Smith at St. Louis in 1903.",
+        "Was it known?",
+        '"They had met before."',
+        "It ends with ca. 1.5 m.",
+    ]
+
+
 def test_save_and_load_round_trip(tmp_path):
     sentences = ["First sentence.", "Second one, with ünïcode."]
     path = save_sentences(sentences, tmp_path / "run" / "sentences.txt")
@@ -308,6 +324,12 @@ def test_save_and_load_round_trip(tmp_path):
     assert load_sentences(path) == sentences[:1]
     with pytest.raises(ValueError, match="single line"):
         save_sentences(["two\nlines"], tmp_path / "bad.txt")
+    # A file's leading byte-order mark is no text (load_sentences drops it), so no sentence may start with one.
+    with pytest.raises(ValueError, match=r"sentence 0 starts with a byte-order mark \(U\+FEFF\)"):
+        save_sentences(["\ufeffMarked."], tmp_path / "bom.txt")
+    # ... and a corpus makes none: a mark inside a text (files joined together) is white space.
+    assert list(split_sentences("\ufeffOne two. \ufeffThree four.", min_words=1)) == ["One two.", "Three four."]
+    assert sample_sentences(["\ufeffOne two."], 1) == ["One two."]
 
 
 # ---- boundaries, and settings passed through -------------------------------------------------

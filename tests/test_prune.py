@@ -232,7 +232,11 @@ def test_parameter_count_matches_the_dry_run(tiny3):
         ({"fold": "linear", "tokenizer": object()}, "needs the sentences the table was computed on"),
     ],
 )
-def test_bad_input_is_rejected_before_any_weight_is_touched(tiny3, kwargs, match):
+def test_bad_input_is_rejected_before_any_weight_is_touched(tiny3, kwargs, match, monkeypatch):
+    def surgery(*args):
+        raise AssertionError("the weights were sliced before the input was checked")
+
+    monkeypatch.setattr(obce.prune, "_pruned_state", surgery)
     before = {k: v.clone() for k, v in tiny3.state_dict().items()}
     options = {"plan": uniform_plan(3, 30), **kwargs}
     with pytest.raises((ValueError, TypeError), match=match):
@@ -261,7 +265,7 @@ def test_a_compressed_model_is_not_pruned_again(tiny3):
         prune_model(small, table, PruningPlan({3: {"value": 50}}))
 
 
-def test_dtype_device_and_mode_follow_the_original(tiny3):
+def test_dtype_and_mode_follow_the_original(tiny3):
     model = tiny3.double().train()
     model.embeddings.eval()  # a part in eval mode under a training model (say a frozen one) stays so
     model.encoder.layer[1].attention.self.eval()

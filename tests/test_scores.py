@@ -360,6 +360,18 @@ def test_task_batches_pair_labels_with_texts_and_follow_the_seed():
     assert not all(torch.equal(a["labels"], b["labels"]) for a, b in zip(batches, other, strict=True))
 
 
+def test_task_batches_are_right_padded_whatever_the_tokenizer_says(tiny_tokenizer):
+    """BERT counts positions from the first token: a left-padded batch would shift every sentence's."""
+    rows = [{"sentence1": "a" * (i + 1), "sentence2": "b", "label": float(i)} for i in range(6)]
+    task = _make_task(task_info("stsb"), {"train": rows}, "test")
+    left_tokenizer = copy.deepcopy(tiny_tokenizer)  # the fixture is shared
+    left_tokenizer.padding_side = "left"
+    (batch,) = task_batches(task, left_tokenizer, n_batches=1, batch_size=6, seed=0)
+    mask = batch["attention_mask"]
+    assert not mask.all() and mask[:, 0].all()  # padded, and on the right
+    assert torch.equal(mask, mask.cummin(dim=1).values)
+
+
 def test_taylor_of_a_regression_head_is_the_squared_error_gradient(tiny_bert_config, tiny_tokenizer, sentences):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=1)).double().eval()

@@ -341,6 +341,9 @@ def test_constant_predictions_score_zero_without_warning():
     assert compute_metrics("stsb", [2.0, 2.0, 2.0], [1.0, 2.0, 3.0]) == {"pearson": 0.0, "spearman": 0.0}
     assert compute_metrics("cola", [1, 1, 1], [0, 1, 1]) == {"matthews_corr": 0.0}
     assert compute_metrics("mrpc", [0, 0, 0], [0, 1, 1])["f1"] == 0.0
+    # A diverged regression run: scored as no correlation, never nan (a nan would win checkpoint selection).
+    for bad in (np.nan, np.inf):
+        assert compute_metrics("stsb", [1.0, bad, 3.0], [1.0, 2.0, 3.0]) == {"pearson": 0.0, "spearman": 0.0}
 
 
 def test_metric_shape_errors():

@@ -669,5 +669,8 @@ def test_encoder_parameters_include_embeddings_and_pooler(tiny_bert_config):
     assert counts["total"] - counts["encoder"] == 32 * 2 + 2  # the classifier head alone
 
 
-def test_a_step_budget_is_evaluated_about_four_times():
-    assert train._eval_schedule(800, 8, 1, 10, None)["eval_steps"] == 3  # 3, 6, 9 and the last step
+def test_a_step_budget_is_evaluated_at_least_four_times():
+    """Early stopping after two evaluations without progress needs four to cut anything."""
+    for max_steps, every in ((10, 2), (9, 2), (5, 1), (4, 1), (3, 1), (200, 50)):  # 9: 2, 4, 6, 8 and the last
+        assert train._eval_schedule(800, 8, 1, max_steps, None)["eval_steps"] == every
+        assert len(set(range(every, max_steps + 1, every)) | {max_steps}) >= min(4, max_steps)

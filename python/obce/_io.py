@@ -1,4 +1,5 @@
-"""Atomic file writes: a temporary file in the destination's folder, then a rename.
+"""Files: atomic writes (a temporary file in the destination's folder, then a rename), digests, and the JSON
+form of settings.
 
 A reader never sees a half-written file, and an interrupted write leaves the old one in place.
 """
@@ -12,6 +13,8 @@ import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import numpy as np
 
 
 def _umask() -> int:
@@ -103,3 +106,9 @@ def model_files_digest(folder: str | os.PathLike) -> str:
     ):
         digest.update(file_sha256(path).encode())
     return digest.hexdigest()[:16]
+
+
+def json_value(value):
+    """What JSON has no type for: numpy numbers and arrays as Python ones (np.int64(24) is 24, not "24"), anything
+    else (a path, a device) as its text. The ``default`` of every ``json.dumps`` of settings."""
+    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else str(value)

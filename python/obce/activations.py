@@ -19,6 +19,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from ._checks import checked_int
 from .corpus import checked_sentences
 from .models.adapters import (
     COMPONENTS,
@@ -192,8 +193,7 @@ class _Recorder:
 def _checked_corpus(sentences: Iterable[str], batch_size: int) -> list[str]:
     """``sentences`` as a list; ValueError or TypeError for an empty corpus, one that is not of non-empty
     single-line str (what the importance table saves), or a bad batch size."""
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    checked_int(batch_size, "batch_size")
     sentences = checked_sentences(sentences)
     if not sentences:
         raise ValueError("sentences is empty; the corpus needs at least one sentence")

@@ -1,12 +1,13 @@
 """Sentences to probe a model with: a Wikipedia dump, a text file or a Hugging Face dataset.
 
-The method samples about 150 short English sentences: Wikipedia entries are split at periods and
-a seeded random subset of the sentences of 6 to 25 words is kept. Splitting, word counts and sampling
-are the same for every source; a dump's sentences are also cleaned of what its markup leaves behind:
+The method samples about 150 short English sentences: Wikipedia entries are split at periods (not those
+of abbreviations and initials) and a seeded random subset of the sentences of 6 to 25 words is kept.
+Splitting, word counts and sampling are the same for every source; a dump's sentences are also cleaned
+of what its markup leaves behind:
 
 - a MediaWiki XML dump (``.xml``, or bz2-compressed ``.bz2``), streamed page by page and cleaned with gensim's
   Wikipedia tools; redirects are dropped, and so are sentences that markup leftovers give away (no capital
-  start, no final period, unbalanced brackets) (a compressed text file is refused: decompress it);
+  start, no final period, unbalanced brackets or quotes) (a compressed text file is refused: decompress it);
 - a plain text file with one text per line, streamed;
 - a Hugging Face dataset, streamed (needs the optional ``datasets`` package and a network).
 
@@ -26,6 +27,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
+from ._checks import checked_int
 from ._io import atomic_write_text
 
 __all__ = [
@@ -48,7 +50,17 @@ _LEFTOVERS = (
     "()", "( ", " )", " ,", " .", " ;", " :", "|", "{", "}", "[", "]", "<", ">", "=",
     "File:", "Image:", "thumb", "http",
 )  # fmt: skip
-_SENTENCE_END = re.compile(r"(?<=\.)\s+")
+# A sentence ends at a period, question or exclamation mark, with any closing quotes or brackets, before
+# white space ("3.14" goes on).
+_TERMINATOR = r"""[.?!]["')\]]*"""
+_SENTENCE_END = re.compile(_TERMINATOR + r"(?=\s)")
+# A period after one of these words ends an abbreviation, not a sentence: an initial ("William B."), dotted
+# letters ("U.S.", "e.g."), a title or another short form that Wikipedia writes before more of a sentence.
+_ABBREVIATION = re.compile(
+    r"(?:^|[\s(\[\"'])"
+    r"(?:[A-Za-z]|(?:[A-Za-z]\.)+[A-Za-z]|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Rev|Gen|Col|Lt|Sgt|Capt|Gov|Sen"
+    r"|No|Nos|Vol|Fig|vs|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct|Nov|Dec|al)$"
+)
 _FILTER_CHUNK = 512
 
 
@@ -74,10 +86,12 @@ def builtin_dump_path() -> Path:
 
 
 def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25) -> Iterator[str]:
-    """Split a text at periods and keep the sentences with an allowed number of words.
+    """Split a text into sentences and keep those with an allowed number of words.
 
-    A sentence ends at a period followed by white space (so ``0.3`` is not split). White space
-    inside a sentence is collapsed to single spaces.
+    A sentence ends at a period, question mark or exclamation mark (with any closing quotes or brackets)
+    followed by white space, so ``0.3`` is not split; a period after an initial (``William B.``), dotted
+    letters (``U.S.``, ``e.g.``) or a common short form (``St.``, ``Dr.``, ``No.``, ``ca.``) ends no
+    sentence. White space inside a sentence is collapsed to single spaces.
 
     Parameters
     ----------
@@ -96,6 +110,8 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
     --------
     >>> list(split_sentences("One two three. Four five six seven.", min_words=3))
     ['One two three.', 'Four five six seven.']
+    >>> list(split_sentences('Was it J. S. Bach? "It was." He said so.', min_words=1))
+    ['Was it J. S. Bach?', '"It was."', 'He said so.']
 
     Raises
     ------
@@ -103,28 +119,41 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
         If ``min_words`` is not a positive int, or ``max_words`` neither None nor an int of at least ``min_words``.
     """
     _check_word_bounds(min_words, max_words)
-    for piece in _SENTENCE_END.split(text):
-        words = piece.split()
-        if len(words) >= min_words and (max_words is None or len(words) <= max_words):
-            yield " ".join(words)
+    start = 0
+    for end in _SENTENCE_END.finditer(text):
+        if end.group() == "." and _ABBREVIATION.search(text, start, end.start()):
+            continue
+        yield from _bounded(text[start : end.end()], min_words, max_words)
+        start = end.end()
+    yield from _bounded(text[start:], min_words, max_words)
+
+
+def _words(text: str) -> list[str]:
+    # A byte-order mark inside a text (files joined together) is no part of a word.
+    return text.replace("\ufeff", " ").split()
+
+
+def _bounded(piece: str, min_words: int, max_words: int | None) -> Iterator[str]:
+    words = _words(piece)
+    if len(words) >= min_words and (max_words is None or len(words) <= max_words):
+        yield " ".join(words)
 
 
 def _check_word_bounds(min_words, max_words) -> None:
-    if isinstance(min_words, bool) or not isinstance(min_words, int) or min_words < 1:
-        raise ValueError(f"min_words must be a positive int, got {min_words!r}")
-    if max_words is not None and (
-        isinstance(max_words, bool) or not isinstance(max_words, int) or max_words < min_words
-    ):
-        raise ValueError(f"max_words must be None or an int >= min_words={min_words}, got {max_words!r}")
+    checked_int(min_words, "min_words")
+    if max_words is not None:
+        checked_int(max_words, "max_words", minimum=min_words, alternative=" (min_words) or None")
 
 
 def _is_clean_wiki_sentence(sentence: str) -> bool:
-    # A piece that starts in lower case or leaves a parenthesis open was cut at an abbreviation
-    # ("e.g. the ..."); a piece without a final period is a caption or a list fragment.
+    # A piece that starts in lower case or leaves a parenthesis open was cut at an abbreviation the split
+    # does not know, or is part of a quotation of several sentences (an odd number of double quotes); a piece
+    # without a final period is a caption or a list fragment.
     return (
         (sentence[0].isupper() or sentence[0].isdigit() or sentence[0] == '"')
-        and sentence.endswith(".")
+        and re.search(_TERMINATOR + "$", sentence) is not None
         and sentence.count("(") == sentence.count(")")
+        and sentence.count('"') % 2 == 0
         and not any(bad in sentence for bad in _LEFTOVERS)
     )
 
@@ -185,9 +214,9 @@ class Corpus:
         Dataset split (``hf`` only).
     column : str
         Dataset column holding the text (``hf`` only).
-    split_at_periods : bool
-        Cut each text into sentences at periods (the method's rule); if False each text is one
-        sentence.
+    split_into_sentences : bool
+        Cut each text into sentences (:func:`split_sentences`, the method's split at periods); if False each
+        text is one sentence.
     min_words, max_words : int
         Inclusive bounds on a sentence's number of words (``max_words=None``: no upper bound).
     builtin : bool
@@ -199,7 +228,7 @@ class Corpus:
     config: str | None = None
     split: str = "train"
     column: str = "text"
-    split_at_periods: bool = True
+    split_into_sentences: bool = True
     min_words: int = 6
     max_words: int | None = 25
     builtin: bool = False
@@ -286,7 +315,7 @@ class Corpus:
         else:
             where = f"{self.kind}:{self.location}"
         words = f"{self.min_words}-{self.max_words if self.max_words is not None else 'inf'} words"
-        return f"{where} ({'split at periods, ' if self.split_at_periods else ''}{words})"
+        return f"{where} ({'split into sentences, ' if self.split_into_sentences else ''}{words})"
 
     def with_options(self, **options) -> Corpus:
         """A copy with some fields changed (e.g. ``min_words=1, max_words=None``)."""
@@ -310,10 +339,10 @@ class Corpus:
     def sentences(self) -> Iterator[str]:
         """The sentences, streamed, in the corpus's order."""
         for text in self.texts():
-            if self.split_at_periods:
+            if self.split_into_sentences:
                 pieces = split_sentences(text, min_words=self.min_words, max_words=self.max_words)
             else:
-                words = text.split()
+                words = _words(text)
                 ok = len(words) >= self.min_words and (self.max_words is None or len(words) <= self.max_words)
                 pieces = (" ".join(words),) if ok else ()
             if self.kind == "wikipedia":
@@ -358,7 +387,7 @@ def sample_sentences(
 
     Reservoir sampling keeps memory at ``n`` sentences whatever the corpus size, so a full
     Wikipedia dump is never held whole. A sentence the sample holds never takes a second place
-    (a dump repeats some: 22 of the built-in sample's 11,894), so the ``n`` sentences are distinct.
+    (a dump repeats some: 22 of the built-in sample's 11,808), so the ``n`` sentences are distinct.
     The sample is returned in corpus order.
 
     Parameters
@@ -395,15 +424,14 @@ def sample_sentences(
     for name, value in (("n", n), ("limit", limit)):
         if value is None and name == "limit":
             continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        checked_int(value, name)
     if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
         raise TypeError(f"seed must be an int, got {seed!r}")
     n, seed = int(n), int(seed)
     if isinstance(source, (list, tuple)):
         if not all(isinstance(s, str) for s in source):
             raise TypeError("a sequence corpus must hold only str sentences")
-        stream: Iterable[str] = (" ".join(s.split()) for s in source if s.strip())
+        stream: Iterable[str] = (" ".join(_words(s)) for s in source if _words(s))
         description = f"given as a list of {len(source)} strings"
     else:
         corpus = Corpus.resolve(source)
@@ -490,7 +518,7 @@ def checked_sentences(sentences: Iterable[str]) -> list[str]:
     TypeError
         If ``sentences`` is a single str or holds something other than str.
     ValueError
-        If a sentence is empty or spans several lines.
+        If a sentence is empty, spans several lines or starts with a byte-order mark.
     """
     if isinstance(sentences, str) or not isinstance(sentences, Iterable):
         what = "one str" if isinstance(sentences, str) else type(sentences).__name__
@@ -501,6 +529,8 @@ def checked_sentences(sentences: Iterable[str]) -> list[str]:
             raise TypeError(f"sentences must be a sequence of str, sentence {i} is a {type(sentence).__name__}")
         if not sentence.strip() or "\n" in sentence or "\r" in sentence:
             raise ValueError(f"sentence {i} must be a non-empty single line, got {sentence!r}")
+        if sentence.startswith("\ufeff"):  # load_sentences reads a file's first one as a byte-order mark
+            raise ValueError(f"sentence {i} starts with a byte-order mark (U+FEFF), got {sentence!r}")
     return sentences
 
 

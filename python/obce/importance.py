@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._io import atomic_write_text
+from ._io import atomic_write_text, json_value
 from ._version import __version__
 from .activations import Activations, check_token_mode, compute_activations
 from .corpus import Corpus, checked_sentences, load_sentences, sample_sentences, sentences_text
@@ -229,7 +229,7 @@ class ImportanceTable:
         """
         folder = Path(folder)
         files = {_NEURONS_FILE: self.neurons.to_csv(index=False, lineterminator="\n")}
-        files[_SETTINGS_FILE] = json.dumps(self.settings, indent=2, sort_keys=True, default=_json_value) + "\n"
+        files[_SETTINGS_FILE] = json.dumps(self.settings, indent=2, sort_keys=True, default=json_value) + "\n"
         if self.heads is not None:
             files[_HEADS_FILE] = self.heads.to_csv(index=False, lineterminator="\n")
         if self.sentences is not None:  # checked before any file is touched
@@ -265,12 +265,6 @@ class ImportanceTable:
         sentences_path = folder / _SENTENCES_FILE
         sentences = load_sentences(sentences_path) if sentences_path.is_file() else None
         return cls(neurons, settings, heads=heads, sentences=sentences)
-
-
-def _json_value(value):
-    """A settings value that JSON has no type for: a numpy number or array as the Python number or list, anything
-    else (a path, a device) as its text."""
-    return value.tolist() if isinstance(value, (np.generic, np.ndarray)) else str(value)
 
 
 def _read_csv(path: Path, counts: Sequence[str]) -> pd.DataFrame:

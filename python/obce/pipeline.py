@@ -48,7 +48,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from ._io import atomic_folder, atomic_write_text, file_sha256, model_files_digest
+from ._checks import checked_int
+from ._io import atomic_folder, atomic_write_text, file_sha256, json_value, model_files_digest
 from ._version import __version__
 from .corpus import Corpus, sample_sentences
 from .importance import ImportanceTable, analyze, check_sample_size
@@ -149,9 +150,7 @@ class Budget:
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "max_length", "evaluations"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, checked_int(getattr(self, name), name))
         if isinstance(self.lr, bool) or not isinstance(self.lr, (int, float)) or not self.lr > 0:
             raise ValueError(f"lr must be a positive number, got {self.lr!r}")
 
@@ -170,8 +169,7 @@ class SpeedSettings:
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"speed {name} must be a positive int, got {value!r}")
+            object.__setattr__(self, name, checked_int(value, f"speed {name}"))
 
 
 def is_main_process() -> bool:
@@ -180,18 +178,13 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def _json_value(value):
-    """What JSON has no type for: a numpy number as the Python number (np.int64(24) is 24, not '24'), else text."""
-    return value.item() if isinstance(value, np.generic) else str(value)
-
-
 def _json_text(obj) -> str:
-    return json.dumps(obj, indent=2, default=_json_value) + "\n"
+    return json.dumps(obj, indent=2, default=json_value) + "\n"
 
 
 def _plain(settings: Mapping) -> dict:
     """Settings as JSON stores them (tuples become lists), to compare with recorded ones."""
-    return json.loads(json.dumps(dict(settings), default=_json_value))
+    return json.loads(json.dumps(dict(settings), default=json_value))
 
 
 def _normal_path(path: str | os.PathLike) -> Path:

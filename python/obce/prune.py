@@ -265,7 +265,7 @@ def _all_linear_folds(
 def _pruned_state(model, selections: list[LayerSelection], folds: list[dict]) -> dict[str, torch.Tensor]:
     """The original state dict with every pruned layer's tensors sliced and its biases folded."""
     names = {id(module): name for name, module in model.named_modules()}
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = model.state_dict()  # detached views: every change below makes a new tensor, and loading copies
 
     def put(module, weight, bias):
         prefix = names[id(module)]

@@ -44,6 +44,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from ._checks import checked_int
 from .importance import HEAD_COMPONENTS, NEURON_COLUMNS
 from .models.adapters import encoder_layers, eval_mode, to_user_layer
 
@@ -285,8 +286,7 @@ def task_batches(
         ``labels``.
     """
     for name, value in (("n_batches", n_batches), ("batch_size", batch_size), ("max_length", max_length)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+        checked_int(value, name)
     texts = task.texts("train")
     labels = task.labels("train")
     n = min(n_batches * batch_size, len(labels))
@@ -299,6 +299,7 @@ def task_batches(
             truncation=True,
             max_length=max_length,
             padding=True,
+            padding_side="right",  # absolute positions count from the first token, as in training
             return_tensors="pt",
         )
         batches.append({**encoded, "labels": torch.as_tensor(labels[rows])})

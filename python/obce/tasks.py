@@ -37,6 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from ._checks import checked_int
+
 __all__ = [
     "GLUE_TASKS",
     "OFFLINE_TASKS",
@@ -162,8 +164,7 @@ class Task(TaskInfo):
         Task
             A new task; examples keep their original order.
         """
-        if isinstance(max_examples, bool) or not isinstance(max_examples, int) or max_examples < 1:
-            raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
+        max_examples = checked_int(max_examples, "max_examples")
         chosen = set(self.data) if splits is None else {self.check_split(s) for s in splits}
         data = {}
         for split, rows in self.data.items():
@@ -263,9 +264,9 @@ def task_info(name: str | TaskInfo) -> TaskInfo:
 
 
 def _correlation(fn, predictions: np.ndarray, labels: np.ndarray) -> float:
-    # A constant vector has no correlation; report 0 (sklearn's convention for Matthews) rather than nan,
-    # which would break checkpoint selection.
-    if np.ptp(predictions) == 0 or np.ptp(labels) == 0:
+    # A constant vector has no correlation, nor has a diverged run's (nan or infinite predictions); report 0
+    # (sklearn's convention for Matthews) rather than nan: a nan first evaluation would win checkpoint selection.
+    if not np.isfinite(predictions).all() or np.ptp(predictions) == 0 or np.ptp(labels) == 0:
         return 0.0
     return float(fn(predictions, labels)[0])
 

@@ -28,7 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ._io import atomic_write_text, model_files_digest
+from ._checks import checked_int
+from ._io import atomic_write_text, json_value, model_files_digest
 from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
 
 __all__ = [
@@ -138,15 +139,7 @@ def _is_main_process() -> bool:
 
 
 def _write_json(path: Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_json_default) + "\n", overwrite=True)
-
-
-def _json_default(obj):
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, Path):
-        return str(obj)
-    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+    atomic_write_text(path, json.dumps(obj, indent=2, default=json_value) + "\n", overwrite=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -386,8 +379,8 @@ def evaluate(
     task = _resolve_task(task, data_dir, splits=[split])
     task.check_split(split)
     max_length = evaluation_length(model, max_length)
-    _check_positive_int("batch_size", batch_size)
-    _check_positive_int("max_length", max_length)
+    checked_int(batch_size, "batch_size")
+    checked_int(max_length, "max_length")
     model, tokenizer = load_for_task(model, task.info, tokenizer=tokenizer, fresh_head=False)
     dataset = _encode(task, split, tokenizer, _truncation(model, tokenizer, max_length))
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
@@ -424,11 +417,6 @@ def finetuned_setting(folder: str | os.PathLike, key: str):
 def _check_positive(name: str, value) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
         raise ValueError(f"{name} must be a positive number, got {value!r}")
-
-
-def _check_positive_int(name: str, value, alternative: str = "") -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int{alternative}, got {value!r}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -553,7 +541,7 @@ def _prepare_output_dir(output_dir: Path, settings: dict, resume: bool) -> dict 
         )
     previous = _comparable(json.loads(settings_path.read_text(encoding="utf-8")))
     # Compare as stored: JSON turns tuples into lists.
-    settings = _comparable(json.loads(json.dumps(settings, default=_json_default)))
+    settings = _comparable(json.loads(json.dumps(settings, default=json_value)))
     if previous.get("trained_digest") is not None and previous["trained_digest"] == settings.get("model_digest"):
         settings["model_digest"] = previous["model_digest"]  # the very model object this run trained
     compared = (set(previous) | set(settings)) - {"versions", "trained_digest"} - (_RECORDED_SINCE - set(previous))
@@ -589,8 +577,8 @@ def _eval_schedule(
         # the gradients of ``accumulation`` batches.
         world = int(os.environ.get("WORLD_SIZE", "1"))
         steps_per_epoch = max(1, math.ceil(n_train / (batch_size * world * accumulation)))
-        # At least four evaluations in a step budget, and at least one per epoch.
-        eval_steps = max(1, min(steps_per_epoch, math.ceil(max_steps / 4)))
+        # At least four evaluations in a step budget (the last step is evaluated too), and at least one per epoch.
+        eval_steps = max(1, min(steps_per_epoch, max_steps // 4))
     return {"eval_strategy": "steps", "save_strategy": "steps", "eval_steps": eval_steps, "save_steps": eval_steps}
 
 
@@ -602,12 +590,11 @@ def _budget_values(preset: str, given: Mapping, max_steps, eval_steps) -> dict:
     for key in ("epochs", "lr"):
         _check_positive(key, values[key])
     for key in ("batch_size", "max_length"):
-        _check_positive_int(key, values[key])
-    if isinstance(values["patience"], bool) or not isinstance(values["patience"], int) or values["patience"] < 0:
-        raise ValueError(f"patience must be an int >= 0, got {values['patience']!r}")
+        values[key] = checked_int(values[key], key)
+    values["patience"] = checked_int(values["patience"], "patience", minimum=0)
     for key, value in (("max_steps", max_steps), ("eval_steps", eval_steps)):
         if value is not None:
-            _check_positive_int(key, value, " or None")
+            checked_int(value, key, alternative=" or None")
     return values
 
 
@@ -618,7 +605,7 @@ def _check_training_args(training_args: Mapping) -> None:
             f"training_args may not set {', '.join(owned)}: finetune sets them (pass seed= or output_dir=; the best "
             "checkpoint is chosen on the task's main metric)"
         )
-    _check_positive_int("gradient_accumulation_steps", training_args.get("gradient_accumulation_steps", 1))
+    checked_int(training_args.get("gradient_accumulation_steps", 1), "gradient_accumulation_steps")
 
 
 def _check_distillation(temperature, weight) -> None:
@@ -1011,7 +998,8 @@ def results_table(results: Sequence[FinetuneResult]) -> str:
     """Markdown table shaped like the paper's Table 4: one row per model, one column per task.
 
     Cells are scores ×100, the mean ± standard error over seeds (just the score for one seed); tasks
-    with two metrics show both, as ``F1/Acc``. The parameter column counts the encoder.
+    with two metrics show both in the task's metric order (``F1/Acc`` for MRPC and QQP, ``Pearson/Spearman``
+    for STS-B). The parameter column counts the encoder.
 
     Parameters
     ----------

@@ -211,7 +211,7 @@ def eval_mode(model: nn.Module):
 
 def to_user_layer(index: int) -> int:
     """Code layer index (from 0) -> the number a user sees (from 1)."""
-    return int(index) + 1
+    return operator.index(index) + 1
 
 
 def from_user_layer(layer: int, n_layers: int | None = None) -> int:
@@ -223,6 +223,8 @@ def from_user_layer(layer: int, n_layers: int | None = None) -> int:
         If ``layer`` is not an int in ``1..n_layers``.
     """
     try:
+        if isinstance(layer, bool):
+            raise TypeError
         layer = operator.index(layer)
     except TypeError:
         raise ValueError(f"layer must be an int counted from 1, got {layer!r}") from None
@@ -285,18 +287,15 @@ def encoder_layers(model: nn.Module) -> list[LayerModules]:
     base, layout = _layout(model)
     try:
         blocks = base.get_submodule(layout.layers)
+        config_head_size = base.config.hidden_size // base.config.num_attention_heads
         layers = []
         for i, block in enumerate(blocks):
             attention = block.get_submodule(layout.attention)
             act = block
             for name in layout.intermediate_act.split("."):
                 act = getattr(act, name)
-            modules = {
-                c: block.get_submodule(getattr(layout, c))
-                for c in ("query", "key", "value", "attention_output", "intermediate", "output")
-            }
-            head_size = int(base.config.hidden_size // base.config.num_attention_heads)
-            head_size = int(getattr(attention, layout.head_size_attr, head_size))
+            modules = {c: block.get_submodule(getattr(layout, c)) for c in COMPONENTS}
+            head_size = int(getattr(attention, layout.head_size_attr, config_head_size))
             unequal = getattr(attention, layout.qk_sizes_attr, None), getattr(attention, layout.v_sizes_attr, None)
             if unequal[0] is None:
                 heads = int(getattr(attention, layout.num_heads_attr))

@@ -32,7 +32,9 @@ Two ways to compute the heads (``config.obce_attention``):
     The layout comes from the projection itself: its weight rows are gathered into the padded order (zero
     rows in the unused slots) on each call, a small copy, instead of gathering the much larger projected
     activations. The stored parameters keep their real sizes. When a hook watches the query/key/value
-    module, the module is run as is and its output gathered, so hooks see the real widths.
+    module (its own forward or backward hooks, or global ones), the module has a forward of its own or its
+    weight is on another device (offloaded), the module is run as is and its output gathered, so hooks see
+    the real widths.
 
 Measured on CPU at batch 32 x 128 tokens (``benchmarks/results/inference_speed.md``) the two are within a
 few percent, the loop slightly ahead (1 % on MiniLM, 4 % on BERT-base: the per-head calls cost little next to
@@ -48,7 +50,7 @@ import os
 import shutil
 import tempfile
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,6 +67,7 @@ from transformers import (
     AutoModelForTokenClassification,
 )
 
+from .._checks import checked_int
 from .adapters import eval_mode
 
 __all__ = [
@@ -100,13 +103,14 @@ class LayerSizes:
     intermediate_size: int
 
     def __post_init__(self) -> None:
-        qk, v = tuple(self.qk_head_sizes), tuple(self.v_head_sizes)
+        qk, v = _head_sizes(self.qk_head_sizes, "qk_head_sizes"), _head_sizes(self.v_head_sizes, "v_head_sizes")
         object.__setattr__(self, "qk_head_sizes", qk)
         object.__setattr__(self, "v_head_sizes", v)
+        object.__setattr__(
+            self, "intermediate_size", checked_int(self.intermediate_size, "intermediate_size", minimum=0)
+        )
         if len(qk) != len(v):
             raise ValueError(f"qk_head_sizes and v_head_sizes must have one entry per head, got {qk} and {v}")
-        if any(isinstance(s, bool) or not isinstance(s, int) or s < 0 for s in qk + v + (self.intermediate_size,)):
-            raise ValueError(f"sizes must be non-negative integers, got {qk}, {v}, {self.intermediate_size!r}")
         if any(e == 0 and d > 0 for d, e in zip(qk, v, strict=True)):
             raise ValueError(f"a head without value dimensions must have no query/key dimensions, got {qk}, {v}")
         if sum(v) == 0 or self.intermediate_size == 0:
@@ -130,7 +134,41 @@ class LayerSizes:
             raise ValueError(
                 f"a layer entry needs exactly qk_head_sizes, v_head_sizes and intermediate_size, got {data!r}"
             )
-        return cls(tuple(data["qk_head_sizes"]), tuple(data["v_head_sizes"]), data["intermediate_size"])
+        return cls(data["qk_head_sizes"], data["v_head_sizes"], data["intermediate_size"])
+
+
+def _head_sizes(sizes, name: str) -> tuple[int, ...]:
+    if isinstance(sizes, (str, bytes)) or not isinstance(sizes, Iterable):
+        raise ValueError(f"{name} must be a sequence of head sizes, got {sizes!r}")
+    return tuple(checked_int(size, f"each of {name}", minimum=0) for size in sizes)
+
+
+# What torch's Module.__call__ checks before it skips every hook; a name a later torch lacks counts as a hook.
+_GLOBAL_HOOKS = (
+    "_global_forward_hooks",
+    "_global_forward_pre_hooks",
+    "_global_backward_hooks",
+    "_global_backward_pre_hooks",
+)
+
+
+def _is_bare_linear(linear: nn.Module, x: torch.Tensor) -> bool:
+    """Whether calling ``linear`` on ``x`` computes ``F.linear(x, weight, bias)`` and nothing else, so that its
+    weight may be used directly."""
+    module_hooks = (
+        linear._forward_hooks,
+        linear._forward_pre_hooks,
+        linear._backward_hooks,
+        linear._backward_pre_hooks,
+    )
+    global_hooks = (getattr(torch.nn.modules.module, name, True) for name in _GLOBAL_HOOKS)
+    return (
+        type(linear) is nn.Linear
+        and "forward" not in vars(linear)
+        and linear.weight.device == x.device
+        and not any(module_hooks)
+        and not any(global_hooks)
+    )
 
 
 def _linear(in_features: int, out_features: int) -> nn.Linear:
@@ -184,8 +222,8 @@ class UnequalHeadSelfAttention(nn.Module):
 
     Notes
     -----
-    Attention weights (when requested, or with ``attn_implementation="eager"``) have one row per computed head:
-    heads with no value dimension are absent.
+    Attention weights (only with ``attn_implementation="eager"``) have one row per computed head: heads with no
+    value dimension are absent.
     """
 
     def __init__(self, config, sizes: LayerSizes, layer_idx: int | None = None):
@@ -199,9 +237,9 @@ class UnequalHeadSelfAttention(nn.Module):
         self.layer_idx = layer_idx
         self.mode = mode
         active = [h for h, e in enumerate(sizes.v_head_sizes) if e > 0]
-        # Every head of the layer, 0 for one removed (a head without value dimensions loses its query/key ones
-        # too): what encoder_layers reads, so heads keep their numbers. The computed heads' sizes follow.
-        self.qk_head_sizes = [sizes.qk_head_sizes[h] if h in active else 0 for h in range(len(sizes.v_head_sizes))]
+        # Every head of the layer, 0 for one removed (LayerSizes makes a head without value dimensions have no
+        # query/key ones): what encoder_layers reads, so heads keep their numbers. The computed heads' sizes follow.
+        self.qk_head_sizes = list(sizes.qk_head_sizes)
         self.v_head_sizes = list(sizes.v_head_sizes)
         self.qk_sizes = [sizes.qk_head_sizes[h] for h in active]
         self.v_sizes = [sizes.v_head_sizes[h] for h in active]
@@ -258,9 +296,10 @@ class UnequalHeadSelfAttention(nn.Module):
         index = self._index(name, x.device)
         if index is None:
             return self._heads(linear(x))
-        if type(linear) is not nn.Linear or linear._forward_hooks or linear._forward_pre_hooks:
-            # Observed (e.g. activation capture) or a forward of its own (an adapter, a quantized layer): run the
-            # module, so hooks see its real width and its forward counts, then pad.
+        if not _is_bare_linear(linear, x):
+            # Observed (activation capture, a backward hook), a forward of its own (an adapter, a quantized layer,
+            # accelerate's offloading) or its weight elsewhere: run the module, so hooks see its real width and its
+            # forward counts, then pad.
             return self._heads(linear(x).index_select(-1, index[0]).masked_fill_(index[1], 0))
         # Pad the weights, not the activations: gathering a few rows of the weight is far cheaper than
         # gathering the projection's output, and the zero rows give exact zeros in the padding slots.
@@ -346,7 +385,12 @@ def layer_sizes(config) -> list[LayerSizes]:
         raise ValueError(
             f"obce_layers must list {config.num_hidden_layers} layers (num_hidden_layers), got {raw!r:.200}"
         )
-    sizes = [LayerSizes.from_dict(entry) for entry in raw]
+    sizes = []
+    for i, entry in enumerate(raw):
+        try:
+            sizes.append(LayerSizes.from_dict(entry))
+        except ValueError as err:
+            raise ValueError(f"obce_layers, layer {i + 1}: {err}") from None
     head_size = config.hidden_size // config.num_attention_heads
     for i, s in enumerate(sizes):
         if len(s.qk_head_sizes) != config.num_attention_heads:
@@ -474,6 +518,8 @@ def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "
 
     Raises
     ------
+    TypeError
+        ``sizes`` holds something other than :class:`LayerSizes`.
     ValueError
         Unsupported family, a compressed config given, or sizes that do not fit the config.
     """
@@ -485,6 +531,8 @@ def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "
     values = config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
         values.pop(key, None)
+    if isinstance(sizes, (str, bytes)) or not all(isinstance(s, LayerSizes) for s in sizes):
+        raise TypeError(f"sizes must be a sequence of LayerSizes, one per encoder layer, got {sizes!r:.200}")
     new = _CONFIGS[family](**values, obce_layers=[s.to_dict() for s in sizes], obce_attention=attention)
     # Heads of unequal size run eager or SDPA attention only: a model loaded with flash or flex attention gets SDPA.
     implementation = config._attn_implementation
