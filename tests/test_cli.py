@@ -210,9 +210,32 @@ def test_finetune_overwrite_drops_the_scores_of_the_models_it_removes(tmp_path):
     (run / run.FINETUNE / "original").mkdir(parents=True)
     run.write_json(run.METRICS, {})
     run.write_json(run.EVALUATION, {"polarity/test": {"original": {"metrics": {"accuracy": 0.5}}}})
+    run.record("finetune", {"steps": 1}, timings_s={"analyze": 1.0, "finetune_original": 2.0})
     cli._clear_finetuning(run)
     assert not (run / run.FINETUNE).exists() and not (run / run.METRICS).exists()
     assert not (run / run.EVALUATION).exists()
+    assert run.settings()["timings_s"] == {"analyze": 1.0} and "finetune" not in run.settings()["steps"]
+
+
+def test_finetune_refuses_what_it_would_mislabel_or_delete_before_clearing_anything(capsys, tmp_path):
+    run = pipeline.RunFolder(tmp_path / "run")
+    run.prepare()
+    run.record()
+    done = run / run.FINETUNE / "original"
+    done.mkdir(parents=True)
+    (done / "config.json").write_text("{}")
+    run.write_json(run.METRICS, {"models": {}})
+    other = tmp_path / "other" / "compressed"  # another run's compressed model
+    other.mkdir(parents=True)
+    (other / "config.json").write_text("{}")
+    for args, message in (
+        (["--distill", str(other)], "distillation fine-tunes the compressed model"),
+        ([str(done)], "is a fine-tuning of this run: fine-tune it in another run folder"),
+        ([str(other)], "is not this run's compressed model, and the report would take it for it"),
+    ):
+        code, _, err = run_cli(capsys, "finetune", "--overwrite", *args, "--output", str(run.path))
+        assert code == 1 and message in err, err
+        assert (done / "config.json").is_file() and (run / run.METRICS).is_file()
 
 
 def test_hub_failure_is_one_line_naming_the_model(monkeypatch, capsys, tmp_path):
@@ -228,12 +251,23 @@ def test_hub_failure_is_one_line_naming_the_model(monkeypatch, capsys, tmp_path)
     assert "HF_HUB_OFFLINE=1" in err
 
 
-def test_a_bug_keeps_its_traceback(monkeypatch):
+@pytest.mark.parametrize("error", [RuntimeError, TypeError])
+def test_a_bug_keeps_its_traceback(monkeypatch, error):
     def broken(*args, **kwargs):
-        raise RuntimeError("an internal error")
+        raise error("an internal error")
 
     monkeypatch.setattr(pipeline, "compress", broken)
-    with pytest.raises(RuntimeError, match="an internal error"):
+    with pytest.raises(error, match="an internal error"):
+        cli.main(["compress"])
+
+
+def test_obce_debug_shows_a_user_errors_traceback(monkeypatch):
+    def refused(*args, **kwargs):
+        raise ValueError("a bad input")
+
+    monkeypatch.setattr(pipeline, "compress", refused)
+    monkeypatch.setenv("OBCE_DEBUG", "1")
+    with pytest.raises(ValueError, match="a bad input"):
         cli.main(["compress"])
 
 

@@ -707,7 +707,7 @@ def test_a_re_prune_drops_the_replaced_models_scores(run, tmp_path):
     shutil.copytree(run["path"], path)
     folder = RunFolder(path)
     folder.write_json(folder.EVALUATION, {"sst2/dev": {"original": {}, "compressed": {}}})
-    pipeline._forget_finetune(folder, pipeline.COMPRESSED)
+    pipeline.forget_finetuning(folder, [pipeline.COMPRESSED])
     assert not (path / "finetune" / "compressed").exists()
     assert set(folder.read_json(folder.METRICS)["models"]) == {"original"}
     assert folder.read_json(folder.EVALUATION) == {"sst2/dev": {"original": {}}}

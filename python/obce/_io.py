@@ -78,14 +78,26 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}."))
+    replaced = staging.with_name(f"{staging.name}.replaced")
     try:
         _usual_permissions(staging, folder=True)
         yield staging
+        # Two renames, never a removal before the new folder is in place: stopped between them, the old one
+        # comes back.
         if path.exists():
-            shutil.rmtree(path)
-        os.replace(staging, path)
+            os.replace(path, replaced)
+        try:
+            os.replace(staging, path)
+        except BaseException:
+            if replaced.exists() and not path.exists():
+                os.replace(replaced, path)
+            raise
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+        if replaced.is_dir():
+            shutil.rmtree(replaced, ignore_errors=True)
+        else:
+            replaced.unlink(missing_ok=True)  # a file the folder replaced
 
 
 def file_sha256(path: str | os.PathLike) -> str:

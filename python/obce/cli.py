@@ -8,7 +8,8 @@ does in one go but the CPU timing, and a command run again with the same setting
 resumes an interrupted fine-tuning.
 
 A user mistake (a bad option, a missing file, settings that clash with the run folder) ends with one
-line on stderr and a non-zero exit status: 2 for a usage error, 1 otherwise.
+line on stderr and a non-zero exit status: 2 for a usage error, 1 otherwise; with ``OBCE_DEBUG=1`` set,
+with its traceback.
 """
 
 from __future__ import annotations
@@ -32,8 +33,9 @@ _INTERRUPTED = 130  # 128 + SIGINT, the shell's status for Ctrl-C
 _BUDGET, _SPEED = Budget(), SpeedSettings()
 _TAYLOR_TASK = "needed with --score taylor: the task the model was fine-tuned on"
 # What a user gets wrong (an input, a file, a clash with the run folder): one line, no traceback.
-# OSError: files, permissions, a full disk, no network: the user's to mend, in one line.
-_USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
+# OSError: files, permissions, a full disk, no network: the user's to mend, in one line. Not TypeError: from
+# options typer has parsed, one is a bug of obce's, and its traceback is what a bug report needs.
+_USER_ERRORS = (ValueError, OSError, ImportError)
 # The exceptions typer (and the click it builds on) raises for usage errors, whatever its version.
 _CLICK_ERROR = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")
 
@@ -477,9 +479,10 @@ def finetune(
     settings = pipeline.finetune_settings(
         task, budget=budget, seed=seed, glue_dir=glue_dir, fp16=fp16, bf16=bf16, distill=distill
     )
-    chosen = _labelled(run, models)
-    data = load_task(settings["task"], settings["glue_dir"])  # a missing split is named before the folder changes
     # Checked before anything is cleared or recorded: a typo costs no finished fine-tune.
+    chosen = _labelled(run, models)
+    pipeline.check_finetune_models(run, chosen, settings)
+    data = load_task(settings["task"], settings["glue_dir"])  # a missing split is named before the folder changes
     if overwrite:
         _clear_finetuning(run)
     else:
@@ -495,15 +498,9 @@ def finetune(
 
 
 def _clear_finetuning(run: RunFolder) -> None:
-    import shutil
-
-    if not pipeline.is_main_process():
-        return
-    shutil.rmtree(run / run.FINETUNE, ignore_errors=True)
-    (run / run.METRICS).unlink(missing_ok=True)
-    (run / run.EVALUATION).unlink(missing_ok=True)  # the scores of the models just removed
-    run.forget("finetune")
-    if (run / run.REPORT).is_dir():  # without them, before a new fine-tuning that may not finish
+    pipeline.forget_finetuning(run)
+    run.forget_step("finetune")  # also where nothing was fine-tuned yet: the settings clash is what is overwritten
+    if pipeline.is_main_process() and (run / run.REPORT).is_dir():  # without them, before a new fine-tuning
         from .report.page import write_report
 
         write_report(run.path)
@@ -742,6 +739,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort):
         _fail(_interrupted(args), _INTERRUPTED)
     except _USER_ERRORS as err:
+        if os.environ.get("OBCE_DEBUG"):
+            raise
         _fail(str(err), 1)
     if code == _INTERRUPTED:  # typer turns Ctrl-C into this status
         _fail(_interrupted(args), _INTERRUPTED)

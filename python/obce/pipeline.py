@@ -86,10 +86,12 @@ __all__ = [
     "SpeedSettings",
     "analysis_settings",
     "build_plan",
+    "check_finetune_models",
     "check_plan_spec",
     "check_run_score",
     "compress",
     "finetune_settings",
+    "forget_finetuning",
     "is_main_process",
     "measure_speed",
     "named_plan",
@@ -410,13 +412,6 @@ class RunFolder:
     def record_command(self, argv: Sequence[str]) -> None:
         """Add a command line to the settings with the directory it ran in, where its relative paths mean something."""
         self.record(commands=[*self.settings().get("commands", []), {"cwd": os.getcwd(), "command": shlex.join(argv)}])
-
-    def forget(self, step: str) -> None:
-        """Remove a step's recorded settings (a step that failed before writing anything)."""
-        data = self.settings()
-        if is_main_process() and step in data.get("steps", {}):
-            del data["steps"][step]
-            self.write_json(self.SETTINGS, data)
 
     def table(self) -> ImportanceTable:
         """The importance table of the run, with the columns of ``scores.csv`` when the run has one."""
@@ -1053,7 +1048,7 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader, *, progress
     removed = _removed(plan, table, original, settings["score"])
     if not is_main_process():
         return True
-    _forget_finetune(run, COMPRESSED)  # one an interrupted run left here was of another model
+    forget_finetuning(run, [COMPRESSED])  # one an interrupted run left here was of another model
     with atomic_folder(run / run.COMPRESSED) as staging:
         compressed.save_pretrained(staging)
         tokenizer.save_pretrained(staging)
@@ -1068,17 +1063,59 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader, *, progress
     return True
 
 
-def _forget_finetune(run: RunFolder, label: str) -> None:
-    """Remove the fine-tuning of the model ``label`` and its scores (``metrics.json``, ``evaluation.json``)."""
-    if not (run / run.FINETUNE / label).exists():
+def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> None:
+    """Remove the fine-tuning of the models ``labels`` (all by default) with their scores (``metrics.json``,
+    ``evaluation.json``) and timings; removing all, the step's settings go too, so that the folder takes others."""
+    root = run / run.FINETUNE
+    labels = sorted(p.name for p in root.iterdir()) if labels is None and root.is_dir() else labels or []
+    gone = [label for label in labels if (root / label).exists()]
+    if not gone or not is_main_process():
         return
-    # The scores go first, the folder last: interrupted, this runs again and finds the folder.
+    # The scores go first, the folders last: interrupted, this runs again and finds the folders.
     if (run / run.EVALUATION).is_file():
-        scores = run.read_json(run.EVALUATION)
-        run.write_json(run.EVALUATION, {key: {k: v for k, v in by.items() if k != label} for key, by in scores.items()})
+        before = run.read_json(run.EVALUATION)
+        scores = {key: kept for key, by in before.items() if (kept := {k: v for k, v in by.items() if k not in gone})}
+        if scores:
+            run.write_json(run.EVALUATION, scores)
+        else:
+            (run / run.EVALUATION).unlink()
     (run / run.METRICS).unlink(missing_ok=True)
-    shutil.rmtree(run / run.FINETUNE / label)
+    data = run.settings()
+    data["timings_s"] = {k: v for k, v in data.get("timings_s", {}).items() if k not in {f"finetune_{x}" for x in gone}}
+    run.write_json(run.SETTINGS, data)
+    for label in gone:
+        shutil.rmtree(root / label)
+    if not any(root.iterdir()):
+        root.rmdir()
+        run.forget_step("finetune")
     write_metrics(run)
+
+
+def check_finetune_models(run: RunFolder, models: Mapping[str, str | os.PathLike], settings: Mapping) -> None:
+    """Refuse, before anything is written or cleared, models the run cannot fine-tune as given.
+
+    Raises
+    ------
+    ValueError
+        Distillation without the original, then the compressed model; a model from elsewhere labelled as one of
+        the run's own (``original``, ``compressed``: the report would take it for the run's); one of the run's
+        fine-tuned models (fine-tuning writes there).
+    """
+    if settings.get("distill", False) and list(models)[:2] != [ORIGINAL, COMPRESSED]:
+        raise ValueError(
+            "distillation fine-tunes the compressed model on the fine-tuned original's outputs: "
+            f"fine-tune both ({ORIGINAL}, then {COMPRESSED}) in the same run, got {', '.join(models)}"
+        )
+    own = {ORIGINAL: run.model_source(), COMPRESSED: str(run / run.COMPRESSED)}
+    for label, source in models.items():
+        path = Path(source).expanduser().resolve()
+        if path.is_relative_to((run / run.FINETUNE).resolve()):
+            raise ValueError(f"{str(source)!r} is a fine-tuning of this run: fine-tune it in another run folder")
+        if label in own and str(source) != own[label] and path != Path(own[label]).expanduser().resolve():
+            raise ValueError(
+                f"{str(source)!r} is not this run's {label} model, and the report would take it for it: "
+                "copy it to a folder of another name"
+            )
 
 
 def measure_speed(models: Mapping[str, object], tokenizer, settings: SpeedSettings = SpeedSettings(), *, seed: int = 0):
@@ -1192,12 +1229,8 @@ def run_finetune(
     from .train import finetune, trainer_device_args
 
     run.check_step("finetune", settings)
+    check_finetune_models(run, models, settings)
     distill = settings.get("distill", False)
-    if distill and list(models)[:2] != [ORIGINAL, COMPRESSED]:
-        raise ValueError(
-            "distillation fine-tunes the compressed model on the fine-tuned original's outputs: "
-            f"fine-tune both ({ORIGINAL}, then {COMPRESSED}) in the same run, got {', '.join(models)}"
-        )
     training_args = trainer_device_args(device)
     task = task if task is not None else load_task(settings["task"], settings["glue_dir"])
     new = "finetune" not in run.settings().get("steps", {})
@@ -1227,7 +1260,7 @@ def run_finetune(
         # Failed before writing anything (a bad option, a model that does not load): the settings go too,
         # so that the same folder takes corrected ones.
         if new and not any((run / run.FINETUNE).glob("*/*")):
-            run.forget("finetune")
+            run.forget_step("finetune")
         raise
 
 

@@ -1,0 +1,58 @@
+"""Atomic writes: a reader sees the old file or folder, or the new one, never a part or nothing."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import obce._io
+from obce._io import atomic_folder, atomic_write_text, json_value
+
+
+def test_a_folder_is_replaced_whole_and_a_failure_leaves_the_old_one(tmp_path):
+    path = tmp_path / "model"
+    with atomic_folder(path) as staging:
+        (staging / "weights").write_text("first")
+    with pytest.raises(RuntimeError), atomic_folder(path) as staging:
+        (staging / "weights").write_text("half")
+        raise RuntimeError("failed while writing")
+    assert (path / "weights").read_text() == "first"
+    with atomic_folder(path) as staging:
+        (staging / "weights").write_text("second")
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (path / "weights").read_text() == "second"
+
+
+def test_stopped_between_the_renames_the_old_folder_comes_back(tmp_path, monkeypatch):
+    path = tmp_path / "model"
+    with atomic_folder(path) as staging:
+        (staging / "weights").write_text("first")
+    renames = []
+
+    def replace(source, target):
+        renames.append(target)
+        if len(renames) == 2:  # the new folder's move into place
+            raise KeyboardInterrupt
+        os.rename(source, target)
+
+    monkeypatch.setattr(obce._io.os, "replace", replace)
+    with pytest.raises(KeyboardInterrupt), atomic_folder(path) as staging:
+        (staging / "weights").write_text("second")
+    monkeypatch.undo()
+    assert len(renames) == 3  # aside, (in place: stopped), back
+    assert [p.name for p in tmp_path.iterdir()] == ["model"] and (path / "weights").read_text() == "first"
+
+
+def test_a_text_file_is_not_overwritten_unless_asked(tmp_path):
+    path = atomic_write_text(tmp_path / "a.json", "1")
+    with pytest.raises(FileExistsError):
+        atomic_write_text(path, "2")
+    atomic_write_text(path, "2", overwrite=True)
+    assert path.read_text() == "2" and [p.name for p in tmp_path.iterdir()] == ["a.json"]
+
+
+def test_json_value():
+    assert json_value(np.int64(24)) == 24 and json_value(np.arange(2)) == [0, 1]
+    assert json_value(Path("a") / "b") == os.path.join("a", "b") and json_value(np.float32(0.5)) == 0.5
