@@ -221,9 +221,10 @@ def test_finetune_refuses_what_it_would_mislabel_or_delete_before_clearing_anyth
     run = pipeline.RunFolder(tmp_path / "run")
     run.prepare()
     run.record()
+    for own in (run / run.COMPRESSED, run / run.FINETUNE / "original"):
+        own.mkdir(parents=True)
+        (own / "config.json").write_text("{}")
     done = run / run.FINETUNE / "original"
-    done.mkdir(parents=True)
-    (done / "config.json").write_text("{}")
     run.write_json(run.METRICS, {"models": {}})
     other = tmp_path / "other" / "compressed"  # another run's compressed model
     other.mkdir(parents=True)

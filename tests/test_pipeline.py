@@ -441,7 +441,7 @@ def test_a_failed_step_leaves_no_settings_behind(inputs, tmp_path, capsys):
     path = tmp_path / "run"
     code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50", sentences=100))
     assert code == 1 and "asked for a sample of 100 sentences" in err.strip().splitlines()[-1]
-    assert "steps" not in json.loads((path / "settings.json").read_text())
+    assert not path.exists()  # made by the failed command, and holding nothing
     code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P50"))
     assert code == 0, err
     assert json.loads((path / "settings.json").read_text())["steps"]["analyze"]["n_sentences"] == 24
@@ -683,6 +683,25 @@ def test_a_compress_whose_finetuning_fails_still_reports_what_is_done(inputs, tm
     assert code == 1 and "does not fit the task" in err
     md = (path / "report" / "report.md").read_text(encoding="utf-8")
     assert "## Inference speed on the CPU" in md and "| original |" in md.split("## Task scores", 1)[1]
+    assert len(RunFolder(path).settings()["commands"]) == 1  # it did the analysis and pruning: reproduced by it
+
+
+def test_a_command_that_fails_having_finished_no_step_is_taken_back(inputs, tmp_path, capsys, monkeypatch):
+    def failing(*args, **kwargs):
+        raise ValueError("no memory left")
+
+    path = tmp_path / "run"
+    analyze = [a if a != "prune" else "analyze" for a in prune_args(inputs, path)]
+    assert run_cli(capsys, analyze)[0] == 0
+    before = RunFolder(path).settings()
+    monkeypatch.setattr(pipeline, "select_neurons", failing)  # the plan's check, before the step is recorded
+    code, _, err = run_cli(capsys, prune_args(inputs, path, "--plan", "uniform:P30"))
+    assert code == 1 and "no memory left" in err
+    assert RunFolder(path).settings()["commands"] == before["commands"]
+    monkeypatch.setattr(pipeline, "analyze", failing)
+    fresh = tmp_path / "fresh"
+    code, _, err = run_cli(capsys, [*analyze[:-1], str(fresh)])
+    assert code == 1 and "no memory left" in err and not fresh.exists()  # no folder of a failed command left
 
 
 def test_a_failed_evaluation_is_not_recorded(run, tmp_path, capsys, monkeypatch):

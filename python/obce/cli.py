@@ -272,7 +272,11 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
-    run.record_command(_command_line(ctx))
+    """Record the command in the run; main() takes it back if the command fails having finished no step."""
+    before = set(run.settings().get("steps", {}))
+    entry = run.record_command(_command_line(ctx))
+    if isinstance(ctx.obj, dict):
+        ctx.obj["recorded"] = run, entry, before
 
 
 def _check_prunable(model: str | None) -> None:
@@ -588,8 +592,8 @@ def evaluate(
             results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
         key = f"{loaded.name}/{split}"
         recorded[key] = {**recorded.get(key, {}), **results}
-        if i == 0:  # with the first scores: a command that fails before (on a model, a label) is not a result's
-            _record_command(ctx, run)
+        if i == 0:  # with the first scores, for good: one that fails before (on a model, a label) is no result's
+            run.record_command(_command_line(ctx))
         run.write_json(run.EVALUATION, recorded)
         for label, entry in results.items():
             _echo(f"{label} ({split}): " + ", ".join(f"{m} {100 * v:.2f}" for m, v in entry["metrics"].items()))
@@ -728,8 +732,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     transformers.utils.logging.disable_progress_bar()
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = list(sys.argv[1:] if argv is None else argv)
+    obj = {"command": ["obce", *args]}
     try:
-        code = app(args=args, prog_name="obce", standalone_mode=False, obj={"command": ["obce", *args]})
+        code = app(args=args, prog_name="obce", standalone_mode=False, obj=obj)
     except _CLICK_ERROR as err:
         if not args:  # `obce` alone: the help was shown
             sys.exit(err.exit_code)
@@ -738,8 +743,11 @@ def main(argv: Sequence[str] | None = None) -> None:
         _fail(f"{err.format_message()}{where}", err.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _fail(_interrupted(args), _INTERRUPTED)
-    except _USER_ERRORS as err:
-        if os.environ.get("OBCE_DEBUG"):
+    except Exception as err:
+        if "recorded" in obj:  # a failed command made nothing to reproduce
+            run, entry, before = obj["recorded"]
+            run.take_back_command(entry, before)
+        if not isinstance(err, _USER_ERRORS) or os.environ.get("OBCE_DEBUG"):
             raise
         _fail(str(err), 1)
     if code == _INTERRUPTED:  # typer turns Ctrl-C into this status

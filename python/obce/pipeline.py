@@ -41,7 +41,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -409,9 +409,28 @@ class RunFolder:
                 data[key] = value
         self.write_json(self.SETTINGS, data)
 
-    def record_command(self, argv: Sequence[str]) -> None:
-        """Add a command line to the settings with the directory it ran in, where its relative paths mean something."""
-        self.record(commands=[*self.settings().get("commands", []), {"cwd": os.getcwd(), "command": shlex.join(argv)}])
+    def record_command(self, argv: Sequence[str]) -> dict:
+        """Add a command line to the settings with the directory it ran in, where its relative paths mean something;
+        returns the entry (for :meth:`take_back_command`)."""
+        entry = {"cwd": os.getcwd(), "command": shlex.join(argv)}
+        self.record(commands=[*self.settings().get("commands", []), entry])
+        return entry
+
+    def take_back_command(self, entry: Mapping, steps_before: Collection[str]) -> None:
+        """Remove ``entry``, the last command recorded, because it failed, if it recorded no step beyond
+        ``steps_before``: it made nothing to reproduce. (Keep the command of one interrupted: run again, it
+        resumes.) A folder that then holds nothing else is removed."""
+        data = self.settings()
+        finished = set(data.get("steps", {})) - set(steps_before)
+        if not is_main_process() or data.get("commands", [])[-1:] != [entry] or finished:
+            return
+        data["commands"].pop()
+        if not data["commands"] and not data.get("steps") and os.listdir(self.path) == [self.SETTINGS]:
+            (self / self.SETTINGS).unlink()
+            with contextlib.suppress(OSError):  # in use, or the user's own folder in the meantime
+                self.path.rmdir()
+            return
+        self.write_json(self.SETTINGS, data)
 
     def table(self) -> ImportanceTable:
         """The importance table of the run, with the columns of ``scores.csv`` when the run has one."""
@@ -1097,16 +1116,20 @@ def check_finetune_models(run: RunFolder, models: Mapping[str, str | os.PathLike
     Raises
     ------
     ValueError
-        Distillation without the original, then the compressed model; a model from elsewhere labelled as one of
-        the run's own (``original``, ``compressed``: the report would take it for the run's); one of the run's
-        fine-tuned models (fine-tuning writes there).
+        Distillation without the original, then the compressed model; a model from elsewhere labelled as one the
+        run has (``original`` once analysed, ``compressed`` once pruned: the report would take it for the run's);
+        one of the run's fine-tuned models (fine-tuning writes there).
     """
     if settings.get("distill", False) and list(models)[:2] != [ORIGINAL, COMPRESSED]:
         raise ValueError(
             "distillation fine-tunes the compressed model on the fine-tuned original's outputs: "
             f"fine-tune both ({ORIGINAL}, then {COMPRESSED}) in the same run, got {', '.join(models)}"
         )
-    own = {ORIGINAL: run.model_source(), COMPRESSED: str(run / run.COMPRESSED)}
+    own = {}  # the run's own models, where it has them
+    if "analyze" in run.settings().get("steps", {}):
+        own[ORIGINAL] = run.model_source()
+    if (run / run.COMPRESSED / "config.json").is_file():
+        own[COMPRESSED] = str(run / run.COMPRESSED)
     for label, source in models.items():
         path = Path(source).expanduser().resolve()
         if path.is_relative_to((run / run.FINETUNE).resolve()):
@@ -1389,51 +1412,57 @@ def compress(
     if finetune:
         steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, distill=distill)
     open_run(run.path, steps, overwrite=overwrite)
-    if command:
-        run.record_command(command)
-    run.record(seed=seed, device=device, build_info=_build_info())
-    start = time.perf_counter()
-    loaded = ModelLoader(steps["analyze"]["model_path"], device)
-    total, done = len(steps) + 1, 0
+    before = set(run.settings().get("steps", {}))
+    entry = run.record_command(command) if command else None
+    try:
+        run.record(seed=seed, device=device, build_info=_build_info())
+        start = time.perf_counter()
+        loaded = ModelLoader(steps["analyze"]["model_path"], device)
+        total, done = len(steps) + 1, 0
 
-    def stage(text: str, did: bool = True) -> None:
-        nonlocal done
-        done += 1
-        log(f"obce: [{done}/{total}] {text}" + ("" if did else " (done before, skipped)"))
+        def stage(text: str, did: bool = True) -> None:
+            nonlocal done
+            done += 1
+            log(f"obce: [{done}/{total}] {text}" + ("" if did else " (done before, skipped)"))
 
-    log(f"obce: run folder {run.path}")
-    did = run_analysis(run, steps["analyze"], device=device, progress=progress, model=loaded)
-    stage(f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
-    if "score" in steps:
-        did = run_scores(run, steps["score"], loaded)
-        stage(f"score: {TASK_SCORE} of every neuron on {steps['score']['task']}", did)
-    did = run_plan(run, plan, loaded, score)
-    stage(f"plan: {run.plan().name}", did)
-    did = run_prune(run, steps["prune"], loaded, progress=progress)
-    params = run.read_json(run.PARAMS)
-    kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
-    stage(f"prune: the encoder layers keep {kept:.1%} of their parameters", did)
-    did = run_speed(run, speed, loaded)
-    fastest = {label: min(times) for label, times in run.read_json(run.SPEED)["seconds"].items()}
-    stage(f"speed: {fastest[ORIGINAL]:.3f} s -> {fastest[COMPRESSED]:.3f} s per batch on the CPU", did)
-    if finetune:
-        stage(f"fine-tune and evaluate both models on {task}")
-        try:
-            run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
-                         device=device, log=log, progress=progress)  # fmt: skip
-        except Exception:
-            # The report of what is done (analysis, pruning, speed, a model fine-tuned before the failure) is
-            # written before the error is raised; one that cannot be written leaves the error as it was.
-            if is_main_process():
-                with contextlib.suppress(Exception):
-                    write_report(run.path)
-            raise
-    # Recorded before the report is drawn, so that the report shows it.
-    run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
-    # Under torchrun one process writes it: the others could rewrite it without the scores rank 0 wrote.
-    report = write_report(run.path) if is_main_process() else run / run.REPORT / HTML_NAME
-    stage("report written")
-    return report
+        log(f"obce: run folder {run.path}")
+        did = run_analysis(run, steps["analyze"], device=device, progress=progress, model=loaded)
+        stage(f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
+        if "score" in steps:
+            did = run_scores(run, steps["score"], loaded)
+            stage(f"score: {TASK_SCORE} of every neuron on {steps['score']['task']}", did)
+        did = run_plan(run, plan, loaded, score)
+        stage(f"plan: {run.plan().name}", did)
+        did = run_prune(run, steps["prune"], loaded, progress=progress)
+        params = run.read_json(run.PARAMS)
+        kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
+        stage(f"prune: the encoder layers keep {kept:.1%} of their parameters", did)
+        did = run_speed(run, speed, loaded)
+        fastest = {label: min(times) for label, times in run.read_json(run.SPEED)["seconds"].items()}
+        stage(f"speed: {fastest[ORIGINAL]:.3f} s -> {fastest[COMPRESSED]:.3f} s per batch on the CPU", did)
+        if finetune:
+            stage(f"fine-tune and evaluate both models on {task}")
+            try:
+                run_finetune(run, {ORIGINAL: run.model_source(), COMPRESSED: run / run.COMPRESSED}, steps["finetune"],
+                             device=device, log=log, progress=progress)  # fmt: skip
+            except Exception:
+                # The report of what is done (analysis, pruning, speed, a model fine-tuned before the failure) is
+                # written before the error is raised; one that cannot be written leaves the error as it was.
+                if is_main_process():
+                    with contextlib.suppress(Exception):
+                        write_report(run.path)
+                raise
+        # Recorded before the report is drawn, so that the report shows it; the call that did the work.
+        if "compress_call" not in run.settings().get("timings_s", {}):  # not a later call that found all done
+            run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
+        # Under torchrun one process writes it: the others could rewrite it without the scores rank 0 wrote.
+        report = write_report(run.path) if is_main_process() else run / run.REPORT / HTML_NAME
+        stage("report written")
+        return report
+    except Exception:
+        if entry is not None:
+            run.take_back_command(entry, before)
+        raise
 
 
 def _build_info() -> dict:
