@@ -150,7 +150,7 @@ def test_evaluate_reads_the_scored_split_alone(monkeypatch, capsys, tmp_path):
     seen = []
 
     def score(folder, task, split, **options):
-        seen.append((sorted(task.data), split))
+        seen.append((sorted(task.data), split, options["progress"]))
         return {"accuracy": 0.5}
 
     monkeypatch.setattr(train, "evaluate", score)
@@ -158,9 +158,9 @@ def test_evaluate_reads_the_scored_split_alone(monkeypatch, capsys, tmp_path):
     model.mkdir()
     (model / "config.json").write_text("{}")  # a model folder (train.evaluate is replaced)
     args = ("evaluate", str(model), "--task", "sst2", "--glue-dir", str(glue), "-o", str(tmp_path / "run"))
-    code, out, err = run_cli(capsys, *args)
+    code, out, err = run_cli(capsys, *args, "--no-progress")
     assert code == 0, err
-    assert seen == [(["dev"], "dev")] and "accuracy 50.00" in out
+    assert seen == [(["dev"], "dev", False)] and "accuracy 50.00" in out
     assert json.loads((tmp_path / "run" / "evaluation.json").read_text())["sst2/dev"]["model"]["metrics"]
 
 

@@ -669,6 +669,17 @@ def test_encoder_parameters_include_embeddings_and_pooler(tiny_bert_config):
     assert counts["total"] - counts["encoder"] == 32 * 2 + 2  # the classifier head alone
 
 
+def test_a_hub_model_that_cannot_be_loaded_is_named(monkeypatch):
+    from transformers import AutoConfig
+
+    def offline(*args, **kwargs):
+        raise OSError("We couldn't connect to 'https://huggingface.co' to load the files.")
+
+    monkeypatch.setattr(AutoConfig, "from_pretrained", offline)
+    with pytest.raises(OSError, match=r"could not load 'org/some-model' from the Hugging Face hub: .*HF_HUB_OFFLINE=1"):
+        train.load_for_task("org/some-model", "sst2")
+
+
 def test_a_step_budget_is_evaluated_at_least_four_times():
     """Early stopping after two evaluations without progress needs four to cut anything."""
     for max_steps, every in ((10, 2), (9, 2), (5, 1), (4, 1), (3, 1), (200, 50)):  # 9: 2, 4, 6, 8 and the last

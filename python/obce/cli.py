@@ -561,6 +561,7 @@ def evaluate(
         ),
     ] = None,
     device: Device = None,
+    progress: Progress = True,
 ) -> None:
     """Score fine-tuned models on a split of a task; results go to <output>/evaluation.json.
 
@@ -588,7 +589,9 @@ def evaluate(
         for label, folder in chosen.items():
             length = evaluation_length(folder, max_length)
             _stage(f"obce: evaluate {label} on {loaded.display_name} {split}")
-            metrics = score(folder, loaded, split, batch_size=batch_size, max_length=length, device=device)
+            metrics = score(
+                folder, loaded, split, batch_size=batch_size, max_length=length, device=device, progress=progress
+            )
             results[label] = {"model": str(folder), "max_length": length, "metrics": metrics}
         key = f"{loaded.name}/{split}"
         recorded[key] = {**recorded.get(key, {}), **results}

@@ -235,21 +235,25 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
         A model object without a fitting head, (``fresh_head=False``) a folder without one, or a folder whose
         tokenizer is not its model's (see :func:`obce.models.adapters.load_tokenizer`).
     FileNotFoundError
-        A folder without tokenizer files.
+        A folder without tokenizer files, or a path where there is no model folder.
+    OSError
+        A hub name that cannot be loaded (named, with what to do without a network).
     TypeError
         A model object whose tokenizer cannot be found.
     """
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     from .models import compressed  # noqa: F401  (registers the compressed model types with the Auto classes)
-    from .models.adapters import task_head, weights_from
+    from .models.adapters import check_model_source, hub_errors, task_head, weights_from
 
     info = task_info(task)
     if not isinstance(model, (str, os.PathLike)):
         check_head(model, info, f"the {type(model).__name__} object")
         return model, _load_tokenizer(model, tokenizer)
 
-    config = AutoConfig.from_pretrained(model)
+    local, location = check_model_source(model)
+    with hub_errors(location, local):  # a hub name that cannot be loaded is named, with what to do offline
+        config = AutoConfig.from_pretrained(model)
     if not fresh_head:
         if task_head(config) != "ForSequenceClassification":
             raise ValueError(
@@ -339,6 +343,7 @@ def evaluate(
     batch_size: int = 64,
     max_length: int | None = None,
     device: str | None = None,
+    progress: bool = True,
 ) -> dict[str, float]:
     """Score a fine-tuned model on one split of a task.
 
@@ -361,6 +366,8 @@ def evaluate(
         else :data:`EVALUATION_LENGTH`. At most the model's own limit (its position table).
     device : str, optional
         ``"cpu"`` keeps evaluation on the CPU (default: every visible GPU); see :func:`trainer_device_args`.
+    progress : bool
+        Show a progress bar over the batches.
 
     Returns
     -------
@@ -385,7 +392,11 @@ def evaluate(
     dataset = _encode(task, split, tokenizer, _truncation(model, tokenizer, max_length))
     with tempfile.TemporaryDirectory(prefix="obce-eval-") as tmp:
         args = TrainingArguments(
-            output_dir=tmp, per_device_eval_batch_size=batch_size, **_common_args(), **trainer_device_args(device)
+            output_dir=tmp,
+            per_device_eval_batch_size=batch_size,
+            disable_tqdm=not progress,
+            **_common_args(),
+            **trainer_device_args(device),
         )
         trainer = Trainer(
             model=model, args=args, data_collator=DataCollatorWithPadding(tokenizer), processing_class=tokenizer

@@ -465,7 +465,7 @@ def check_model_source(source: str | os.PathLike) -> tuple[bool, str]:
 
 
 @contextmanager
-def _hub_errors(location: str, local: bool):
+def hub_errors(location: str, local: bool):
     """A hub model that cannot be loaded: say which, and what to do without a network."""
     try:
         yield
@@ -487,7 +487,7 @@ def check_loadable(name_or_path: str | os.PathLike) -> None:
         As :func:`load_model`.
     """
     local, location = check_model_source(name_or_path)
-    with _hub_errors(location, local):
+    with hub_errors(location, local):
         checkpoint_class(location, **({"local_files_only": True} if local else {}))
 
 
@@ -534,7 +534,7 @@ def load_model(
         raise TypeError(f"name_or_path must be None, a folder or a hub name, got {type(source).__name__}")
     local, location = check_model_source(source)
     options = {"local_files_only": True} if local else {}
-    with _hub_errors(location, local):
+    with hub_errors(location, local):
         tokenizer = load_tokenizer(location, **options)
         model_class = checkpoint_class(location, **options) if model_class is None else model_class
         model = weights_from(model_class, location, **options)
