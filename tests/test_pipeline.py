@@ -686,6 +686,19 @@ def test_a_compress_whose_finetuning_fails_still_reports_what_is_done(inputs, tm
     assert len(RunFolder(path).settings()["commands"]) == 1  # it did the analysis and pruning: reproduced by it
 
 
+def test_prune_loads_the_model_once(inputs, tmp_path, capsys, monkeypatch):
+    """Analysis, its diagrams, the plan and the pruning share one load."""
+    import obce.models
+
+    loads = []
+    load_model = obce.models.load_model
+    monkeypatch.setattr(obce.models, "load_model", lambda *a, **k: loads.append(a) or load_model(*a, **k))
+    monkeypatch.setattr(obce.importance, "load_model", None)  # analyze() is given the loaded model
+    code, _, err = run_cli(capsys, prune_args(inputs, tmp_path / "run", "--plan", "uniform:P50"))
+    assert code == 0, err
+    assert len(loads) == 1
+
+
 def test_a_command_that_fails_having_finished_no_step_is_taken_back(inputs, tmp_path, capsys, monkeypatch):
     def failing(*args, **kwargs):
         raise ValueError("no memory left")

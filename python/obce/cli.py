@@ -299,8 +299,8 @@ def _check_prunable(model: str | None) -> None:
         raise ValueError(f"{model!r} cannot be pruned: {err}") from None
 
 
-def _analysis(run: RunFolder, settings: Mapping, device, progress) -> None:
-    did = pipeline.run_analysis(run, settings, device=device, progress=progress)
+def _analysis(run: RunFolder, settings: Mapping, device, progress, model=None) -> None:
+    did = pipeline.run_analysis(run, settings, device=device, progress=progress, model=model)
     _stage(
         f"obce: analyze: λ of every neuron over {settings['n_sentences']} sentences"
         + ("" if did else " (done before, skipped)")
@@ -388,8 +388,8 @@ def prune(
         steps["plan"] = pipeline.plan_setting(plan, score)
         steps["prune"] = pipeline.prune_settings(fold, score)
     run = _open_run(ctx, output, overwrite, steps)
-    _analysis(run, steps["analyze"], device, progress)
-    loaded = pipeline.ModelLoader(run.model_source(), device)
+    loaded = pipeline.ModelLoader(steps["analyze"]["model_path"], device)  # loaded once, for every step
+    _analysis(run, steps["analyze"], device, progress, loaded)
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score, scores)))
         return

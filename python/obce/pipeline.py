@@ -880,8 +880,8 @@ def run_analysis(
         Where the model runs (default: CUDA when available).
     progress : bool
         Progress bars.
-    model : optional
-        The run's loaded model, reused for the diagrams' pass.
+    model : ModelLoader, optional
+        The run's model, loaded once for the analysis and the diagrams' pass (and what follows).
 
     Returns
     -------
@@ -892,20 +892,21 @@ def run_analysis(
     if (run / run.IMPORTANCE).is_file() and (run / run.PERSISTENCE).is_file():
         return False
     start = time.perf_counter()
+    network, tokenizer = (model if model is not None else ModelLoader(settings["model_path"], device)).get()
     table = analyze(
-        settings["model_path"],
+        network,
         settings["corpus"],
         settings["n_sentences"],
         settings["seed"],
         settings["token"],
+        tokenizer=tokenizer,
         device=device,
         progress=progress,
     )
     table.settings["model"] = settings["model"]
     if is_main_process():
         table.save(run.path, overwrite=True)
-        loaded = model if model is not None else ModelLoader(settings["model_path"], device)
-        diagrams = _diagram_points(table, *loaded.get(), progress)
+        diagrams = _diagram_points(table, network, tokenizer, progress)
         # Recorded just before the file that marks the step done: a failed attempt leaves no settings
         # that would refuse the next one.
         run.record("analyze", settings, timings_s={"analyze": round(time.perf_counter() - start, 2)})
