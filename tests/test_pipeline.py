@@ -573,10 +573,11 @@ def test_prune_after_analyze_repeats_no_option(inputs, tmp_path, capsys, monkeyp
     code, out, _ = run_cli(capsys, ["analyze", *analyze])
     assert code == 0
     # The medians printed by layer, components in the order of the forward pass.
-    assert out.splitlines()[0].split() == ["component", *obce.COMPONENTS]
+    assert out.splitlines()[0] == "median λ per layer and component:"
+    assert out.splitlines()[1].split() == ["component", *obce.COMPONENTS]
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
     assert code == 0, err
-    assert "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err
+    assert "analyze: λ of every neuron over 24 sentences (seed 0) (done before, skipped)" in err
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--seed", "3", "--output", str(path)])
     assert code == 1 and "other analyze settings (seed: 0 -> 3)" in err
     # Starting again (--overwrite) changes only what is typed: the other analysis options stay the run's.
@@ -608,7 +609,7 @@ def test_an_edited_corpus_file_is_another_corpus(inputs, tmp_path, capsys):
     # Pruning the finished analysis reads its own sentences, not the corpus edited or moved since.
     corpus.rename(tmp_path / "moved.txt")
     code, _, err = run_cli(capsys, ["prune", "--plan", "uniform:P50", "--no-progress", "--output", str(path)])
-    assert code == 0 and "analyze: λ of every neuron over 24 sentences (done before, skipped)" in err, err
+    assert code == 0 and "analyze: λ of every neuron over 24 sentences (seed 0) (done before, skipped)" in err, err
     corpus.write_text((tmp_path / "moved.txt").read_text())
     # A folder analysed before the digest was recorded is still resumed.
     settings = json.loads((path / "settings.json").read_text())

@@ -45,6 +45,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode="markdown",
 )
 
 
@@ -200,7 +201,7 @@ ScoreTask = Annotated[
 ]
 GlueDir = Annotated[
     Path | None,
-    typer.Option(help="Local GLUE folder in the official layout (<dir>/SST-2/train.tsv, ...) for a GLUE task."),
+    typer.Option(help="Local GLUE folder in the official layout (`<dir>/SST-2/train.tsv`, ...) for a GLUE task."),
 ]
 Output = Annotated[
     Path,
@@ -299,12 +300,8 @@ def _check_prunable(model: str | None) -> None:
         raise ValueError(f"{model!r} cannot be pruned: {err}") from None
 
 
-def _analysis(run: RunFolder, settings: Mapping, device, progress, model=None) -> None:
-    did = pipeline.run_analysis(run, settings, device=device, progress=progress, model=model)
-    _stage(
-        f"obce: analyze: λ of every neuron over {settings['n_sentences']} sentences"
-        + ("" if did else " (done before, skipped)")
-    )
+def _step_done(text: str, did: bool) -> None:
+    _stage(f"obce: {text}" + ("" if did else " (done before, skipped)"))
 
 
 def _report(run: RunFolder) -> None:
@@ -334,9 +331,11 @@ def analyze(
     """Compute λ of every neuron over a corpus sample: the importance table and its figures."""
     analysis = pipeline.analysis_settings(model, corpus, sentences, seed, token)
     run = _open_run(ctx, output, overwrite, {"analyze": analysis})
-    _analysis(run, analysis, device, progress)
+    loaded = pipeline.ModelLoader(analysis["model_path"], device)
+    pipeline.run_steps(run, {"analyze": analysis}, loaded, device=device, progress=progress, stage=_step_done)
     table = run.table()
     medians = table.stats().pivot(index="layer", columns="component", values="median")[table.components]
+    _echo("median λ per layer and component:")
     _echo(medians.to_string(float_format="{:.4g}".format))  # components in the order of the forward pass
     _report(run)
 
@@ -362,7 +361,7 @@ def prune(
     ] = False,
     progress: Progress = True,
 ) -> None:
-    """Prune the model by a plan into <output>/compressed (analyzing it first when needed)."""
+    """Prune the model by a plan into `<output>/compressed` (analyzing it first when needed)."""
     if dry_run and overwrite:
         raise typer.BadParameter("--dry-run writes no plan and no model: it clears nothing", param_hint="--overwrite")
     # Read before --overwrite clears the folder: starting again changes only what is typed.
@@ -389,21 +388,14 @@ def prune(
         steps["prune"] = pipeline.prune_settings(fold, score)
     run = _open_run(ctx, output, overwrite, steps)
     loaded = pipeline.ModelLoader(steps["analyze"]["model_path"], device)  # loaded once, for every step
-    _analysis(run, steps["analyze"], device, progress, loaded)
+    pipeline.run_steps(run, steps, loaded, plan=plan, score=score, device=device, progress=progress, stage=_step_done)
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score, scores)))
         return
-    if scores:
-        did = pipeline.run_scores(run, scores, loaded)
-        _stage(f"obce: score: {score} of every neuron on {task}" + ("" if did else " (done before, skipped)"))
-    did = pipeline.run_plan(run, plan, loaded, score)
-    _stage(f"obce: plan: {run.plan().name}" + ("" if did else " (done before, skipped)"))
     _echo(run.plan().summary())
-    did = pipeline.run_prune(run, steps["prune"], loaded, progress=progress)
     params = run.read_json(run.PARAMS)
     before, after = params[ORIGINAL]["encoder_layers"], params[COMPRESSED]["encoder_layers"]
-    _stage(f"obce: prune: {run / run.COMPRESSED}" + ("" if did else " (done before, skipped)"))
-    _echo(f"encoder layers: {after:,} of {before:,} parameters kept ({after / before:.2%})")
+    _echo(f"encoder layers: {after:,} of {before:,} parameters kept ({after / before:.2%}): {run / run.COMPRESSED}")
     _report(run)
 
 
@@ -464,7 +456,7 @@ def finetune(
     """Fine-tune models on a task with the same seed and budget, and score them on its report split.
 
     Without MODELS: the run folder's analysed model and its compressed model (when pruned). Each model
-    goes to <output>/finetune/<name>; an interrupted run resumes from its last checkpoint.
+    goes to `<output>/finetune/<name>`; an interrupted run resumes from its last checkpoint.
 
     On several GPUs, start the same command with torchrun or accelerate (transformers' Trainer splits
     each step's batches over the processes, so --batch-size is per GPU):
@@ -563,7 +555,7 @@ def evaluate(
     device: Device = None,
     progress: Progress = True,
 ) -> None:
-    """Score fine-tuned models on a split of a task; results go to <output>/evaluation.json.
+    """Score fine-tuned models on a split of a task; results go to `<output>/evaluation.json`.
 
     Without MODELS: every model fine-tuned in the run folder.
     """

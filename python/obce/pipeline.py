@@ -105,6 +105,7 @@ __all__ = [
     "run_prune",
     "run_scores",
     "run_speed",
+    "run_steps",
     "score_settings",
     "versions",
     "write_metrics",
@@ -1142,6 +1143,38 @@ def check_finetune_models(run: RunFolder, models: Mapping[str, str | os.PathLike
             )
 
 
+def run_steps(
+    run: RunFolder,
+    steps: Mapping[str, Mapping],
+    model: ModelLoader,
+    *,
+    plan: str | PruningPlan | None = None,
+    score: str = "lam",
+    device: str | None = None,
+    progress: bool = True,
+    stage: Callable[[str, bool], None] = lambda text, did: None,
+) -> None:
+    """Run the steps of ``steps`` that lead to the compressed model, in order: ``analyze``, ``score``, ``plan``
+    (of ``plan``, ranking by ``score``) and ``prune``, each one skipped when the folder holds it already.
+
+    ``stage(text, did)`` hears of each step when it is over: what it did, and whether it did it now.
+    """
+    analysis = steps["analyze"]
+    did = run_analysis(run, analysis, device=device, progress=progress, model=model)
+    stage(f"analyze: λ of every neuron over {analysis['n_sentences']} sentences (seed {analysis['seed']})", did)
+    if "score" in steps:
+        did = run_scores(run, steps["score"], model)
+        stage(f"score: {TASK_SCORE} of every neuron on {steps['score']['task']}", did)
+    if "plan" in steps:
+        did = run_plan(run, plan, model, score)
+        stage(f"plan: {run.plan().name}", did)
+    if "prune" in steps:
+        did = run_prune(run, steps["prune"], model, progress=progress)
+        params = run.read_json(run.PARAMS)
+        kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
+        stage(f"prune: the encoder layers keep {kept:.2%} of their parameters", did)
+
+
 def measure_speed(models: Mapping[str, object], tokenizer, settings: SpeedSettings = SpeedSettings(), *, seed: int = 0):
     """CPU time of one forward pass of each model on the same batch of random token ids.
 
@@ -1264,10 +1297,8 @@ def run_finetune(
         for label, source in models.items():
             folder = run / run.FINETUNE / label
             done = (folder / "results.json").is_file()
-            log(
-                f"obce:   {label}: "
-                + ("fine-tuned before, skipped" if done else f"{settings['steps']} steps on {task.display_name}")
-            )
+            steps = f"{settings['steps']} step{'s' * (settings['steps'] != 1)}"
+            log(f"obce:   {label}: " + ("fine-tuned before, skipped" if done else f"{steps} on {task.display_name}"))
             start = time.perf_counter()
             results[label] = finetune(
                 str(source), task, folder, seed=settings["seed"], max_steps=settings["steps"],
@@ -1427,17 +1458,7 @@ def compress(
             log(f"obce: [{done}/{total}] {text}" + ("" if did else " (done before, skipped)"))
 
         log(f"obce: run folder {run.path}")
-        did = run_analysis(run, steps["analyze"], device=device, progress=progress, model=loaded)
-        stage(f"analyze: λ of every neuron over {n_sentences} sentences (seed {seed})", did)
-        if "score" in steps:
-            did = run_scores(run, steps["score"], loaded)
-            stage(f"score: {TASK_SCORE} of every neuron on {steps['score']['task']}", did)
-        did = run_plan(run, plan, loaded, score)
-        stage(f"plan: {run.plan().name}", did)
-        did = run_prune(run, steps["prune"], loaded, progress=progress)
-        params = run.read_json(run.PARAMS)
-        kept = params[COMPRESSED]["encoder_layers"] / params[ORIGINAL]["encoder_layers"]
-        stage(f"prune: the encoder layers keep {kept:.1%} of their parameters", did)
+        run_steps(run, steps, loaded, plan=plan, score=score, device=device, progress=progress, stage=stage)
         did = run_speed(run, speed, loaded)
         fastest = {label: min(times) for label, times in run.read_json(run.SPEED)["seconds"].items()}
         stage(f"speed: {fastest[ORIGINAL]:.3f} s -> {fastest[COMPRESSED]:.3f} s per batch on the CPU", did)
