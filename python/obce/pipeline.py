@@ -493,29 +493,34 @@ def check_plan_spec(spec: str) -> str:
     FileNotFoundError
         A plan file that does not exist.
     """
-    build_plan(spec, None, None)
+    form = named_plan(spec)
+    if form is None:
+        _plan_file(spec)
+    elif form[0] == "uniform":
+        uniform_plan(3, form[1])  # checks the level
+    elif form[0] != "target":  # a target is checked by named_plan
+        paper_plan(*form)
     return spec
 
 
 def build_plan(spec: str | PruningPlan, model, table, score: str = "lam") -> PruningPlan:
-    """Turn a plan given as text (see :func:`check_plan_spec`) into a :class:`PruningPlan`.
-
-    With ``model`` None only the syntax is checked (the returned plan is then None for the forms
-    that need the model). ``score`` is the table column a ``target:`` plan ranks by.
-    """
+    """Turn a plan given as text (see :func:`check_plan_spec`) into a :class:`PruningPlan` for ``model``;
+    ``score`` is the table column a ``target:`` plan ranks by."""
     if isinstance(spec, PruningPlan):
         return spec
     form = named_plan(spec)
-    if form is not None:
-        kind, *args = form
-        if kind == "uniform":
-            if model is None:
-                uniform_plan(3, args[0])  # checks the level
-                return None
-            return uniform_plan(len(encoder_layers(model)), args[0])
-        if kind == "target":
-            return None if model is None else _target_plan(model, table, args[0], args[1], score)
-        return paper_plan(kind, args[0])
+    if form is None:
+        return _plan_file(spec)
+    kind, *args = form
+    if kind == "uniform":
+        return uniform_plan(len(encoder_layers(model)), args[0])
+    if kind == "target":
+        return _target_plan(model, table, args[0], args[1], score)
+    return paper_plan(kind, args[0])
+
+
+def _plan_file(spec: str) -> PruningPlan:
+    """The plan in the file ``spec`` names, or ValueError for a text that names no plan."""
     path = Path(spec).expanduser()
     if path.suffix.lower() in (".json", ".yaml", ".yml") or path.exists():
         if not path.is_file():
@@ -952,7 +957,7 @@ def plan_setting(spec: str | PruningPlan, score: str) -> dict:
         return {"plan": spec.to_dict(), "score": score}
     setting = {"plan": spec, "score": score}
     if named_plan(spec) is None:
-        content = json.dumps(build_plan(spec, None, None).to_dict(), sort_keys=True)
+        content = json.dumps(_plan_file(spec).to_dict(), sort_keys=True)
         setting["plan_sha256"] = hashlib.sha256(content.encode()).hexdigest()
     return setting
 
