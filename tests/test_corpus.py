@@ -313,6 +313,26 @@ def test_split_sentences_knows_abbreviations_initials_and_quotes():
     ]
 
 
+def test_each_period_reads_only_the_few_characters_before_it(monkeypatch):
+    """Read from the sentence's start, a text whose periods all end abbreviations took quadratic time (20,000
+    initials: 49 s)."""
+    import obce.corpus
+
+    reads = []
+
+    class Recorded:
+        def search(self, text, pos, endpos):
+            reads.append(endpos - pos)
+            return abbreviation.search(text, pos, endpos)
+
+    abbreviation = obce.corpus._ABBREVIATION
+    monkeypatch.setattr(obce.corpus, "_ABBREVIATION", Recorded())
+    assert list(split_sentences("A. " * 1_000 + "end.", min_words=1, max_words=None)) == [
+        " ".join(["A."] * 1_000 + ["end."])
+    ]
+    assert len(reads) == 1_000 and max(reads) <= 32
+
+
 def test_save_and_load_round_trip(tmp_path):
     sentences = ["First sentence.", "Second one, with ünïcode."]
     path = save_sentences(sentences, tmp_path / "run" / "sentences.txt")

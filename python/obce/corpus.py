@@ -61,6 +61,7 @@ _ABBREVIATION = re.compile(
     r"(?:[A-Za-z]|(?:[A-Za-z]\.)+[A-Za-z]|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Rev|Gen|Col|Lt|Sgt|Capt|Gov|Sen"
     r"|No|Nos|Vol|Fig|vs|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct|Nov|Dec|al)$"
 )
+_ABBREVIATION_REACH = 32  # characters: the longest abbreviation and the character before it
 _FILTER_CHUNK = 512
 
 
@@ -121,7 +122,10 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
     _check_word_bounds(min_words, max_words)
     start = 0
     for end in _SENTENCE_END.finditer(text):
-        if end.group() == "." and _ABBREVIATION.search(text, start, end.start()):
+        # The word before the period, found within the few characters before it: a search from the sentence's
+        # start would read a text whose periods are all abbreviations once per period.
+        before = max(start, end.start() - _ABBREVIATION_REACH)
+        if end.group() == "." and _ABBREVIATION.search(text, before, end.start()):
             continue
         yield from _bounded(text[start : end.end()], min_words, max_words)
         start = end.end()
