@@ -262,7 +262,7 @@ def test_a_bug_keeps_its_traceback(monkeypatch, error):
         cli.main(["compress"])
 
 
-def test_obce_debug_shows_a_user_errors_traceback(monkeypatch):
+def test_obce_debug_shows_a_user_errors_traceback(monkeypatch, capsys):
     def refused(*args, **kwargs):
         raise ValueError("a bad input")
 
@@ -270,6 +270,9 @@ def test_obce_debug_shows_a_user_errors_traceback(monkeypatch):
     monkeypatch.setenv("OBCE_DEBUG", "1")
     with pytest.raises(ValueError, match="a bad input"):
         cli.main(["compress"])
+    monkeypatch.setenv("OBCE_DEBUG", "0")
+    code, _, err = run_cli(capsys, "compress")
+    assert code == 1 and err == "obce: error: a bad input\n"
 
 
 def test_interrupt_says_how_to_resume(monkeypatch, capsys):

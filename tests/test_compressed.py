@@ -95,6 +95,7 @@ def test_config_validation(tiny_bert_config):
     with pytest.raises(ValueError, match="expected the original model's config"):
         compressed_config(compressed_config(config, SIZES), SIZES)
     assert layer_sizes(compressed_config(config, SIZES)) == SIZES
+    assert layer_sizes(compressed_config(config, (s for s in SIZES))) == SIZES  # read once
     with pytest.raises(TypeError, match="sizes must be a sequence of LayerSizes"):
         compressed_config(config, [s.to_dict() for s in SIZES])
     edited = compressed_config(config, SIZES)  # a hand-edited config.json

@@ -263,7 +263,7 @@ def test_a_sample_holds_each_sentence_once():
     ("bounds", "match"),
     [
         ({"min_words": 0}, "min_words must be a positive int, got 0"),
-        ({"min_words": 3, "max_words": 2}, r"max_words must be an int >= 3 \(min_words\) or None, got 2"),
+        ({"min_words": 3, "max_words": 2}, r"max_words \(at least min_words=3\) must be an int >= 3 or None, got 2"),
     ],
 )
 def test_bad_word_bounds(bounds, match):
@@ -302,7 +302,8 @@ def test_split_sentences_keeps_decimals():
 def test_split_sentences_knows_abbreviations_initials_and_quotes():
     text = (
         "Many species, e.g. the red fox, live in the forests of the U.S. and Canada. William B. Yeats met "
-        'Dr. Smith at St. Louis in 1903. Was it known? "They had met before." It ends with ca. 1.5 m.'
+        'Dr. Smith at St. Louis in 1903. Was it known? "They had met before." It ends with ca. 1.5 m. He lived '
+        '(in the U.S.) for years. The film "Why?" was made by J. K. Smith, cf. the book. Done!'
     )
     assert list(split_sentences(text, min_words=1)) == [
         "Many species, e.g. the red fox, live in the forests of the U.S. and Canada.",
@@ -310,6 +311,9 @@ def test_split_sentences_knows_abbreviations_initials_and_quotes():
         "Was it known?",
         '"They had met before."',
         "It ends with ca. 1.5 m.",
+        "He lived (in the U.S.) for years.",
+        'The film "Why?" was made by J. K. Smith, cf. the book.',  # no sentence starts in lower case
+        "Done!",
     ]
 
 
@@ -327,8 +331,8 @@ def test_each_period_reads_only_the_few_characters_before_it(monkeypatch):
 
     abbreviation = obce.corpus._ABBREVIATION
     monkeypatch.setattr(obce.corpus, "_ABBREVIATION", Recorded())
-    assert list(split_sentences("A. " * 1_000 + "end.", min_words=1, max_words=None)) == [
-        " ".join(["A."] * 1_000 + ["end."])
+    assert list(split_sentences("A. " * 1_000 + "End.", min_words=1, max_words=None)) == [
+        " ".join(["A."] * 1_000 + ["End."])
     ]
     assert len(reads) == 1_000 and max(reads) <= 32
 
@@ -356,7 +360,7 @@ def test_save_and_load_round_trip(tmp_path):
 
 
 def test_word_bounds_are_inclusive():
-    words = [f"w{i}" for i in range(26)]
+    words = [f"W{i}" for i in range(26)]
     text = ". ".join(" ".join(words[:n]) for n in (25, 26, 6, 5)) + "."
     assert [len(s.split()) for s in split_sentences(text)] == [25, 6]
 

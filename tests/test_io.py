@@ -25,7 +25,8 @@ def test_a_folder_is_replaced_whole_and_a_failure_leaves_the_old_one(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (path / "weights").read_text() == "second"
 
 
-def test_stopped_between_the_renames_the_old_folder_comes_back(tmp_path, monkeypatch):
+@pytest.mark.parametrize("stopped_at", [1, 2])  # just after the old folder's move aside, or before the new one's
+def test_stopped_between_the_renames_the_old_folder_comes_back(tmp_path, monkeypatch, stopped_at):
     path = tmp_path / "model"
     with atomic_folder(path) as staging:
         (staging / "weights").write_text("first")
@@ -33,15 +34,17 @@ def test_stopped_between_the_renames_the_old_folder_comes_back(tmp_path, monkeyp
 
     def replace(source, target):
         renames.append(target)
-        if len(renames) == 2:  # the new folder's move into place
+        if len(renames) == 2 and stopped_at == 2:
             raise KeyboardInterrupt
         os.rename(source, target)
+        if len(renames) == 1 and stopped_at == 1:
+            raise KeyboardInterrupt
 
     monkeypatch.setattr(obce._io.os, "replace", replace)
     with pytest.raises(KeyboardInterrupt), atomic_folder(path) as staging:
         (staging / "weights").write_text("second")
     monkeypatch.undo()
-    assert len(renames) == 3  # aside, (in place: stopped), back
+    assert renames[-1] == path  # moved back
     assert [p.name for p in tmp_path.iterdir()] == ["model"] and (path / "weights").read_text() == "first"
 
 

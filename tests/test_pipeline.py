@@ -716,6 +716,10 @@ def test_a_command_that_fails_having_finished_no_step_is_taken_back(inputs, tmp_
     fresh = tmp_path / "fresh"
     code, _, err = run_cli(capsys, [*analyze[:-1], str(fresh)])
     assert code == 1 and "no memory left" in err and not fresh.exists()  # no folder of a failed command left
+    fresh.mkdir()  # the user's own empty folder stays, and so does the working directory
+    assert run_cli(capsys, [*analyze[:-1], str(fresh)])[0] == 1 and fresh.is_dir() and not any(fresh.iterdir())
+    monkeypatch.chdir(fresh)
+    assert run_cli(capsys, [*analyze[:-1], "."])[0] == 1 and fresh.is_dir() and not any(fresh.iterdir())
 
 
 def test_a_failed_evaluation_is_not_recorded(run, tmp_path, capsys, monkeypatch):
@@ -733,6 +737,32 @@ def test_a_failed_evaluation_is_not_recorded(run, tmp_path, capsys, monkeypatch)
     assert code == 1 and "the head's labels differ" in err
     assert RunFolder(path).settings()["commands"] == before
     assert (scores.read_bytes() if scores.is_file() else None) == scored
+
+
+def test_a_failed_command_that_finished_a_model_in_a_recorded_step_stays(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.record("finetune", {"steps": 1}, timings_s={"finetune_original": 1.0})
+    recorded = run.record_command(["obce", "finetune"])
+    run.record(timings_s={"finetune_compressed": 2.0})  # a model fine-tuned, then the command failed
+    run.take_back_command(recorded)
+    assert [c["command"] for c in run.settings()["commands"]] == ["obce finetune"]
+    recorded = run.record_command(["obce", "finetune", "--steps", "2"])
+    run.take_back_command(recorded)  # this one finished nothing
+    assert [c["command"] for c in run.settings()["commands"]] == ["obce finetune"]
+
+
+def test_forgetting_every_fine_tuning_ends_what_an_interrupted_one_began(tmp_path):
+    run = RunFolder(tmp_path / "run")
+    run.record("finetune", {"steps": 1}, timings_s={"finetune_original": 1.0})
+    (run / run.FINETUNE / "original").mkdir(parents=True)
+    (run / run.FINETUNE / ".DS_Store").write_text("a file of the file browser's")
+    pipeline.forget_finetuning(run)
+    assert not (run / run.FINETUNE).exists() and run.settings().get("steps") == {}
+    # One stopped after its folders went: the empty finetune/ and the step are cleared by the next call.
+    run.record("finetune", {"steps": 1})
+    (run / run.FINETUNE).mkdir()
+    pipeline.forget_finetuning(run, [pipeline.COMPRESSED])
+    assert not (run / run.FINETUNE).exists() and run.settings().get("steps") == {}
 
 
 def test_a_re_prune_drops_the_replaced_models_scores(run, tmp_path):
@@ -1024,9 +1054,10 @@ def test_clear_leaves_files_that_only_look_like_staging(tmp_path):
     for name in mine:
         (run / name).write_text("mine")
     (run / ".finetune.old").mkdir()
-    staging = [".plan.json.ab3_9xyz.tmp", ".compressed.k2j4h5g6"]
+    staging = [".plan.json.ab3_9xyz.tmp", ".compressed.k2j4h5g6", ".compressed.k2j4h5g7.replaced"]
     (run / staging[0]).write_text("{}")
     (run / staging[1]).mkdir()
+    (run / staging[2]).mkdir()  # the old folder atomic_folder moved aside, when killed before it was removed
     run.clear()
     assert sorted(p.name for p in run.path.iterdir()) == sorted([*mine, ".finetune.old"])
 

@@ -84,9 +84,9 @@ def atomic_folder(path: str | os.PathLike) -> Iterator[Path]:
         yield staging
         # Two renames, never a removal before the new folder is in place: stopped between them, the old one
         # comes back.
-        if path.exists():
-            os.replace(path, replaced)
         try:
+            if path.exists():
+                os.replace(path, replaced)
             os.replace(staging, path)
         except BaseException:
             if replaced.exists() and not path.exists():

@@ -8,8 +8,8 @@ does in one go but the CPU timing, and a command run again with the same setting
 resumes an interrupted fine-tuning.
 
 A user mistake (a bad option, a missing file, settings that clash with the run folder) ends with one
-line on stderr and a non-zero exit status: 2 for a usage error, 1 otherwise; with ``OBCE_DEBUG=1`` set,
-with its traceback.
+line on stderr and a non-zero exit status: 2 for a usage error, 1 otherwise; with ``OBCE_DEBUG=1`` (any
+value but 0) set, with its traceback.
 """
 
 from __future__ import annotations
@@ -273,11 +273,10 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
-    """Record the command in the run; main() takes it back if the command fails having finished no step."""
-    before = set(run.settings().get("steps", {}))
-    entry = run.record_command(_command_line(ctx))
+    """Record the command in the run; main() takes it back if the command fails having finished nothing."""
+    recorded = run.record_command(_command_line(ctx))
     if isinstance(ctx.obj, dict):
-        ctx.obj["recorded"] = run, entry, before
+        ctx.obj["recorded"] = run, recorded
 
 
 def _check_prunable(model: str | None) -> None:
@@ -739,10 +738,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     except (KeyboardInterrupt, typer.Abort):
         _fail(_interrupted(args), _INTERRUPTED)
     except Exception as err:
-        if "recorded" in obj:  # a failed command made nothing to reproduce
-            run, entry, before = obj["recorded"]
-            run.take_back_command(entry, before)
-        if not isinstance(err, _USER_ERRORS) or os.environ.get("OBCE_DEBUG"):
+        if "recorded" in obj:  # a failed command may have made nothing to reproduce
+            run, recorded = obj["recorded"]
+            run.take_back_command(recorded)
+        if not isinstance(err, _USER_ERRORS) or os.environ.get("OBCE_DEBUG", "0") != "0":
             raise
         _fail(str(err), 1)
     if code == _INTERRUPTED:  # typer turns Ctrl-C into this status

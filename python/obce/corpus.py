@@ -1,13 +1,14 @@
 """Sentences to probe a model with: a Wikipedia dump, a text file or a Hugging Face dataset.
 
-The method samples about 150 short English sentences: Wikipedia entries are split at periods (not those
-of abbreviations and initials) and a seeded random subset of the sentences of 6 to 25 words is kept.
-Splitting, word counts and sampling are the same for every source; a dump's sentences are also cleaned
-of what its markup leaves behind:
+The method samples about 150 short English sentences: Wikipedia entries are split into sentences at periods
+(not those of abbreviations and initials), question and exclamation marks, and a seeded random subset of the
+sentences of 6 to 25 words is kept. Splitting, word counts and sampling are the same for every source; a dump's
+sentences are also cleaned of what its markup leaves behind:
 
 - a MediaWiki XML dump (``.xml``, or bz2-compressed ``.bz2``), streamed page by page and cleaned with gensim's
   Wikipedia tools; redirects are dropped, and so are sentences that markup leftovers give away (no capital
-  start, no final period, unbalanced brackets or quotes) (a compressed text file is refused: decompress it);
+  start, no final period, question or exclamation mark, unbalanced brackets or quotes) (a compressed text file
+  is refused: decompress it);
 - a plain text file with one text per line, streamed;
 - a Hugging Face dataset, streamed (needs the optional ``datasets`` package and a network).
 
@@ -54,13 +55,18 @@ _LEFTOVERS = (
 # white space ("3.14" goes on).
 _TERMINATOR = r"""[.?!]["')\]]*"""
 _SENTENCE_END = re.compile(_TERMINATOR + r"(?=\s)")
-# A period after one of these words ends an abbreviation, not a sentence: an initial ("William B."), dotted
-# letters ("U.S.", "e.g."), a title or another short form that Wikipedia writes before more of a sentence.
+# A period after one of these words ends an abbreviation, not a sentence: an initial ("William B.", "by J. K.
+# Rowling"), dotted letters ("U.S.", "e.g."), a title or another short form that Wikipedia writes before more of a
+# sentence. A capital alone that ends a sentence ("vitamin C.") cannot be told from an initial: two sentences are
+# then read as one, which harms less than a name cut in two.
 _ABBREVIATION = re.compile(
     r"(?:^|[\s(\[\"'])"
-    r"(?:[A-Za-z]|(?:[A-Za-z]\.)+[A-Za-z]|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Rev|Gen|Col|Lt|Sgt|Capt|Gov|Sen"
-    r"|No|Nos|Vol|Fig|vs|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct|Nov|Dec|al)$"
+    r"(?:[A-Z]|(?:[A-Za-z]\.)+[A-Za-z]|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Rev|Gen|Col|Lt|Sgt|Capt|Gov|Sen"
+    r"|No|Nos|Vol|Fig|pp?|vs|c|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct|Nov|Dec|al)$"
 )
+# A sentence starts with no lower-case letter: a period before one ends an abbreviation the list lacks ("cf. the"),
+# a question mark inside a sentence ("the film "Why?" was").
+_NEXT_WORD = re.compile(r"\s+(\S)")
 _ABBREVIATION_REACH = 32  # characters: the longest abbreviation and the character before it
 _FILTER_CHUNK = 512
 
@@ -90,9 +96,10 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
     """Split a text into sentences and keep those with an allowed number of words.
 
     A sentence ends at a period, question mark or exclamation mark (with any closing quotes or brackets)
-    followed by white space, so ``0.3`` is not split; a period after an initial (``William B.``), dotted
-    letters (``U.S.``, ``e.g.``) or a common short form (``St.``, ``Dr.``, ``No.``, ``ca.``) ends no
-    sentence. White space inside a sentence is collapsed to single spaces.
+    followed by white space and a word that does not start in lower case, so ``0.3`` is not split; a period
+    after an initial (``William B.``; a capital alone, so ``vitamin C. It ...`` goes on as one sentence), dotted
+    letters (``U.S.``, ``e.g.``) or a common short form (``St.``, ``Dr.``, ``No.``, ``ca.``) ends no sentence.
+    White space inside a sentence is collapsed to single spaces.
 
     Parameters
     ----------
@@ -122,10 +129,13 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
     _check_word_bounds(min_words, max_words)
     start = 0
     for end in _SENTENCE_END.finditer(text):
+        following = _NEXT_WORD.match(text, end.end())
+        if following and following.group(1).islower():
+            continue
         # The word before the period, found within the few characters before it: a search from the sentence's
         # start would read a text whose periods are all abbreviations once per period.
         before = max(start, end.start() - _ABBREVIATION_REACH)
-        if end.group() == "." and _ABBREVIATION.search(text, before, end.start()):
+        if end.group()[0] == "." and _ABBREVIATION.search(text, before, end.start()):
             continue
         yield from _bounded(text[start : end.end()], min_words, max_words)
         start = end.end()
@@ -146,7 +156,7 @@ def _bounded(piece: str, min_words: int, max_words: int | None) -> Iterator[str]
 def _check_word_bounds(min_words, max_words) -> None:
     checked_int(min_words, "min_words")
     if max_words is not None:
-        checked_int(max_words, "max_words", minimum=min_words, alternative=" (min_words) or None")
+        checked_int(max_words, f"max_words (at least min_words={min_words})", minimum=min_words, alternative=" or None")
 
 
 def _is_clean_wiki_sentence(sentence: str) -> bool:
@@ -391,7 +401,7 @@ def sample_sentences(
 
     Reservoir sampling keeps memory at ``n`` sentences whatever the corpus size, so a full
     Wikipedia dump is never held whole. A sentence the sample holds never takes a second place
-    (a dump repeats some: 22 of the built-in sample's 11,808), so the ``n`` sentences are distinct.
+    (a dump repeats some: 22 of the built-in sample's 11,803), so the ``n`` sentences are distinct.
     The sample is returned in corpus order.
 
     Parameters

@@ -41,7 +41,7 @@ import shutil
 import statistics
 import sys
 import time
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -203,6 +203,16 @@ def _stderr(message: str) -> None:
 # The run folder
 
 
+@dataclass(frozen=True)
+class RecordedCommand:
+    """A command line recorded in a run (:meth:`RunFolder.record_command`), to take back if it fails."""
+
+    entry: dict
+    finished_before: frozenset[str]  # RunFolder.finished_work() when it was recorded
+    made_folder: bool
+    made_settings: bool
+
+
 class RunFolder:
     """A run folder: where each step's files live, and the settings recorded for them.
 
@@ -337,8 +347,9 @@ class RunFolder:
         markers = (self.PERSISTENCE, self.SCORES, self.PLAN, self.REMOVED, self.SPEED, self.EVALUATION, self.METRICS)
         rest = [name for name in self._OWNED if name not in markers and name != self.SETTINGS]
         for name in (*markers, *rest, self.SETTINGS):
-            # With what a killed process left while writing it atomically: tempfile's .NAME.xxxxxxxx[.tmp].
-            staging = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.tmp)?")
+            # With what a killed process left while writing it atomically: tempfile's .NAME.xxxxxxxx[.tmp], and
+            # atomic_folder's old folder moved aside (.replaced).
+            staging = re.compile(rf"\.{re.escape(name)}\.[a-z0-9_]{{8}}(\.tmp|\.replaced)?")
             leftovers = [p for p in self.path.glob(f".{name}.*") if staging.fullmatch(p.name)]
             for target in (self / name, *leftovers):
                 if target.is_dir():
@@ -410,26 +421,37 @@ class RunFolder:
                 data[key] = value
         self.write_json(self.SETTINGS, data)
 
-    def record_command(self, argv: Sequence[str]) -> dict:
-        """Add a command line to the settings with the directory it ran in, where its relative paths mean something;
-        returns the entry (for :meth:`take_back_command`)."""
+    def finished_work(self) -> frozenset[str]:
+        """What the run has finished: its recorded steps and timed pieces of work (a model fine-tuned is one)."""
+        data = self.settings()
+        return frozenset(data.get("steps", {})) | {f"timing:{key}" for key in data.get("timings_s", {})}
+
+    def record_command(self, argv: Sequence[str]) -> RecordedCommand:
+        """Add a command line to the settings with the directory it ran in, where its relative paths mean
+        something."""
+        made_folder, made_settings = not self.path.exists(), not (self / self.SETTINGS).exists()
+        before = self.finished_work()
         entry = {"cwd": os.getcwd(), "command": shlex.join(argv)}
         self.record(commands=[*self.settings().get("commands", []), entry])
-        return entry
+        return RecordedCommand(entry, before, made_folder, made_settings)
 
-    def take_back_command(self, entry: Mapping, steps_before: Collection[str]) -> None:
-        """Remove ``entry``, the last command recorded, because it failed, if it recorded no step beyond
-        ``steps_before``: it made nothing to reproduce. (Keep the command of one interrupted: run again, it
-        resumes.) A folder that then holds nothing else is removed."""
+    def take_back_command(self, recorded: RecordedCommand) -> None:
+        """Remove a command that failed having finished nothing (:meth:`finished_work`): it made nothing to
+        reproduce. (Keep one interrupted: run again, it resumes.) The settings file and the folder it made go too,
+        when nothing else is there."""
         data = self.settings()
-        finished = set(data.get("steps", {})) - set(steps_before)
-        if not is_main_process() or data.get("commands", [])[-1:] != [entry] or finished:
+        if (
+            not is_main_process()
+            or data.get("commands", [])[-1:] != [recorded.entry]
+            or self.finished_work() - recorded.finished_before
+        ):
             return
         data["commands"].pop()
-        if not data["commands"] and not data.get("steps") and os.listdir(self.path) == [self.SETTINGS]:
+        if recorded.made_settings and not data["commands"] and os.listdir(self.path) == [self.SETTINGS]:
             (self / self.SETTINGS).unlink()
-            with contextlib.suppress(OSError):  # in use, or the user's own folder in the meantime
-                self.path.rmdir()
+            if recorded.made_folder:
+                with contextlib.suppress(OSError):  # written to in the meantime
+                    self.path.rmdir()
             return
         self.write_json(self.SETTINGS, data)
 
@@ -1093,9 +1115,10 @@ def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> No
     """Remove the fine-tuning of the models ``labels`` (all by default) with their scores (``metrics.json``,
     ``evaluation.json``) and timings; removing all, the step's settings go too, so that the folder takes others."""
     root = run / run.FINETUNE
-    labels = sorted(p.name for p in root.iterdir()) if labels is None and root.is_dir() else labels or []
-    gone = [label for label in labels if (root / label).exists()]
-    if not gone or not is_main_process():
+    everything = labels is None
+    labels = sorted(p.name for p in root.iterdir() if p.is_dir()) if everything and root.is_dir() else labels or []
+    gone = [label for label in labels if (root / label).is_dir()]
+    if not is_main_process() or not root.is_dir():
         return
     # The scores go first, the folders last: interrupted, this runs again and finds the folders.
     if (run / run.EVALUATION).is_file():
@@ -1111,8 +1134,9 @@ def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> No
     run.write_json(run.SETTINGS, data)
     for label in gone:
         shutil.rmtree(root / label)
-    if not any(root.iterdir()):
-        root.rmdir()
+    # Also where an interrupted call removed the folders already: it ends here.
+    if everything or not any(p.is_dir() for p in root.iterdir()):
+        shutil.rmtree(root)  # with whatever else is there (a .DS_Store)
         run.forget_step("finetune")
     write_metrics(run)
 
@@ -1449,8 +1473,8 @@ def compress(
     if finetune:
         steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, distill=distill)
     open_run(run.path, steps, overwrite=overwrite)
-    before = set(run.settings().get("steps", {}))
-    entry = run.record_command(command) if command else None
+    recorded = run.record_command(command) if command else None
+    before = run.finished_work()
     try:
         run.record(seed=seed, device=device, build_info=_build_info())
         start = time.perf_counter()
@@ -1479,16 +1503,17 @@ def compress(
                     with contextlib.suppress(Exception):
                         write_report(run.path)
                 raise
-        # Recorded before the report is drawn, so that the report shows it; the call that did the work.
-        if "compress_call" not in run.settings().get("timings_s", {}):  # not a later call that found all done
+        # Recorded before the report is drawn, so that the report shows it; by a call that did some work, not one
+        # that found all done.
+        if run.finished_work() - before or "compress_call" not in run.settings().get("timings_s", {}):
             run.record(timings_s={"compress_call": round(time.perf_counter() - start, 2)})
         # Under torchrun one process writes it: the others could rewrite it without the scores rank 0 wrote.
         report = write_report(run.path) if is_main_process() else run / run.REPORT / HTML_NAME
         stage("report written")
         return report
     except Exception:
-        if entry is not None:
-            run.take_back_command(entry, before)
+        if recorded is not None:
+            run.take_back_command(recorded)
         raise
 
 
