@@ -96,8 +96,9 @@ def test_config_validation(tiny_bert_config):
         compressed_config(compressed_config(config, SIZES), SIZES)
     assert layer_sizes(compressed_config(config, SIZES)) == SIZES
     assert layer_sizes(compressed_config(config, (s for s in SIZES))) == SIZES  # read once
-    with pytest.raises(TypeError, match="sizes must be a sequence of LayerSizes"):
-        compressed_config(config, [s.to_dict() for s in SIZES])
+    for bad in ([s.to_dict() for s in SIZES], 3):
+        with pytest.raises(TypeError, match="sizes must be a sequence of LayerSizes"):
+            compressed_config(config, bad)
     edited = compressed_config(config, SIZES)  # a hand-edited config.json
     edited.obce_layers[1] = {**edited.obce_layers[1], "v_head_sizes": 8}
     with pytest.raises(ValueError, match="obce_layers, layer 2: v_head_sizes must be a sequence of head sizes, got 8"):

@@ -55,6 +55,7 @@ _LEFTOVERS = (
 # white space ("3.14" goes on).
 _TERMINATOR = r"""[.?!]["')\]]*"""
 _SENTENCE_END = re.compile(_TERMINATOR + r"(?=\s)")
+_ENDS_A_SENTENCE = re.compile(_TERMINATOR + "$")
 # A period after one of these words ends an abbreviation, not a sentence: an initial ("William B.", "by J. K.
 # Rowling"), dotted letters ("U.S.", "e.g."), a title or another short form that Wikipedia writes before more of a
 # sentence. A capital alone that ends a sentence ("vitamin C.") cannot be told from an initial: two sentences are
@@ -165,7 +166,7 @@ def _is_clean_wiki_sentence(sentence: str) -> bool:
     # without a final period is a caption or a list fragment.
     return (
         (sentence[0].isupper() or sentence[0].isdigit() or sentence[0] == '"')
-        and re.search(_TERMINATOR + "$", sentence) is not None
+        and _ENDS_A_SENTENCE.search(sentence) is not None
         and sentence.count("(") == sentence.count(")")
         and sentence.count('"') % 2 == 0
         and not any(bad in sentence for bad in _LEFTOVERS)
@@ -356,9 +357,7 @@ class Corpus:
             if self.split_into_sentences:
                 pieces = split_sentences(text, min_words=self.min_words, max_words=self.max_words)
             else:
-                words = _words(text)
-                ok = len(words) >= self.min_words and (self.max_words is None or len(words) <= self.max_words)
-                pieces = (" ".join(words),) if ok else ()
+                pieces = _bounded(text, self.min_words, self.max_words)
             if self.kind == "wikipedia":
                 pieces = (p for p in pieces if _is_clean_wiki_sentence(p))
             yield from pieces

@@ -1118,8 +1118,9 @@ def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> No
     everything = labels is None
     labels = sorted(p.name for p in root.iterdir() if p.is_dir()) if everything and root.is_dir() else labels or []
     gone = [label for label in labels if (root / label).is_dir()]
-    if not is_main_process() or not root.is_dir():
-        return
+    others = root.is_dir() and any(p.is_dir() and p.name not in gone for p in root.iterdir())
+    if not is_main_process() or not root.is_dir() or (not gone and others):
+        return  # (with no fine-tuning left, an interrupted call's empty finetune/ is cleared below)
     # The scores go first, the folders last: interrupted, this runs again and finds the folders.
     if (run / run.EVALUATION).is_file():
         before = run.read_json(run.EVALUATION)
@@ -1135,7 +1136,7 @@ def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> No
     for label in gone:
         shutil.rmtree(root / label)
     # Also where an interrupted call removed the folders already: it ends here.
-    if everything or not any(p.is_dir() for p in root.iterdir()):
+    if everything or not others:
         shutil.rmtree(root)  # with whatever else is there (a .DS_Store)
         run.forget_step("finetune")
     write_metrics(run)

@@ -531,9 +531,11 @@ def compressed_config(config, sizes: Sequence[LayerSizes], *, attention: str = "
     values = config.to_dict()
     for key in ("model_type", "transformers_version", "architectures", "_name_or_path"):
         values.pop(key, None)
-    sizes = sizes if isinstance(sizes, (str, bytes)) else list(sizes)  # once: a generator is read only once
-    if isinstance(sizes, (str, bytes)) or not all(isinstance(s, LayerSizes) for s in sizes):
-        raise TypeError(f"sizes must be a sequence of LayerSizes, one per encoder layer, got {sizes!r:.200}")
+    given = sizes
+    # Listed once: a generator is read only once.
+    sizes = list(sizes) if isinstance(sizes, Iterable) and not isinstance(sizes, (str, bytes)) else None
+    if sizes is None or not all(isinstance(s, LayerSizes) for s in sizes):
+        raise TypeError(f"sizes must be a sequence of LayerSizes, one per encoder layer, got {given!r:.200}")
     new = _CONFIGS[family](**values, obce_layers=[s.to_dict() for s in sizes], obce_attention=attention)
     # Heads of unequal size run eager or SDPA attention only: a model loaded with flash or flex attention gets SDPA.
     implementation = config._attn_implementation
