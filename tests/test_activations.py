@@ -53,6 +53,15 @@ def manual(tiny_bert, tiny_tokenizer, sentences):
     return [manual_components(tiny_bert, tiny_tokenizer, s) for s in sentences]
 
 
+@pytest.mark.parametrize(
+    ("progress", "label"), [(True, "activations"), ("diagram pass", "diagram pass"), (False, None)]
+)
+def test_progress_bar_label(tiny_bert, tiny_tokenizer, sentences, capsys, progress, label):
+    compute_activations(tiny_bert, tiny_tokenizer, sentences, components=["value"], batch_size=5, progress=progress)
+    err = capsys.readouterr().err
+    assert (f"{label}: 100%" in err) if label else err == ""
+
+
 @pytest.mark.parametrize("token", TOKEN_MODES)
 def test_hooks_equal_manual_forward(tiny_bert, tiny_tokenizer, sentences, manual, token):
     acts = compute_activations(tiny_bert, tiny_tokenizer, sentences, token=token, batch_size=5, progress=False)

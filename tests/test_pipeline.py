@@ -319,6 +319,11 @@ def test_prune_dry_run_writes_no_plan(inputs, tmp_path, capsys):
     assert "encoder layers:" in out and "P50" in out
     assert (path / "importance.csv").is_file() and not (path / "plan.json").exists()
     assert not (path / "compressed").exists()
+    # Recorded because it ran the analysis; a second dry run does no work and is not.
+    assert len(RunFolder(path).settings()["commands"]) == 1
+    code, out, _ = run_cli(capsys, [*args, "--dry-run", "--plan", "uniform:P70"])
+    assert code == 0 and "P70" in out
+    assert len(RunFolder(path).settings()["commands"]) == 1
 
     code, out, err = run_cli(capsys, args)
     assert code == 0, err

@@ -226,13 +226,14 @@ def _inference(model: nn.Module, precision: str = "float32"):
         yield
 
 
-def _batches(tokenizer, sentences: list[str], lengths: list[int], batch_size: int, device, progress: bool, desc: str):
-    """Yield (sentence indices, model inputs on ``device``), longest sentences first.
+def _batches(tokenizer, sentences: list[str], lengths: list[int], batch_size: int, device, label: str | None):
+    """Yield (sentence indices, model inputs on ``device``), longest sentences first, with a progress bar
+    labelled ``label`` (none when None).
 
     Batches of similar lengths waste little on padding, and memory peaks at once.
     """
     order = sorted(range(len(sentences)), key=lambda i: -lengths[i])
-    for start in tqdm(range(0, len(order), batch_size), desc=desc, unit="batch", disable=not progress):
+    for start in tqdm(range(0, len(order), batch_size), desc=label, unit="batch", disable=label is None):
         batch = order[start : start + batch_size]
         encoded = tokenizer([sentences[i] for i in batch], padding=True, padding_side="right", return_tensors="pt")
         yield batch, {k: v.to(device) for k, v in encoded.items()}
@@ -247,7 +248,7 @@ def compute_activations(
     components: Sequence[str] = COMPONENTS,
     batch_size: int = 32,
     precision: str = "float32",
-    progress: bool = True,
+    progress: bool | str = True,
 ) -> Activations:
     """Run the model over ``sentences`` once and capture every layer's components.
 
@@ -268,8 +269,8 @@ def compute_activations(
         Sentences per forward pass; results do not depend on it.
     precision : {"float32", "float16", "bfloat16"}
         Autocast the forward pass to half precision (meant for GPUs); stored values are float32.
-    progress : bool
-        Show a progress bar over batches.
+    progress : bool or str
+        Show a progress bar over batches, labelled "activations" or by the string given.
 
     Returns
     -------
@@ -303,11 +304,12 @@ def compute_activations(
         starts.append(starts[-1] + n)
     n_points = starts[-1] if token == "tokens" else len(sentences)
     recorder = _Recorder(layers, components, n_points, token, device)
+    label = (progress if isinstance(progress, str) else "activations") if progress else None
 
     handles = [layer.linear(c).register_forward_hook(recorder.hook(layer, c)) for layer in layers for c in components]
     try:
         with _inference(model, precision):
-            for batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, progress, "activations"):
+            for batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, label):
                 if token == "tokens":
                     rows = torch.cat([torch.arange(starts[i], starts[i + 1]) for i in batch])
                 else:
@@ -399,7 +401,9 @@ def reader_input_moments(
         for key, reader in readers.items():
             handles.append(reader.register_forward_pre_hook(hook(key)))
         with _inference(model):
-            for _batch, inputs in _batches(tokenizer, sentences, lengths, batch_size, device, progress, "moments"):
+            for _batch, inputs in _batches(
+                tokenizer, sentences, lengths, batch_size, device, "moments" if progress else None
+            ):
                 mask[:] = [inputs["attention_mask"].bool()]
                 model(**inputs)
     finally:

@@ -274,9 +274,7 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
     """Record the command in the run; main() takes it back if the command fails having finished nothing."""
-    recorded = run.record_command(_command_line(ctx))
-    if isinstance(ctx.obj, dict):
-        ctx.obj["recorded"] = run, recorded
+    ctx.ensure_object(dict)["recorded"] = run, run.record_command(_command_line(ctx))
 
 
 def _check_prunable(model: str | None) -> None:
@@ -390,6 +388,7 @@ def prune(
     pipeline.run_steps(run, steps, loaded, plan=plan, score=score, device=device, progress=progress, stage=_step_done)
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score, scores)))
+        run.take_back_command(ctx.obj["recorded"][1])  # kept only when it ran the analysis or the scores
         return
     _echo(run.plan().summary())
     params = run.read_json(run.PARAMS)

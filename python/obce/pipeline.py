@@ -436,9 +436,9 @@ class RunFolder:
         return RecordedCommand(entry, before, made_folder, made_settings)
 
     def take_back_command(self, recorded: RecordedCommand) -> None:
-        """Remove a command that failed having finished nothing (:meth:`finished_work`): it made nothing to
-        reproduce. (Keep one interrupted: run again, it resumes.) The settings file and the folder it made go too,
-        when nothing else is there."""
+        """Remove a command that finished nothing (:meth:`finished_work`): it failed, or was a dry run, and made
+        nothing to reproduce. (Keep one interrupted: run again, it resumes.) The settings file and the folder it made
+        go too, when nothing else is there."""
         data = self.settings()
         if (
             not is_main_process()
@@ -950,7 +950,7 @@ def _diagram_points(table: ImportanceTable, model, tokenizer, progress: bool) ->
     lam = table.lam(layer, DIAGRAM_COMPONENT)
     acts = compute_activations(
         model, tokenizer, table.sentences, token=table.settings["token"], components=(DIAGRAM_COMPONENT,),
-        batch_size=table.settings.get("batch_size", 32), progress=progress,
+        batch_size=table.settings.get("batch_size", 32), progress=progress and "persistence diagrams",
     )  # fmt: skip
     values = acts.get(layer, DIAGRAM_COMPONENT).detach().cpu().double().numpy()
     neurons = [
