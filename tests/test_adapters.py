@@ -66,6 +66,19 @@ def test_other_families(family):
     assert max_sequence_length(model) == (38 if "roberta" in family else 40)
 
 
+@pytest.mark.parametrize("pad_token_id", [0, 1, 5])
+def test_roberta_limit_follows_the_padding_index(pad_token_id):
+    """RoBERTa numbers positions from pad_token_id + 1: the limit is the longest input the model runs."""
+    from transformers import RobertaConfig, RobertaModel
+
+    model = RobertaModel(RobertaConfig(**TINY, max_position_embeddings=40, pad_token_id=pad_token_id)).eval()
+    limit = max_sequence_length(model)
+    assert limit == 40 - pad_token_id - 1
+    model(input_ids=torch.full((1, limit), 7))
+    with pytest.raises((IndexError, RuntimeError), match="out of"):  # past the position table
+        model(input_ids=torch.full((1, limit + 1), 7))
+
+
 def test_head_model_goes_through_base_model(tiny_bert_config):
     from transformers import BertForSequenceClassification
 

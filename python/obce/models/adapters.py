@@ -51,8 +51,8 @@ class ArchitectureLayout:
     """Dotted module paths of one encoder family.
 
     ``layers`` is relative to the base model; every other path is relative to one layer.
-    ``position_offset`` is how many position ids the family reserves before the first token
-    (RoBERTa-style models start positions after the padding index). Attention modules with
+    ``positions_after_padding``: the family numbers positions from the padding index + 1 (RoBERTa-style
+    models), so that many position ids are never a token's. Attention modules with
     unequal heads list the sizes of every head of the layer (0 for a head removed) in ``qk_sizes_attr``
     and ``v_sizes_attr``; their number is then the layer's number of heads.
     """
@@ -70,7 +70,7 @@ class ArchitectureLayout:
     head_size_attr: str = "attention_head_size"
     qk_sizes_attr: str = "qk_head_sizes"
     v_sizes_attr: str = "v_head_sizes"
-    position_offset: int = 0
+    positions_after_padding: bool = False
 
 
 _BERT_LAYOUT = ArchitectureLayout(
@@ -84,7 +84,7 @@ _BERT_LAYOUT = ArchitectureLayout(
     intermediate_act="intermediate.intermediate_act_fn",
     output="output.dense",
 )
-_ROBERTA_LAYOUT = ArchitectureLayout(**{**_BERT_LAYOUT.__dict__, "position_offset": 2})
+_ROBERTA_LAYOUT = ArchitectureLayout(**{**_BERT_LAYOUT.__dict__, "positions_after_padding": True})
 
 ARCHITECTURES: dict[str, ArchitectureLayout] = {
     "bert": _BERT_LAYOUT,  # BERT and MiniLM
@@ -333,10 +333,12 @@ def max_sequence_length(model: nn.Module, tokenizer=None) -> int:
     """Longest input, in tokens with the special ones, the model accepts.
 
     The smaller of the tokenizer's ``model_max_length`` (when it states one) and the model's
-    position table (less the positions RoBERTa-style families reserve).
+    position table (less the positions up to the padding index, which RoBERTa-style families skip).
     """
     base, layout = _layout(model)
-    limit = int(base.config.max_position_embeddings) - layout.position_offset
+    limit = int(base.config.max_position_embeddings)
+    if layout.positions_after_padding:
+        limit -= int(base.config.pad_token_id) + 1
     stated = getattr(tokenizer, "model_max_length", None)
     # Tokenizers without a stated limit report a huge sentinel (about 1e30).
     if isinstance(stated, int) and 0 < stated < 1_000_000:
