@@ -7,6 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
+from transformers import BertModel
 
 from obce.activations import TOKEN_MODES, compute_activations, reader_input_moments
 from obce.models.adapters import COMPONENTS
@@ -227,6 +228,26 @@ def test_bad_corpus(tiny_bert, tiny_tokenizer):
     long = "word " * 40  # 160 character-level tokens, over the limit of 128
     with pytest.raises(ValueError, match="1 sentence.*limit of 128 tokens.*sentence 1"):
         compute_activations(tiny_bert, tiny_tokenizer, ["Short.", long], progress=False)
+
+
+def test_another_models_tokenizer_is_named(tiny_bert_config, tiny_tokenizer, sentences):
+    """Ids beyond the vocabulary failed inside the embedding; [CLS] points without a [CLS] were first words."""
+    small = BertModel(tiny_bert_config(vocab_size=20))
+    with pytest.raises(ValueError, match=r"token id \d+, beyond the model's vocabulary of 20"):
+        compute_activations(small, tiny_tokenizer, sentences, progress=False)
+    from conftest import tiny_vocab
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    words = Tokenizer(models.WordPiece(tiny_vocab(), unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    # No post-processor: no special token is added, as with GPT-style tokenizers.
+    bare = PreTrainedTokenizerFast(tokenizer_object=words, pad_token="[PAD]", model_max_length=128)
+    assert bare.num_special_tokens_to_add() == 0
+    model = BertModel(tiny_bert_config())
+    with pytest.raises(ValueError, match="reads the first token, but \\w+ adds no special token"):
+        compute_activations(model, bare, sentences, progress=False)
+    assert compute_activations(model, bare, sentences, token="mean", progress=False).n_points == len(sentences)
 
 
 def test_not_an_encoder(tiny_tokenizer, sentences):

@@ -351,6 +351,10 @@ def test_save_and_load_round_trip(tmp_path):
     # A file's leading byte-order mark is no text (load_sentences drops it), so no sentence may start with one.
     with pytest.raises(ValueError, match=r"sentence 0 starts with a byte-order mark \(U\+FEFF\)"):
         save_sentences(["\ufeffMarked."], tmp_path / "bom.txt")
+    # A lone surrogate (text decoded with errors="surrogateescape") has no UTF-8 form to write or tokenize.
+    with pytest.raises(ValueError, match="sentence 1 is not valid Unicode"):
+        save_sentences(["Fine.", "Caf\udce9 au lait."], tmp_path / "bad.txt")
+    assert not (tmp_path / "bad.txt").exists()
     # ... and a corpus makes none: a mark inside a text (files joined together) is white space.
     assert list(split_sentences("\ufeffOne two. \ufeffThree four.", min_words=1)) == ["One two.", "Three four."]
     assert sample_sentences(["\ufeffOne two."], 1) == ["One two."]

@@ -164,12 +164,53 @@ def test_save_over_an_older_table_removes_what_it_lacks(acts, tmp_path):
     assert loaded.heads is None and loaded.sentences is None
 
 
+def test_a_save_that_fails_midway_changes_nothing(acts, tmp_path, monkeypatch):
+    """Every file is written before any replaces its older copy: a failed save leaves the old table whole."""
+    folder = compute_importance(acts, heads=True).save(tmp_path / "run")
+    before = {p.name: p.read_bytes() for p in folder.iterdir()}
+    other = ImportanceTable(compute_importance(acts).neurons.assign(lam=1.0), {"seed": 9})
+    real_replace = os.replace
+
+    def replace(src, dst):  # the disk fills up once the first file has been written
+        if "importance.json" in str(dst):
+            raise OSError(28, "No space left on device")
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(OSError, match="No space left"):
+        other.save(folder, overwrite=True)
+    monkeypatch.undo()
+    assert {p.name: p.read_bytes() for p in folder.iterdir()} == before  # no temporary file left either
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "match"),
+    [
+        ("importance.csv", b"", "importance.csv is not a file ImportanceTable.save wrote"),
+        ("importance.csv", None, "last line has no line end: cut short"),
+        ("importance.csv", b"\x89PNG\r\n\x1a\n\x00\x00\n", "importance.csv is not a file"),
+        ("importance_heads.csv", b"", "importance_heads.csv is not a file"),
+        ("importance.json", b"{seed: 3}", "importance.json is not a file"),
+        ("importance.json", b"[1, 2]\n", "expected a JSON object, got list"),
+    ],
+)
+def test_a_damaged_file_is_named(acts, tmp_path, name, content, match):
+    folder = compute_importance(acts, heads=True).save(tmp_path / "run")
+    path = folder / name
+    path.write_bytes(path.read_bytes()[:-40] if content is None else content)
+    with pytest.raises(ValueError, match=match):
+        ImportanceTable.load(folder)
+
+
 def test_table_input_checks(acts):
     table = compute_importance(acts)
     with pytest.raises(ValueError, match=r"no neurons for layer 0 .* layers are \[1, 2\] \(counted from 1\)"):
         table.lam(0, "query")
     with pytest.raises(ValueError, match="unknown component 'ffn'"):
         table.lam(1, "ffn")
+    with pytest.raises(TypeError, match="layer must be an int"):
+        table.lam(True, "query")
+    np.testing.assert_array_equal(table.lam(np.int64(1), "query"), table.lam(1, "query"))
     with pytest.raises(ValueError, match="unknown column 'lambda'"):
         table.column("lambda", 1, "query")
     with pytest.raises(ValueError, match="lacks the column"):
@@ -326,6 +367,10 @@ def test_analyze_loaded_model(tiny_bert, tiny_tokenizer, sentences):
         ({"components": ["gate"]}, "unknown component"),
         ({"components": []}, "components is empty"),
         ({"components": ["intermediate"], "heads": True}, "heads=True needs query, key or value"),
+        ({"n_sentences": 0}, "n_sentences must be a positive int, got 0"),
+        ({"batch_size": 0}, "batch_size must be a positive int"),
+        ({"precision": "int8"}, "unknown precision 'int8'"),
+        ({"n_threads": 0}, "n_threads must be -1"),
     ],
 )
 def test_analyze_bad_options_fail_before_loading(options, match):

@@ -171,6 +171,24 @@ def test_taylor_needs_autograd(cls_run, tiny_bert_config, tiny_tokenizer, senten
         taylor_score(table, model, [batch])
 
 
+def test_taylor_needs_a_sequence_classification_head_and_a_list_of_batches(cls_run, tiny_bert_config, tiny_tokenizer):
+    from transformers import BertForTokenClassification, BertModel
+
+    _, table = cls_run
+    batch = {
+        **tiny_tokenizer(["One two.", "Three."], padding=True, return_tensors="pt"),
+        "labels": torch.tensor([0, 1]),
+    }
+    for model, gives in (
+        (BertModel, "gives none"),
+        (BertForTokenClassification, r"gives logits of shape \(2, \d+, 2\)"),
+    ):
+        with pytest.raises(ValueError, match=f"needs a sequence-classification head.*{model.__name__} {gives}"):
+            taylor_score(table, model(tiny_bert_config(num_labels=2)), [batch])
+    with pytest.raises(TypeError, match="got one dict: pass \\[batch\\]"):
+        taylor_score(table, BertForSequenceClassification(tiny_bert_config(num_labels=2)), batch)
+
+
 def test_taylor_matches_finite_differences(tiny_bert_config, tiny_tokenizer, sentences):
     torch.manual_seed(0)
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2)).double().eval()
@@ -178,8 +196,10 @@ def test_taylor_matches_finite_differences(tiny_bert_config, tiny_tokenizer, sen
     batch = {**tiny_tokenizer(sentences[:6], padding=True, return_tensors="pt"), "labels": labels}
     table = compute_importance(compute_activations(model.bert, tiny_tokenizer, sentences, token="cls", progress=False))
     # Two batches (the second a repeat) must add up.
+    model.train()  # taylor_score runs in eval mode (no dropout) and gives the caller's mode back
     scores = table.with_columns({"taylor": taylor_score(table, model, [batch, batch])})
-    assert not model.training
+    assert model.training
+    model.eval()
 
     def sentence_loss(i: int, layer: int, component: str, neuron: int, scale: float) -> float:
         """Loss of sentence ``i`` alone with one neuron's output multiplied by ``1 + scale``."""
@@ -330,6 +350,26 @@ def test_table_columns_name_what_is_wrong(tiny_bert):
         table_columns(table, frame.assign(taylor=np.where(frame.index == 3, np.nan, frame["taylor"])), "scores.csv")
     with pytest.raises(ValueError, match="scores.csv lacks the column"):
         table_columns(table, frame.drop(columns="neuron"), "scores.csv")
+    with pytest.raises(ValueError, match="scores.csv lists layer 1 query neuron 0 twice"):
+        table_columns(table, pd.concat([frame, frame.iloc[:1]]), "scores.csv")
+    more = pd.DataFrame({"layer": 2, "component": "value", "neuron": [32], "taylor": [0.0]})
+    with pytest.raises(ValueError, match="does not match the table.*layer 2 value has 33 neuron.*32 in the table"):
+        table_columns(table, pd.concat([frame, more]), "scores.csv")
+    deeper = frame[frame["layer"] == 1].assign(layer=3)
+    with pytest.raises(ValueError, match=r"layer 3 \w+ has 32 neuron.*0 in the table"):
+        table_columns(table, pd.concat([frame, deeper]), "scores.csv")
+    # A component the table does not hold is no mismatch: a model scores all six.
+    partial = ImportanceTable(table.neurons[table.neurons["component"] != "value"])
+    assert len(table_columns(partial, frame, "scores.csv")["taylor"]) == len(partial)
+
+
+def test_a_score_of_another_model_is_refused(cls_run, tiny_bert_config):
+    from transformers import BertModel
+
+    _, table = cls_run
+    wider = BertModel(tiny_bert_config(intermediate_size=50))
+    with pytest.raises(ValueError, match="the BertModel does not match the table.*intermediate has 50 neuron"):
+        weight_score(table, wider)
 
 
 # ---- boundaries, and settings passed through -------------------------------------------------

@@ -11,6 +11,7 @@ the attention mask hides it and only real tokens are read.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Iterable, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -201,8 +202,17 @@ def _checked_corpus(sentences: Iterable[str], batch_size: int) -> list[str]:
 
 
 def _token_lengths(model, tokenizer, sentences: list[str]) -> list[int]:
-    """Tokens of each sentence with the special tokens; ValueError if one exceeds the model's limit."""
-    lengths = [len(ids) for ids in tokenizer(sentences, add_special_tokens=True)["input_ids"]]
+    """Tokens of each sentence with the special tokens; ValueError if one exceeds the model's limit or the
+    tokenizer gives ids the model has no embedding for (another model's tokenizer)."""
+    encoded = tokenizer(sentences, add_special_tokens=True)["input_ids"]
+    vocabulary = getattr(model.config, "vocab_size", None)
+    largest = max(max(ids, default=0) for ids in encoded)
+    if vocabulary is not None and largest >= vocabulary:
+        raise ValueError(
+            f"the tokenizer gives token id {largest}, beyond the model's vocabulary of {vocabulary}: "
+            "is it another model's tokenizer?"
+        )
+    lengths = [len(ids) for ids in encoded]
     limit = max_sequence_length(model, tokenizer)
     too_long = [(i, n) for i, n in enumerate(lengths) if n > limit]
     if too_long:
@@ -224,6 +234,12 @@ def _inference(model: nn.Module, precision: str = "float32"):
     cast = torch.autocast(device.type, dtype=autocast) if autocast is not None else nullcontext()
     with eval_mode(model), torch.inference_mode(), cast:
         yield
+
+
+def check_precision(precision: str) -> None:
+    """Raise ValueError for a precision not in :data:`PRECISIONS`."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
 
 
 def _batches(tokenizer, sentences: list[str], lengths: list[int], batch_size: int, device, label: str | None):
@@ -280,7 +296,8 @@ def compute_activations(
     ------
     ValueError
         On an empty corpus, an unknown token mode, component or precision, a non-positive batch
-        size, a sentence longer than the model accepts, or an unsupported model.
+        size, a sentence longer than the model accepts, an unsupported model, a tokenizer whose ids the model
+        lacks, or ``token="cls"`` with a tokenizer that adds no special token.
 
     Examples
     --------
@@ -292,8 +309,12 @@ def compute_activations(
     """
     check_token_mode(token)
     components = check_components(components)
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
+    check_precision(precision)
+    if token == "cls" and tokenizer.num_special_tokens_to_add() == 0:
+        raise ValueError(
+            f"token='cls' reads the first token, but {type(tokenizer).__name__} adds no special token: it would be "
+            "each sentence's first word (use token='mean' or the model's own tokenizer)"
+        )
     sentences = _checked_corpus(sentences, batch_size)
     layers = encoder_layers(model)
     device = next(model.parameters()).device
@@ -415,6 +436,6 @@ def reader_input_moments(
 
 def _reader(layers: list[LayerModules], layer: int, component: str) -> nn.Linear:
     """The reader of ``component`` in code layer ``layer`` (from 0); ValueError for a layer out of range."""
-    if isinstance(layer, bool) or not isinstance(layer, int) or not 0 <= layer < len(layers):
+    if isinstance(layer, bool) or not isinstance(layer, numbers.Integral) or not 0 <= layer < len(layers):
         raise ValueError(f"layer must be a code index from 0 to {len(layers) - 1}, got {layer!r}")
-    return layers[layer].reader(component)
+    return layers[int(layer)].reader(component)

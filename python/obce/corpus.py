@@ -531,7 +531,7 @@ def checked_sentences(sentences: Iterable[str]) -> list[str]:
     TypeError
         If ``sentences`` is a single str or holds something other than str.
     ValueError
-        If a sentence is empty, spans several lines or starts with a byte-order mark.
+        If a sentence is empty, spans several lines, starts with a byte-order mark or holds a lone surrogate.
     """
     if isinstance(sentences, str) or not isinstance(sentences, Iterable):
         what = "one str" if isinstance(sentences, str) else type(sentences).__name__
@@ -544,6 +544,11 @@ def checked_sentences(sentences: Iterable[str]) -> list[str]:
             raise ValueError(f"sentence {i} must be a non-empty single line, got {sentence!r}")
         if sentence.startswith("\ufeff"):  # load_sentences reads a file's first one as a byte-order mark
             raise ValueError(f"sentence {i} starts with a byte-order mark (U+FEFF), got {sentence!r}")
+        if not sentence.isascii():  # a lone surrogate (from a bad decode) has no UTF-8 form: no tokenizer or file
+            try:
+                sentence.encode("utf-8")
+            except UnicodeEncodeError as err:
+                raise ValueError(f"sentence {i} is not valid Unicode ({err.reason}), got {sentence!r}") from None
     return sentences
 
 

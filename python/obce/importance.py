@@ -12,6 +12,7 @@ and loads from a run folder (CSV + JSON settings).
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
@@ -24,11 +25,12 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._io import atomic_write_text, json_value
+from ._checks import checked_int
+from ._io import atomic_open, json_value
 from ._version import __version__
-from .activations import Activations, check_token_mode, compute_activations
+from .activations import Activations, check_precision, check_token_mode, compute_activations
 from .corpus import Corpus, checked_sentences, load_sentences, sample_sentences, sentences_text
-from .kernel import fast_death_radii
+from .kernel import check_threads, fast_death_radii
 from .models.adapters import (
     COMPONENTS,
     check_component,
@@ -131,6 +133,8 @@ class ImportanceTable:
 
     def _rows(self, layer: int, component: str) -> pd.DataFrame:
         check_component(component)
+        if isinstance(layer, bool):  # True == 1 would read layer 1
+            raise TypeError(f"layer must be an int (from 1), got {layer!r}")
         rows = self.neurons[(self.neurons["layer"] == layer) & (self.neurons["component"] == component)]
         if rows.empty:
             raise ValueError(
@@ -219,8 +223,9 @@ class ImportanceTable:
 
     def save(self, folder: str | os.PathLike, *, overwrite: bool = False) -> Path:
         """Write the table to ``folder``: ``importance.csv``, ``importance.json`` (settings), and
-        ``importance_heads.csv`` and ``sentences.txt`` when present. Each file is written atomically;
-        with ``overwrite``, an older table's head view or sentences that this table lacks are removed.
+        ``importance_heads.csv`` and ``sentences.txt`` when present. Every file is written before any replaces
+        its older copy, so a failed save leaves the folder as it was; with ``overwrite``, an older table's head
+        view or sentences that this table lacks are removed.
 
         Raises
         ------
@@ -238,12 +243,11 @@ class ImportanceTable:
         existing = [name for name in all_files if (folder / name).exists()]
         if existing and not overwrite:
             raise FileExistsError(f"{folder} already holds {', '.join(existing)}; pass overwrite=True to replace")
-        # load() would pair an older table's head view or sentences with this one.
-        for name, part in ((_HEADS_FILE, self.heads), (_SENTENCES_FILE, self.sentences)):
-            if part is None:
-                (folder / name).unlink(missing_ok=True)
-        for name, text in files.items():
-            atomic_write_text(folder / name, text, overwrite=True)
+        with contextlib.ExitStack() as renames:  # each file is renamed into place once all are written
+            for name, text in files.items():
+                renames.enter_context(atomic_open(folder / name, "w", overwrite=True)).write(text)
+        for name in set(all_files) - set(files):  # load() would pair an older table's part with this one
+            (folder / name).unlink(missing_ok=True)
         return folder
 
     @classmethod
@@ -254,22 +258,42 @@ class ImportanceTable:
         ------
         FileNotFoundError
             If ``folder`` has no ``importance.csv``.
+        ValueError
+            If a file is not one :meth:`save` writes (cut short, or another file of the same name).
         """
         folder = Path(folder)
         if not (folder / _NEURONS_FILE).is_file():
             raise FileNotFoundError(f"no {_NEURONS_FILE} in {folder}")
-        neurons = _read_csv(folder / _NEURONS_FILE, ("layer", "neuron"))
-        heads = _read_csv(folder / _HEADS_FILE, ("layer", "head", "size")) if (folder / _HEADS_FILE).is_file() else None
-        settings_path = folder / _SETTINGS_FILE
-        settings = json.loads(settings_path.read_text(encoding="utf-8")) if settings_path.is_file() else {}
-        sentences_path = folder / _SENTENCES_FILE
-        sentences = load_sentences(sentences_path) if sentences_path.is_file() else None
+
+        def read(name: str, reader):
+            path = folder / name
+            if not path.is_file():
+                return None
+            try:
+                return reader(path)
+            except ValueError as err:  # pandas', json's and UTF-8 decoding errors among them
+                raise ValueError(f"{path} is not a file ImportanceTable.save wrote: {err}") from None
+
+        neurons = read(_NEURONS_FILE, lambda path: _read_csv(path, ("layer", "neuron")))
+        heads = read(_HEADS_FILE, lambda path: _read_csv(path, ("layer", "head", "size")))
+        settings = read(_SETTINGS_FILE, _read_settings)
+        sentences = read(_SENTENCES_FILE, load_sentences)
         return cls(neurons, settings, heads=heads, sentences=sentences)
+
+
+def _read_settings(path: Path) -> dict:
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    if not isinstance(settings, dict):
+        raise ValueError(f"expected a JSON object, got {type(settings).__name__}")
+    return settings
 
 
 def _read_csv(path: Path, counts: Sequence[str]) -> pd.DataFrame:
     """The table file at ``path``: ``counts`` and other columns written as integers as integers, every other column
     but the component as exact floats."""
+    with open(path, "rb") as f:  # save() ends every line; a file cut short may end inside a number
+        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
+            raise ValueError("its last line has no line end: cut short?")
     # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does; pandas writes a
     # float column's every value with a point or an exponent, so digits alone mark an integer column.
     header = pd.read_csv(path, nrows=0).columns
@@ -470,9 +494,10 @@ def head_importance(
 
 
 def check_sample_size(n_sentences: int, token: str) -> None:
-    """Raise ValueError for an unknown token mode, or one sentence where a cloud has a point per sentence."""
+    """Raise ValueError for an unknown token mode, a count of sentences that is no positive int, or one sentence
+    where a cloud has a point per sentence."""
     check_token_mode(token)
-    if token != "tokens" and n_sentences == 1:
+    if checked_int(n_sentences, "n_sentences") == 1 and token != "tokens":
         raise ValueError(
             f"n_sentences=1: with token={token!r} a neuron's cloud has one point per sentence and needs at least 2"
         )
@@ -546,10 +571,14 @@ def analyze(
     >>> table = analyze(n_sentences=150, seed=0)  # doctest: +SKIP
     >>> table.save("runs/minilm")  # doctest: +SKIP
     """
-    check_sample_size(n_sentences, token)  # before any model is loaded
+    # Every option is checked before a model is loaded (perhaps downloaded).
+    check_sample_size(n_sentences, token)
+    checked_int(batch_size, "batch_size")
+    check_precision(precision)
+    check_threads(n_threads)
     components = check_components(components)
     if heads:
-        _head_components(components)  # before any model is loaded
+        _head_components(components)
     timings = {}
     start = time.perf_counter()
     if model is None or isinstance(model, (str, os.PathLike)):

@@ -149,11 +149,16 @@ def h0_deaths(acts, *, n_threads: int = -1, check_finite: bool = True):
     return _run(_core.h0_deaths, acts, n_threads, check_finite, full_diagram=True)
 
 
-def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool):
+def check_threads(n_threads: int) -> None:
+    """TypeError for an ``n_threads`` that is no integer, ValueError for one below 1 but -1 (all cores)."""
     if isinstance(n_threads, bool) or not isinstance(n_threads, (int, np.integer)):
         raise TypeError(f"n_threads must be an integer, got {n_threads!r}")
     if n_threads < 1 and n_threads != -1:
         raise ValueError(f"n_threads must be -1 (all cores) or a positive integer, got {n_threads!r}")
+
+
+def _run(kernel, acts, n_threads: int, check_finite: bool, *, full_diagram: bool):
+    check_threads(n_threads)
     if not isinstance(check_finite, (bool, np.bool_)):
         raise TypeError(f"check_finite must be True or False, got {check_finite!r}")
     if n_threads > 0:

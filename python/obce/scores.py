@@ -83,7 +83,12 @@ _TIE_BREAK = 1e-9
 
 
 def _aligned(table, frame: pd.DataFrame, what: str) -> np.ndarray:
-    """``frame["value"]`` in the row order of ``table.neurons``, matched on layer, component and neuron."""
+    """``frame["value"]`` in the row order of ``table.neurons``, matched on layer, component and neuron. Of the
+    table's components, ``frame`` must have the same layers and neurons: another model's scores are refused."""
+    twice = frame.duplicated(_KEYS)
+    if twice.any():
+        row = frame[twice].iloc[0]
+        raise ValueError(f"{what} lists layer {row['layer']} {row['component']} neuron {row['neuron']} twice")
     merged = table.neurons[_KEYS].merge(frame, on=_KEYS, how="left", validate="one_to_one", indicator=True)
     missing = merged.pop("_merge") == "left_only"
     if missing.any():
@@ -91,6 +96,15 @@ def _aligned(table, frame: pd.DataFrame, what: str) -> np.ndarray:
         raise ValueError(
             f"{what} has no value for {int(missing.sum())} neuron(s) of the table, e.g. layer {row['layer']} "
             f"{row['component']} neuron {row['neuron']}"
+        )
+    ours = table.neurons.groupby(["layer", "component"]).size()
+    theirs = frame[frame["component"].isin(ours.index.get_level_values(1))].groupby(["layer", "component"]).size()
+    extra = theirs.sub(ours, fill_value=0)
+    if (extra > 0).any():
+        layer, component = extra[extra > 0].index[0]
+        raise ValueError(
+            f"{what} does not match the table (another model's?): layer {layer} {component} has "
+            f"{theirs[layer, component]} neuron(s) there, {ours.get((layer, component), 0)} in the table"
         )
     values = merged["value"].to_numpy(dtype=np.float64)
     if not np.isfinite(values).all():
@@ -327,10 +341,15 @@ def taylor_score(table, model, batches: Sequence[Mapping[str, torch.Tensor]]) ->
     Raises
     ------
     ValueError
-        No batch, or a batch without ``labels`` or ``attention_mask``.
+        No batch, a batch without ``labels`` or ``attention_mask``, or a model without a sequence-classification
+        head.
+    TypeError
+        ``batches`` is one batch (a mapping), not a sequence of them.
     RuntimeError
         Called inside ``torch.inference_mode()``, where no gradient can be taken.
     """
+    if isinstance(batches, Mapping):
+        raise TypeError("batches must be a sequence of batches (dicts), got one dict: pass [batch]")
     if not batches:
         raise ValueError("taylor_score needs at least one labelled batch, got none")
     if torch.is_inference_mode_enabled():
@@ -371,7 +390,13 @@ def taylor_score(table, model, batches: Sequence[Mapping[str, torch.Tensor]]) ->
                 labels = batch["labels"].to(device)
                 captured.clear()
                 with torch.enable_grad():
-                    logits = model(**inputs).logits
+                    logits = getattr(model(**inputs), "logits", None)
+                    if logits is None or logits.ndim != 2 or len(logits) != len(labels):
+                        raise ValueError(
+                            f"taylor_score needs a sequence-classification head (one row of logits per sentence); "
+                            f"{type(model).__name__} gives "
+                            + ("none" if logits is None else f"logits of shape {tuple(logits.shape)}")
+                        )
                     if logits.shape[-1] == 1:
                         loss = F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype), reduction="sum")
                     else:
