@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import string
 
+import numpy as np
 import pytest
 import torch
+from scipy.sparse.csgraph import minimum_spanning_tree
+from scipy.spatial.distance import pdist, squareform
 
 TINY_MAX_TOKENS = 128
 SENTENCES = [
@@ -22,6 +25,22 @@ SENTENCES = [
     "Clouds formed.",
     "Trains leave the station at noon, and the last one leaves at midnight.",
 ]
+
+
+def mst_deaths(cloud: np.ndarray) -> np.ndarray:
+    """The reference H0 diagram: sorted MST edge lengths of one (n_points, dim) cloud, in float64, zero-length
+    edges kept."""
+    cloud = np.asarray(cloud, dtype=np.float64)
+    # scipy reads a zero in a dense matrix as "no edge", so duplicates are taken out first: each
+    # one joins its twin at distance 0.
+    unique = np.unique(cloud, axis=0)
+    weights = minimum_spanning_tree(squareform(pdist(unique))).data
+    return np.sort(np.concatenate([np.zeros(len(cloud) - len(unique)), weights]))
+
+
+def mst_longest_edge(cloud: np.ndarray) -> float:
+    """The reference λ of a cloud of at least 2 points."""
+    return float(mst_deaths(cloud).max())
 
 
 def tiny_vocab() -> dict[str, int]:

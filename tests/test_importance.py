@@ -8,8 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
+from conftest import mst_longest_edge
 
 from obce.activations import compute_activations
 from obce.corpus import sample_sentences
@@ -28,11 +27,6 @@ from obce.models.adapters import COMPONENTS, encoder_layers
 def max_gap(values: np.ndarray) -> np.ndarray:
     """λ of 1-D clouds (columns): the longest edge of a 1-D minimum spanning tree is the largest gap."""
     return np.diff(np.sort(values.astype(np.float64), axis=0), axis=0).max(axis=0)
-
-
-def mst_longest_edge(cloud: np.ndarray) -> float:
-    distances = squareform(pdist(cloud.astype(np.float64)))
-    return float(minimum_spanning_tree(distances).data.max())
 
 
 @pytest.fixture

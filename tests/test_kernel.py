@@ -12,11 +12,10 @@ import sys
 import numpy as np
 import pytest
 import torch
+from conftest import mst_deaths
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
 from scipy.stats import special_ortho_group
 
 import obce
@@ -24,16 +23,6 @@ import obce
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="needs a CUDA GPU")
 RTOL = {np.float32: 1e-5, np.float64: 1e-12}
-
-
-def mst_deaths(cloud: np.ndarray) -> np.ndarray:
-    """Sorted MST edge lengths of one (n_points, dim) cloud, in float64, zero-length edges kept."""
-    cloud = np.asarray(cloud, dtype=np.float64)
-    # scipy reads a zero in a dense matrix as "no edge", so duplicates are taken out first: each
-    # one joins its twin at distance 0.
-    unique = np.unique(cloud, axis=0)
-    weights = minimum_spanning_tree(squareform(pdist(unique))).data
-    return np.sort(np.concatenate([np.zeros(len(cloud) - len(unique)), weights]))
 
 
 def as_clouds(acts: np.ndarray) -> np.ndarray:

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
-from scipy.sparse.csgraph import minimum_spanning_tree
-from scipy.spatial.distance import pdist, squareform
+from conftest import mst_longest_edge
 from transformers import BertForSequenceClassification
 
 from obce.activations import compute_activations
@@ -65,12 +64,6 @@ def outputs_by_hand(model, tokenizer, sentences, token: str) -> dict[tuple[int, 
     for handle in handles:
         handle.remove()
     return {key: np.concatenate(rows) for key, rows in found.items()}
-
-
-def mst_longest_edge(cloud: np.ndarray) -> float:
-    """λ of a cloud; 0 when all its points coincide (scipy drops zero-length edges)."""
-    edges = minimum_spanning_tree(squareform(pdist(cloud.astype(np.float64)))).data
-    return float(edges.max()) if edges.size else 0.0
 
 
 @pytest.fixture

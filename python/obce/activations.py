@@ -178,10 +178,10 @@ class _Recorder:
         batch_mean = (self.flat_mask @ flat) / self.batch_tokens
         centred = flat - batch_mean
         batch_m2 = self.flat_mask @ centred.square_()
-        n, k = self.seen, self.batch_tokens
-        delta = batch_mean.to(torch.float64) - self.mean[component][columns]
-        self.mean[component][columns] += delta * (k / (n + k))
-        self.m2[component][columns] += batch_m2.to(torch.float64) + delta.square() * (n * k / (n + k))
+        self.mean[component][columns], self.m2[component][columns] = _merged_moments(
+            self.seen, self.mean[component][columns], self.m2[component][columns],
+            self.batch_tokens, batch_mean.double(), batch_m2.double(),
+        )  # fmt: skip
         if self.token == "cls":
             points = out[:, 0]
         elif self.token == "mean":
@@ -189,6 +189,14 @@ class _Recorder:
         else:
             points = out[self.mask]
         self.values[component][self.rows, columns] = points
+
+
+def _merged_moments(n: int, mean, m2, k: int, batch_mean: torch.Tensor, batch_m2: torch.Tensor):
+    """Mean and sum of squared deviations (per column, or the scatter matrix) of ``n`` values and a batch of ``k``
+    (Chan, Golub and LeVeque's pairwise update: no cancellation from sums of squares)."""
+    delta = batch_mean - mean
+    spread = torch.outer(delta, delta) if batch_m2.ndim == 2 else delta.square()
+    return mean + delta * (k / (n + k)), m2 + batch_m2 + spread * (n * k / (n + k))
 
 
 def _checked_corpus(sentences: Iterable[str], batch_size: int) -> list[str]:
@@ -393,7 +401,7 @@ def reader_input_moments(
         return {}
     device = next(model.parameters()).device
     lengths = _token_lengths(model, tokenizer, sentences)
-    sums: dict[tuple[int, str], list] = {}
+    sums: dict[tuple[int, str], tuple] = {}
     mask: list[torch.Tensor] = []  # the current batch's real tokens
 
     def hook(key):
@@ -402,18 +410,9 @@ def reader_input_moments(
                 x = inputs[0][mask[0]].to(torch.float32)
                 batch_mean = x.mean(0)
                 centred = x - batch_mean
-                scatter = (centred.T @ centred).double()
-                k = x.shape[0]
-                if key not in sums:
-                    sums[key] = [k, batch_mean.double(), scatter]
-                    return
-                n, mean, m2 = sums[key]
-                delta = batch_mean.double() - mean
-                sums[key] = [
-                    n + k,
-                    mean + delta * (k / (n + k)),
-                    m2 + scatter + torch.outer(delta, delta) * (n * k / (n + k)),
-                ]
+                n, mean, m2 = sums.get(key, (0, 0.0, 0.0))
+                mean, m2 = _merged_moments(n, mean, m2, len(x), batch_mean.double(), (centred.T @ centred).double())
+                sums[key] = (n + len(x), mean, m2)
 
         return record
 

@@ -392,7 +392,8 @@ def compute_importance(
     heads : bool
         Also compute the head view (see :func:`head_importance`) of the captured query, key and value.
     settings : dict, optional
-        Recorded in the table; the token mode and point count are added.
+        Recorded in the table; the token mode, the point and token counts (``n_points``, ``n_tokens``) and
+        ``timings_s`` are added.
     n_threads : int
         Kernel threads on CPU (-1: all cores).
 
