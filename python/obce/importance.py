@@ -292,8 +292,11 @@ def _read_csv(path: Path, counts: Sequence[str]) -> pd.DataFrame:
     """The table file at ``path``: ``counts`` and other columns written as integers as integers, every other column
     but the component as exact floats."""
     with open(path, "rb") as f:  # save() ends every line; a file cut short may end inside a number
-        if f.seek(0, os.SEEK_END) and (f.seek(-1, os.SEEK_END), f.read(1))[1] != b"\n":
-            raise ValueError("its last line has no line end: cut short?")
+        size = f.seek(0, os.SEEK_END)
+        f.seek(max(size - 1, 0))
+        cut_short = size > 0 and f.read(1) != b"\n"
+    if cut_short:
+        raise ValueError("its last line has no line end: cut short?")
     # Python's float() parses the written shortest repr exactly, whatever pandas' own parser does; pandas writes a
     # float column's every value with a point or an exponent, so digits alone mark an integer column.
     header = pd.read_csv(path, nrows=0).columns
