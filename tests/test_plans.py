@@ -248,6 +248,13 @@ def test_uniform_plan():
         uniform_plan(4, 150)
     with pytest.raises(ValueError, match=r"plan layer 2 value: .*\(P100 keeps no neuron\), got 100"):
         PruningPlan({2: {"value": 100}})
+    # A plan file may write levels as the tables show them.
+    assert PruningPlan({3: {"value": "P50", "intermediate": "p30"}}).levels[3] == {"value": 50.0, "intermediate": 30.0}
+    for bad in ("P", "Phalf", "50"):
+        with pytest.raises(ValueError, match=f"plan layer 3 value: level must be a percentile in .*got '{bad}'"):
+            PruningPlan({3: {"value": bad}})
+    with pytest.raises(ValueError, match=r"P100 keeps no neuron\), got 100"):
+        PruningPlan({3: {"value": "P100"}})
 
 
 def test_plan_builders_name_a_model_passed_by_mistake(tiny3):

@@ -142,7 +142,7 @@ def test_scores_section_from_metrics(run, tmp_path):
                 "task": "polarity",
                 "seed": 0,
                 "metrics": {"dev": {"accuracy": 0.5}, "test": {"accuracy": acc}},
-                "params": {"encoder": 1000, "total": total},
+                "params": {"base_model": 1000, "total": total},
                 "steps": 7,
                 "train_seconds": 1.0,
             }
@@ -160,6 +160,22 @@ def test_scores_section_from_metrics(run, tmp_path):
     _, sections = report_sections(copy, figures=False)
     scores = next(s for s in sections if s.title.startswith("Task scores"))
     assert "dev is also the split the best was chosen on" in scores.blocks[0]
+
+
+def test_a_compressed_model_timed_slower_is_called_disturbed(run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    folder = RunFolder(copy)
+    speed = folder.read_json(folder.SPEED)
+    speed["seconds"] = {"original": [2.0], "compressed": [1.5]}
+    folder.write_json(folder.SPEED, speed)
+    assert not any("timed slower" in line for line in summary_lines(copy))
+    speed["seconds"] = {"original": [2.0], "compressed": [3.5]}  # one repeat, under load
+    folder.write_json(folder.SPEED, speed)
+    line = next(line for line in summary_lines(copy) if line.startswith("CPU inference"))
+    assert "0.57× as fast" in line and "timed slower, other work most likely disturbed" in line
+    section = next(s for s in report_sections(copy, figures=False)[1] if s.title == "Inference speed on the CPU")
+    assert "`--speed-repeats`" in section.blocks[0]
 
 
 def test_partial_and_missing_runs(tmp_path, run):

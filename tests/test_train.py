@@ -68,7 +68,7 @@ def test_finetune_every_task_kind(tiny_model, glue_dir, tmp_path, capsys, name):
     for scores in result.metrics.values():
         assert set(scores) == set(task.metric_names)
         assert all(-1.0 <= v <= 1.0 for v in scores.values())
-    assert 0 < result.params["encoder"] < result.params["total"]
+    assert 0 < result.params["base_model"] < result.params["total"]
 
     saved = json.loads((out / "results.json").read_text())
     assert saved["metrics"] == result.metrics and saved["settings"]["seed"] == 1
@@ -117,7 +117,7 @@ def test_compressed_model_folder_takes_the_same_path(tiny_model, glue_dir, tmp_p
     result = finetune(folder, "stsb", tmp_path / "run", data_dir=glue_dir, **FAST)
     full = finetune(tiny_model, "stsb", tmp_path / "full", data_dir=glue_dir, **FAST)
     assert set(result.metrics["dev"]) == {"pearson", "spearman"}
-    assert result.params["encoder"] < full.params["encoder"]
+    assert result.params["base_model"] < full.params["base_model"]
     assert json.loads((tmp_path / "run" / "config.json").read_text())["model_type"] == "obce_bert"
     assert evaluate(tmp_path / "run", "stsb", data_dir=glue_dir, max_length=32) == pytest.approx(result.metrics["dev"])
 
@@ -529,13 +529,13 @@ def test_compare_distils_the_named_teacher(tiny_model, glue_dir, tmp_path):
         compare({"a": tiny_model, "b": tiny_model}, "sst2", tmp_path / "x", data_dir=glue_dir, teachers={"a": "b"})
 
 
-def _result(name, task, seed, metrics, encoder=22_700_000):
+def _result(name, task, seed, metrics, base_model=22_700_000):
     return FinetuneResult(
         name=name,
         task=task,
         seed=seed,
         metrics=metrics,
-        params={"encoder": encoder, "total": encoder + 770},
+        params={"base_model": base_model, "total": base_model + 770},
         steps=1,
         train_seconds=0.0,
         model_dir="",
@@ -571,7 +571,7 @@ def test_results_table_by_hand():
         _result("minilm", "mrpc", 0, {"dev": {"f1": 0.8, "accuracy": 0.7}}),
         _result("minilm", "mrpc", 1, {"dev": {"f1": 0.9, "accuracy": 0.7}}),
         _result("minilm", "mnli", 0, {"dev": {"accuracy": 0.5}, "dev_mismatched": {"accuracy": 0.25}}),
-        _result("small", "mrpc", 0, {"dev": {"f1": 0.5, "accuracy": 0.5}}, encoder=11_000_000),
+        _result("small", "mrpc", 0, {"dev": {"f1": 0.5, "accuracy": 0.5}}, base_model=11_000_000),
     ]
     lines = results_table(runs).splitlines()
     assert lines[0] == "| Model | Params (M) | MRPC (F1/Acc) | MNLI-m (Acc) | MNLI-mm (Acc) |"
@@ -665,8 +665,8 @@ def test_encoder_parameters_include_embeddings_and_pooler(tiny_bert_config):
 
     model = BertForSequenceClassification(tiny_bert_config(num_labels=2))
     counts = train.count_parameters(model)
-    assert counts["encoder"] == sum(p.numel() for p in model.bert.parameters())
-    assert counts["total"] - counts["encoder"] == 32 * 2 + 2  # the classifier head alone
+    assert counts["base_model"] == sum(p.numel() for p in model.bert.parameters())
+    assert counts["total"] - counts["base_model"] == 32 * 2 + 2  # the classifier head alone
 
 
 def test_a_hub_model_that_cannot_be_loaded_is_named(monkeypatch):

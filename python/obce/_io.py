@@ -51,16 +51,22 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", *, overwrite: bool = F
     path = Path(path)
     if path.exists() and not overwrite:
         raise FileExistsError(f"{path} exists; pass overwrite=True to replace it")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         _usual_permissions(Path(tmp), folder=False)
         text = {"encoding": "utf-8", "newline": "\n"} if mode == "w" else {}
         with os.fdopen(fd, mode, **text) as f:
             yield f
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as err:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+        # A full disk or a read-only folder named by the file the user asked for, not the temporary one.
+        ours = isinstance(err, OSError) and (err.filename is None or Path(err.filename).parent == path.parent)
+        if ours and err.errno is not None:
+            raise OSError(err.errno, f"cannot write {path}: {err.strerror}") from err
         raise
 
 

@@ -259,10 +259,13 @@ def _command_line(ctx: typer.Context) -> list[str]:
     return ctx.obj["command"] if isinstance(ctx.obj, dict) else ["obce", ctx.info_name or ""]
 
 
-def _open_run(ctx: typer.Context, output: Path, overwrite: bool, steps: Mapping[str, Mapping]) -> RunFolder:
-    """The run folder, cleared with ``overwrite``. ``steps``' settings were made from the checked inputs, so a
-    typo clears nothing; the command is recorded once they agree with what the folder holds."""
-    run = pipeline.open_run(output, steps, overwrite=overwrite)
+def _open_run(
+    ctx: typer.Context, output: Path, overwrite: bool, steps: Mapping[str, Mapping], model: pipeline.ModelLoader
+) -> RunFolder:
+    """The run folder, cleared with ``overwrite``. ``steps``' settings were made from the checked inputs and the
+    plan is checked on ``model``, so a typo clears nothing; the command is recorded once they agree with what the
+    folder holds."""
+    run = pipeline.open_run(output, steps, overwrite=overwrite, model=model)
     _record_command(ctx, run)
     return run
 
@@ -274,7 +277,9 @@ def _typed(ctx: typer.Context, name: str) -> bool:
 
 def _record_command(ctx: typer.Context, run: RunFolder) -> None:
     """Record the command in the run; main() takes it back if the command fails having finished nothing."""
-    ctx.ensure_object(dict)["recorded"] = run, run.record_command(_command_line(ctx))
+    recorded = run.record_command(_command_line(ctx))
+    if isinstance(ctx.obj, dict):
+        ctx.obj["recorded"] = run, recorded
 
 
 def _check_prunable(model: str | None) -> None:
@@ -327,8 +332,8 @@ def analyze(
 ) -> None:
     """Compute λ of every neuron over a corpus sample: the importance table and its figures."""
     analysis = pipeline.analysis_settings(model, corpus, sentences, seed, token)
-    run = _open_run(ctx, output, overwrite, {"analyze": analysis})
     loaded = pipeline.ModelLoader(analysis["model_path"], device)
+    run = _open_run(ctx, output, overwrite, {"analyze": analysis}, loaded)
     pipeline.run_steps(run, {"analyze": analysis}, loaded, device=device, progress=progress, stage=_step_done)
     table = run.table()
     medians = table.stats().pivot(index="layer", columns="component", values="median")[table.components]
@@ -383,12 +388,13 @@ def prune(
             steps["score"] = scores
         steps["plan"] = pipeline.plan_setting(plan, score)
         steps["prune"] = pipeline.prune_settings(fold, score)
-    run = _open_run(ctx, output, overwrite, steps)
     loaded = pipeline.ModelLoader(steps["analyze"]["model_path"], device)  # loaded once, for every step
+    run = _open_run(ctx, output, overwrite, steps, loaded)
     pipeline.run_steps(run, steps, loaded, plan=plan, score=score, device=device, progress=progress, stage=_step_done)
     if dry_run:
         _echo(str(pipeline.plan_report(run, plan, loaded, score, scores)))
-        run.take_back_command(ctx.obj["recorded"][1])  # kept only when it ran the analysis or the scores
+        if isinstance(ctx.obj, dict):  # kept only when it ran the analysis or the scores
+            run.take_back_command(ctx.obj["recorded"][1])
         return
     _echo(run.plan().summary())
     params = run.read_json(run.PARAMS)
@@ -553,7 +559,7 @@ def evaluate(
     device: Device = None,
     progress: Progress = True,
 ) -> None:
-    """Score fine-tuned models on a split of a task; results go to `<output>/evaluation.json`.
+    """Score fine-tuned models on a split of a task; results go to `<output>/evaluation.json` (and the run's report).
 
     Without MODELS: every model fine-tuned in the run folder.
     """
@@ -590,6 +596,8 @@ def evaluate(
         run.write_json(run.EVALUATION, recorded)
         for label, entry in results.items():
             _echo(f"{label} ({split}): " + ", ".join(f"{m} {100 * v:.2f}" for m, v in entry["metrics"].items()))
+    if (run / run.REPORT).is_dir():  # the run's report shows the new scores
+        _report(run)
 
 
 def _evaluation_task(task: str | None, chosen: Mapping[str, str | Path]) -> str:

@@ -802,10 +802,17 @@ def finetune_settings(
     }
 
 
-def open_run(path: str | os.PathLike, steps: Mapping[str, Mapping], *, overwrite: bool = False) -> RunFolder:
+def open_run(
+    path: str | os.PathLike,
+    steps: Mapping[str, Mapping],
+    *,
+    overwrite: bool = False,
+    model: ModelLoader | None = None,
+) -> RunFolder:
     """The run folder at ``path``, ready for ``steps`` (step -> settings): cleared with ``overwrite``, once the
-    model to analyse is found and the corpus gives the sample (a mistyped name or a corpus too small clears
-    nothing); otherwise checked against what it records.
+    model to analyse is found, the corpus gives the sample and the plan fits ``model`` (the loader of the model
+    to analyse; see :func:`check_plan_fits`): a mistyped name, a corpus too small or a plan the model cannot take
+    clears nothing. Otherwise checked against what it records.
 
     Speed settings that differ from the recorded ones drop the recorded timing (nothing depends on it), to be
     measured again.
@@ -833,12 +840,39 @@ def open_run(path: str | os.PathLike, steps: Mapping[str, Mapping], *, overwrite
         if "analyze" in steps:
             check_loadable(_model_source(steps["analyze"]["model_path"]))
             _check_corpus(steps["analyze"])
+        if "plan" in steps and model is not None:
+            check_plan_fits(run, steps, model)
     run.prepare(overwrite=overwrite)
     for step, settings in steps.items():
         if step == "speed" and run.settings().get("steps", {}).get(step) not in (None, _plain(settings)):
             run.forget_step(step, run.SPEED)
         run.check_step(step, settings)
     return run
+
+
+def check_plan_fits(run: RunFolder, steps: Mapping[str, Mapping], model: ModelLoader) -> None:
+    """Build the plan of ``steps`` for the model as the plan step will, before ``--overwrite`` clears ``run``.
+
+    A plan that names layers the model lacks is refused from the model alone; a ``target:`` plan, which reaches
+    its size or not by the neurons' scores, on the folder's own analysis (and Taylor scores) when the command would
+    make the same again. A target over an analysis still to make is checked once that is made.
+
+    Raises
+    ------
+    ValueError
+        The plan does not fit the model, or the target is out of reach.
+    """
+    spec, score = steps["plan"]["plan"], steps["plan"]["score"]
+    loaded = model.get()[0]
+    if isinstance(spec, Mapping) or (form := named_plan(spec)) is None or form[0] != "target":
+        plan = PruningPlan.from_dict(spec) if isinstance(spec, Mapping) else build_plan(spec, loaded, None, score)
+        plan.check(len(encoder_layers(loaded)))
+        return
+    recorded = run.settings().get("steps", {})
+    same = [recorded.get(step) == _plain(steps[step]) for step in ("analyze", "score") if step in steps]
+    if all(same) and (run / run.IMPORTANCE).is_file() and (score != TASK_SCORE or (run / run.SCORES).is_file()):
+        table = run.table()
+        select_neurons(build_plan(spec, loaded, table, score), table, EncoderShape.from_model(loaded), score=score)
 
 
 def _check_inputs_outlive_the_clear(run: RunFolder, steps: Mapping[str, Mapping]) -> None:
@@ -1055,7 +1089,7 @@ def _param_totals(model) -> dict[str, int]:
     counts = count_parameters(model)
     return {
         "encoder_layers": int(parameter_table(model)["params"].sum()),
-        "base_model": counts["encoder"],
+        "base_model": counts["base_model"],
         "total": counts["total"],
     }
 
@@ -1113,7 +1147,8 @@ def run_prune(run: RunFolder, settings: Mapping, model: ModelLoader, *, progress
 
 def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> None:
     """Remove the fine-tuning of the models ``labels`` (all by default) with their scores (``metrics.json``,
-    ``evaluation.json``) and timings; removing all, the step's settings go too, so that the folder takes others."""
+    ``evaluation.json``, and the ``obce evaluate`` commands once it holds none) and timings; removing all, the step's
+    settings go too, so that the folder takes others."""
     root = run / run.FINETUNE
     everything = labels is None
     labels = sorted(p.name for p in root.iterdir() if p.is_dir()) if everything and root.is_dir() else labels or []
@@ -1122,6 +1157,7 @@ def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> No
     if not is_main_process() or not root.is_dir() or (not gone and others):
         return  # (with no fine-tuning left, an interrupted call's empty finetune/ is cleared below)
     # The scores go first, the folders last: interrupted, this runs again and finds the folders.
+    data = run.settings()
     if (run / run.EVALUATION).is_file():
         before = run.read_json(run.EVALUATION)
         scores = {key: kept for key, by in before.items() if (kept := {k: v for k, v in by.items() if k not in gone})}
@@ -1129,8 +1165,9 @@ def forget_finetuning(run: RunFolder, labels: Sequence[str] | None = None) -> No
             run.write_json(run.EVALUATION, scores)
         else:
             (run / run.EVALUATION).unlink()
+    if not (run / run.EVALUATION).is_file():  # no evaluation left for Reproduce to make
+        data["commands"] = [c for c in data.get("commands", []) if shlex.split(c["command"])[1:2] != ["evaluate"]]
     (run / run.METRICS).unlink(missing_ok=True)
-    data = run.settings()
     data["timings_s"] = {k: v for k, v in data.get("timings_s", {}).items() if k not in {f"finetune_{x}" for x in gone}}
     run.write_json(run.SETTINGS, data)
     for label in gone:
@@ -1473,13 +1510,13 @@ def compress(
     }
     if finetune:
         steps["finetune"] = finetune_settings(task, budget=budget, seed=seed, glue_dir=glue_dir, distill=distill)
-    open_run(run.path, steps, overwrite=overwrite)
+    loaded = ModelLoader(steps["analyze"]["model_path"], device)
+    open_run(run.path, steps, overwrite=overwrite, model=loaded)
     recorded = run.record_command(command) if command else None
     before = run.finished_work()
     try:
         run.record(seed=seed, device=device, build_info=_build_info())
         start = time.perf_counter()
-        loaded = ModelLoader(steps["analyze"]["model_path"], device)
         total, done = len(steps) + 1, 0
 
         def stage(text: str, did: bool = True) -> None:

@@ -27,6 +27,7 @@ query/key dimensions included, since it no longer contributes anything.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import numbers
@@ -93,6 +94,9 @@ def _shown(value) -> str:
 
 
 def _check_level(value, where: str) -> float:
+    if isinstance(value, str) and value[:1] in ("P", "p"):  # written as the tables show it: "P50"
+        with contextlib.suppress(ValueError):  # otherwise named below as it was written
+            value = float(value[1:])
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise ValueError(f"{where}: level must be a percentile in [0, 100), got {_shown(value)}")
     if not 0 <= value < 100:
@@ -444,7 +448,10 @@ def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
     notes = f"{model} table of the paper, levels {'/'.join(f'P{v:g}' for v in level_values)}"
     if model == "bert-large":
         notes += "; query/key layer 13 listed twice, the stricter level kept"
-    return PruningPlan(rows, name=f"paper-{model}-{levels}", notes=notes, model_layers=_PAPER_LAYERS[model])
+    # Named as the command line spells it; levels of one's own by their values.
+    spelled = levels if isinstance(levels, str) else "/".join(f"P{v:g}" for v in level_values)
+    name = model if levels == "paper" else f"{model}:{spelled}"
+    return PruningPlan(rows, name=name, notes=notes, model_layers=_PAPER_LAYERS[model])
 
 
 def uniform_plan(

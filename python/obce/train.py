@@ -147,10 +147,10 @@ def _write_json(path: Path, obj) -> None:
 
 
 def count_parameters(model) -> dict[str, int]:
-    """Parameters of the encoder (``model.base_model``: embeddings, layers and the pooler where the model has one)
-    and of the whole model."""
+    """Parameters of the base model (``base_model``: embeddings, encoder layers and the pooler where the model has
+    one) and of the whole model (with its head)."""
     return {
-        "encoder": sum(p.numel() for p in model.base_model.parameters()),
+        "base_model": sum(p.numel() for p in model.base_model.parameters()),
         "total": sum(p.numel() for p in model.parameters()),
     }
 
@@ -448,7 +448,7 @@ class FinetuneResult:
     metrics : dict
         Split name to metric name to value, for the selection split and every report split.
     params : dict
-        ``encoder`` and ``total`` parameter counts.
+        ``base_model`` (embeddings, encoder layers, pooler) and ``total`` (with the head) parameter counts.
     steps : int
         Optimizer steps taken.
     train_seconds : float
@@ -881,6 +881,8 @@ def finetune(
     }
     finished = _prepare_output_dir(output_dir, settings, resume)
     if finished is not None:
+        # An earlier results.json called the base model's count "encoder", the name plans give the encoder layers.
+        finished["params"] = {"base_model" if k == "encoder" else k: v for k, v in finished["params"].items()}
         return FinetuneResult(**finished)
 
     # Seed before the head is created: its initialization is part of the run.
@@ -994,7 +996,7 @@ def _summarize(results: Sequence[FinetuneResult]) -> list[dict]:
                         "se": se,
                         "n": len(runs),
                         "seeds": sorted(run.seed for run in runs),
-                        "params_encoder": runs[0].params["encoder"],
+                        "params_base_model": runs[0].params["base_model"],
                         "params_total": runs[0].params["total"],
                     }
                 )
@@ -1010,7 +1012,7 @@ def results_table(results: Sequence[FinetuneResult]) -> str:
 
     Cells are scores ×100, the mean ± standard error over seeds (just the score for one seed); tasks
     with two metrics show both in the task's metric order (``F1/Acc`` for MRPC and QQP, ``Pearson/Spearman``
-    for STS-B). The parameter column counts the encoder.
+    for STS-B). The parameter column counts the base model (embeddings, encoder layers, pooler; the head left out).
 
     Parameters
     ----------
@@ -1034,7 +1036,7 @@ def results_table(results: Sequence[FinetuneResult]) -> str:
         header += [f"{title} ({names})" for _, title in _columns(info)]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for model in models:
-        params = next(r["params_encoder"] for r in records if r["model"] == model)
+        params = next(r["params_base_model"] for r in records if r["model"] == model)
         row = [model, f"{params / 1e6:.1f}"]
         for task in tasks:
             info = task_info(task)
@@ -1058,7 +1060,7 @@ class Comparison:
     runs : list of FinetuneResult
     summary : list of dict
         One record per model, task, split and metric: ``mean``, ``se`` (standard error over seeds,
-        nan for one seed), ``n``, ``seeds``, ``params_encoder``, ``params_total``.
+        nan for one seed), ``n``, ``seeds``, ``params_base_model``, ``params_total``.
     """
 
     runs: list

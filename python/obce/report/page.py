@@ -165,7 +165,7 @@ def _summary_lines(settings: dict, plan, params, speed, metrics) -> list[str]:
         lines.append(
             f"CPU inference: {_g(fastest[ORIGINAL])} s → {_g(fastest[COMPRESSED])} s per batch of "
             f"{speed['batch_size']} × {speed['tokens']} tokens ({fastest[ORIGINAL] / fastest[COMPRESSED]:.2f}× as "
-            f"fast; fastest of {_count(speed['repeats'], 'repeat')})."
+            f"fast; fastest of {_count(speed['repeats'], 'repeat')})." + _disturbed(fastest)
         )
     if metrics:
         for label, entry in metrics.items():
@@ -221,8 +221,8 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
                 "fine-tuning",
                 (
                     f"{ft['task']}: {ft['steps']} steps of batch {ft['batch_size']}, max length {ft['max_length']}, "
-                    f"lr {ft['lr']:g}, {ft['evaluations']} evaluations on dev "
-                    f"(every {ft['eval_steps']} steps, best kept), "
+                    f"lr {ft['lr']:g}, {_count(ft['evaluations'], 'evaluation')} on dev "
+                    f"(every {_count(ft['eval_steps'], 'step')}, best kept), "
                     f"seed {ft['seed']}"
                     + ("; the compressed model distilled the fine-tuned original" if ft.get("distill") else "")
                 ),
@@ -426,6 +426,16 @@ def _fastest(speed: dict) -> dict[str, float]:
     return {label: min(times) for label, times in speed["seconds"].items()}
 
 
+def _disturbed(fastest: dict[str, float]) -> str:
+    """A warning where the compressed model, which does fewer operations, timed slower than the original."""
+    if fastest[COMPRESSED] <= fastest[ORIGINAL]:
+        return ""
+    return (
+        " The compressed model does fewer operations: timed slower, other work most likely disturbed every repeat; "
+        "time it again on a quiet machine with more repeats (`--speed-repeats`)."
+    )
+
+
 def _speed(speed: dict) -> Section:
     fastest = _fastest(speed)
     rows = [
@@ -445,6 +455,7 @@ def _speed(speed: dict) -> Section:
                 f"{speed['seed']}), {_count(speed['threads'], 'thread')}, {_count(speed['repeats'], 'timed repeat')} "
                 "after a warm-up, the models in turns. On a shared machine the fastest repeat is the least disturbed "
                 f"by other work: by it, the compressed model is {fastest[ORIGINAL] / fastest[COMPRESSED]:.2f}× as fast."
+                + _disturbed(fastest)
             ),
             Table(["model", "fastest s", "median s", "every repeat (s)"], rows),
         ],
