@@ -853,9 +853,10 @@ def open_run(
 def check_plan_fits(run: RunFolder, steps: Mapping[str, Mapping], model: ModelLoader) -> None:
     """Build the plan of ``steps`` for the model as the plan step will, before ``--overwrite`` clears ``run``.
 
-    A plan that names layers the model lacks is refused from the model alone; a ``target:`` plan, which reaches
-    its size or not by the neurons' scores, on the folder's own analysis (and Taylor scores) when the command would
-    make the same again. A target over an analysis still to make is checked once that is made.
+    Where the command would make the folder's analysis (and Taylor scores) again, the plan is built and its neurons
+    chosen on them, as the plan step will; otherwise a plan that names layers the model lacks is refused from the
+    model alone, and a ``target:`` plan, which reaches its size or not by the neurons' scores, is checked once the
+    new analysis is made.
 
     Raises
     ------
@@ -863,16 +864,15 @@ def check_plan_fits(run: RunFolder, steps: Mapping[str, Mapping], model: ModelLo
         The plan does not fit the model, or the target is out of reach.
     """
     spec, score = steps["plan"]["plan"], steps["plan"]["score"]
+    spec = PruningPlan.from_dict(spec) if isinstance(spec, Mapping) else spec
     loaded = model.get()[0]
-    if isinstance(spec, Mapping) or (form := named_plan(spec)) is None or form[0] != "target":
-        plan = PruningPlan.from_dict(spec) if isinstance(spec, Mapping) else build_plan(spec, loaded, None, score)
-        plan.check(len(encoder_layers(loaded)))
-        return
     recorded = run.settings().get("steps", {})
     same = [recorded.get(step) == _plain(steps[step]) for step in ("analyze", "score") if step in steps]
     if all(same) and (run / run.IMPORTANCE).is_file() and (score != TASK_SCORE or (run / run.SCORES).is_file()):
         table = run.table()
         select_neurons(build_plan(spec, loaded, table, score), table, EncoderShape.from_model(loaded), score=score)
+    elif isinstance(spec, PruningPlan) or (form := named_plan(spec)) is None or form[0] != "target":
+        build_plan(spec, loaded, None, score).check(len(encoder_layers(loaded)))
 
 
 def _check_inputs_outlive_the_clear(run: RunFolder, steps: Mapping[str, Mapping]) -> None:
