@@ -30,6 +30,7 @@ import torch
 
 import obce
 import obce.models
+from obce._io import atomic_write_text
 from obce.importance import analyze
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -166,8 +167,8 @@ def main() -> None:
         f"--{k} {' '.join(v) if isinstance(v, list) else v}" for k, v in vars(args).items() if v is not None
     )
     jsonl = "".join(json.dumps({**r, "machine": info}) + "\n" for r in rows)
-    (RESULTS / f"{args.name}.jsonl").write_text(jsonl, encoding="utf-8")
-    (RESULTS / f"{args.name}.md").write_text(markdown(rows, command, info), encoding="utf-8")
+    atomic_write_text(RESULTS / f"{args.name}.jsonl", jsonl, overwrite=True)
+    atomic_write_text(RESULTS / f"{args.name}.md", markdown(rows, command, info), overwrite=True)
     for name in args.models:
         best = min(r["total_s"] for r in rows if r["model"] == name)
         verdict = "within" if best <= LIMITS_S[name] else "OVER"

@@ -23,6 +23,7 @@ already in ``--out`` with the same settings are reused.
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import time
 from pathlib import Path
@@ -30,6 +31,7 @@ from pathlib import Path
 import machine
 
 import obce
+from obce._io import atomic_write_text
 from obce.models import builtin_model_path
 from obce.prune import FOLD_MODES
 from obce.scores import add_scores, task_batches
@@ -128,7 +130,7 @@ def main() -> None:
             + (f" --after-finetune {' '.join(args.after_finetune)}" if args.after_finetune else "")
             + (f" --recovery-steps {args.recovery_steps}" if args.after_finetune else "")
             + "`  ",
-            f"Machine: {where}; CPU only. Wall time {total / 60:.1f} min "
+            f"Machine: {where}; CPU only; {datetime.date.today()}. Wall time {total / 60:.1f} min "
             f"(analysis and pruning {prepared:.0f} s, then {len(args.seeds)} seeds × "
             f"{2 + len(args.distill) + len(args.folds) + len(args.after_finetune)} models; "
             "runs found finished in the output folder are reused).",
@@ -143,8 +145,9 @@ def main() -> None:
             "",
         ]
     )
-    (RESULTS / f"finetune_{args.task}.md").write_text(text)
-    (RESULTS / f"finetune_{args.task}.json").write_text(
+    atomic_write_text(RESULTS / f"finetune_{args.task}.md", text, overwrite=True)
+    atomic_write_text(
+        RESULTS / f"finetune_{args.task}.json",
         json.dumps(
             {
                 "fraction": args.fraction,
@@ -158,7 +161,8 @@ def main() -> None:
             },
             indent=2,
             default=str,
-        )
+        ),
+        overwrite=True,
     )
     print(text)
 

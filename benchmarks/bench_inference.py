@@ -10,20 +10,26 @@ Two measurements:
    random λ: a percentile level fixes the counts) pruned by the paper's BERT-base plan. The FLOP ratio counts
    the multiply-adds of the encoder's linear layers and attention products.
 
-Each result is printed as one JSON line (with ``obce.build_info()`` and the CPU), then a markdown table.
+Each result is printed as one JSON line (with ``obce.build_info()`` and the CPU) as it is measured; at the end the
+lines go to ``benchmarks/results/<name>.jsonl`` and the tables, with the command and the machine, to ``<name>.md``
+(``inference_speed`` by default; read in ``inference_speed_notes.md``).
 
 Usage::
 
     python benchmarks/bench_inference.py                 # both, as in benchmarks/results/inference_speed.md
-    python benchmarks/bench_inference.py --only speed --repeats 7
+    python benchmarks/bench_inference.py --only speed --repeats 7 --name inference_speed_only
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
 import json
 import os
+import shlex
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -34,6 +40,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import machine
 from transformers import BertConfig, BertModel
 
+from obce._io import atomic_write_text
 from obce.corpus import sample_sentences
 from obce.importance import ImportanceTable, analyze
 from obce.models import COMPONENTS, encoder_layers, load_model
@@ -41,6 +48,7 @@ from obce.plans import dry_run, paper_plan, uniform_plan
 from obce.prune import FOLD_MODES, STATISTICS, prune_model
 
 MINILM_LEVEL = 50
+RESULTS = Path(__file__).resolve().parent / "results"
 
 
 def emit(record: dict) -> dict:
@@ -203,10 +211,39 @@ def speed(repeats: int, batch_size: int, tokens: int) -> list[dict]:
     return records
 
 
-def markdown(fold_records: list[dict], speed_records: list[dict]) -> str:
-    lines = []
+FOLD_METHOD = (
+    "all-MiniLM-L6-v2, importance from 150 sentences of the built-in Wikipedia sample (seed 0, [CLS] points); "
+    "{held_out} held-out sentences (seed 1, none of the 150); mean and smallest cosine similarity between the "
+    "mean-pooled embeddings of the compressed and the original model, no fine-tuning. Only the mean folds read "
+    "the statistics (`token`: over every real token, `point`: at [CLS]); `none` and `linear` have one row."
+)
+SPEED_METHOD = (
+    "Forward passes at batch {batch} x {tokens} tokens on the CPU. The original and its compressed models are "
+    "timed in turns (original, padded, loop, original, ...) and the best of {repeats} passes is kept: other work "
+    "on a shared machine only ever adds time. The FLOP ratio counts the encoder's multiply-adds (linear layers, "
+    "`q·k` and `attention·v` products, useful dimensions only) of the original over the compressed model. "
+    f"MiniLM is pruned at P{MINILM_LEVEL} for query/key, value and intermediate from layer 3 on; BERT-base "
+    "(random weights, random λ: a percentile level fixes the counts) by the paper's BERT-base plan. `heads`: "
+    "the unequal heads computed one call per head (`loop`, the default) or in one padded call (`padded`)."
+)
+
+
+def markdown(fold_records: list[dict], speed_records: list[dict], args, info: dict) -> str:
+    lines = [
+        "# Compressed encoders: bias folding and inference speed",
+        "",
+        f"Reproduce: `{shlex.join(['python', 'benchmarks/bench_inference.py', *sys.argv[1:]])}`",
+        "",
+        f"Machine: {machine.summary(info)}; {datetime.date.today()}, load average (1 min) "
+        f"{info['load_average_1m']:.2f} at the start.",
+        "",
+    ]
     if fold_records:
         lines += [
+            "## Bias folding: which choice keeps the outputs closest",
+            "",
+            FOLD_METHOD.format(held_out=fold_records[0]["held_out"]),
+            "",
             "| plan | params kept | fold | statistics | mean cosine | min cosine |",
             "|---|---|---|---|---|---|",
             *(
@@ -218,6 +255,10 @@ def markdown(fold_records: list[dict], speed_records: list[dict]) -> str:
         ]
     if speed_records:
         lines += [
+            "## Speed",
+            "",
+            SPEED_METHOD.format(batch=args.batch, tokens=args.tokens, repeats=args.repeats),
+            "",
             "| model | plan | heads | params kept | original (s) | compressed (s) | speed-up | FLOP ratio "
             "| speed-up / FLOP ratio |",
             "|---|---|---|---|---|---|---|---|---|",
@@ -228,6 +269,7 @@ def markdown(fold_records: list[dict], speed_records: list[dict]) -> str:
                 f"{r['speedup_over_flop_ratio']:.2f} |"
                 for r in speed_records
             ),
+            "",
         ]
     return "\n".join(lines)
 
@@ -239,12 +281,21 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--tokens", type=int, default=128)
     parser.add_argument("--held-out", type=int, default=200, help="held-out sentences for the fold comparison")
+    parser.add_argument("--name", default="inference_speed", help="results file stem in benchmarks/results")
     args = parser.parse_args()
+    info = machine.describe()
     torch.manual_seed(0)
     fold_records = fold_comparison(args.held_out) if args.only in (None, "fold") else []
     speed_records = speed(args.repeats, args.batch, args.tokens) if args.only in (None, "speed") else []
+    text = markdown(fold_records, speed_records, args, info)
+    atomic_write_text(
+        RESULTS / f"{args.name}.jsonl",
+        "".join(json.dumps({"machine": info, **r}, default=str) + "\n" for r in fold_records + speed_records),
+        overwrite=True,
+    )
+    atomic_write_text(RESULTS / f"{args.name}.md", text, overwrite=True)
     print()
-    print(markdown(fold_records, speed_records))
+    print(text)
 
 
 if __name__ == "__main__":

@@ -484,13 +484,6 @@ def verdicts(records: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    from obce._io import atomic_open
-
-    with atomic_open(path, "wb", overwrite=True) as f:
-        f.write(data)
-
-
 METHOD = (
     "Each peer's λ was checked against obce's (rtol 1e-5) before it was timed. Times are "
     "medians of 3 to 25 runs (obce's after an untimed call; a peer's first run at the timed size, after "
@@ -509,6 +502,8 @@ GPU_NOTE = (
 
 
 def write_markdown(path: Path, records, machine: dict, command: str, plot_name: str) -> None:
+    from obce._io import atomic_write_text
+
     bi = machine["build_info"]
     where = machine["gpu"] or machine["cpu"]
     gemm = "torch 8192² on the GPU" if machine["gpu"] else "numpy 2048²"
@@ -539,7 +534,7 @@ def write_markdown(path: Path, records, machine: dict, command: str, plot_name: 
     if _series(records):  # the plot is drawn only for the scaling cases
         lines += ["## Scaling", "", f"![time vs size]({plot_name})", ""]
         lines += scaling_table(records)
-    write_atomic(path, "\n".join(lines).encode())
+    atomic_write_text(path, "\n".join(lines), overwrite=True)
 
 
 def write_plot(path: Path, records, title: str) -> None:
@@ -575,8 +570,10 @@ def write_plot(path: Path, records, title: str) -> None:
 
 
 def write_all(out: Path, name: str, records, machine, command) -> None:
+    from obce._io import atomic_write_text
+
     lines = "".join(json.dumps(r, default=float) + "\n" for r in records)
-    write_atomic(out / f"{name}.jsonl", lines.encode())
+    atomic_write_text(out / f"{name}.jsonl", lines, overwrite=True)
     write_markdown(out / f"{name}.md", records, machine, command, f"{name}.png")
     where = machine["gpu"] or machine["cpu"]
     write_plot(out / f"{name}.png", records, f"obce λ kernel vs peers ({where})")

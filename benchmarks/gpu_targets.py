@@ -34,6 +34,7 @@ import numpy as np
 import peers
 
 import obce
+from obce._io import atomic_write_text
 
 RTOL = 1e-5
 # (case of cases.py, clouds taken from it or None for all, target ms or None)
@@ -202,10 +203,9 @@ def main() -> None:
     print(table)
     args.out.mkdir(parents=True, exist_ok=True)
     stem = "gpu_targets_" + card.replace(" ", "_")
-    (args.out / f"{stem}.md").write_text(table + "\n\nCommand: python benchmarks/gpu_targets.py\n")
-    with open(args.out / f"{stem}.jsonl", "w") as f:
-        for r in rows:
-            f.write(json.dumps(r) + "\n")
+    command = "\n\nCommand: python benchmarks/gpu_targets.py\n"
+    atomic_write_text(args.out / f"{stem}.md", table + command, overwrite=True)
+    atomic_write_text(args.out / f"{stem}.jsonl", "".join(json.dumps(r) + "\n" for r in rows), overwrite=True)
 
 
 if __name__ == "__main__":

@@ -349,8 +349,9 @@ def _is_number_column(column: pd.Series) -> bool:
     return pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column)
 
 
-def _numpy(values: torch.Tensor) -> np.ndarray:
-    return values.detach().to("cpu", torch.float64).numpy()
+def float64_array(values: torch.Tensor | np.ndarray) -> np.ndarray:
+    """A tensor's values as a float64 array on the host (an array passes through)."""
+    return values.detach().to("cpu", torch.float64).numpy() if torch.is_tensor(values) else values
 
 
 def _check_activations(acts, where: str) -> None:
@@ -414,7 +415,7 @@ def compute_importance(
         widths = np.diff(acts.offsets[component])
         start = time.perf_counter()
         try:
-            lam = _numpy(fast_death_radii(values, n_threads=n_threads))
+            lam = float64_array(fast_death_radii(values, n_threads=n_threads))
         except ValueError:
             _check_finite_outputs(values, component, acts.offsets[component])  # says which layer and neuron
             raise
@@ -426,10 +427,10 @@ def compute_importance(
                     "component": component,
                     "neuron": np.concatenate([np.arange(w) for w in widths]),
                     "lam": lam,
-                    "mean": _numpy(values.mean(0)),
-                    "std": _numpy(values.std(0, correction=0)),
-                    "token_mean": _numpy(acts.token_mean[component]),
-                    "token_std": _numpy(acts.token_std[component]),
+                    "mean": float64_array(values.mean(0)),
+                    "std": float64_array(values.std(0, correction=0)),
+                    "token_mean": float64_array(acts.token_mean[component]),
+                    "token_std": float64_array(acts.token_std[component]),
                 }
             )
         )
@@ -488,7 +489,7 @@ def head_importance(
                 clouds.setdefault(size, []).append(acts.values[component][:, start : start + size])
                 start += size
     lam_by_size = {
-        size: _numpy(fast_death_radii(torch.stack(group), n_threads=n_threads)) if size else np.zeros(len(group))
+        size: float64_array(fast_death_radii(torch.stack(group), n_threads=n_threads)) if size else np.zeros(len(group))
         for size, group in clouds.items()
     }
     return pd.DataFrame(

@@ -45,7 +45,7 @@ import torch
 import torch.nn.functional as F
 
 from ._checks import checked_int
-from .importance import HEAD_COMPONENTS, NEURON_COLUMNS
+from .importance import HEAD_COMPONENTS, NEURON_COLUMNS, float64_array
 from .models.adapters import encoder_layers, eval_mode, to_user_layer
 
 __all__ = [
@@ -146,7 +146,7 @@ def _frame(per_layer: Iterable[tuple[int, str, torch.Tensor | np.ndarray]]) -> p
     """Rows (layer from 1, component, neuron, value) from per-layer value vectors."""
     parts = []
     for layer, component, values in per_layer:
-        values = values.detach().to("cpu", torch.float64).numpy() if torch.is_tensor(values) else values
+        values = float64_array(values)
         parts.append(
             pd.DataFrame({"layer": layer, "component": component, "neuron": np.arange(len(values)), "value": values})
         )
