@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -195,6 +198,56 @@ def test_save_load_round_trip(pruned_classifier, batch, tmp_path, auto):
             if hasattr(model(**batch), name):
                 assert torch.equal(getattr(loaded(**batch), name), getattr(model(**batch), name))
     assert sum(p.numel() for p in loaded.parameters()) == sum(p.numel() for p in model.parameters())
+
+
+# Run in a fresh interpreter that never imports obce: the folder's loader file must bring the classes in.
+_LOAD_WITHOUT_OBCE = """
+import sys, torch
+from transformers import AutoModel, AutoModelForSequenceClassification
+folder, trust, out = sys.argv[1], sys.argv[2] == "trust", sys.argv[3]
+batch = torch.load(folder + "/batch.pt")
+try:
+    model = AutoModelForSequenceClassification.from_pretrained(folder, trust_remote_code=trust or None).eval()
+except ValueError as err:
+    print("refused:", err)
+    sys.exit(3)
+assert "obce" in sys.modules and type(model).__module__ == "obce.models.compressed", type(model).__module__
+assert type(AutoModel.from_pretrained(folder, trust_remote_code=True)).__name__ == "ObceBertModel"
+with torch.no_grad():
+    torch.save(model(**batch).logits, out)
+model.save_pretrained(out + ".again")  # saved again after a remote-code load: the same loader, no module copies
+"""
+
+
+def test_loads_without_importing_obce_given_trust_remote_code(pruned_classifier, batch, tmp_path):
+    folder = tmp_path / "model"
+    pruned_classifier.save_pretrained(folder)
+    torch.save(batch, folder / "batch.pt")
+    config = json.loads((folder / "config.json").read_text())
+    assert config["auto_map"] == {
+        "AutoConfig": "obce_compressed.ObceBertConfig",
+        "AutoModel": "obce_compressed.ObceBertModel",
+        "AutoModelForSequenceClassification": "obce_compressed.ObceBertForSequenceClassification",
+        "AutoModelForTokenClassification": "obce_compressed.ObceBertForTokenClassification",
+        "AutoModelForQuestionAnswering": "obce_compressed.ObceBertForQuestionAnswering",
+        "AutoModelForMaskedLM": "obce_compressed.ObceBertForMaskedLM",
+    }
+    env = {**os.environ, "HF_MODULES_CACHE": str(tmp_path / "modules"), "HF_HUB_OFFLINE": "1"}
+
+    def load(trust: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, "-c", _LOAD_WITHOUT_OBCE, str(folder), trust, str(tmp_path / "logits.pt")]
+        return subprocess.run(command, env=env, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+
+    refused = load("ask")
+    assert refused.returncode == 3 and "trust_remote_code=True" in refused.stdout, refused.stdout + refused.stderr
+    loaded = load("trust")
+    assert loaded.returncode == 0, loaded.stderr
+    with torch.no_grad():
+        assert torch.equal(torch.load(tmp_path / "logits.pt"), pruned_classifier(**batch).logits)
+    again = tmp_path / "logits.pt.again"
+    assert sorted(p.name for p in again.iterdir()) == ["config.json", "model.safetensors", "obce_compressed.py"]
+    assert json.loads((again / "config.json").read_text())["auto_map"] == config["auto_map"]
+    assert type(AutoModelForSequenceClassification.from_pretrained(again)) is type(pruned_classifier)
 
 
 @pytest.mark.parametrize(

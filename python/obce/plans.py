@@ -411,7 +411,7 @@ def paper_plan(model: str = "bert-base", levels: str = "paper") -> PruningPlan:
     are ranked by a product of ranks, which ties even for distinct λ (2·6 = 3·4) and drops every dimension tied
     at the threshold. No accounting we tried reproduces 58.47 % (kept share of the query/key/value/intermediate
     neurons alone: 62.38 %); the paper does not say what its figure counts. See
-    ``benchmarks/results/inference_speed.md``.
+    ``benchmarks/results/inference_speed_notes.md``.
 
     Parameters
     ----------

@@ -8,9 +8,14 @@ safetensors plus a ``config.json`` that describes every shape, and after ``impor
     AutoModel.from_pretrained(folder)
     AutoModelForSequenceClassification.from_pretrained(folder)
 
-rebuild the same model. Each family gets a config type ``obce_<family>`` (``obce_bert``, ``obce_roberta``,
-``obce_electra``, ``obce_xlm-roberta``, ``obce_camembert``) that subclasses the family's config, and model classes that
-subclass the family's classes (``ObceBertModel(BertModel)``, ``ObceBertForSequenceClassification(...)``, ...):
+rebuild the same model. Without importing obce, ``from_pretrained(folder, trust_remote_code=True)`` does the same:
+the folder carries a short loader, ``obce_compressed.py``, which imports these classes from the installed obce
+(transformers names the package to install when it is missing), and ``config.json`` maps every Auto class to it
+(``auto_map``), as transformers does for models with code of their own.
+
+Each family gets a config type ``obce_<family>`` (``obce_bert``, ``obce_roberta``, ``obce_electra``,
+``obce_xlm-roberta``, ``obce_camembert``) that subclasses the family's config, and model classes that subclass the
+family's classes (``ObceBertModel(BertModel)``, ``ObceBertForSequenceClassification(...)``, ...):
 parameter names, heads, losses and attention masks are the family's own; only the narrowed layers' modules change.
 
 Attention with unequal heads
@@ -37,10 +42,10 @@ Two ways to compute the heads (``config.obce_attention``):
     the real widths.
 
 Measured on CPU at batch 32 x 128 tokens (``benchmarks/results/inference_speed.md``) the two are within a
-few percent, the loop slightly ahead (1 % on MiniLM, 4 % on BERT-base: the per-head calls cost little next to
-the projections and the feed-forward block, while padding adds projection rows); the loop is the default. The
-padded form makes one call per layer whatever the number of heads, which may pay off where each call has a
-fixed launch cost (GPUs); compare there with ``benchmarks/bench_inference.py``.
+few percent: level on an AVX2 machine, the loop ahead by 1 % (MiniLM) and 4 % (BERT-base) on an AVX-512 one (the
+per-head calls cost little next to the projections and the feed-forward block, while padding adds projection
+rows); the loop is the default. The padded form makes one call per layer whatever the number of heads, which may
+pay off where each call has a fixed launch cost (GPUs); compare there with ``benchmarks/bench_inference.py``.
 """
 
 from __future__ import annotations
@@ -68,6 +73,7 @@ from transformers import (
 )
 
 from .._checks import checked_int
+from .._io import atomic_write_text
 from .adapters import eval_mode
 
 __all__ = [
@@ -82,6 +88,7 @@ __all__ = [
 ]
 
 ATTENTION_MODES = ("loop", "padded")
+LOADER_FILE = "obce_compressed.py"  # written beside config.json: what trust_remote_code imports
 
 
 @dataclass(frozen=True)
@@ -376,6 +383,7 @@ _HEADS = {
 _CONFIGS: dict[str, type] = {}  # family -> compressed config class
 _ATTENTIONS: dict[str, type] = {}  # family -> compressed self-attention class
 _COMPRESSED: dict[type, type] = {}  # original model class -> compressed model class
+_AUTO_MAPS: dict[str, dict[str, str]] = {}  # family -> config.json's auto_map: Auto class -> loader.Class
 
 
 def layer_sizes(config) -> list[LayerSizes]:
@@ -419,11 +427,40 @@ def _shape_encoder(model: nn.Module, config) -> None:
             layer.output.dense = nn.Linear(sizes.intermediate_size, config.hidden_size)
 
 
+def _loader_source(auto_map: dict[str, str]) -> str:
+    names = sorted({reference.split(".")[-1] for reference in auto_map.values()})
+    return (
+        '"""Loads this compressed model with transformers alone: AutoModel.from_pretrained(folder, '
+        "trust_remote_code=True).\n\n"
+        "The classes are obce's (pip install obce); after `import obce` the Auto classes load it without "
+        'trust_remote_code."""\n\n'
+        f"from obce.models.compressed import {', '.join(names)}  # noqa: F401\n"
+    )
+
+
+def _write_loader(config, save_directory) -> None:
+    """The loader file and ``auto_map`` that let transformers load the folder without ``import obce``."""
+    config.auto_map = dict(_AUTO_MAPS[_family_of(config)])
+    os.makedirs(save_directory, exist_ok=True)
+    atomic_write_text(Path(save_directory) / LOADER_FILE, _loader_source(config.auto_map), overwrite=True)
+
+
+# transformers calls this on classes it loaded as remote code; the mark would make every later save copy the
+# defining module (this file, with its relative imports) into the folder. The loader file stands in for it.
+_NO_AUTO_CLASS = classmethod(lambda cls, auto_class=None: None)
+
+
 def _make_family(family: str) -> None:
     module_name, prefix, config_name = _FAMILIES[family]
     modeling = importlib.import_module(module_name)
     base_config = getattr(modeling, config_name)
     model_type = f"obce_{family}"
+    loader = LOADER_FILE.removesuffix(".py")
+    auto_map = {"AutoConfig": f"{loader}.Obce{prefix}Config"}
+
+    def save_pretrained(self, save_directory, *args, **kwargs):
+        _write_loader(self, save_directory)
+        return base_config.save_pretrained(self, save_directory, *args, **kwargs)
 
     config_cls = strict(
         type(
@@ -440,6 +477,8 @@ def _make_family(family: str) -> None:
                 "model_type": model_type,
                 "obce_layers": None,
                 "obce_attention": "loop",
+                "save_pretrained": save_pretrained,
+                "register_for_auto_class": _NO_AUTO_CLASS,
             },
         )
     )
@@ -480,11 +519,14 @@ def _make_family(family: str) -> None:
                 "_supports_flex_attn": False,
                 "_supports_attention_backend": False,
                 "_can_set_attn_implementation": classmethod(lambda cls: True),
+                "register_for_auto_class": _NO_AUTO_CLASS,
             },
         )
         _COMPRESSED[original] = model_cls
         globals()[model_cls.__name__] = model_cls
         auto_cls.register(config_cls, model_cls, exist_ok=True)
+        auto_map[auto_cls.__name__] = f"{loader}.{model_cls.__name__}"
+    _AUTO_MAPS[family] = auto_map
 
 
 for _family in _FAMILIES:
