@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import bz2
 import os
-import random
 import re
 import sys
 import types
@@ -68,10 +67,11 @@ def test_builtin_corpus_is_clean_and_large(builtin_sentences):
     assert 11_000 <= len(builtin_sentences) <= 13_000
     for sentence in builtin_sentences:
         assert 6 <= len(sentence.split()) <= 25, sentence
-        assert re.search(r"""[.?!]["')]*$""", sentence), sentence
+        assert re.search(r"""[.?!]["'’”»)]*$""", sentence), sentence
         assert sentence.count("(") == sentence.count(")") and sentence.count('"') % 2 == 0, sentence
-        for leftover in ("[[", "]]", "{{", "}}", "|", "'''", "==", "<ref", "#REDIRECT", "()"):
+        for leftover in ("[[", "]]", "{{", "}}", "|", "'''", "==", "<ref", "#REDIRECT", "()", "(;", "(,", " ' "):
             assert leftover not in sentence, sentence
+        assert not re.search(r" (no|v|Brig|Maj|Rep)\.$", sentence), sentence  # cut at an abbreviation
 
 
 def test_builtin_dump_path_exists():
@@ -185,6 +185,8 @@ def test_resolve_rules(tmp_path):
     corpus = Corpus.hf_dataset("x")
     assert Corpus.resolve(corpus) is corpus
     assert Corpus.resolve("wikitext").kind == "hf"
+    with pytest.raises(ValueError, match="'A short sentence.' is neither a file nor a dataset name; pass sentences"):
+        Corpus.resolve("A short sentence.")
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         Corpus.resolve(str(tmp_path / "missing.txt"))
     with pytest.raises(FileNotFoundError):
@@ -223,6 +225,13 @@ def test_text_file_named_as_a_dump_is_refused(tmp_path, name):
         sample_sentences(path, 1)
 
 
+def test_xml_that_is_no_mediawiki_dump_is_named(tmp_path):
+    path = tmp_path / "other.xml"
+    path.write_text("<root><a>One two three four five six.</a></root>", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"corpus file '.*other.xml' is not a MediaWiki XML dump"):
+        sample_sentences(path, 1)
+
+
 def test_damaged_dump_is_named(tmp_path):
     """A truncated download, or a .bz2 name on a plain file: the error names the file, not only bz2's complaint."""
     dump = b"<mediawiki><page><ns>0</ns><title>A</title><revision><text>One two three.</text></revision></page>"
@@ -249,14 +258,23 @@ def test_a_sample_holds_each_sentence_once():
     for seed in range(20):  # repeats late in the stream, while their first copy is in the sample
         sample = sample_sentences(ten[:6] + [f"Filler {i} here." for i in range(40)] + ten * 5, 8, seed)
         assert len(set(sample)) == 8
-    # A corpus without repeats gives the sample plain Algorithm R gives.
-    unique = [f"Unique sentence {i} here." for i in range(500)]
-    rng, reservoir = random.Random(7), unique[:20]
-    for i, sentence in enumerate(unique[20:], start=20):
-        slot = rng.randrange(i + 1)
-        if slot < 20:
-            reservoir[slot] = sentence
-    assert sample_sentences(unique, 20, 7) == sorted(reservoir, key=unique.index)
+
+
+def test_a_sample_is_uniform_over_distinct_sentences():
+    """A repeat is no second chance: each of five distinct sentences is in a sample of 2 with probability 2/5,
+    the repeated first one too (a reservoir that counted repeats kept the early ones more often: 0.51 for "b")."""
+    corpus = ["a", "b", "a", "c", "d", "e", "a"]
+    seeds = 5000
+    counts = Counter(s for seed in range(seeds) for s in sample_sentences(corpus, 2, seed))
+    assert set(counts) == set("abcde")
+    sd = (0.4 * 0.6 / seeds) ** 0.5  # 0.0069
+    assert all(abs(k / seeds - 0.4) < 4 * sd for k in counts.values()), counts
+
+
+def test_a_larger_sample_holds_the_smaller_one(builtin_sentences):
+    small, large = sample_sentences(builtin_sentences, 150, 3), sample_sentences(builtin_sentences, 600, 3)
+    assert set(small) < set(large)
+    assert sample_sentences(builtin_sentences, 150, 4) != small
 
 
 @pytest.mark.parametrize(
@@ -314,6 +332,17 @@ def test_split_sentences_knows_abbreviations_initials_and_quotes():
         "He lived (in the U.S.) for years.",
         'The film "Why?" was made by J. K. Smith, cf. the book.',  # no sentence starts in lower case
         "Done!",
+    ]
+    text = (
+        "He ended at world no. 8, the oldest player. He said no. Then White v. Crook came to Brig. Gen. Smith "
+        "and Maj. Jones. She wrote “It was over.” Then she left."
+    )
+    assert list(split_sentences(text, min_words=1)) == [
+        "He ended at world no. 8, the oldest player.",
+        "He said no.",  # "no." is a number sign before a number only
+        "Then White v. Crook came to Brig. Gen. Smith and Maj. Jones.",
+        "She wrote “It was over.”",
+        "Then she left.",
     ]
 
 

@@ -372,6 +372,20 @@ def test_analyze_bad_options_fail_before_loading(options, match):
         analyze("no/such/model", **options)
 
 
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"seed": 1.5}, TypeError, "seed must be an int, got 1.5"),
+        ({"corpus": "missing_corpus.txt"}, FileNotFoundError, "missing_corpus.txt"),
+        ({"corpus": 42}, TypeError, "corpus must be None, a Corpus, a path or a dataset name"),
+    ],
+)
+def test_analyze_bad_seed_or_corpus_fail_before_loading(options, error, match):
+    """The model named is none that exists: an error from loading it would say so instead."""
+    with pytest.raises(error, match=match):
+        analyze("no/such/model", **options)
+
+
 def test_analyze_rejects_a_decoder(tiny_tokenizer, sentences):
     from transformers import GPT2Config, GPT2Model
 

@@ -8,6 +8,7 @@ ripser's dgms[0]. CUDA tests compare the GPU with the CPU on the same inputs.
 import os
 import subprocess
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -264,6 +265,7 @@ cases = [  # each runs for seconds uninterrupted
     ("one unsplit cloud, two threads", rng.random((1, 130000, 2), dtype=np.float32), 2),
     ("one wide cloud", rng.random((1, 40000, 256), dtype=np.float32), 1),  # a Prim step takes milliseconds
     ("many clouds", rng.random((64, 6000, 32), dtype=np.float32), 2),
+    ("a group of large 1-D clouds", rng.random((2_000_000, 16), dtype=np.float32), 1),  # 0.3 s a cloud
 ]
 for name, clouds, threads in cases:
     # Ctrl-C from another process: a thread of this one would need the GIL to send it, on time or not.
@@ -293,23 +295,34 @@ def test_ctrl_c_stops_a_long_call():
 
 
 OUT_OF_MEMORY_SCRIPT = """
-import resource, numpy as np, obce
+import resource, numpy as np, torch, obce
 acts = np.random.default_rng(0).random((4, 2_000_000, 1))  # 64 MB; each thread's scratch needs 96 MB more
 used = int(open("/proc/self/statm").read().split()[0]) * resource.getpagesize()
 resource.setrlimit(resource.RLIMIT_AS, (used + 40 * 2**20, resource.RLIM_INFINITY))  # room for a thread
-try:
-    obce.fast_death_radii(acts, n_threads=2)
-except MemoryError as err:
-    print(err)
+huge = np.broadcast_to(np.zeros((1, 1), np.float32), (2**20, 2**20))  # a 4 TiB diagram
+for call in (
+    lambda: obce.fast_death_radii(acts, n_threads=2),
+    lambda: obce.h0_deaths(huge),
+    lambda: obce.h0_deaths(torch.from_numpy(huge)),  # torch's allocator raises RuntimeError
+):
+    try:
+        call()
+    except MemoryError as err:
+        print(err)
 """
 
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc and limits the address space")
 def test_out_of_memory_is_a_memory_error():
-    """A failed allocation inside the threads' region is raised after it, not a terminated process."""
+    """A failed allocation inside the threads' region is raised after it, not a terminated process; a result too
+    large for memory is a MemoryError too, from numpy or torch, and says how large it is."""
     run = subprocess.run([sys.executable, "-c", OUT_OF_MEMORY_SCRIPT], capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stderr[-2000:]
-    assert "out of memory" in run.stdout and "4 clouds of 2000000 points" in run.stdout
+    lines = run.stdout.splitlines()
+    assert len(lines) == 3, run.stdout
+    assert "out of memory for 4 clouds of 2000000 points" in lines[0]
+    for line in lines[1:]:
+        assert "out of memory for 1048576 clouds of 1048576 points (the result takes up to 8.19e+03 GiB" in line
 
 
 def _lambda_in_child(queue):
@@ -517,6 +530,18 @@ def test_unaligned_input_is_read_aligned(dtype):
     np.testing.assert_array_equal(obce.h0_deaths(unaligned), obce.h0_deaths(acts))
 
 
+def test_unaligned_torch_input_is_read_aligned(monkeypatch):
+    acts = np.random.default_rng(4).normal(size=(30, 7)).astype(np.float32)
+    buffer = bytearray(b"\0" + acts.tobytes())
+    unaligned = torch.frombuffer(buffer, dtype=torch.float32, offset=1, count=acts.size).reshape(acts.shape)
+    assert unaligned.data_ptr() % 4
+    addresses = []
+    to_dlpack = torch.utils.dlpack.to_dlpack
+    monkeypatch.setattr(torch.utils.dlpack, "to_dlpack", lambda t: addresses.append(t.data_ptr()) or to_dlpack(t))
+    np.testing.assert_array_equal(obce.fast_death_radii(unaligned).numpy(), obce.fast_death_radii(acts))
+    assert addresses and all(address % 4 == 0 for address in addresses)
+
+
 def test_read_only_input():
     acts = np.random.default_rng(4).normal(size=(20, 5))
     acts.flags.writeable = False
@@ -633,6 +658,14 @@ def test_wrong_torch_dtype():
 def test_sparse_torch_tensor():
     with pytest.raises(TypeError, match="dense"):
         obce.fast_death_radii(torch.eye(4).to_sparse())
+
+
+def test_nested_torch_tensor():
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # torch calls strided nested tensors a prototype
+        nested = torch.nested.nested_tensor([torch.ones(5, 2), torch.ones(5, 2)])
+    with pytest.raises(TypeError, match="dense .* got layout nested"):
+        obce.fast_death_radii(nested)
 
 
 @pytest.mark.parametrize("shape", [(1, 7), (3, 1, 2), (3, 0, 2)])

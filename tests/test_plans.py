@@ -214,7 +214,7 @@ def test_load_rejects_bad_files(tmp_path):
             PruningPlan.load(tmp_path / name)
     # A key given twice would silently lose the first row.
     (tmp_path / "twice.json").write_text('{"levels": {"3": {"query": 30, "key": 30}, "3": {"value": 50}}}')
-    with pytest.raises(ValueError, match="key '3' is given twice"):
+    with pytest.raises(ValueError, match="twice.json is not valid JSON: key '3' is given twice"):
         PruningPlan.load(tmp_path / "twice.json")
     pytest.importorskip("yaml")
     (tmp_path / "twice.yaml").write_text("levels:\n  3: {query: 30, key: 30}\n  3: {value: 50}\n")

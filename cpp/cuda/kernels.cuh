@@ -557,7 +557,12 @@ template <class T> __global__ void gaps_kernel(const T *sorted, index_t n_clouds
   for (index_t t = blockIdx.x * index_t(blockDim.x) + threadIdx.x; t < total;
        t += index_t(gridDim.x) * blockDim.x) {
     const index_t c = t / (n - 1), i = t % (n - 1);
-    gaps[t] = sorted[c * n + i + 1] - sorted[c * n + i] + T(0); // -0 - +0 is -0: a zero death is +0
+    const T *run = sorted + c * n;
+    // A NaN sorts to an end of its run, as an infinity does: a run is finite when its ends are. A
+    // non-finite cloud's deaths are NaN, as its λ is, also in a call that reports nothing.
+    gaps[t] = finite(run[0]) && finite(run[n - 1])
+                  ? run[i + 1] - run[i] + T(0) // -0 - +0 is -0: a zero death is +0
+                  : std::numeric_limits<T>::quiet_NaN();
   }
 }
 

@@ -14,3 +14,10 @@ def checked_int(value, name: str, *, minimum: int = 1, alternative: str = "") ->
         wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
         raise ValueError(f"{name} must be {wanted}{alternative}, got {value!r}")
     return int(value)
+
+
+def checked_seed(seed) -> int:
+    """``seed`` as an int; TypeError if it is no integer."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
+        raise TypeError(f"seed must be an int, got {seed!r}")
+    return int(seed)

@@ -19,16 +19,17 @@ about 12,000 sentences after cleaning), so everything works offline.
 from __future__ import annotations
 
 import bz2
-import numbers
+import hashlib
+import heapq
+import itertools
 import os
-import random
 import re
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Literal
 
-from ._checks import checked_int
+from ._checks import checked_int, checked_seed
 from ._io import atomic_write_text
 
 __all__ = [
@@ -46,14 +47,16 @@ _DUMP_SUFFIXES = (".xml", ".bz2")
 # A line starting with one of these is a heading, a list item, a table row or an indented block.
 _MARKUP_LINE_STARTS = tuple("=*#|!{}:;")
 # Text that survives gensim's filtering when a template or a file link is removed around it:
-# empty parentheses "()" or "( ;", a dangling unit "( m)", a space before punctuation, table pipes.
+# empty parentheses "()", "( ;" or "(;", a dangling unit "( m)", a space before punctuation, table pipes.
 _LEFTOVERS = (
-    "()", "( ", " )", " ,", " .", " ;", " :", "|", "{", "}", "[", "]", "<", ">", "=",
+    "()", "( ", "(;", "(,", " )", " ,", " .", " ;", " :", "|", "{", "}", "[", "]", "<", ">", "=",
     "File:", "Image:", "thumb", "http",
 )  # fmt: skip
+# A quote mark standing alone, where a removed template's foreign word was: "the Muslim ', and".
+_LONE_QUOTE = re.compile(r"""(?:^|\s)['"‘’“”](?=[\s,.;:)]|$)""")
 # A sentence ends at a period, question or exclamation mark, with any closing quotes or brackets, before
 # white space ("3.14" goes on).
-_TERMINATOR = r"""[.?!]["')\]]*"""
+_TERMINATOR = r"""[.?!]["'’”»)\]]*"""
 _SENTENCE_END = re.compile(_TERMINATOR + r"(?=\s)")
 _ENDS_A_SENTENCE = re.compile(_TERMINATOR + "$")
 # A period after one of these words ends an abbreviation, not a sentence: an initial ("William B.", "by J. K.
@@ -62,12 +65,20 @@ _ENDS_A_SENTENCE = re.compile(_TERMINATOR + "$")
 # then read as one, which harms less than a name cut in two.
 _ABBREVIATION = re.compile(
     r"(?:^|[\s(\[\"'])"
-    r"(?:[A-Z]|(?:[A-Za-z]\.)+[A-Za-z]|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Rev|Gen|Col|Lt|Sgt|Capt|Gov|Sen"
-    r"|No|Nos|Vol|Fig|pp?|vs|c|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct|Nov|Dec|al)$"
+    r"(?:[A-Z]|(?:[A-Za-z]\.)+[A-Za-z]|Mr|Mrs|Ms|Dr|Prof|St|Mt|Ft|Jr|Sr|Rev|Gen|Col|Lt|Sgt|Capt|Maj|Brig|Adm"
+    r"|Cmdr|Gov|Sen|Rep|Pres|Hon|No|Nos|Vol|Fig|pp?|vs?|c|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct"
+    r"|Nov|Dec|al)$"
 )
+# "no." is a number before a number ("world no. 1"), else a word that may end a sentence ("He said no.").
+_NUMBER_SIGN = re.compile(r"(?:^|[\s(\[\"'])nos?$")
 # A sentence starts with no lower-case letter: a period before one ends an abbreviation the list lacks ("cf. the"),
 # a question mark inside a sentence ("the film "Why?" was").
 _NEXT_WORD = re.compile(r"\s+(\S)")
+# The version of the rules that turn a corpus into a sample (the split, the cleaning, the draw), part of a corpus's
+# description: a run analysed under other rules had another sample, and is not taken for this one. 2: abbreviations
+# and initials, ? and ! (2026-12-07); 3: "no. 1", ranks, curly quotes, markup leftovers, a draw uniform over
+# distinct sentences.
+SAMPLING_RULES = 3
 _ABBREVIATION_REACH = 32  # characters: the longest abbreviation and the character before it
 _FILTER_CHUNK = 512
 
@@ -136,7 +147,10 @@ def split_sentences(text: str, *, min_words: int = 6, max_words: int | None = 25
         # The word before the period, found within the few characters before it: a search from the sentence's
         # start would read a text whose periods are all abbreviations once per period.
         before = max(start, end.start() - _ABBREVIATION_REACH)
-        if end.group()[0] == "." and _ABBREVIATION.search(text, before, end.start()):
+        if end.group()[0] == "." and (
+            _ABBREVIATION.search(text, before, end.start())
+            or (following and following.group(1).isdigit() and _NUMBER_SIGN.search(text, before, end.start()))
+        ):
             continue
         yield from _bounded(text[start : end.end()], min_words, max_words)
         start = end.end()
@@ -162,14 +176,16 @@ def _check_word_bounds(min_words, max_words) -> None:
 
 def _is_clean_wiki_sentence(sentence: str) -> bool:
     # A piece that starts in lower case or leaves a parenthesis open was cut at an abbreviation the split
-    # does not know, or is part of a quotation of several sentences (an odd number of double quotes); a piece
-    # without a final period is a caption or a list fragment.
+    # does not know, or is part of a quotation of several sentences (an odd number of double quotes, or
+    # curly ones that do not pair up); a piece without a final period is a caption or a list fragment.
     return (
-        (sentence[0].isupper() or sentence[0].isdigit() or sentence[0] == '"')
+        (sentence[0].isupper() or sentence[0].isdigit() or sentence[0] in '"“')
         and _ENDS_A_SENTENCE.search(sentence) is not None
         and sentence.count("(") == sentence.count(")")
         and sentence.count('"') % 2 == 0
+        and sentence.count("“") == sentence.count("”")
         and not any(bad in sentence for bad in _LEFTOVERS)
+        and _LONE_QUOTE.search(sentence) is None
     )
 
 
@@ -183,7 +199,7 @@ def _dump_pages(f, path: Path) -> Iterator[tuple[str, str, str]]:
     try:
         # Namespace 0 holds the articles; talk, user, template ... pages are skipped.
         yield from extract_pages(f, filter_namespaces=("0",))
-    except ParseError as err:
+    except (ParseError, ValueError) as err:  # ValueError: XML, but not MediaWiki's
         raise ValueError(
             f"corpus file {str(path)!r} is not a MediaWiki XML dump ({err}); a .xml or .bz2 corpus must be one: "
             "decompress a compressed text file (one text per line) first"
@@ -298,6 +314,8 @@ class Corpus:
         FileNotFoundError
             If ``source`` looks like a file path (a path object, a file suffix, a leading ``/``, ``.`` or
             ``~``, or an existing folder) but no such file exists; any other string is a dataset name.
+        ValueError
+            If ``source`` holds white space (a sentence, not a file or a dataset name).
         TypeError
             If ``source`` has another type.
         """
@@ -318,6 +336,8 @@ class Corpus:
             raise FileNotFoundError(
                 f"no corpus file at {text!r} (for a Hugging Face dataset, write 'hf:NAME' or 'hf:NAME:CONFIG')"
             )
+        if any(c.isspace() for c in text):  # no dataset name holds white space: text meant as a sentence
+            raise ValueError(f"corpus {text!r} is neither a file nor a dataset name; pass sentences as a list of str")
         return cls.hf_dataset(text)
 
     def describe(self) -> str:
@@ -330,7 +350,8 @@ class Corpus:
         else:
             where = f"{self.kind}:{self.location}"
         words = f"{self.min_words}-{self.max_words if self.max_words is not None else 'inf'} words"
-        return f"{where} ({'split into sentences, ' if self.split_into_sentences else ''}{words})"
+        split = "split into sentences, " if self.split_into_sentences else ""
+        return f"{where} ({split}{words}, sampling rules {SAMPLING_RULES})"
 
     def with_options(self, **options) -> Corpus:
         """A copy with some fields changed (e.g. ``min_words=1, max_words=None``)."""
@@ -398,10 +419,11 @@ def sample_sentences(
 ) -> list[str]:
     """Draw a seeded random sample of sentences, streaming the corpus once.
 
-    Reservoir sampling keeps memory at ``n`` sentences whatever the corpus size, so a full
-    Wikipedia dump is never held whole. A sentence the sample holds never takes a second place
-    (a dump repeats some: 22 of the built-in sample's 11,803), so the ``n`` sentences are distinct.
-    The sample is returned in corpus order.
+    Each distinct sentence gets a random key, a hash of its text keyed by the seed, and the sample is the ``n``
+    sentences of smallest key: uniform over the distinct sentences whatever repeats the corpus holds (a dump
+    repeats some: 22 of the built-in sample's 11,803), with memory for ``n`` sentences whatever the corpus size,
+    so a full Wikipedia dump is never held whole. A larger ``n`` with the same seed draws a sample that holds
+    the smaller one. The sample is returned in corpus order.
 
     Parameters
     ----------
@@ -438,9 +460,9 @@ def sample_sentences(
         if value is None and name == "limit":
             continue
         checked_int(value, name)
-    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    n, seed = int(n), int(seed)
+    n, seed = int(n), checked_seed(seed)
+    if limit is not None and limit < n:
+        raise ValueError(f"limit={limit} is smaller than the sample of n={n} sentences")
     if isinstance(source, (list, tuple)):
         if not all(isinstance(s, str) for s in source):
             raise TypeError("a sequence corpus must hold only str sentences")
@@ -451,40 +473,43 @@ def sample_sentences(
         stream = corpus.sentences()
         description = corpus.describe()
 
-    rng = random.Random(seed)
-    reservoir: list[tuple[int, str]] = []
-    members: set[str] = set()  # the reservoir's sentences
-    seen = 0
-    if limit is not None and limit < n:
-        raise ValueError(f"limit={limit} is smaller than the sample of n={n} sentences")
+    key_of = _sentence_keys(seed)
+    # A max-heap of the n smallest keys so far (negated), each with its sentence's first place in the corpus.
+    # A repeat has its first copy's key: it is in the sample already, or its key is too large to be now.
+    heap: list[tuple[int, str, int]] = []
+    members: set[str] = set()
     refused = [0]  # sentences `accept` refused, for the message below
-    for sentence in _accepted(stream, accept, refused):
-        # Algorithm R: after `seen` items each one is in the reservoir with probability n/seen. A repeat of a
-        # member is not counted while the reservoir fills, and takes no place after (its draw is made all the
-        # same, so a corpus without repeats gives the sample it always gave).
-        if len(reservoir) < n:
-            if sentence in members:
-                continue
-            reservoir.append((seen, sentence))
+    for index, sentence in enumerate(itertools.islice(_accepted(stream, accept, refused), limit)):
+        if sentence in members:
+            continue
+        entry = (-key_of(sentence), sentence, index)
+        if len(heap) < n:
+            heapq.heappush(heap, entry)
             members.add(sentence)
-        else:
-            slot = rng.randrange(seen + 1)
-            if slot < n and sentence not in members:
-                members.remove(reservoir[slot][1])
-                reservoir[slot] = (seen, sentence)
-                members.add(sentence)
-        seen += 1
-        if limit is not None and seen >= limit:
-            break
-    if not reservoir:
+        elif entry > heap[0]:
+            members.discard(heapq.heapreplace(heap, entry)[1])
+            members.add(sentence)
+    if not heap:
         raise ValueError(f"the corpus {description} has no usable sentence")
-    if len(reservoir) < n:
+    if len(heap) < n:
         also = f" that fit the model ({refused[0]} more are longer than its token limit)" if refused[0] else ""
         raise ValueError(
-            f"asked for a sample of {n} sentences but the corpus {description} has only {len(reservoir)} distinct "
-            f"ones{also}"
+            f"asked for a sample of {n} sentences but the corpus {description} has only {len(heap)} distinct ones{also}"
         )
-    return [sentence for _, sentence in sorted(reservoir)]
+    return [sentence for _, sentence, _ in sorted(heap, key=lambda entry: entry[2])]
+
+
+def _sentence_keys(seed: int) -> Callable[[str], int]:
+    """A sentence's random key for ``seed``: 64 bits of BLAKE2b keyed by the seed, the same on every machine and
+    Python (``hash`` is salted per process)."""
+    secret = hashlib.blake2b(str(seed).encode(), digest_size=32).digest()
+
+    def key(sentence: str) -> int:
+        # surrogatepass: a sentence from a badly decoded file still has a key (it is refused where it is saved).
+        text = sentence.encode("utf-8", "surrogatepass")
+        return int.from_bytes(hashlib.blake2b(text, digest_size=8, key=secret).digest(), "big")
+
+    return key
 
 
 def _accepted(

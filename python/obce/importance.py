@@ -25,7 +25,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from ._checks import checked_int
+from ._checks import checked_int, checked_seed
 from ._io import atomic_open, json_value
 from ._version import __version__
 from .activations import Activations, check_precision, check_token_mode, compute_activations
@@ -581,9 +581,14 @@ def analyze(
     checked_int(batch_size, "batch_size")
     check_precision(precision)
     check_threads(n_threads)
+    checked_seed(seed)
     components = check_components(components)
     if heads:
         _head_components(components)
+    if isinstance(corpus, (list, tuple)):
+        corpus_setting = f"a list of {len(corpus)} sentences"
+    else:
+        corpus_setting = Corpus.resolve(corpus).describe()  # a missing file or a bad type named before the model
     timings = {}
     start = time.perf_counter()
     if model is None or isinstance(model, (str, os.PathLike)):
@@ -619,10 +624,6 @@ def analyze(
         return [ok or next(counts) <= limit for ok in surely]
 
     sentences = sample_sentences(corpus, n_sentences, seed, accept=fits)
-    if isinstance(corpus, (list, tuple)):
-        corpus_setting = f"a list of {len(corpus)} sentences"
-    else:
-        corpus_setting = Corpus.resolve(corpus).describe()
     timings["corpus"] = time.perf_counter() - start
 
     start = time.perf_counter()

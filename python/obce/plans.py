@@ -309,7 +309,7 @@ class PruningPlan:
         else:
             try:
                 data = json.loads(text, object_pairs_hook=_unique_keys)
-            except json.JSONDecodeError as err:
+            except ValueError as err:  # a JSONDecodeError, or a key given twice
                 raise ValueError(f"{path} is not valid JSON: {err}") from None
         try:
             return cls.from_dict(data)

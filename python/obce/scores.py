@@ -44,7 +44,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
-from ._checks import checked_int
+from ._checks import checked_int, checked_seed
 from .importance import HEAD_COMPONENTS, NEURON_COLUMNS, float64_array
 from .models.adapters import encoder_layers, eval_mode, to_user_layer
 
@@ -155,9 +155,7 @@ def _frame(per_layer: Iterable[tuple[int, str, torch.Tensor | np.ndarray]]) -> p
 
 def random_score(table, seed: int = 0) -> np.ndarray:
     """Uniform random values in [0, 1), one per row, from ``numpy.random.default_rng(seed)``."""
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise TypeError(f"seed must be an int, got {seed!r}")
-    return np.random.default_rng(int(seed)).random(len(table))
+    return np.random.default_rng(checked_seed(seed)).random(len(table))
 
 
 def abs_mean_score(table, acts) -> np.ndarray:

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ._checks import checked_int
+from ._checks import checked_int, checked_seed
 from ._io import atomic_write_text, json_value, model_files_digest
 from .tasks import Task, TaskInfo, compute_metrics, load_task, task_info
 
@@ -838,8 +838,7 @@ def finetune(
 
     given = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "max_length": max_length, "patience": patience}
     values = _budget_values(preset, given, max_steps, eval_steps)
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise TypeError(f"seed must be an int, got {seed!r}")
+    seed = checked_seed(seed)
     _check_training_args(training_args or {})
     if teacher is not None:
         _check_distillation(temperature, distill_weight)
