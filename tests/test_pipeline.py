@@ -504,7 +504,7 @@ def test_prune_with_the_linear_fold(inputs, tmp_path, capsys):
     assert "linear (least-squares fit from the kept neurons)" in report
 
 
-def test_evaluate_and_report_commands(run, capsys):
+def test_evaluate_and_report_commands(run, capsys, tmp_path):
     path = run["path"]
     args = ["evaluate", "--task", "sst2", "--glue-dir", str(run["inputs"]["glue"]), "--output", str(path)]
     code, out, err = run_cli(capsys, args)
@@ -528,6 +528,13 @@ def test_evaluate_and_report_commands(run, capsys):
     evaluations = (path / "report" / "report.md").read_text(encoding="utf-8").split("## Evaluations", 1)[1]
     accuracy = 100 * evaluation["compressed"]["metrics"]["accuracy"]
     assert f"| sst2 dev | compressed | 32 | {accuracy:.2f} |" in evaluations
+
+    # Another folder of the name of one of the run's models would be reported as that model.
+    recorded = (path / "evaluation.json").read_bytes()
+    shutil.copytree(path / "finetune" / "compressed", tmp_path / "other" / "original")
+    code, _, err = run_cli(capsys, ["evaluate", str(tmp_path / "other" / "original"), "--output", str(path)])
+    assert code == 1 and "is not this run's fine-tuned original model, and the report would take it" in err, err
+    assert (path / "evaluation.json").read_bytes() == recorded
 
 
 def test_a_finished_run_outlives_a_mistyped_or_refused_command(inputs, tmp_path, capsys):
@@ -654,11 +661,19 @@ def test_finetune_checks_before_it_clears_or_records(run, tmp_path, capsys):
     glue = str(run["inputs"]["glue"])
     for args, message in (
         (["--overwrite", "--glue-dir", str(tmp_path / "typo")], "is not a folder"),
+        (["--overwrite", "--glue-dir", str(tmp_path)], "has no SST-2/ subfolder"),
+        (["--overwrite", "--glue-dir", glue, "--task", "polarity"], "--glue-dir) is for GLUE tasks only"),
         (["--glue-dir", glue, "--steps", "3"], "--overwrite to `obce finetune` with the new fine-tuning options"),
     ):
         code, _, err = run_cli(capsys, ["finetune", "--task", "sst2", "--output", str(path), *args])
-        assert code == 1 and message in err
+        assert code == 1 and message in err, err
     assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == before
+    # The same GLUE folder written another way is the same setting: nothing to do.
+    other_way = str(Path(glue).parent / ".." / Path(glue).parent.name / Path(glue).name)
+    args = ["finetune", "--task", "sst2", "--glue-dir", other_way, "--steps", "4", "--batch-size", "8",
+            "--max-length", "32", "--device", "cpu", "--no-progress", "--output", str(path)]  # fmt: skip
+    code, _, err = run_cli(capsys, args)
+    assert code == 0 and "compressed: fine-tuned before, skipped" in err, err
 
 
 def test_a_cleared_finetuning_leaves_the_report_and_each_finished_model_is_kept(run, tmp_path, capsys, monkeypatch):
@@ -1040,6 +1055,13 @@ def test_other_speed_settings_are_measured_again(run, tmp_path, capsys):
     before = {p: p.read_bytes() for p in kept}
     args = compress_args(run["inputs"], path)
     args[args.index("--speed-repeats") + 1] = "2"
+    # Refused for its other fine-tuning settings: the timing it would have dropped is kept too.
+    untouched = {p: p.read_bytes() for p in path.rglob("*") if p.is_file()}
+    refused = list(args)
+    refused[refused.index("--steps") + 1] = "5"
+    code, _, err = run_cli(capsys, refused)
+    assert code == 1 and "other finetune settings" in err, err
+    assert {p: p.read_bytes() for p in path.rglob("*") if p.is_file()} == untouched
     code, _, err = run_cli(capsys, args)
     assert code == 0, err
     assert len(json.loads((path / "speed.json").read_text())["seconds"]["original"]) == 2

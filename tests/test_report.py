@@ -477,3 +477,20 @@ def test_the_last_layer_is_labelled(n_layers, labelled):
     shown = [int(t.get_text()) for t in ax.get_xticklabels() if t.get_text()]
     step = 1 if n_layers <= 12 else 2
     assert set(labelled) <= set(shown) and len(shown) == -(-n_layers // step)
+
+
+@pytest.mark.parametrize(
+    ("steps", "said"),
+    [
+        (1, "1 step of batch 32, max length 64, lr 5e-05, 1 evaluation on dev"),
+        (9, "9 steps of batch 32, max length 64, lr 5e-05, 2 evaluations on dev"),
+    ],
+)
+def test_the_fine_tuning_row_counts_the_evaluations_that_run(run, tmp_path, steps, said):
+    """Asked for two evaluations, a one-step fine-tuning makes one (every step, the last too)."""
+    copy = tmp_path / "run"
+    shutil.copytree(run, copy)
+    RunFolder(copy).record("finetune", pipeline.finetune_settings("polarity", budget=Budget(steps=steps)))
+    _, sections = report_sections(copy, figures=False)
+    rows = [row for s in sections for b in s.blocks if hasattr(b, "rows") for row in b.rows if row[0] == "fine-tuning"]
+    assert len(rows) == 1 and rows[0][1].startswith(f"polarity: {said}"), rows

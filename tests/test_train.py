@@ -408,6 +408,22 @@ def test_truncated_weights_of_a_folder_to_fine_tune_are_named(tiny_model, tmp_pa
         load_for_task(str(broken), "sst2")
 
 
+def test_weights_that_do_not_fit_the_config_are_refused(tiny_model, tmp_path):
+    """An edited config.json (another intermediate size) would leave the encoder's layers freshly initialised under
+    ignore_mismatched_sizes, which fine-tuning sets to replace another task's head: refused, the weight named."""
+    from obce.models import load_model
+
+    edited = tmp_path / "edited"
+    shutil.copytree(tiny_model, edited)
+    config = json.loads((edited / "config.json").read_text())
+    config["intermediate_size"] += 3
+    (edited / "config.json").write_text(json.dumps(config))
+    match = r"the weights in '.*edited' do not fit its config.json: .*intermediate.dense.* is \(37.*\) there"
+    for load in (lambda: load_for_task(str(edited), "sst2"), lambda: load_model(edited, device="cpu")):
+        with pytest.raises(ValueError, match=match):
+            load()
+
+
 def test_compare_reports_mean_and_standard_error(tiny_model, glue_dir, tmp_path):
     other = tmp_path / "other-model"
     shutil.copytree(tiny_model, other)

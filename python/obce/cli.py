@@ -133,7 +133,13 @@ Corpus = Annotated[
     ),
 ]
 Sentences = Annotated[
-    int, typer.Option("--sentences", "-n", min=1, help="Number of sentences sampled from the corpus.")
+    int,
+    typer.Option(
+        "--sentences",
+        "-n",
+        min=1,
+        help="Number of sentences sampled from the corpus (at least 2 but with --token tokens).",
+    ),
 ]
 Seed = Annotated[
     int,
@@ -570,6 +576,7 @@ def evaluate(
     run = RunFolder(output)
     run.prepare()
     chosen = run.finetuned() if not models else _labelled(run, models)
+    pipeline.check_evaluated_models(run, chosen)
     if not chosen:
         raise FileNotFoundError(f"no fine-tuned model in {str(run.path)!r}: run `obce finetune` first, or name models")
     task = _evaluation_task(task, chosen)

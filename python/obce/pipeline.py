@@ -86,6 +86,7 @@ __all__ = [
     "SpeedSettings",
     "analysis_settings",
     "build_plan",
+    "check_evaluated_models",
     "check_finetune_models",
     "check_plan_spec",
     "check_run_score",
@@ -193,6 +194,22 @@ def _plain(settings: Mapping) -> dict:
 def _normal_path(path: str | os.PathLike) -> Path:
     """``path`` absolute, with ``..`` and ``.`` taken out (links kept: a recorded path stays the one typed)."""
     return Path(os.path.normpath(Path(path).expanduser().absolute()))
+
+
+def _glue_folder(task: str, glue_dir: str | os.PathLike | None) -> str | None:
+    """``glue_dir`` as recorded (see :func:`_normal_path`), checked to hold ``task`` before a run folder changes.
+
+    Raises
+    ------
+    FileNotFoundError, ValueError, ImportError
+        A ``glue_dir`` that is not a folder; see :func:`obce.tasks.check_task_source`.
+    """
+    from .tasks import check_task_source
+
+    if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
+        raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
+    check_task_source(task, glue_dir)
+    return None if glue_dir is None else str(_normal_path(glue_dir))
 
 
 def _stderr(message: str) -> None:
@@ -675,10 +692,12 @@ def score_settings(
     Raises
     ------
     ValueError
-        A model that is not a classifier for ``task`` (as far as its config, read without a network, says), or an
-        unknown task.
+        A model that is not a classifier for ``task`` (as far as its config, read without a network, says), an
+        unknown task, or a ``glue_dir`` without the task (or for an offline task).
     FileNotFoundError
         A ``glue_dir`` that is not a folder.
+    ImportError
+        A GLUE task from the hub without the ``datasets`` package.
     """
     from transformers import AutoConfig
 
@@ -687,8 +706,7 @@ def score_settings(
     from .train import head_mismatch
 
     info = task_info(task)
-    if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
-        raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
+    glue_dir = _glue_folder(task, glue_dir)
     why = f"the {TASK_SCORE} score ranks neurons by their effect on a fine-tuned classifier's loss on {info.name}"
     if model_path is None:
         raise ValueError(f"{why}; the built-in model has no classification head: choose a fine-tuned model")
@@ -708,7 +726,7 @@ def score_settings(
     return {
         "score": TASK_SCORE,
         "task": info.name,
-        "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
+        "glue_dir": glue_dir,
         **sizes,
         "seed": seed,
     }
@@ -775,22 +793,19 @@ def finetune_settings(
     Raises
     ------
     ValueError
-        An unknown task, or both ``fp16`` and ``bf16``.
+        An unknown task, a ``glue_dir`` without the task (or for an offline task), or both ``fp16`` and ``bf16``.
     FileNotFoundError
         A ``glue_dir`` that is not a folder (checked before a run folder changes).
     ImportError
         A GLUE task from the hub without the ``datasets`` package (see :func:`obce.tasks.check_task_source`).
     """
-    from .tasks import check_task_source, task_info
+    from .tasks import task_info
 
     if fp16 and bf16:
         raise ValueError("fp16 and bf16 are two kinds of mixed precision: choose one")
-    if glue_dir is not None and not Path(glue_dir).expanduser().is_dir():
-        raise FileNotFoundError(f"GLUE folder {str(glue_dir)!r} is not a folder")
-    check_task_source(task, glue_dir)
     return {
         "task": task_info(task).name,
-        "glue_dir": None if glue_dir is None else str(Path(glue_dir).expanduser().absolute()),
+        "glue_dir": _glue_folder(task, glue_dir),
         "seed": seed,
         **asdict(budget),
         "eval_steps": budget.eval_steps,
@@ -843,10 +858,12 @@ def open_run(
         if "plan" in steps and model is not None:
             check_plan_fits(run, steps, model)
     run.prepare(overwrite=overwrite)
+    retimed = "speed" in steps and run.settings().get("steps", {}).get("speed") not in (None, _plain(steps["speed"]))
     for step, settings in steps.items():
-        if step == "speed" and run.settings().get("steps", {}).get(step) not in (None, _plain(settings)):
-            run.forget_step(step, run.SPEED)
-        run.check_step(step, settings)
+        if step != "speed" or not retimed:
+            run.check_step(step, settings)
+    if retimed:  # dropped once every other step passed its check: a refused command changes nothing
+        run.forget_step("speed", run.SPEED)
     return run
 
 
@@ -1204,10 +1221,31 @@ def check_finetune_models(run: RunFolder, models: Mapping[str, str | os.PathLike
         if path.is_relative_to((run / run.FINETUNE).resolve()):
             raise ValueError(f"{str(source)!r} is a fine-tuning of this run: fine-tune it in another run folder")
         if label in own and str(source) != own[label] and path != Path(own[label]).expanduser().resolve():
-            raise ValueError(
-                f"{str(source)!r} is not this run's {label} model, and the report would take it for it: "
-                "copy it to a folder of another name"
-            )
+            _refuse_as_the_runs(source, f"{label} model")
+
+
+def check_evaluated_models(run: RunFolder, models: Mapping[str, str | os.PathLike]) -> None:
+    """Refuse a model from elsewhere labelled as one of the run's fine-tuned models, or as its original or
+    compressed model before they are fine-tuned: the report would show its scores as theirs.
+
+    Raises
+    ------
+    ValueError
+        Such a model.
+    """
+    own = run.finetuned()
+    for label, source in models.items():
+        if label in own or label in (ORIGINAL, COMPRESSED):
+            path = Path(source).expanduser().resolve()
+            if label not in own or path != own[label].resolve():
+                _refuse_as_the_runs(source, f"fine-tuned {label} model")
+
+
+def _refuse_as_the_runs(source: str | os.PathLike, what: str) -> None:
+    raise ValueError(
+        f"{str(source)!r} is not this run's {what}, and the report would take it for it: copy it to a folder of "
+        "another name"
+    )
 
 
 def run_steps(

@@ -452,7 +452,8 @@ def _read_glue_tsv(info: TaskInfo, layout: _GlueLayout, path: Path) -> list[dict
     return rows
 
 
-def _load_glue_local(info: TaskInfo, data_dir: Path, splits: Sequence[str]) -> dict[str, list[dict]]:
+def _glue_task_folder(info: TaskInfo, data_dir: Path) -> Path:
+    """The task's folder in a local GLUE folder; ValueError if it has none."""
     layout = _GLUE_LAYOUTS[info.name]
     folder = data_dir / layout.folder
     if not folder.is_dir():
@@ -460,6 +461,12 @@ def _load_glue_local(info: TaskInfo, data_dir: Path, splits: Sequence[str]) -> d
             f"GLUE folder {str(data_dir)!r} has no {layout.folder}/ subfolder; expected the official layout "
             f"<data_dir>/{layout.folder}/{layout.files['train']}"
         )
+    return folder
+
+
+def _load_glue_local(info: TaskInfo, data_dir: Path, splits: Sequence[str]) -> dict[str, list[dict]]:
+    layout = _GLUE_LAYOUTS[info.name]
+    folder = _glue_task_folder(info, data_dir)
     data = {}
     for split in splits:
         path = folder / layout.files[split]
@@ -473,11 +480,26 @@ def _load_glue_local(info: TaskInfo, data_dir: Path, splits: Sequence[str]) -> d
 
 
 def check_task_source(task: str, data_dir: str | os.PathLike | None = None) -> None:
-    """Raise ImportError where ``task`` is a GLUE task to load from the hub (no ``data_dir``) and the ``datasets``
-    package is missing: checked before work that the task comes after."""
+    """Check, before work that the task comes after, that ``task`` can be loaded from where it is to come from.
+
+    Raises
+    ------
+    ImportError
+        A GLUE task to load from the hub (no ``data_dir``) without the ``datasets`` package.
+    ValueError
+        A ``data_dir`` for an offline task, or one without the GLUE task's subfolder.
+    """
     info = task_info(task)
-    if info.name in GLUE_TASKS and data_dir is None:
+    if info.name in OFFLINE_TASKS:
+        if data_dir is not None:
+            raise ValueError(
+                f"task {info.name!r} is built from {_PATTERN}: a GLUE folder (data_dir=, --glue-dir) is for GLUE "
+                f"tasks only, got {str(data_dir)!r}"
+            )
+    elif data_dir is None:
         _hub_datasets(info)
+    else:
+        _glue_task_folder(info, Path(data_dir).expanduser())
 
 
 def _hub_datasets(info: TaskInfo):

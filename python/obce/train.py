@@ -270,8 +270,7 @@ def load_for_task(model, task: str | TaskInfo, *, tokenizer=None, fresh_head: bo
         model,
         num_labels=info.num_labels,
         problem_type=_problem_type(info),
-        # A head trained for another task (another size) is replaced; the encoder is kept.
-        ignore_mismatched_sizes=True,
+        new_head=True,  # a head trained for another task (another size) is replaced; the encoder is kept
         **(labels if info.label_names else {}),
     )
     saved_head = next((a for a in config.architectures or () if a.endswith("ForSequenceClassification")), None)

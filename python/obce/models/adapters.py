@@ -438,15 +438,35 @@ def checkpoint_class(location: str | os.PathLike, **options):
     return getattr(transformers, _TASK_HEADS[head] if head else "AutoModel")
 
 
-def weights_from(model_class, location: str | os.PathLike, **options):
-    """``model_class.from_pretrained(location, **options)``, with a truncated weights file (an interrupted
-    download or copy) an OSError that names the folder."""
+def weights_from(model_class, location: str | os.PathLike, *, new_head: bool = False, **options):
+    """``model_class.from_pretrained(location, **options)``, checked.
+
+    A weight whose shape differs from the one the folder's ``config.json`` makes (an edited config) is a
+    ValueError that names it, never a silently fresh weight; with ``new_head``, a task head's weights (outside
+    the base model) of another size are replaced by fresh ones instead (another task's head). A truncated
+    weights file (an interrupted download or copy) is an OSError that names the folder.
+    """
     from safetensors import SafetensorError
 
     try:
-        return model_class.from_pretrained(location, **options)
+        model, info = model_class.from_pretrained(
+            location, output_loading_info=True, ignore_mismatched_sizes=True, **options
+        )
     except SafetensorError as err:
         raise OSError(f"the weights in {str(location)!r} are truncated or not a safetensors file: {err}") from err
+    has_head = model.base_model is not model
+    wrong = sorted(
+        (key, tuple(saved), tuple(made))
+        for key, saved, made in info["mismatched_keys"]
+        if not (new_head and has_head and not key.startswith(f"{model.base_model_prefix}."))
+    )
+    if wrong:
+        key, saved, made = wrong[0]
+        raise ValueError(
+            f"the weights in {str(location)!r} do not fit its config.json: {key} is {saved} there, the config "
+            f"makes it {made} ({len(wrong)} weights differ; was config.json edited?)"
+        )
+    return model
 
 
 def check_model_source(source: str | os.PathLike) -> tuple[bool, str]:
@@ -528,8 +548,9 @@ def load_model(
     OSError
         A hub name that cannot be loaded (no network, or no such model).
     ValueError
-        If the model is not a supported encoder (the message names the supported families), or a
-        folder's tokenizer is not the model's (see :func:`load_tokenizer`).
+        If the model is not a supported encoder (the message names the supported families), its weights do
+        not fit its config (see :func:`weights_from`), or a folder's tokenizer is not the model's (see
+        :func:`load_tokenizer`).
     """
     source = builtin_model_path() if name_or_path is None else name_or_path
     if not isinstance(source, (str, os.PathLike)):

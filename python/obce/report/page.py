@@ -220,8 +220,10 @@ def _summary(run: RunFolder, settings: dict, plan, params, speed, metrics) -> Se
             [
                 "fine-tuning",
                 (
-                    f"{ft['task']}: {ft['steps']} steps of batch {ft['batch_size']}, max length {ft['max_length']}, "
-                    f"lr {ft['lr']:g}, {_count(ft['evaluations'], 'evaluation')} on dev "
+                    f"{ft['task']}: {_count(ft['steps'], 'step')} of batch {ft['batch_size']}, max length "
+                    # Every eval_steps steps, and at the last: fewer than asked when there are fewer steps.
+                    f"{ft['max_length']}, lr {ft['lr']:g}, {_count(-(-ft['steps'] // ft['eval_steps']), 'evaluation')} "
+                    "on dev "
                     f"(every {_count(ft['eval_steps'], 'step')}, best kept), "
                     f"seed {ft['seed']}"
                     + ("; the compressed model distilled the fine-tuned original" if ft.get("distill") else "")
