@@ -62,9 +62,11 @@ def gemm_gflops(device: str, repeats: int = 5) -> float:
 # --- the tools ----------------------------------------------------------------------------------
 
 
-def _obce_numpy(acts, n_threads: int = -1):
+def _obce_numpy(acts, n_threads: int | None = None):
     import obce
 
+    # Every core by count, not -1: a single large cloud's Prim steps are split over threads only when asked.
+    n_threads = n_threads or len(os.sched_getaffinity(0))
     return np.asarray(obce.fast_death_radii(acts, n_threads=n_threads), dtype=np.float64)
 
 

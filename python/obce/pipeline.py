@@ -73,6 +73,7 @@ from .plans import (
     uniform_plan,
 )
 from .prune import prune_model
+from .train import is_main_process
 
 __all__ = [
     "BUILTIN_MODEL",
@@ -174,12 +175,6 @@ class SpeedSettings:
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
             object.__setattr__(self, name, checked_int(value, f"speed {name}"))
-
-
-def is_main_process() -> bool:
-    """False in the processes of rank > 0 of a torchrun or accelerate launch."""
-    # Under torchrun or accelerate launch only rank 0 writes the run folder's files.
-    return int(os.environ.get("RANK", "0")) == 0
 
 
 def _json_text(obj) -> str:

@@ -133,8 +133,9 @@ def _training_bar(label: str, dev_metric: str):
     return TrainingBar()
 
 
-def _is_main_process() -> bool:
-    # torchrun and accelerate launch set RANK; a plain run has none.
+def is_main_process() -> bool:
+    """False in the processes of rank > 0 of a torchrun or accelerate launch (they set RANK; a plain run has
+    none): only rank 0 writes files."""
     return int(os.environ.get("RANK", "0")) == 0
 
 
@@ -889,7 +890,7 @@ def finetune(
     model, tokenizer = load_for_task(model, info, tokenizer=tokenizer)
     if teacher is not None:
         teacher = _load_teacher(teacher, info, model)
-    if _is_main_process():
+    if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(output_dir / _SETTINGS_FILE, settings)
     splits = dict.fromkeys(("train", info.selection_split, *info.report_splits))
@@ -920,7 +921,7 @@ def finetune(
         if progress:
             trainer.add_callback(_training_bar(name, f"eval_{info.main_metric}"))
     last = get_last_checkpoint(str(output_dir)) if resume and output_dir.is_dir() else None
-    if last is not None and _is_main_process():
+    if last is not None and is_main_process():
         print(f"obce: resuming {output_dir} from {Path(last).name}", flush=True)
     start = time.perf_counter()
     trainer.train(resume_from_checkpoint=last)
@@ -1145,7 +1146,7 @@ def compare(
                 teacher = output_dir / teachers[label] / loaded.name / f"seed-{seed}" if label in teachers else None
                 runs.append(finetune(start, loaded, run_dir, seed=seed, name=label, teacher=teacher, **finetune_kwargs))
     comparison = Comparison(runs=runs, summary=_summarize(runs))
-    if _is_main_process():
+    if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         _write_json(
             output_dir / "comparison.json", {"summary": comparison.summary, "runs": [r.to_dict() for r in runs]}
