@@ -69,7 +69,7 @@ _ABBREVIATION = re.compile(
     r"|Cmdr|Gov|Sen|Rep|Pres|Hon|No|Nos|Vol|Fig|pp?|vs?|c|ca|approx|Inc|Ltd|Co|Corp|Jan|Feb|Mar|Apr|Aug|Sept?|Oct"
     r"|Nov|Dec|al)$"
 )
-# "no." is a number before a number ("world no. 1"), else a word that may end a sentence ("He said no.").
+# "no." before a number means "number" ("world no. 1"); before anything else it may end a sentence ("He said no.").
 _NUMBER_SIGN = re.compile(r"(?:^|[\s(\[\"'])nos?$")
 # A sentence starts with no lower-case letter: a period before one ends an abbreviation the list lacks ("cf. the"),
 # a question mark inside a sentence ("the film "Why?" was").
@@ -421,7 +421,7 @@ def sample_sentences(
 
     Each distinct sentence gets a random key, a hash of its text keyed by the seed, and the sample is the ``n``
     sentences of smallest key: uniform over the distinct sentences whatever repeats the corpus holds (a dump
-    repeats some: 22 of the built-in sample's 11,803), with memory for ``n`` sentences whatever the corpus size,
+    repeats some: 22 of the built-in sample's 11,730), with memory for ``n`` sentences whatever the corpus size,
     so a full Wikipedia dump is never held whole. A larger ``n`` with the same seed draws a sample that holds
     the smaller one. The sample is returned in corpus order.
 

@@ -701,7 +701,6 @@ def score_settings(
     from .train import head_mismatch
 
     info = task_info(task)
-    glue_dir = _glue_folder(task, glue_dir)
     why = f"the {TASK_SCORE} score ranks neurons by their effect on a fine-tuned classifier's loss on {info.name}"
     if model_path is None:
         raise ValueError(f"{why}; the built-in model has no classification head: choose a fine-tuned model")
@@ -713,6 +712,7 @@ def score_settings(
         problem = head_mismatch((config.architectures or [config.model_type])[0], config, info)
         if problem is not None:
             raise ValueError(f"{why}; {model_path!r} {problem}: fine-tune it first (obce finetune --task {info.name})")
+    glue_dir = _glue_folder(task, glue_dir)  # after the model: a model of no use needs no data to say so
     sizes = {
         name: p.default
         for name, p in inspect.signature(task_batches).parameters.items()
